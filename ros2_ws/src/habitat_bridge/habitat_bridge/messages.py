@@ -1,0 +1,73 @@
+"""Conversions between the simulators' plain Python results and ROS messages (no rclpy import)."""
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from llm_teacher_msgs import msg
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from habitat_bridge.minigrid.observation import PerceivedObject, Perception
+from habitat_bridge.minigrid.vector import VecStep
+
+
+def step_batch_msg(step: VecStep, seq: int, stamp: Time, obs_encoding: str, num_actions: int,
+                   frame_id: str = 'map') -> msg.StepBatch:
+    out = msg.StepBatch()
+    out.header.stamp = stamp
+    out.header.frame_id = frame_id
+    out.seq = seq
+    out.num_envs = len(step.rewards)
+    out.num_actions = num_actions
+    out.obs_shape = list(step.observations.shape[1:])
+    out.obs_encoding = obs_encoding
+    out.observations = step.observations.tobytes()
+    out.rewards = step.rewards.tolist()
+    out.terminated = step.terminated.tolist()
+    out.truncated = step.truncated.tolist()
+    out.success = step.success.tolist()
+    out.episode_ids = step.episode_ids.tolist()
+    out.perceptions = [perception_msg(p) for p in step.perceptions]
+    return out
+
+
+def observations_from_msg(batch: msg.StepBatch) -> np.ndarray:
+    """The uint8 observation tensor (N, *obs_shape) of a step batch, without copying."""
+    return np.frombuffer(batch.observations, np.uint8).reshape(batch.num_envs, *batch.obs_shape)
+
+
+def perception_msg(p: Perception) -> msg.Perception:
+    out = msg.Perception(task_family=p.task_family, mission=p.mission,
+                         objects=[_object_msg(o) for o in p.objects])
+    if p.carrying is not None:
+        out.carrying = _object_msg(p.carrying)
+    out.pose.x, out.pose.y, out.pose.theta = p.x, p.y, float(p.heading)
+    return out
+
+
+def perception_from_msg(m: msg.Perception) -> Perception:
+    return Perception(
+        mission=m.mission, task_family=m.task_family,
+        objects=[_object_from_msg(o) for o in m.objects],
+        carrying=_object_from_msg(m.carrying) if m.carrying.type else None,
+        x=m.pose.x, y=m.pose.y, heading=int(round(m.pose.theta)),
+    )
+
+
+def _object_msg(o: PerceivedObject) -> msg.PerceivedObject:
+    out = msg.PerceivedObject(type=o.type, color=o.color, state=o.state,
+                              grid_x=o.grid_x, grid_y=o.grid_y, visible=o.visible)
+    out.position.x, out.position.y = o.forward, o.left
+    return out
+
+
+def _object_from_msg(m: msg.PerceivedObject) -> PerceivedObject:
+    return PerceivedObject(type=m.type, color=m.color, state=m.state, forward=m.position.x,
+                           left=m.position.y, grid_x=m.grid_x, grid_y=m.grid_y, visible=m.visible)
+
+
+def rgb_image_msg(frame: np.ndarray, stamp: Time, frame_id: str) -> Image:
+    """sensor_msgs/Image (rgb8) of an (H, W, 3) uint8 frame."""
+    height, width = frame.shape[:2]
+    return Image(header=Header(stamp=stamp, frame_id=frame_id), height=height, width=width, encoding='rgb8',
+                 is_bigendian=0, step=width * 3, data=np.ascontiguousarray(frame, np.uint8).tobytes())

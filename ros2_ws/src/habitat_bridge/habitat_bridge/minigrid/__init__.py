@@ -1,0 +1,1 @@
+"""MiniGrid: the paper's tasks, the memory-map observation, perception, planning, the expert."""

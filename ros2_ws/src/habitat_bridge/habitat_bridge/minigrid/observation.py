@@ -1,0 +1,130 @@
+"""What a MiniGrid robot knows: the paper's memory map, and the perception list the teacher reads.
+
+Memory map encoding (uint8, shape (width, height, 4), indexed [x, y]):
+- channels 0..2 hold MiniGrid's (object type, colour, state) of every cell the agent has seen
+  this episode, with OBJECT_TO_IDX['unseen'] (0) for cells never seen. A cell keeps what it
+  showed when last seen.
+- at the agent's cell, channels 0..2 hold the carried object instead, or ('empty', 0, 0) when
+  it carries nothing (the cell under the agent is always passable, so nothing is lost);
+- channel 3 is 0 everywhere except the agent's cell, where it is 1 + heading
+  (heading 0 east, 1 south, 2 west, 3 north).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT, OBJECT_TO_IDX, STATE_TO_IDX
+
+UNSEEN = OBJECT_TO_IDX['unseen']
+EMPTY = OBJECT_TO_IDX['empty']
+IDX_TO_STATE = {idx: name for name, idx in STATE_TO_IDX.items()}
+# Objects the perception reports: what a teacher can ask the robot to go to or avoid.
+REPORTED_TYPES = ('key', 'door', 'ball', 'box', 'goal', 'lava')
+_REPORTED_IDX = np.array([OBJECT_TO_IDX[t] for t in REPORTED_TYPES])
+
+
+@dataclass
+class PerceivedObject:
+    """One perceived object; forward/left are in cells, in the robot's frame (REP-103)."""
+
+    type: str
+    color: str = ''
+    state: str = ''
+    forward: float = 0.0
+    left: float = 0.0
+    grid_x: int = -1
+    grid_y: int = -1
+    visible: bool = False
+
+    @property
+    def name(self) -> str:
+        """How a person names it: 'yellow key', 'blue door', 'lava'."""
+        return f'{self.color} {self.type}' if self.color and self.type != 'lava' else self.type
+
+
+@dataclass
+class Perception:
+    """What one robot perceives: the mission, objects seen this episode, what it carries, its pose."""
+
+    mission: str
+    objects: list[PerceivedObject] = field(default_factory=list)
+    carrying: PerceivedObject | None = None
+    x: float = 0.0
+    y: float = 0.0
+    heading: int = 0
+    task_family: str = 'gridworld'
+
+
+class MemoryMapObservation(gym.ObservationWrapper):
+    """Replaces the observation with the episode's memory map; `perception()` describes it.
+
+    Works on any MiniGrid env. The map is filled from the egocentric view the env already
+    computed, so it adds no second visibility pass.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        base = env.unwrapped
+        self.observation_space = gym.spaces.Box(0, 255, (base.width, base.height, 4), np.uint8)
+        self._memory = np.zeros((base.width, base.height, 3), np.uint8)
+        self._visible = np.zeros((base.width, base.height), bool)
+        self.last_view = np.zeros((base.agent_view_size, base.agent_view_size, 3), np.uint8)
+
+    def reset(self, **kwargs):
+        self._memory[:] = UNSEEN
+        return super().reset(**kwargs)
+
+    def observation(self, observation):
+        base = self.env.unwrapped
+        view = self.last_view = observation['image']
+        size = view.shape[0]
+        forward, right = np.asarray(base.dir_vec), np.asarray(base.right_vec)
+        top_left = np.asarray(base.agent_pos) + forward * (size - 1) - right * (size // 2)
+        # View cell (i, j) lies at top_left - j*forward + i*right in the world (minigrid's render()).
+        i, j = np.meshgrid(np.arange(size), np.arange(size), indexing='ij')
+        world = top_left[None, None, :] - j[..., None] * forward + i[..., None] * right
+        inside = (world[..., 0] >= 0) & (world[..., 0] < base.width) & (world[..., 1] >= 0) & (world[..., 1] < base.height)
+        seen = inside & (view[..., 0] != UNSEEN)
+        xs, ys = world[seen, 0], world[seen, 1]
+        self._memory[xs, ys] = view[seen]
+        self._visible[:] = False
+        self._visible[xs, ys] = True
+        ax, ay = base.agent_pos
+        under = base.grid.get(ax, ay)  # the view shows the carried object here, not the floor
+        self._memory[ax, ay] = under.encode() if under is not None else (EMPTY, 0, 0)
+
+        obs = np.zeros((base.width, base.height, 4), np.uint8)
+        obs[..., :3] = self._memory
+        obs[ax, ay, :3] = base.carrying.encode() if base.carrying is not None else (EMPTY, 0, 0)
+        obs[ax, ay, 3] = 1 + base.agent_dir
+        return obs
+
+    def perception(self) -> Perception:
+        """The objects remembered this episode, relative to the robot, and what it carries."""
+        base = self.env.unwrapped
+        ax, ay = (int(v) for v in base.agent_pos)
+        forward, right = base.dir_vec, base.right_vec
+        objects = []
+        for x, y in zip(*np.nonzero(np.isin(self._memory[..., 0], _REPORTED_IDX))):
+            dx, dy = int(x) - ax, int(y) - ay
+            objects.append(PerceivedObject(
+                type=IDX_TO_OBJECT[self._memory[x, y, 0]],
+                color=IDX_TO_COLOR[self._memory[x, y, 1]],
+                state=_state_name(self._memory[x, y]),
+                forward=float(dx * forward[0] + dy * forward[1]),
+                left=float(-(dx * right[0] + dy * right[1])),
+                grid_x=int(x), grid_y=int(y), visible=bool(self._visible[x, y]),
+            ))
+        carrying = None
+        if base.carrying is not None:
+            carrying = PerceivedObject(type=base.carrying.type, color=base.carrying.color,
+                                       grid_x=int(ax), grid_y=int(ay))
+        return Perception(mission=base.mission, objects=objects, carrying=carrying,
+                          x=float(ax), y=float(ay), heading=int(base.agent_dir))
+
+
+def _state_name(cell: np.ndarray) -> str:
+    """Doors have a state; other objects report none."""
+    return IDX_TO_STATE[cell[2]] if cell[0] == OBJECT_TO_IDX['door'] else ''

@@ -1,0 +1,59 @@
+"""Shortest paths over MiniGrid poses (cell + heading), the planner behind the expert and the skills.
+
+A pose is (x, y, heading) with heading 0 east, 1 south, 2 west, 3 north, as in MiniGrid.
+Moves are MiniGrid's: turn left, turn right, forward onto a passable cell.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+from minigrid.core.actions import Actions
+
+# (dx, dy) of a step forward for each heading (MiniGrid's DIR_TO_VEC).
+HEADING_VECTORS = ((1, 0), (0, 1), (-1, 0), (0, -1))
+
+
+def plan_to(passable: np.ndarray, start: tuple[int, int, int], target: tuple[int, int],
+            face: bool) -> list[int] | None:
+    """Shortest action sequence from `start` to `target`, or None when it cannot be reached.
+
+    :param passable: bool array (width, height): cells the agent may stand on. Lava and walls
+        must be False; the planner never steps onto a False cell.
+    :param start: the agent's pose (x, y, heading).
+    :param target: a cell.
+    :param face: True to end next to `target` facing it (to pick it up or open it); False to
+        end standing on it.
+    :returns: MiniGrid actions (left, right, forward); [] when already there.
+    """
+    width, height = passable.shape
+    tx, ty = target
+
+    def done(x: int, y: int, h: int) -> bool:
+        if face:
+            dx, dy = HEADING_VECTORS[h]
+            return (x + dx, y + dy) == (tx, ty)
+        return (x, y) == (tx, ty)
+
+    start = tuple(int(v) for v in start)
+    parents: dict[tuple[int, int, int], tuple[tuple[int, int, int], int] | None] = {start: None}
+    queue = deque([start])
+    while queue:
+        pose = queue.popleft()
+        x, y, h = pose
+        if done(x, y, h):
+            actions = []
+            while parents[pose] is not None:
+                pose, action = parents[pose]
+                actions.append(action)
+            return actions[::-1]
+        dx, dy = HEADING_VECTORS[h]
+        moves = [((x, y, (h - 1) % 4), int(Actions.left)), ((x, y, (h + 1) % 4), int(Actions.right))]
+        nx, ny = x + dx, y + dy
+        if 0 <= nx < width and 0 <= ny < height and passable[nx, ny]:
+            moves.append(((nx, ny, h), int(Actions.forward)))
+        for nxt, action in moves:
+            if nxt not in parents:
+                parents[nxt] = (pose, action)
+                queue.append(nxt)
+    return None

@@ -1,0 +1,124 @@
+"""minigrid_sim_node: N headless MiniGrid environments stepped in lock-step over ROS 2.
+
+Publishes `step_batch` (llm_teacher_msgs/StepBatch) after every step, steps on `action_batch`
+(llm_teacher_msgs/ActionBatch) answering the current seq, resets on the `reset_envs` service,
+and publishes a throttled rgb rendering of one environment on `image` (sensor_msgs/Image).
+
+    ros2 run habitat_bridge minigrid_sim_node --ros-args -p task:=MiniGrid-LavaDoorKey-v0 -p num_envs:=8
+"""
+from __future__ import annotations
+
+import numpy as np
+import rclpy
+from llm_teacher_msgs.msg import ActionBatch, StepBatch
+from llm_teacher_msgs.srv import ResetEnvs
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rcl_interfaces.msg import ParameterDescriptor
+from sensor_msgs.msg import Image
+
+from habitat_bridge.messages import rgb_image_msg, step_batch_msg
+from habitat_bridge.minigrid.vector import MiniGridVecEnv
+
+BATCH_QOS_DEPTH = 10
+
+
+class MiniGridSimNode(Node):
+
+    def __init__(self):
+        super().__init__('minigrid_sim_node')
+        param = self._param
+        task = param('task', 'MiniGrid-SimpleDoorKey-v0', 'Registered MiniGrid id (the paper tasks or any standard one)')
+        num_envs = param('num_envs', 16, 'Environments stepped in lock-step per batch')
+        self.seed = param('seed', 0, 'Environment i starts with seed + i')
+        self.observation = param('observation', 'memory_map', "'memory_map' (the paper's) or 'egocentric'")
+        render_hz = param('render_hz', 2.0, 'Rate of the rgb rendering on `image` (0 turns it off)')
+        self.render_env = param('render_env', 0, 'Which environment `image` shows')
+        republish_s = param('republish_period', 1.0, 'Resend the last step batch when unanswered this long (s)')
+        try:
+            self.envs = MiniGridVecEnv(task, num_envs, self.observation,
+                                       render_env=self.render_env if render_hz > 0 else None)
+        except ValueError as err:
+            raise SystemExit(f'minigrid_sim_node: {err}') from err
+        if not 0 <= self.render_env < num_envs:
+            raise SystemExit(f'minigrid_sim_node: render_env {self.render_env} is not in 0..{num_envs - 1}')
+
+        self.step_pub = self.create_publisher(StepBatch, 'step_batch', BATCH_QOS_DEPTH)
+        self.image_pub = self.create_publisher(Image, 'image', 1)
+        self.create_subscription(ActionBatch, 'action_batch', self.on_actions, BATCH_QOS_DEPTH)
+        self.create_service(ResetEnvs, 'reset_envs', self.on_reset)
+        if render_hz > 0:
+            self.create_timer(1.0 / render_hz, self.publish_image)
+        self.create_timer(republish_s, self.republish_if_unanswered)
+        self.seq = -1
+        self.rejected = 0
+        self._answered = False
+        self.publish_step(self.envs.reset(self.seed))
+        self.get_logger().info(f'{num_envs} x {task} ({self.observation}), {self.envs.num_actions} actions')
+
+    def _param(self, name, default, description):
+        # Dynamic typing, then a cast, so that `-p rate:=2` works where 2.0 is the default.
+        descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
+        return type(default)(self.declare_parameter(name, default, descriptor).value)
+
+    def publish_step(self, step) -> None:
+        self.seq += 1
+        self._answered = False
+        self.last_batch = step_batch_msg(step, self.seq, self.get_clock().now().to_msg(), self.observation,
+                                         self.envs.num_actions)
+        self.step_pub.publish(self.last_batch)
+
+    def on_actions(self, batch: ActionBatch) -> None:
+        if batch.seq == self.seq - 1:
+            return  # a repeated answer to the batch just stepped (after our own resend): harmless
+        error = self.check_actions(batch)
+        if error:
+            self.rejected += 1
+            self.get_logger().error(f'rejected action batch: {error}', throttle_duration_sec=1.0)
+            return
+        self._answered = True
+        self.publish_step(self.envs.step(np.asarray(batch.actions)))
+
+    def check_actions(self, batch: ActionBatch) -> str | None:
+        """Why `batch` must not be stepped, or None when it is good."""
+        if batch.seq != self.seq:
+            return f'seq {batch.seq} does not answer the current step batch {self.seq} (stale or from the future)'
+        if len(batch.actions) != self.envs.num_envs:
+            return f'{len(batch.actions)} actions for {self.envs.num_envs} environments'
+        bad = [a for a in batch.actions if not 0 <= a < self.envs.num_actions]
+        if bad:
+            return f'actions {bad[:5]} out of range 0..{self.envs.num_actions - 1}'
+        return None
+
+    def on_reset(self, request: ResetEnvs.Request, response: ResetEnvs.Response) -> ResetEnvs.Response:
+        self.publish_step(self.envs.reset(request.seed if request.seed >= 0 else None))
+        response.success, response.seq = True, self.seq
+        response.message = f'reset {self.envs.num_envs} environments'
+        return response
+
+    def republish_if_unanswered(self) -> None:
+        # A subscriber that joined after the last step batch would otherwise wait forever.
+        if not self._answered:
+            self.step_pub.publish(self.last_batch)
+
+    def publish_image(self) -> None:
+        frame = self.envs.render(self.render_env)
+        self.image_pub.publish(rgb_image_msg(frame, self.get_clock().now().to_msg(), f'env_{self.render_env}'))
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = MiniGridSimNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

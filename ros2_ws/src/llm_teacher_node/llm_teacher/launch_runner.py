@@ -1,0 +1,218 @@
+"""Launch files as node tables, run two ways: by launch_ros (`ros2 launch`), or as plain processes.
+
+A launch file of this project defines
+- ARGUMENTS: {name: (default, description)};
+- nodes(args) -> list[NodeSpec]: the graph for resolved argument values (all strings);
+- generate_launch_description(): `return launch_description(ARGUMENTS, nodes)` for ros2 launch.
+
+`llm_teacher_launch FILE [name:=value ...]` starts the same table where launch_ros and ros2cli
+are not installed: each node as a process with `--ros-args`, logs prefixed with the node name,
+and every node stopped (SIGINT, then SIGTERM) on Ctrl-C or as soon as one of them exits.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+SHUTDOWN_GRACE_S = 10.0
+
+
+@dataclass
+class NodeSpec:
+    """One node of a launch table, as launch_ros.actions.Node takes it."""
+
+    package: str
+    executable: str
+    name: str
+    parameters: list = field(default_factory=list)  # YAML file paths and {name: value} dicts
+    remappings: list[tuple[str, str]] = field(default_factory=list)
+
+    def ros_args(self) -> list[str]:
+        args = ['--ros-args', '-r', f'__node:={self.name}']
+        for entry in self.parameters:
+            if isinstance(entry, dict):
+                for key, value in entry.items():
+                    args += ['-p', f'{key}:={_yaml_scalar(value)}']
+            else:
+                args += ['--params-file', str(entry)]
+        for source, target in self.remappings:
+            args += ['-r', f'{source}:={target}']
+        return args
+
+
+def _yaml_scalar(value) -> str:
+    return ('true' if value else 'false') if isinstance(value, bool) else str(value)
+
+
+def launch_description(arguments: dict, nodes):
+    """The table as a launch_ros LaunchDescription; any node exiting shuts the launch down."""
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    def make_nodes(context):
+        args = {name: LaunchConfiguration(name).perform(context) for name in arguments}
+        return [Node(package=n.package, executable=n.executable, name=n.name, parameters=n.parameters,
+                     remappings=n.remappings, output='screen', on_exit=Shutdown()) for n in nodes(args)]
+
+    declared = [DeclareLaunchArgument(name, default_value=str(default), description=description)
+                for name, (default, description) in arguments.items()]
+    return LaunchDescription(declared + [OpaqueFunction(function=make_nodes)])
+
+
+def load_launch_file(path: str | Path) -> ModuleType:
+    """Import a launch file by path (it must not need launch_ros at import time)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'launch file {path} does not exist')
+    spec = importlib.util.spec_from_file_location(path.stem.replace('.', '_'), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolve_arguments(arguments: dict, given: list[str]) -> dict[str, str]:
+    """Defaults overridden by `name:=value` strings; unknown names raise ValueError."""
+    values = {name: str(default) for name, (default, _) in arguments.items()}
+    for item in given:
+        name, sep, value = item.partition(':=')
+        if not sep:
+            raise ValueError(f'launch argument {item!r} is not of the form name:=value')
+        if name not in values:
+            raise ValueError(f'unknown launch argument {name!r}; known: {", ".join(sorted(values))}')
+        values[name] = value
+    return values
+
+
+def executable_path(package: str, executable: str) -> str:
+    """Where `ros2 run package executable` would find it: <prefix>/lib/<package>/<executable>."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    ensure_ament_prefix()
+    try:
+        path = Path(get_package_prefix(package)) / 'lib' / package / executable
+    except PackageNotFoundError as err:
+        raise FileNotFoundError(f'package {package!r} is not installed in any AMENT_PREFIX_PATH prefix') from err
+    if not path.is_file():
+        raise FileNotFoundError(f'package {package!r} has no executable {executable!r} (looked at {path})')
+    return str(path)
+
+
+def ensure_ament_prefix() -> None:
+    """Make this environment's prefix (where colcon installed the workspace) an ament prefix."""
+    prefixes = [p for p in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep) if p]
+    if sys.prefix not in prefixes:
+        os.environ['AMENT_PREFIX_PATH'] = os.pathsep.join([sys.prefix] + prefixes)
+
+
+class LaunchRunner:
+    """Starts a node table as processes and stops them together."""
+
+    def __init__(self, specs: list[NodeSpec], env: dict[str, str] | None = None, log=print):
+        self.specs, self.env, self.log = specs, env, log
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start every node; if one cannot be started, stop those already running and raise."""
+        try:
+            self._start_all()
+        except Exception:
+            self.stop()
+            raise
+
+    def _start_all(self) -> None:
+        for spec in self.specs:
+            command = [executable_path(spec.package, spec.executable)] + spec.ros_args()
+            process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True, bufsize=1, start_new_session=True)
+            self.processes[spec.name] = process
+            thread = threading.Thread(target=self._stream, args=(spec.name, process), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            self.log(f'[launch] started {spec.name} (pid {process.pid})')
+
+    def _stream(self, name: str, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.log(f'[{name}] {line.rstrip()}')
+
+    def wait(self) -> int:
+        """Block until one node exits (or Ctrl-C); stop the rest; return the worst exit code."""
+        try:
+            while all(p.poll() is None for p in self.processes.values()):
+                time.sleep(0.2)
+            exited = next(name for name, p in self.processes.items() if p.poll() is not None)
+            self.log(f'[launch] {exited} exited with code {self.processes[exited].returncode}; stopping the others')
+        except KeyboardInterrupt:
+            self.log('[launch] Ctrl-C: stopping every node')
+        return self.stop()
+
+    def stop(self) -> int:
+        """SIGINT every running node, SIGTERM then SIGKILL what outlives the grace period."""
+        for sig, grace in ((signal.SIGINT, SHUTDOWN_GRACE_S), (signal.SIGTERM, 3.0), (signal.SIGKILL, 1.0)):
+            running = [p for p in self.processes.values() if p.poll() is None]
+            if not running:
+                break
+            for process in running:
+                os.killpg(process.pid, sig)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(p.poll() is None for p in running):
+                time.sleep(0.05)
+        for thread in self._threads:
+            thread.join(timeout=1.0)
+        codes = [p.returncode for p in self.processes.values()]
+        # Nodes stopped by our own SIGINT exit with 0 or -SIGINT; both mean a clean stop.
+        return max((abs(c) for c in codes if c not in (0, -signal.SIGINT)), default=0)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def find_launch_file(name: str) -> Path:
+    """A path as given, else a file of this package's installed launch directory."""
+    if Path(name).is_file():
+        return Path(name)
+    from ament_index_python.packages import get_package_share_directory
+    ensure_ament_prefix()
+    return Path(get_package_share_directory('llm_teacher')) / 'launch' / name
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog='llm_teacher_launch',
+        description='Run a launch file of this project without ROS 2 launch tools '
+                    '(same node table as `ros2 launch llm_teacher FILE`).')
+    parser.add_argument('launch_file', help='e.g. train.launch.py, or a path to one')
+    parser.add_argument('arguments', nargs='*', help='launch arguments as name:=value')
+    parser.add_argument('--show-args', action='store_true', help='list the launch arguments and exit')
+    options = parser.parse_args(argv)
+    try:
+        module = load_launch_file(find_launch_file(options.launch_file))
+        if options.show_args:
+            for name, (default, description) in module.ARGUMENTS.items():
+                print(f"    '{name}':\n        {description}\n        (default: '{default}')")
+            return 0
+        specs = module.nodes(resolve_arguments(module.ARGUMENTS, options.arguments))
+        runner = LaunchRunner(specs)
+        runner.start()
+    except (ValueError, FileNotFoundError) as err:
+        print(f'llm_teacher_launch: {err}', file=sys.stderr)
+        return 2
+    return runner.wait()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""ament_python package llm_teacher, which also installs the launch files and config; metadata comes from package.xml."""
+from glob import glob
+from xml.etree import ElementTree
+
+from setuptools import find_packages, setup
+
+manifest = ElementTree.parse('package.xml').getroot()
+package_name = manifest.findtext('name')
+
+setup(
+    name=package_name,
+    version=manifest.findtext('version'),
+    description=manifest.findtext('description'),
+    license=manifest.findtext('license'),
+    maintainer=manifest.findtext('maintainer'),
+    maintainer_email=manifest.find('maintainer').get('email'),
+    packages=find_packages(exclude=['test']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    entry_points={
+        'console_scripts': [
+            'teacher_node = llm_teacher.teacher_node:main',
+            'llm_teacher_launch = llm_teacher.launch_runner:main',
+        ],
+    },
+)

@@ -1,0 +1,118 @@
+"""Checkpoints of a PPOLearner: written atomically, refused with a clear error when corrupt or incompatible."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from student_policy.ppo import PPOConfig, PPOLearner
+
+FORMAT = 'llm_teacher.student_checkpoint/1'
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+def save_checkpoint(path: str | Path, learner: PPOLearner) -> Path:
+    """Write model, optimiser, counters, config and RNG states to `path` atomically.
+
+    The file is written next to `path` and renamed over it, so a crash mid-write leaves the
+    previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        'format': FORMAT,
+        'config': dataclasses.asdict(learner.config),
+        'obs_shape': list(learner.policy.obs_shape),
+        'num_envs': learner.num_envs,
+        'num_actions': learner.num_actions,
+        'model': learner.policy.state_dict(),
+        'optimizer': learner.optimizer.state_dict(),
+        'counters': {'frames': learner.frames, 'updates': learner.updates, 'episodes': learner.episodes},
+        'recent_returns': list(learner.recent_returns),
+        'recent_success': list(learner.recent_success),
+        'rng': {'numpy': learner.rng.bit_generator.state, 'torch': torch.get_rng_state()},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's contents, or CheckpointError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint {path} does not exist')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f'checkpoint {path} is unreadable or corrupt ({type(err).__name__}: {err}); '
+                              f'delete it to start afresh, or resume from another checkpoint') from err
+    if not isinstance(state, dict) or state.get('format') != FORMAT:
+        found = state.get('format') if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f'{path} is not a student checkpoint of format {FORMAT!r} (found {found!r})')
+    return state
+
+
+def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=None,
+                 config: PPOConfig | None = None) -> PPOLearner:
+    """Rebuild a learner from a checkpoint so that training continues exactly where it stopped.
+
+    :param obs_shape, num_envs, num_actions: what the caller's environments have; a mismatch
+        with the checkpoint raises CheckpointError naming both.
+    :param config: settings to continue with (e.g. a larger total_frames); default: the saved ones.
+    """
+    state = read_checkpoint(path)
+    expected = {'obs_shape': list(obs_shape) if obs_shape is not None else None,
+                'num_envs': num_envs, 'num_actions': num_actions}
+    for key, value in expected.items():
+        if value is not None and state[key] != value:
+            raise CheckpointError(f'checkpoint {path} was trained with {key}={state[key]}, but the environments '
+                                  f'have {key}={value}; use a matching task and num_envs, or another run directory')
+    learner = PPOLearner(config or PPOConfig(**state['config']), tuple(state['obs_shape']),
+                         state['num_envs'], state['num_actions'])
+    learner.policy.load_state_dict(state['model'])
+    learner.optimizer.load_state_dict(state['optimizer'])
+    for key, value in state['counters'].items():
+        setattr(learner, key, value)
+    learner.recent_returns.extend(state['recent_returns'])
+    learner.recent_success.extend(state['recent_success'])
+    learner.rng.bit_generator.state = state['rng']['numpy']
+    torch.set_rng_state(state['rng']['torch'])
+    return learner
+
+
+def export_policy(path: str | Path, learner: PPOLearner) -> Path:
+    """A TorchScript module obs (B, *obs_shape) uint8 -> action logits (B, A), for the deploy node."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    actor = _Actor(learner.policy).eval()
+    example = torch.zeros((1,) + learner.policy.obs_shape, dtype=torch.uint8)
+    with torch.no_grad():
+        traced = torch.jit.trace(actor, example)
+    tmp = path.with_name(path.name + '.tmp')
+    traced.save(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+class _Actor(torch.nn.Module):
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs):
+        return self.policy(obs)[0]

@@ -1,0 +1,230 @@
+"""PPO with a decaying distillation term towards a teacher (Zhou et al., IJCAI 2024), CleanRL style.
+
+loss = PPO clip loss + vf_coef * value loss - ent_coef * entropy
+       + lambda(frames) * CE(pi_teacher || pi_student)   on samples that carry a teacher suggestion
+
+`PPOLearner` holds the model and one rollout; it is driven either by `train()` below (in-process,
+for tests and benchmarks) or by the student node, one step batch at a time, through the ROS graph.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from student_policy.networks import ActorCritic
+from student_policy.storage import RolloutStorage, compute_gae
+
+
+@dataclass
+class TeacherSchedule:
+    """Weight lambda of the teacher term as a function of environment frames.
+
+    Linear from `initial` to `final` over `decay_frames`, then `final` until `off_frames`, then 0.
+    The defaults are the paper's (10, dropping 0.005 per PPO iteration of 256 frames to 0.1,
+    removed after 3000 iterations) expressed in frames.
+    """
+
+    initial: float = 10.0
+    """lambda at frame 0; initial = final = 0 gives plain PPO."""
+    final: float = 0.1
+    """floor reached after `decay_frames`."""
+    decay_frames: int = 506_880
+    """frames over which lambda falls linearly from `initial` to `final` ((10-0.1)/0.005*256)."""
+    off_frames: int = 768_000
+    """from this frame on the teacher term is removed (3000*256)."""
+
+    def __post_init__(self):
+        if self.initial < 0 or self.final < 0:
+            raise ValueError(f'teacher weights must be >= 0, got initial={self.initial}, final={self.final}')
+        if self.final > self.initial:
+            raise ValueError(f'the teacher weight decays: final ({self.final}) must not exceed initial ({self.initial})')
+        if self.decay_frames <= 0 or self.off_frames < 0:
+            raise ValueError(f'decay_frames must be > 0 and off_frames >= 0, got {self.decay_frames}, {self.off_frames}')
+
+    def weight(self, frames: int) -> float:
+        if frames >= self.off_frames:
+            return 0.0
+        fraction = min(frames / self.decay_frames, 1.0)
+        return self.initial + (self.final - self.initial) * fraction
+
+
+@dataclass
+class PPOConfig:
+    """Every setting of a training run; saved with each checkpoint."""
+
+    total_frames: int = 1_000_000
+    """environment frames to train for (all environments together)."""
+    num_steps: int = 128
+    """lock-steps per rollout; a rollout holds num_steps * num_envs frames."""
+    learning_rate: float = 1e-3
+    """Adam learning rate."""
+    gamma: float = 0.99
+    """discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    update_epochs: int = 4
+    """passes over each rollout."""
+    minibatch_size: int = 256
+    """samples per gradient step."""
+    clip_coef: float = 0.2
+    """PPO ratio clipping."""
+    ent_coef: float = 0.001
+    """entropy bonus (the paper's 0.001)."""
+    vf_coef: float = 0.5
+    """value loss weight."""
+    max_grad_norm: float = 0.5
+    """global gradient norm clip."""
+    teacher: TeacherSchedule = field(default_factory=TeacherSchedule)
+    """weight of the distillation term over frames."""
+    seed: int = 0
+    """seeds torch, numpy and the environments."""
+    torch_threads: int = 1
+    """torch intra-op threads: 1 is fastest for this small model on few cores."""
+
+    def __post_init__(self):
+        if isinstance(self.teacher, dict):
+            self.teacher = TeacherSchedule(**self.teacher)
+        for name in ('total_frames', 'num_steps', 'update_epochs', 'minibatch_size', 'torch_threads'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(f'learning_rate must be in (0, 1), got {self.learning_rate}')
+
+
+class PPOLearner:
+    """A student policy and its rollout: act on a batch, record what followed, update when full."""
+
+    def __init__(self, config: PPOConfig, obs_shape: tuple[int, ...], num_envs: int, num_actions: int):
+        self.config = config
+        torch.set_num_threads(config.torch_threads)
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.policy = ActorCritic(obs_shape, num_actions)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions)
+        self.num_envs, self.num_actions = num_envs, num_actions
+        self.frames = self.updates = self.episodes = 0
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.recent_success: deque[float] = deque(maxlen=100)
+        self._episode_return = np.zeros(num_envs, np.float32)
+        self._last_update_time = time.perf_counter()
+        self._frames_at_last_update = 0
+
+    @property
+    def teacher_weight(self) -> float:
+        return self.config.teacher.weight(self.frames)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, teacher_probs: np.ndarray | None = None,
+            teacher_mask: np.ndarray | None = None) -> np.ndarray:
+        """Sample actions for a batch of observations and store the step (call record() next)."""
+        dist, values = self.policy.distribution(torch.from_numpy(obs))
+        actions = dist.sample()
+        s, t = self.storage, self.storage.step
+        s.obs[t] = obs
+        s.actions[t] = actions.numpy()
+        s.logprobs[t] = dist.log_prob(actions).numpy()
+        s.values[t] = values.numpy()
+        s.teacher_mask[t] = 0.0 if teacher_mask is None else teacher_mask
+        if teacher_probs is not None:
+            s.teacher_probs[t] = teacher_probs
+        return s.actions[t].copy()
+
+    @torch.no_grad()
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        logits, _ = self.policy(torch.from_numpy(obs))
+        return logits.argmax(-1).numpy()
+
+    def record(self, rewards: np.ndarray, dones: np.ndarray, success: np.ndarray) -> None:
+        """What followed the last act(): rewards, episode ends, and which ended in success."""
+        s = self.storage
+        s.rewards[s.step] = rewards
+        s.dones[s.step] = dones
+        s.step += 1
+        self.frames += self.num_envs
+        self._episode_return += rewards
+        for i in np.flatnonzero(dones):
+            self.recent_returns.append(float(self._episode_return[i]))
+            self.recent_success.append(float(success[i]))
+            self._episode_return[i] = 0.0
+            self.episodes += 1
+
+    def update(self, next_obs: np.ndarray) -> dict[str, float]:
+        """PPO epochs over the full rollout; returns CleanRL-style metrics by TensorBoard tag."""
+        cfg, s = self.config, self.storage
+        if not s.full:
+            raise RuntimeError(f'update() needs a full rollout, have {s.step} of {s.num_steps} steps')
+        with torch.no_grad():
+            _, last_values = self.policy(torch.from_numpy(next_obs))
+        advantages, returns = compute_gae(s.rewards, s.values, s.dones, last_values.numpy(), cfg.gamma, cfg.gae_lambda)
+        weight = self.teacher_weight
+        stats = {k: [] for k in ('policy_loss', 'value_loss', 'entropy', 'distill_loss', 'approx_kl', 'clipfrac')}
+        for _ in range(cfg.update_epochs):
+            for mb in s.minibatches(advantages, returns, cfg.minibatch_size, self.rng):
+                dist, values = self.policy.distribution(mb.obs)
+                logratio = dist.log_prob(mb.actions) - mb.logprobs
+                ratio = logratio.exp()
+                adv = (mb.advantages - mb.advantages.mean()) / (mb.advantages.std() + 1e-8)
+                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+                value_loss = 0.5 * ((values - mb.returns) ** 2).mean()
+                entropy = dist.entropy().mean()
+                # CE(pi_T || pi_theta) averaged over the samples that carry a suggestion.
+                cross_entropy = -(mb.teacher_probs * torch.log_softmax(dist.logits, -1)).sum(-1)
+                distill_loss = (cross_entropy * mb.teacher_mask).sum() / mb.teacher_mask.sum().clamp(min=1.0)
+                loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy + weight * distill_loss
+                self.optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    stats['approx_kl'].append(((ratio - 1) - logratio).mean().item())
+                    stats['clipfrac'].append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item())
+                for name, value in (('policy_loss', policy_loss), ('value_loss', value_loss),
+                                    ('entropy', entropy), ('distill_loss', distill_loss)):
+                    stats[name].append(value.item())
+        variance = np.var(returns)
+        explained = float('nan') if variance == 0 else 1 - np.var(returns - s.values) / variance
+        now = time.perf_counter()
+        fps = (self.frames - self._frames_at_last_update) / max(now - self._last_update_time, 1e-9)
+        self._last_update_time, self._frames_at_last_update = now, self.frames
+        coverage = float(s.teacher_mask.mean())
+        s.step = 0
+        self.updates += 1
+        metrics = {f'losses/{k}': float(np.mean(v)) for k, v in stats.items()}
+        metrics.update({
+            'losses/explained_variance': float(explained),
+            'charts/SPS': fps,
+            'charts/episodic_return': float(np.mean(self.recent_returns)) if self.recent_returns else 0.0,
+            'charts/success_rate': float(np.mean(self.recent_success)) if self.recent_success else 0.0,
+            'charts/learning_rate': cfg.learning_rate,
+            'teacher/weight': weight,
+            'teacher/coverage': coverage,
+        })
+        return metrics
+
+
+def train(config: PPOConfig, envs, teacher=None, callbacks=(), learner: PPOLearner | None = None) -> PPOLearner:
+    """Train in-process on a `MiniGridVecEnv`-like `envs` until `config.total_frames`.
+
+    :param teacher: optional callable(VecStep) -> (probs (N, A) float32, mask (N,) bool): the
+        teacher's action distribution for the states of that step, and where it has one.
+    :param callbacks: callables(learner, metrics) -> bool run after each update; False stops training.
+    :param learner: continue this learner (e.g. restored from a checkpoint) instead of a new one.
+    """
+    learner = learner or PPOLearner(config, envs.observation_space.shape, envs.num_envs, envs.num_actions)
+    step = envs.reset(seed=config.seed + learner.updates * envs.num_envs)
+    while learner.frames < config.total_frames:
+        for _ in range(config.num_steps):
+            probs, mask = teacher(step) if teacher is not None else (None, None)
+            actions = learner.act(step.observations, probs, mask)
+            step = envs.step(actions)
+            learner.record(step.rewards, step.terminated | step.truncated, step.success)
+        metrics = learner.update(step.observations)
+        if not all([callback(learner, metrics) for callback in callbacks]):
+            break
+    return learner

@@ -1,0 +1,78 @@
+"""Preallocated rollout storage (T, N, ...) and generalised advantage estimation."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+def compute_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_values: np.ndarray,
+                gamma: float, gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
+    """Advantages and returns by GAE (Schulman et al. 2016) over a (T, N) rollout.
+
+    :param rewards: (T, N) reward received after the action at step t.
+    :param values: (T, N) V(s_t) predicted when acting.
+    :param dones: (T, N) 1 where the episode ended after the action at step t (s_{t+1} is a new
+        episode's first state, so nothing is bootstrapped across it).
+    :param last_values: (N,) V(s_T) of the states after the rollout.
+    :returns: (advantages, returns), both (T, N) float32; returns = advantages + values.
+    """
+    steps = rewards.shape[0]
+    advantages = np.zeros_like(rewards, dtype=np.float32)
+    next_advantage = np.zeros(rewards.shape[1], np.float32)
+    next_values = last_values
+    for t in reversed(range(steps)):
+        not_done = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_values * not_done - values[t]
+        next_advantage = delta + gamma * gae_lambda * not_done * next_advantage
+        advantages[t] = next_advantage
+        next_values = values[t]
+    return advantages, advantages + values
+
+
+class Minibatch(NamedTuple):
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    values: torch.Tensor
+    teacher_probs: torch.Tensor
+    teacher_mask: torch.Tensor
+
+
+class RolloutStorage:
+    """One rollout of `num_steps` lock-steps of `num_envs` environments."""
+
+    def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], num_actions: int):
+        shape = (num_steps, num_envs)
+        self.num_steps, self.num_envs = num_steps, num_envs
+        self.obs = np.zeros(shape + tuple(obs_shape), np.uint8)
+        self.actions = np.zeros(shape, np.int64)
+        self.logprobs = np.zeros(shape, np.float32)
+        self.values = np.zeros(shape, np.float32)
+        self.rewards = np.zeros(shape, np.float32)
+        self.dones = np.zeros(shape, np.float32)
+        self.teacher_probs = np.zeros(shape + (num_actions,), np.float32)
+        self.teacher_mask = np.zeros(shape, np.float32)
+        self.step = 0
+
+    @property
+    def full(self) -> bool:
+        return self.step == self.num_steps
+
+    def minibatches(self, advantages: np.ndarray, returns: np.ndarray, minibatch_size: int,
+                    rng: np.random.Generator):
+        """Shuffled minibatches over all T*N samples, as torch tensors."""
+        total = self.num_steps * self.num_envs
+        flat = {
+            'obs': self.obs.reshape(total, *self.obs.shape[2:]), 'actions': self.actions.reshape(total),
+            'logprobs': self.logprobs.reshape(total), 'advantages': advantages.reshape(total),
+            'returns': returns.reshape(total), 'values': self.values.reshape(total),
+            'teacher_probs': self.teacher_probs.reshape(total, -1), 'teacher_mask': self.teacher_mask.reshape(total),
+        }
+        order = rng.permutation(total)
+        for start in range(0, total, minibatch_size):
+            index = order[start:start + minibatch_size]
+            yield Minibatch(**{k: torch.from_numpy(v[index]) for k, v in flat.items()})

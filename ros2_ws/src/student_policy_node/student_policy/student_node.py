@@ -1,0 +1,185 @@
+"""student_node: trains a PPO student online from the simulator's step batches, distilling the teacher.
+
+Subscribes to `step_batch` and `suggestion_batch` (matched by seq), publishes `action_batch`
+and `training_status`, writes checkpoints, TensorBoard logs and the exported policy to run_dir,
+and exits when total_frames are done.
+
+    ros2 run student_policy student_node --ros-args -p run_dir:=runs/demo -p total_frames:=200000
+"""
+from __future__ import annotations
+
+import numpy as np
+import rclpy
+from llm_teacher_msgs.msg import ActionBatch, StepBatch, SuggestionBatch, TrainingStatus
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from student_policy.callbacks import CheckpointCallback, MetricsLogCallback, checkpoint_path, progress_line
+from student_policy.checkpoints import CheckpointError, load_learner
+from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule
+
+QOS_DEPTH = 10
+SUGGESTIONS_KEPT = 64
+
+
+def teacher_arrays(batch: SuggestionBatch | None, num_envs: int, num_actions: int):
+    """(probs (N, A), mask (N,)) from a suggestion batch; mask 0 where it has no valid suggestion."""
+    probs = np.zeros((num_envs, num_actions), np.float32)
+    mask = np.zeros(num_envs, np.float32)
+    if batch is not None:
+        for i, suggestion in enumerate(batch.suggestions[:num_envs]):
+            if suggestion.valid and len(suggestion.action_probs) == num_actions:
+                probs[i] = suggestion.action_probs
+                mask[i] = 1.0
+    return probs, mask
+
+
+class StudentNode(Node):
+
+    def __init__(self):
+        super().__init__('student_node')
+        p = self._param
+        self.run_dir = p('run_dir', 'runs/student', 'Directory for checkpoints, logs and the exported policy')
+        self.resume = p('resume', True, 'Continue from run_dir/checkpoints/last.pt when it exists')
+        checkpoint_every = p('checkpoint_every', 10, 'Save a checkpoint every this many PPO updates')
+        self.teacher_wait_s = p('teacher_wait_ms', 5.0, 'How long to wait for the teacher before acting (ms)') / 1000
+        try:
+            self.config = PPOConfig(
+                total_frames=p('total_frames', 1_000_000, 'Environment frames to train for'),
+                num_steps=p('num_steps', 128, 'Lock-steps per rollout'),
+                learning_rate=p('learning_rate', 1e-3, 'Adam learning rate'),
+                ent_coef=p('ent_coef', 0.001, 'Entropy bonus'),
+                update_epochs=p('update_epochs', 4, 'PPO epochs per rollout'),
+                minibatch_size=p('minibatch_size', 256, 'Samples per gradient step'),
+                seed=p('seed', 0, 'Seed of torch and numpy'),
+                teacher=TeacherSchedule(
+                    initial=p('teacher_initial', 10.0, 'Teacher weight at frame 0 (0 with teacher_final 0: plain PPO)'),
+                    final=p('teacher_final', 0.1, 'Teacher weight floor'),
+                    decay_frames=p('teacher_decay_frames', 506_880, 'Frames of linear decay to the floor'),
+                    off_frames=p('teacher_off_frames', 768_000, 'Frame from which the teacher term is off'),
+                ),
+            )
+        except ValueError as err:
+            raise SystemExit(f'student_node: {err}') from err
+        self.callbacks = [CheckpointCallback(self.run_dir, checkpoint_every), MetricsLogCallback(self.run_dir)]
+
+        self.action_pub = self.create_publisher(ActionBatch, 'action_batch', QOS_DEPTH)
+        self.status_pub = self.create_publisher(TrainingStatus, 'training_status', QOS_DEPTH)
+        self.create_subscription(StepBatch, 'step_batch', self.on_step, QOS_DEPTH)
+        self.create_subscription(SuggestionBatch, 'suggestion_batch', self.on_suggestions, QOS_DEPTH)
+        self.wait_timer = self.create_timer(max(self.teacher_wait_s, 1e-4), self.on_teacher_timeout)
+        self.wait_timer.cancel()
+
+        self.learner: PPOLearner | None = None
+        self.suggestions: dict[int, SuggestionBatch] = {}
+        self.pending: StepBatch | None = None  # a step batch waiting for its suggestion
+        self.last_actions: ActionBatch | None = None
+        self.acted = False  # an action was stored and awaits its reward
+        self.done = False
+
+    def _param(self, name, default, description):
+        # Dynamic typing, then a cast, so that `-p rate:=2` works where 2.0 is the default.
+        descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
+        return type(default)(self.declare_parameter(name, default, descriptor).value)
+
+    def on_step(self, batch: StepBatch) -> None:
+        if self.done:
+            return
+        if self.last_actions is not None and batch.seq <= self.last_actions.seq:
+            if batch.seq == self.last_actions.seq:  # the sim resent it: our actions were lost
+                self.action_pub.publish(self.last_actions)
+            return
+        obs = np.frombuffer(batch.observations, np.uint8).reshape(batch.num_envs, *batch.obs_shape)
+        if self.learner is None:
+            self.learner = self.make_learner(obs.shape[1:], batch.num_envs, batch.num_actions)
+        elif self.acted:
+            self.learner.record(np.asarray(batch.rewards, np.float32),
+                                np.logical_or(batch.terminated, batch.truncated), np.asarray(batch.success))
+            self.acted = False
+            if self.learner.storage.full and not self.after_rollout(obs):
+                return
+        self.pending = batch
+        if batch.seq in self.suggestions or self.teacher_wait_s <= 0 or self.count_publishers('suggestion_batch') == 0:
+            self.act()
+        else:
+            self.wait_timer.reset()
+
+    def on_suggestions(self, batch: SuggestionBatch) -> None:
+        self.suggestions[batch.seq] = batch
+        for seq in [s for s in self.suggestions if s < batch.seq - SUGGESTIONS_KEPT]:
+            del self.suggestions[seq]
+        if self.pending is not None and self.pending.seq == batch.seq:
+            self.act()
+
+    def on_teacher_timeout(self) -> None:
+        self.wait_timer.cancel()
+        if self.pending is not None:
+            self.act()  # never block on the teacher: this step carries no teacher term
+
+    def act(self) -> None:
+        self.wait_timer.cancel()
+        batch, self.pending = self.pending, None
+        obs = np.frombuffer(batch.observations, np.uint8).reshape(batch.num_envs, *batch.obs_shape)
+        probs, mask = teacher_arrays(self.suggestions.get(batch.seq), batch.num_envs, self.learner.num_actions)
+        actions = self.learner.act(obs, probs, mask)
+        self.acted = True
+        self.last_actions = ActionBatch(seq=batch.seq, actions=actions.astype(np.int32).tolist())
+        self.last_actions.header.stamp = self.get_clock().now().to_msg()
+        self.action_pub.publish(self.last_actions)
+
+    def make_learner(self, obs_shape, num_envs: int, num_actions: int) -> PPOLearner:
+        path = checkpoint_path(self.run_dir)
+        if self.resume and path.exists():
+            try:
+                learner = load_learner(path, obs_shape, num_envs, num_actions, config=self.config)
+            except CheckpointError as err:
+                raise SystemExit(f'student_node: {err}') from err
+            self.get_logger().info(f'resumed from {path} at frame {learner.frames}, update {learner.updates}')
+            return learner
+        self.get_logger().info(f'new student for {num_envs} envs of observation {tuple(obs_shape)}')
+        return PPOLearner(self.config, tuple(obs_shape), num_envs, num_actions)
+
+    def after_rollout(self, next_obs: np.ndarray) -> bool:
+        """Update, publish status, run callbacks; False when training is over."""
+        learner = self.learner
+        metrics = learner.update(next_obs)
+        keep_going = all([callback(learner, metrics) for callback in self.callbacks])
+        self.status_pub.publish(self.status_msg(metrics))
+        self.get_logger().info(progress_line(learner, metrics))
+        if learner.frames >= self.config.total_frames or not keep_going:
+            self.get_logger().info(f'training done at frame {learner.frames}; policy in {self.run_dir}/policy.pt')
+            self.done = True
+            return False
+        return True
+
+    def status_msg(self, metrics: dict) -> TrainingStatus:
+        learner = self.learner
+        msg = TrainingStatus(
+            frames=learner.frames, updates=learner.updates, episodes=learner.episodes,
+            fps=metrics['charts/SPS'], mean_return=metrics['charts/episodic_return'],
+            success_rate=metrics['charts/success_rate'], teacher_weight=metrics['teacher/weight'],
+            teacher_coverage=metrics['teacher/coverage'], policy_loss=metrics['losses/policy_loss'],
+            value_loss=metrics['losses/value_loss'], entropy=metrics['losses/entropy'],
+            distill_loss=metrics['losses/distill_loss'])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        return msg
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = StudentNode()
+        while rclpy.ok() and not node.done:
+            rclpy.spin_once(node, timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass  # the last checkpoint stays as it was: resume continues from it
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

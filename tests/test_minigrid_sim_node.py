@@ -1,0 +1,125 @@
+"""minigrid_sim_node as a separate process over DDS, checked against the same envs stepped in-process."""
+import subprocess
+
+import numpy as np
+import pytest
+from llm_teacher_msgs.msg import ActionBatch, StepBatch
+from llm_teacher_msgs.srv import ResetEnvs
+from ros_helpers import spin_until
+from sensor_msgs.msg import Image
+
+from habitat_bridge.messages import observations_from_msg, perception_from_msg
+from habitat_bridge.minigrid.expert import ScriptedExpert
+from habitat_bridge.minigrid.vector import MiniGridVecEnv
+from llm_teacher.launch_runner import LaunchRunner, NodeSpec, executable_path
+
+TASK, NUM_ENVS, SEED = 'MiniGrid-SimpleDoorKey-v0', 8, 5
+
+
+@pytest.fixture(scope='module')
+def sim_node():
+    spec = NodeSpec('habitat_bridge', 'minigrid_sim_node', 'minigrid_sim_node',
+                    parameters=[{'task': TASK, 'num_envs': NUM_ENVS, 'seed': SEED, 'render_hz': 5.0}])
+    logs = []
+    with LaunchRunner([spec], log=logs.append) as runner:
+        yield runner
+    print('\n'.join(logs))
+
+
+class Driver:
+    """A test-side node that talks to the sim node the way the student does."""
+
+    def __init__(self, node):
+        self.node = node
+        self.batches: list[StepBatch] = []
+        self.images: list[Image] = []
+        self.actions = node.create_publisher(ActionBatch, 'action_batch', 10)
+        node.create_subscription(StepBatch, 'step_batch', self.batches.append, 10)
+        node.create_subscription(Image, 'image', self.images.append, 1)
+        self.reset_client = node.create_client(ResetEnvs, 'reset_envs')
+
+    def reset(self, seed: int) -> StepBatch:
+        spin_until(self.node, self.reset_client.service_is_ready, 30, 'reset_envs service from minigrid_sim_node')
+        future = self.reset_client.call_async(ResetEnvs.Request(seed=seed))
+        response = spin_until(self.node, lambda: future.result(), 10, 'reset_envs response')
+        assert response.success
+        return self.batch(response.seq)
+
+    def batch(self, seq: int, timeout: float = 10) -> StepBatch:
+        found = lambda: next((b for b in self.batches if b.seq == seq), None)  # noqa: E731
+        return spin_until(self.node, found, timeout, f'step batch {seq} from minigrid_sim_node')
+
+    def send(self, seq: int, actions) -> None:
+        self.actions.publish(ActionBatch(seq=seq, actions=[int(a) for a in actions]))
+
+
+def test_steps_over_dds_exactly_as_in_process(sim_node, ros_node):
+    driver = Driver(ros_node)
+    batch = driver.reset(SEED)
+    shadow = MiniGridVecEnv(TASK, NUM_ENVS)
+    expected = shadow.reset(SEED)
+    experts = {}
+    successes = resets = 0
+    for _ in range(300):
+        assert np.array_equal(observations_from_msg(batch), expected.observations)
+        assert [perception_from_msg(p) for p in batch.perceptions] == expected.perceptions
+        # The scripted expert (privileged, on the shadow copy) picks the actions, so episodes succeed.
+        actions = []
+        for i, env in enumerate(shadow.envs):
+            expert = experts.setdefault(int(expected.episode_ids[i]), ScriptedExpert())
+            actions.append(expert.act(env))
+        driver.send(batch.seq, actions)
+        next_batch = driver.batch(batch.seq + 1)
+        expected = shadow.step(np.array(actions))
+        assert next_batch.seq == batch.seq + 1
+        assert np.allclose(next_batch.rewards, expected.rewards)
+        assert list(next_batch.terminated) == list(expected.terminated)
+        assert list(next_batch.success) == list(expected.success)
+        ended = np.logical_or(next_batch.terminated, next_batch.truncated)
+        changed = np.array(next_batch.episode_ids) != np.array(batch.episode_ids)
+        assert np.array_equal(ended, changed), 'an episode id changes exactly when that episode ends'
+        successes += int(np.sum(next_batch.success))
+        resets += int(ended.sum())
+        assert all(r > 0 for r, s in zip(next_batch.rewards, next_batch.success) if s)
+        batch = next_batch
+    assert successes >= NUM_ENVS and resets >= successes
+
+
+def test_malformed_action_batches_are_rejected_and_the_node_lives_on(sim_node, ros_node):
+    driver = Driver(ros_node)
+    batch = driver.reset(SEED + 1)
+    bad = [(batch.seq, [0] * (NUM_ENVS - 1)),       # wrong length
+           (batch.seq, [0] * (NUM_ENVS - 1) + [9]),  # out of range
+           (batch.seq + 5, [0] * NUM_ENVS),          # from the future
+           (batch.seq - 3, [0] * NUM_ENVS)]          # stale
+    for seq, actions in bad:
+        driver.send(seq, actions)
+    with pytest.raises(TimeoutError):
+        driver.batch(batch.seq + 1, timeout=2)
+    driver.send(batch.seq, [2] * NUM_ENVS)
+    assert driver.batch(batch.seq + 1).seq == batch.seq + 1
+    assert sim_node.processes['minigrid_sim_node'].poll() is None
+
+
+def test_reset_with_a_seed_gives_that_seeds_layouts(sim_node, ros_node):
+    driver = Driver(ros_node)
+    first = observations_from_msg(driver.reset(11)).copy()
+    again = observations_from_msg(driver.reset(11))
+    assert np.array_equal(first, again)
+    assert np.array_equal(first, MiniGridVecEnv(TASK, NUM_ENVS).reset(11).observations)
+
+
+def test_publishes_an_rgb_image_of_one_env(sim_node, ros_node):
+    driver = Driver(ros_node)
+    image = spin_until(ros_node, lambda: driver.images and driver.images[-1], 10, 'image from minigrid_sim_node')
+    assert image.encoding == 'rgb8' and image.step == 3 * image.width
+    assert len(image.data) == image.height * image.step and image.height > 0
+    assert image.header.frame_id == 'env_0'
+
+
+def test_an_unknown_task_id_stops_the_node_with_a_clear_error():
+    command = [executable_path('habitat_bridge', 'minigrid_sim_node'), '--ros-args', '-p', 'task:=MiniGrid-Nope-v0']
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "unknown task id 'MiniGrid-Nope-v0'" in result.stderr + result.stdout, result.stderr
+

