@@ -9,10 +9,6 @@ os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('PYTHONUNBUFFERED', '1')
 
 
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: end-to-end or learning checks that take minutes')
-
-
 @pytest.fixture
 def ros_node():
     """A test-side rclpy node in its own context."""

@@ -25,7 +25,6 @@ setup(
     zip_safe=True,
     entry_points={
         'console_scripts': [
-            'teacher_node = llm_teacher.teacher_node:main',
             'llm_teacher_launch = llm_teacher.launch_runner:main',
         ],
     },
