@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.built
 
-$(VENV)/.deps: requirements.txt tools/setup_env.sh tools/fix_ros_wheel_paths.py
+$(VENV)/.deps: requirements.txt requirements-model.txt tools/setup_env.sh tools/fix_ros_wheel_paths.py
 	tools/setup_env.sh deps
 
 $(VENV)/.built: $(VENV)/.deps $(WORKSPACE_SOURCES)

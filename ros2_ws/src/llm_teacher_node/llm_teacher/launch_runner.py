@@ -49,6 +49,14 @@ class NodeSpec:
         return args
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the runner dies, even by SIGKILL, so no node is left orphaned."""
+    if sys.platform.startswith('linux'):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _yaml_scalar(value) -> str:
     return ('true' if value else 'false') if isinstance(value, bool) else str(value)
 
@@ -134,7 +142,7 @@ class LaunchRunner:
         for spec in self.specs:
             command = [executable_path(spec.package, spec.executable)] + spec.ros_args()
             process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, bufsize=1, start_new_session=True)
+                                       text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
             self.processes[spec.name] = process
             thread = threading.Thread(target=self._stream, args=(spec.name, process), daemon=True)
             thread.start()
@@ -206,6 +214,7 @@ def main(argv=None) -> int:
                 print(f"    '{name}':\n        {description}\n        (default: '{default}')")
             return 0
         specs = module.nodes(resolve_arguments(module.ARGUMENTS, options.arguments))
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the nodes as on Ctrl-C
         runner = LaunchRunner(specs)
         runner.start()
     except (ValueError, FileNotFoundError) as err:

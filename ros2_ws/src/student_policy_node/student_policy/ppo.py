@@ -135,6 +135,11 @@ class PPOLearner:
             s.teacher_probs[t] = teacher_probs
         return s.actions[t].copy()
 
+    def attach_teacher(self, step: int, probs: np.ndarray, mask: np.ndarray) -> None:
+        """Attach a teacher suggestion that arrived after acting to step `step` of this rollout."""
+        self.storage.teacher_probs[step] = probs
+        self.storage.teacher_mask[step] = mask
+
     @torch.no_grad()
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         logits, _ = self.policy(torch.from_numpy(obs))

@@ -4,6 +4,10 @@ Subscribes to `step_batch` and `suggestion_batch` (matched by seq), publishes `a
 and `training_status`, writes checkpoints, TensorBoard logs and the exported policy to run_dir,
 and exits when total_frames are done.
 
+It never waits for the teacher: it acts on each step batch at once, and a suggestion attaches to
+the stored sample of its seq whenever it arrives before that rollout's update. So the teacher
+works in parallel (on another core or machine) and a slow one only lowers coverage.
+
     ros2 run student_policy student_node --ros-args -p run_dir:=runs/demo -p total_frames:=200000
 """
 from __future__ import annotations
@@ -20,7 +24,6 @@ from student_policy.checkpoints import CheckpointError, load_learner
 from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule
 
 QOS_DEPTH = 10
-SUGGESTIONS_KEPT = 64
 
 
 def teacher_arrays(batch: SuggestionBatch | None, num_envs: int, num_actions: int):
@@ -43,7 +46,6 @@ class StudentNode(Node):
         self.run_dir = p('run_dir', 'runs/student', 'Directory for checkpoints, logs and the exported policy')
         self.resume = p('resume', True, 'Continue from run_dir/checkpoints/last.pt when it exists')
         checkpoint_every = p('checkpoint_every', 10, 'Save a checkpoint every this many PPO updates')
-        self.teacher_wait_s = p('teacher_wait_ms', 5.0, 'How long to wait for the teacher before acting (ms)') / 1000
         try:
             self.config = PPOConfig(
                 total_frames=p('total_frames', 1_000_000, 'Environment frames to train for'),
@@ -68,12 +70,10 @@ class StudentNode(Node):
         self.status_pub = self.create_publisher(TrainingStatus, 'training_status', QOS_DEPTH)
         self.create_subscription(StepBatch, 'step_batch', self.on_step, QOS_DEPTH)
         self.create_subscription(SuggestionBatch, 'suggestion_batch', self.on_suggestions, QOS_DEPTH)
-        self.wait_timer = self.create_timer(max(self.teacher_wait_s, 1e-4), self.on_teacher_timeout)
-        self.wait_timer.cancel()
 
         self.learner: PPOLearner | None = None
-        self.suggestions: dict[int, SuggestionBatch] = {}
-        self.pending: StepBatch | None = None  # a step batch waiting for its suggestion
+        self.rollout_steps: dict[int, int] = {}  # seq -> step of the current rollout, for late suggestions
+        self.early: dict[int, SuggestionBatch] = {}  # suggestions that beat their step batch here
         self.last_actions: ActionBatch | None = None
         self.acted = False  # an action was stored and awaits its reward
         self.done = False
@@ -99,30 +99,22 @@ class StudentNode(Node):
             self.acted = False
             if self.learner.storage.full and not self.after_rollout(obs):
                 return
-        self.pending = batch
-        if batch.seq in self.suggestions or self.teacher_wait_s <= 0 or self.count_publishers('suggestion_batch') == 0:
-            self.act()
-        else:
-            self.wait_timer.reset()
+        self.act(batch, obs)
 
     def on_suggestions(self, batch: SuggestionBatch) -> None:
-        self.suggestions[batch.seq] = batch
-        for seq in [s for s in self.suggestions if s < batch.seq - SUGGESTIONS_KEPT]:
-            del self.suggestions[seq]
-        if self.pending is not None and self.pending.seq == batch.seq:
-            self.act()
+        step = self.rollout_steps.get(batch.seq)
+        if step is not None:
+            self.learner.attach_teacher(step, *teacher_arrays(batch, self.learner.num_envs, self.learner.num_actions))
+        elif self.last_actions is None or batch.seq > self.last_actions.seq:
+            self.early[batch.seq] = batch
 
-    def on_teacher_timeout(self) -> None:
-        self.wait_timer.cancel()
-        if self.pending is not None:
-            self.act()  # never block on the teacher: this step carries no teacher term
-
-    def act(self) -> None:
-        self.wait_timer.cancel()
-        batch, self.pending = self.pending, None
-        obs = np.frombuffer(batch.observations, np.uint8).reshape(batch.num_envs, *batch.obs_shape)
-        probs, mask = teacher_arrays(self.suggestions.get(batch.seq), batch.num_envs, self.learner.num_actions)
-        actions = self.learner.act(obs, probs, mask)
+    def act(self, batch: StepBatch, obs: np.ndarray) -> None:
+        self.rollout_steps[batch.seq] = self.learner.storage.step
+        actions = self.learner.act(obs)
+        early = self.early.pop(batch.seq, None)
+        self.early = {seq: b for seq, b in self.early.items() if seq > batch.seq}
+        if early is not None:
+            self.on_suggestions(early)
         self.acted = True
         self.last_actions = ActionBatch(seq=batch.seq, actions=actions.astype(np.int32).tolist())
         self.last_actions.header.stamp = self.get_clock().now().to_msg()
@@ -144,6 +136,7 @@ class StudentNode(Node):
         """Update, publish status, run callbacks; False when training is over."""
         learner = self.learner
         metrics = learner.update(next_obs)
+        self.rollout_steps.clear()  # suggestions for the used rollout come too late now
         keep_going = all([callback(learner, metrics) for callback in self.callbacks])
         self.status_pub.publish(self.status_msg(metrics))
         self.get_logger().info(progress_line(learner, metrics))

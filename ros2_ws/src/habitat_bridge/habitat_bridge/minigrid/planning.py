@@ -6,6 +6,7 @@ Moves are MiniGrid's: turn left, turn right, forward onto a passable cell.
 from __future__ import annotations
 
 from collections import deque
+from typing import Callable
 
 import numpy as np
 from minigrid.core.actions import Actions
@@ -26,7 +27,6 @@ def plan_to(passable: np.ndarray, start: tuple[int, int, int], target: tuple[int
         end standing on it.
     :returns: MiniGrid actions (left, right, forward); [] when already there.
     """
-    width, height = passable.shape
     tx, ty = target
 
     def done(x: int, y: int, h: int) -> bool:
@@ -35,13 +35,20 @@ def plan_to(passable: np.ndarray, start: tuple[int, int, int], target: tuple[int
             return (x + dx, y + dy) == (tx, ty)
         return (x, y) == (tx, ty)
 
+    return plan(passable, start, done)
+
+
+def plan(passable: np.ndarray, start: tuple[int, int, int],
+         is_goal: Callable[[int, int, int], bool]) -> list[int] | None:
+    """Shortest action sequence (breadth-first over poses) to any pose where `is_goal(x, y, heading)`."""
+    width, height = passable.shape
     start = tuple(int(v) for v in start)
     parents: dict[tuple[int, int, int], tuple[tuple[int, int, int], int] | None] = {start: None}
     queue = deque([start])
     while queue:
         pose = queue.popleft()
         x, y, h = pose
-        if done(x, y, h):
+        if is_goal(x, y, h):
             actions = []
             while parents[pose] is not None:
                 pose, action = parents[pose]

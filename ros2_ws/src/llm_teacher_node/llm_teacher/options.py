@@ -1,0 +1,93 @@
+"""The teacher's high-level options and affordance grounding.
+
+An option is a verb and, except for explore, an object the robot has perceived:
+  explore | go to the <colour> <type> | pick up the <colour> <type> | drop the <colour> <type>
+  | open the <colour> door
+Grounding keeps only the options that are possible in the perceived state, so that even a weak
+LLM chooses among sensible ones: no object that was not seen, no pick-up while carrying,
+no drop with empty hands, no opening a locked door without its key.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from habitat_bridge.minigrid.observation import PerceivedObject, Perception
+
+PICKABLE = ('key', 'ball', 'box')
+GO_TO_TARGETS = ('key', 'ball', 'box', 'door', 'goal')
+
+
+@dataclass(frozen=True)
+class Option:
+    verb: str  # 'explore', 'go to', 'pick up', 'drop', 'open'
+    type: str = ''
+    color: str = ''
+
+    @property
+    def text(self) -> str:
+        if self.verb == 'explore':
+            return 'explore'
+        noun = f'{self.color} {self.type}' if self.color and self.type != 'goal' else self.type
+        return f'{self.verb} the {noun}'
+
+    def __str__(self) -> str:
+        return self.text
+
+
+EXPLORE = Option('explore')
+
+
+def feasible_options(perception: Perception) -> list[Option]:
+    """The options possible in this perceived state, in a stable order (explore first)."""
+    options = [EXPLORE]
+    carrying = perception.carrying
+    seen = _unique(o for o in perception.objects if o.type in GO_TO_TARGETS)
+    for obj in seen:
+        options.append(Option('go to', obj.type, obj.color))
+    if carrying is None:
+        options += [Option('pick up', o.type, o.color) for o in seen if o.type in PICKABLE]
+    else:
+        options.append(Option('drop', carrying.type, carrying.color))
+    for door in seen:
+        if door.type != 'door' or door.state == 'open':
+            continue
+        has_key = carrying is not None and carrying.type == 'key' and carrying.color == door.color
+        if door.state == 'closed' or has_key:
+            options.append(Option('open', 'door', door.color))
+    return options
+
+
+def _unique(objects) -> list[PerceivedObject]:
+    seen, out = set(), []
+    for obj in objects:
+        if (obj.type, obj.color) not in seen:
+            seen.add((obj.type, obj.color))
+            out.append(obj)
+    return out
+
+
+def parse_option(answer: str, options: list[Option]) -> Option | None:
+    """The option an LLM answer names: exact match, then normalised match, else None (rejected).
+
+    Normalised: lower case, punctuation and articles dropped, whitespace collapsed; an answer
+    that contains exactly one option's normalised text counts as naming it.
+    """
+    stripped = answer.strip()
+    for option in options:
+        if stripped == option.text:
+            return option
+    norm = _normalise(stripped)
+    exact = [o for o in options if _normalise(o.text) == norm]
+    if len(exact) == 1:
+        return exact[0]
+    contained = [o for o in options if re.search(rf'\b{re.escape(_normalise(o.text))}\b', norm)]
+    longest = max((len(_normalise(o.text)) for o in contained), default=0)
+    contained = [o for o in contained if len(_normalise(o.text)) == longest]
+    return contained[0] if len(contained) == 1 else None
+
+
+def _normalise(text: str) -> str:
+    text = re.sub(r'[^a-z ]+', ' ', text.lower())
+    words = [w for w in text.split() if w not in ('the', 'a', 'an')]
+    return ' '.join(words)

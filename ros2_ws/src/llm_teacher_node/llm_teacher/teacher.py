@@ -1,0 +1,143 @@
+"""The teacher: perception -> prompt -> p(option | text) (cached) -> pi_T(a|s) through the skills.
+
+It never blocks its caller: a prompt seen before is answered at once from the cache; a new one
+goes to a worker thread and this state gets no suggestion; when the LLM answers, the answer is
+cached and serves every later state with the same text. LLM errors and unparseable answers are
+counted and logged with the prompt, never raised.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from habitat_bridge.minigrid.observation import Perception
+from llm_teacher.backends import LLMError
+from llm_teacher.cache import AnswerCache
+from llm_teacher.mediator import Mediator
+from llm_teacher.options import feasible_options
+from llm_teacher.planner import Planner
+from llm_teacher.skills import NUM_ACTIONS, teacher_policy
+
+
+@dataclass
+class Suggestion:
+    valid: bool
+    options: list[str] = field(default_factory=list)
+    option_probs: list[float] = field(default_factory=list)
+    action_probs: np.ndarray = field(default_factory=lambda: np.zeros(NUM_ACTIONS, np.float32))
+    cache_hit: bool = False
+    latency_ms: float = 0.0
+
+
+@dataclass
+class TeacherCounters:
+    requests: int = 0
+    cache_hits: int = 0
+    llm_calls: int = 0
+    llm_errors: int = 0
+    parse_failures: int = 0
+    latency_ms_total: float = 0.0
+
+    @property
+    def mean_latency_ms(self) -> float:
+        return self.latency_ms_total / self.llm_calls if self.llm_calls else 0.0
+
+
+class Teacher:
+
+    def __init__(self, planner: Planner, cache: AnswerCache, mediator: Mediator, log_error=print, max_pending: int = 256):
+        self.planner, self.cache, self.mediator = planner, cache, mediator
+        self.source = planner.backend.name
+        self.log_error = log_error
+        self.counters = TeacherCounters()
+        self.max_pending = max_pending
+        # prompt -> (distribution, LLM latency in ms, came from the persistent cache): memory over the cache
+        self._answers: dict[str, tuple[dict[str, float], float, bool]] = {}
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='llm')
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def suggest(self, perception: Perception, memory_map: np.ndarray) -> Suggestion:
+        options = feasible_options(perception)
+        prompt = self.mediator.prompt(perception, options)
+        self.counters.requests += 1
+        answer = self._lookup(prompt)
+        if answer is None:
+            self._ask_later(prompt, options)
+            return Suggestion(valid=False)
+        distribution, latency_ms, cache_hit = answer
+        self.counters.cache_hits += 1
+        by_text = {o.text: o for o in options}
+        option_probs = {by_text[t]: p for t, p in distribution.items() if t in by_text and p > 0}
+        if not option_probs:
+            return Suggestion(valid=False)
+        return Suggestion(valid=True, options=[o.text for o in option_probs],
+                          option_probs=list(option_probs.values()),
+                          action_probs=teacher_policy(option_probs, memory_map, perception.objects),
+                          cache_hit=cache_hit, latency_ms=latency_ms)
+
+    def _lookup(self, prompt: str):
+        with self._lock:
+            answer = self._answers.get(prompt)
+        if answer is None:
+            distribution = self.cache.get(self.source, self.planner.mode, prompt)
+            if distribution is not None:
+                answer = (distribution, 0.0, True)
+                with self._lock:
+                    self._answers[prompt] = answer
+        return answer
+
+    def _ask_later(self, prompt: str, options) -> None:
+        with self._lock:
+            if prompt in self._pending or len(self._pending) >= self.max_pending:
+                return
+            self._pending.add(prompt)
+        self._worker.submit(self._ask, prompt, options)
+
+    def _ask(self, prompt: str, options) -> None:
+        start = time.perf_counter()
+        try:
+            result = self.planner.plan(prompt, options)
+        except LLMError as err:
+            self.counters.llm_errors += 1
+            self.log_error(f'LLM error ({err}) for prompt:\n{prompt}')
+            return
+        except Exception as err:  # a bug in a backend must not kill the node
+            self.counters.llm_errors += 1
+            self.log_error(f'{type(err).__name__} in the planner ({err}) for prompt:\n{prompt}')
+            return
+        finally:
+            with self._lock:
+                self._pending.discard(prompt)
+        latency_ms = 1000 * (time.perf_counter() - start)
+        self.counters.llm_calls += 1
+        self.counters.latency_ms_total += latency_ms
+        if result.rejected_answers:
+            self.counters.parse_failures += len(result.rejected_answers)
+            self.log_error(f'{len(result.rejected_answers)} unparseable answers, e.g. {result.rejected_answers[0]!r}, '
+                           f'for prompt:\n{prompt}')
+        if result.distribution:
+            self.cache.put(self.source, self.planner.mode, prompt, result.distribution)
+            with self._lock:
+                self._answers[prompt] = (result.distribution, latency_ms, False)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no prompt is pending (for evaluation and tests); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._pending:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
+        self.cache.close()

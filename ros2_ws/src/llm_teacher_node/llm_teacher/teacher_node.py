@@ -1,0 +1,111 @@
+"""teacher_node: answers each step batch with a suggestion batch (same seq), never blocking the loop.
+
+Subscribes to `step_batch`, publishes `suggestion_batch` and, every second, `teacher_status`.
+
+    ros2 run llm_teacher teacher_node --ros-args -p backend:=openai -p base_url:=http://localhost:8000 -p model:=qwen
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import rclpy
+from llm_teacher_msgs.msg import StepBatch, SuggestionBatch, TeacherStatus
+from llm_teacher_msgs.msg import Suggestion as SuggestionMsg
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from habitat_bridge.messages import observations_from_msg, perception_from_msg
+from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir
+from llm_teacher.cache import AnswerCache
+from llm_teacher.mediator import Mediator
+from llm_teacher.planner import Planner
+from llm_teacher.teacher import Teacher
+
+QOS_DEPTH = 10
+
+
+class TeacherNode(Node):
+
+    def __init__(self):
+        super().__init__('teacher_node')
+        p = self._param
+        backend = p('backend', 'transformers', "'transformers' (local model) or 'openai' (any OpenAI-compatible server)")
+        model = p('model', 'embedded', "transformers: a model directory or 'embedded'; openai: the served model name")
+        base_url = p('base_url', 'http://127.0.0.1:8000', 'openai backend: server base URL')
+        api_key_env = p('api_key_env', 'OPENAI_API_KEY', 'openai backend: environment variable holding the API key')
+        timeout_s = p('timeout_s', 30.0, 'openai backend: seconds before a request is abandoned')
+        device = p('device', 'cpu', "transformers backend: 'cpu' or 'cuda'")
+        mode = p('planner_mode', 'score', "'score' (option log-likelihoods) or 'sample' (K answers, the paper's)")
+        samples = p('samples', 10, 'sample mode: answers per prompt')
+        cache_path = p('cache_path', str(default_cache_dir() / 'answers.sqlite'), 'Persistent answer cache (SQLite)')
+        prompt_file = p('prompt_file', '', 'Prompt template file; empty: the packaged one for the task family')
+        try:
+            if backend == 'transformers':
+                llm = TransformersBackend(model, device=device)
+            elif backend == 'openai':
+                llm = OpenAIBackend(base_url, model, os.environ.get(api_key_env, ''), timeout_s)
+            else:
+                raise ValueError(f"backend {backend!r} is not 'transformers' or 'openai'")
+            self.teacher = Teacher(Planner(llm, mode, samples), AnswerCache(cache_path), Mediator.from_file(prompt_file or None),
+                                   log_error=lambda text: self.get_logger().error(text, throttle_duration_sec=5.0))
+        except (ValueError, LLMError) as err:
+            raise SystemExit(f'teacher_node: {err}') from err
+        self.suggestion_pub = self.create_publisher(SuggestionBatch, 'suggestion_batch', QOS_DEPTH)
+        self.status_pub = self.create_publisher(TeacherStatus, 'teacher_status', QOS_DEPTH)
+        self.create_subscription(StepBatch, 'step_batch', self.on_step, QOS_DEPTH)
+        self.create_timer(1.0, self.publish_status)
+        self.last_seq = -1
+        self.get_logger().info(f'teacher {self.teacher.source} ({mode}), cache {cache_path}')
+
+    def _param(self, name, default, description):
+        # Dynamic typing, then a cast, so that `-p timeout_s:=5` works where 5.0 is the default.
+        descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
+        return type(default)(self.declare_parameter(name, default, descriptor).value)
+
+    def on_step(self, batch: StepBatch) -> None:
+        if batch.seq == self.last_seq:
+            return  # a resend of the batch just answered
+        self.last_seq = batch.seq
+        observations = observations_from_msg(batch)
+        out = SuggestionBatch(seq=batch.seq)
+        out.header.stamp = self.get_clock().now().to_msg()
+        for obs, perception in zip(observations, batch.perceptions):
+            s = self.teacher.suggest(perception_from_msg(perception), obs)
+            out.suggestions.append(SuggestionMsg(
+                valid=s.valid, options=s.options, option_probs=s.option_probs,
+                action_probs=np.asarray(s.action_probs, np.float32).tolist(), source=self.teacher.source,
+                cache_hit=s.cache_hit, latency_ms=s.latency_ms))
+        self.suggestion_pub.publish(out)
+
+    def publish_status(self) -> None:
+        c = self.teacher.counters
+        status = TeacherStatus(source=self.teacher.source, requests=c.requests, cache_hits=c.cache_hits,
+                               llm_calls=c.llm_calls, llm_errors=c.llm_errors,
+                               parse_failures=c.parse_failures, pending=self.teacher.pending,
+                               mean_latency_ms=c.mean_latency_ms)
+        status.header.stamp = self.get_clock().now().to_msg()
+        self.status_pub.publish(status)
+
+    def destroy_node(self):
+        self.teacher.close()
+        super().destroy_node()
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = TeacherNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,235 @@
+"""The teacher's parts in-process: grounding, parsing, mediator, skills, cache, planner, embedded LLM."""
+import threading
+
+import numpy as np
+import pytest
+from minigrid.core.actions import Actions
+
+from habitat_bridge.minigrid.expert import ScriptedExpert
+from habitat_bridge.minigrid.observation import PerceivedObject, Perception
+from habitat_bridge.minigrid.vector import make_env
+from llm_teacher.cache import AnswerCache
+from llm_teacher.mediator import Mediator, describe
+from llm_teacher.options import EXPLORE, Option, feasible_options, parse_option
+from llm_teacher.planner import Planner
+from llm_teacher.skills import SkillContext, explore, skill_action, teacher_policy
+from llm_teacher.teacher import Teacher
+
+KEY = PerceivedObject('key', 'yellow', grid_x=2, grid_y=2)
+DOOR = PerceivedObject('door', 'yellow', 'locked', grid_x=5, grid_y=0)
+LAVA = PerceivedObject('lava', 'red', grid_x=3, grid_y=3)
+
+
+def texts(options):
+    return [o.text for o in options]
+
+
+def test_grounding_offers_only_possible_options():
+    nothing_seen = Perception('open the locked door')
+    assert texts(feasible_options(nothing_seen)) == ['explore']
+    seen = Perception('open the locked door', objects=[KEY, DOOR, LAVA])
+    assert texts(feasible_options(seen)) == ['explore', 'go to the yellow key', 'go to the yellow door',
+                                             'pick up the yellow key']  # no open without the key, no drop
+    carrying = Perception('open the locked door', objects=[DOOR], carrying=PerceivedObject('key', 'yellow'))
+    assert texts(feasible_options(carrying)) == ['explore', 'go to the yellow door', 'drop the yellow key',
+                                                 'open the yellow door']
+    wrong_key = Perception('open the locked door', objects=[DOOR], carrying=PerceivedObject('key', 'red'))
+    assert 'open the yellow door' not in texts(feasible_options(wrong_key))
+
+
+@pytest.mark.parametrize('answer, expected', [
+    ('pick up the yellow key', 'pick up the yellow key'),           # exact
+    ('  Pick up the yellow key.', 'pick up the yellow key'),        # normalised
+    ('I would pick up yellow key now', 'pick up the yellow key'),   # contains exactly one option
+    ('Explore!', 'explore'),
+    ('open the red door', None),                                    # not an option here
+    ('The take-it-lightly (While everything is', None),             # a real SmolLM2 answer
+])
+def test_answers_are_parsed_exactly_then_normalised_else_rejected(answer, expected):
+    options = feasible_options(Perception('m', objects=[KEY, DOOR]))
+    parsed = parse_option(answer, options)
+    assert (parsed.text if parsed else None) == expected
+
+
+def test_mediator_text_is_exact_and_leaves_out_positions_and_lava():
+    text = describe(Perception('m', objects=[KEY, DOOR, LAVA]))
+    assert text == 'You have seen: a locked yellow door, a yellow key. You carry nothing.'
+    moved = PerceivedObject('key', 'yellow', grid_x=7, grid_y=1, forward=3.0)
+    assert describe(Perception('m', objects=[moved, DOOR])) == text  # same situation, same text: cache hits
+
+
+def test_prompt_templates_are_files_and_must_have_their_fields(tmp_path):
+    options = feasible_options(Perception('open the locked door', objects=[KEY]))
+    prompt = Mediator.from_file().prompt(Perception('open the locked door', objects=[KEY]), options)
+    assert 'open the locked door' in prompt and '- pick up the yellow key' in prompt
+    bad = tmp_path / 'bad.txt'
+    bad.write_text('Goal: {mission}')
+    with pytest.raises(ValueError, match='lacks {observation}, {options}'):
+        Mediator.from_file(bad)
+
+
+def run_option_skills(task, seed, choose, steps=150):
+    env = make_env(task)
+    obs, _ = env.reset(seed=seed)
+    for _ in range(steps):
+        perception = env.perception()
+        option = choose(perception, feasible_options(perception))
+        obs, reward, terminated, truncated, info = env.step(skill_action(option, SkillContext(obs), perception.objects))
+        if terminated or truncated:
+            return env, reward, info
+    return env, 0.0, {}
+
+
+def task_rule(perception, options):
+    """The right option for door-key tasks; stands in for a perfect planner."""
+    by_verb = {o.verb: o for o in options}
+    if 'open' in by_verb:
+        return by_verb['open']
+    keys = [o for o in options if o.verb == 'pick up' and any(d.type == 'door' and d.color == o.color
+                                                             for d in perception.objects)]
+    return keys[0] if keys else EXPLORE
+
+
+@pytest.mark.parametrize('task', ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-LavaDoorKey-v0', 'MiniGrid-ColoredDoorKey-v0'])
+def test_skills_with_the_right_options_solve_the_task(task):
+    solved = sum(run_option_skills(task, seed, task_rule)[2].get('success', False) for seed in range(30))
+    assert solved == 30
+
+
+def test_go_to_never_steps_into_lava():
+    for seed in range(40):
+        env = make_env('MiniGrid-LavaDoorKey-v0')
+        obs, _ = env.reset(seed=seed)
+        for _ in range(150):
+            perception = env.perception()
+            options = feasible_options(perception)
+            option = next((o for o in options if o.verb == 'go to'), EXPLORE)
+            obs, reward, terminated, truncated, info = env.step(skill_action(option, SkillContext(obs), perception.objects))
+            cell = env.unwrapped.grid.get(*env.unwrapped.agent_pos)
+            assert cell is None or cell.type != 'lava', f'seed {seed}: stepped into lava'
+            if terminated or truncated:
+                assert info.get('success') or truncated  # never terminated by lava
+                break
+
+
+def test_explore_finishes_by_seeing_the_whole_room():
+    env = make_env('MiniGrid-SimpleDoorKey-v0')
+    obs, _ = env.reset(seed=3)
+    for _ in range(150):
+        obs, *_ = env.step(explore(SkillContext(obs)))
+    base = env.unwrapped
+    room, frontier = set(), [tuple(base.agent_pos)]  # the cells inside the room: flood fill within walls
+    while frontier:
+        x, y = frontier.pop()
+        cell = base.grid.get(x, y)
+        if (x, y) in room or (cell is not None and cell.type in ('wall', 'door')):
+            continue
+        room.add((x, y))
+        frontier += [(x + 1, y), (x - 1, y), (x, y + 1), (x, y - 1)]
+    unseen = [c for c in room if obs[c[0], c[1], 0] == 0]
+    assert unseen == [], f'explore left {unseen} unseen'
+
+
+def test_teacher_policy_mixes_option_skills_by_probability():
+    env = make_env('MiniGrid-SimpleDoorKey-v0')
+    obs, _ = env.reset(seed=0)
+    expert = ScriptedExpert()
+    while (action := expert.act(env)) != Actions.pickup:  # walk until facing the key
+        obs, *_ = env.step(action)
+    perception = env.perception()
+    pick = next(o for o in feasible_options(perception) if o.verb == 'pick up')
+    probs = teacher_policy({pick: 0.75, EXPLORE: 0.25}, obs, perception.objects)
+    assert probs.sum() == pytest.approx(1.0) and probs[Actions.pickup] >= 0.75
+
+
+def test_cache_persists_and_survives_concurrent_writers(tmp_path):
+    path = tmp_path / 'answers.sqlite'
+    caches = [AnswerCache(path) for _ in range(4)]
+
+    def write(i):
+        for j in range(50):
+            caches[i].put('b:m', 'score', f'prompt {i} {j}', {'explore': 1.0})
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reopened = AnswerCache(path)
+    assert len(reopened) == 200 and reopened.get('b:m', 'score', 'prompt 3 49') == {'explore': 1.0}
+    assert reopened.get('other:m', 'score', 'prompt 3 49') is None  # keyed by backend and model too
+
+
+def test_a_corrupt_cache_file_is_refused_clearly(tmp_path):
+    path = tmp_path / 'answers.sqlite'
+    path.write_bytes(b'not a database' * 100)
+    with pytest.raises(ValueError, match='not a usable SQLite database'):
+        AnswerCache(path)
+
+
+class FailingBackend:
+    name = 'test:failing'
+
+    def score(self, prompt, continuations):
+        from llm_teacher.backends import LLMError
+        raise LLMError('server at http://127.0.0.1:9 refused the connection')
+
+    generate = score
+
+
+def test_llm_errors_are_counted_and_logged_never_raised(tmp_path):
+    logged = []
+    teacher = Teacher(Planner(FailingBackend()), AnswerCache(tmp_path / 'c.sqlite'), Mediator.from_file(),
+                      log_error=logged.append)
+    env = make_env('MiniGrid-SimpleDoorKey-v0')
+    obs, _ = env.reset(seed=1)
+    perception = Perception('m', objects=[KEY, DOOR])
+    assert not teacher.suggest(perception, obs).valid
+    assert teacher.wait_idle(10)
+    assert teacher.counters.llm_errors == 1 and 'refused the connection' in logged[0] and 'Possible actions' in logged[0]
+    teacher.close()
+
+
+@pytest.fixture(scope='module')
+def embedded():
+    from llm_teacher.backends import TransformersBackend
+    return TransformersBackend('embedded')
+
+
+def test_embedded_model_scores_a_valid_deterministic_distribution(embedded):
+    options = feasible_options(Perception('open the locked door', objects=[KEY, DOOR]))
+    prompt = Mediator.from_file().prompt(Perception('open the locked door', objects=[KEY, DOOR]), options)
+    first = Planner(embedded, 'score').plan(prompt, options).distribution
+    again = Planner(embedded, 'score').plan(prompt, options).distribution
+    assert set(first) == set(texts(options)) and sum(first.values()) == pytest.approx(1.0)
+    assert first == again
+
+
+def test_embedded_model_sampling_is_parsed_or_rejected(embedded):
+    options = feasible_options(Perception('open the locked door', objects=[KEY, DOOR]))
+    prompt = Mediator.from_file().prompt(Perception('open the locked door', objects=[KEY, DOOR]), options)
+    result = Planner(embedded, 'sample', samples=4).plan(prompt, options)
+    assert len(result.rejected_answers) <= 4 and set(result.distribution) <= set(texts(options))
+    if result.distribution:
+        assert sum(result.distribution.values()) == pytest.approx(1.0)
+
+
+def test_a_warm_cache_makes_zero_llm_calls(tmp_path, embedded):
+    env = make_env('MiniGrid-SimpleDoorKey-v0')
+
+    def run(cache_path):
+        teacher = Teacher(Planner(embedded, 'score'), AnswerCache(cache_path), Mediator.from_file())
+        obs, _ = env.reset(seed=2)
+        expert = ScriptedExpert()
+        for _ in range(40):
+            teacher.suggest(env.perception(), obs)
+            teacher.wait_idle(60)
+            obs, _, terminated, truncated, _ = env.step(expert.act(env))
+            if terminated or truncated:
+                break
+        counters = teacher.counters
+        teacher.close()
+        return counters
+
+    cold = run(tmp_path / 'answers.sqlite')
+    warm = run(tmp_path / 'answers.sqlite')
+    assert cold.llm_calls >= 1 and warm.llm_calls == 0 and warm.cache_hits == warm.requests
