@@ -2,7 +2,7 @@
 from pathlib import Path
 
 import pytest
-from llm_teacher_msgs.msg import TrainingStatus
+from llm_teacher_msgs.msg import SuggestionBatch, TeacherStatus, TrainingStatus
 from ros_helpers import spin_until
 
 from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
@@ -69,3 +69,31 @@ def test_bad_launch_arguments_are_named(bad, message):
     launch = load_launch_file(LAUNCH)
     with pytest.raises(ValueError, match=message):
         resolve_arguments(launch.ARGUMENTS, bad)
+
+
+def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ros_node):
+    """Sim, embedded-LLM teacher and student as processes: suggestions arrive and are distilled."""
+    launch = load_launch_file(LAUNCH)
+    args = resolve_arguments(launch.ARGUMENTS, [f'run_dir:={tmp_path}', f'total_frames:={40 * ROLLOUT}',
+                                                f'num_envs:={NUM_ENVS}'])
+    specs = launch.nodes(args)
+    assert [s.executable for s in specs] == ['minigrid_sim_node', 'student_node', 'teacher_node']
+    specs[1].parameters.append({'num_steps': NUM_STEPS})
+    specs[2].parameters.append({'cache_path': str(tmp_path / 'answers.sqlite')})
+    statuses, teacher_statuses, suggestions = [], [], []
+    ros_node.create_subscription(TrainingStatus, 'training_status', statuses.append, 10)
+    ros_node.create_subscription(TeacherStatus, 'teacher_status', teacher_statuses.append, 10)
+    ros_node.create_subscription(SuggestionBatch, 'suggestion_batch', suggestions.append, 10)
+    logs = []
+    with LaunchRunner(specs, log=logs.append):
+        spin_until(ros_node, lambda: any(s.teacher_coverage > 0.5 for s in statuses), 240,
+                   'training_status with teacher coverage above 0.5 (is teacher_node answering?)')
+        spin_until(ros_node, lambda: teacher_statuses and teacher_statuses[-1].llm_calls > 0, 60,
+                   'teacher_status with an LLM call')
+    assert any(s.teacher_weight > 9 for s in statuses)
+    valid = [s for batch in suggestions for s in batch.suggestions if s.valid]
+    assert valid, '\n'.join(logs[-30:])
+    for s in valid[:50]:
+        assert s.source == 'transformers:SmolLM2-135M-Instruct' and len(s.action_probs) == 7
+        assert abs(sum(s.action_probs) - 1) < 1e-4 and abs(sum(s.option_probs) - 1) < 1e-4
+    assert teacher_statuses[-1].llm_errors == 0
