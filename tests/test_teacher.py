@@ -233,3 +233,30 @@ def test_a_warm_cache_makes_zero_llm_calls(tmp_path, embedded):
     cold = run(tmp_path / 'answers.sqlite')
     warm = run(tmp_path / 'answers.sqlite')
     assert cold.llm_calls >= 1 and warm.llm_calls == 0 and warm.cache_hits == warm.requests
+
+
+def test_expert_labels_follow_explore_pick_up_open():
+    from llm_teacher.evaluate import expert_label
+    env = make_env('MiniGrid-SimpleDoorKey-v0')
+    env.reset(seed=4)
+    expert, labels = ScriptedExpert(), []
+    while True:
+        label = expert_label(env, expert, env.perception()).text
+        if not labels or labels[-1] != label:
+            labels.append(label)
+        _, _, terminated, truncated, _ = env.step(expert.act(env))
+        if terminated or truncated:
+            break
+    assert labels[-2:] == ['pick up the yellow key', 'open the yellow door']
+    assert set(labels[:-2]) <= {'explore'}
+
+
+def test_evaluation_reports_accuracy_and_act_alone_success(tmp_path, embedded):
+    from llm_teacher.evaluate import evaluate
+    teacher = Teacher(Planner(embedded, 'score'), AnswerCache(tmp_path / 'c.sqlite'), Mediator.from_file())
+    grounded = evaluate(teacher, 'MiniGrid-SimpleDoorKey-v0', episodes=2, grounded=True)
+    ungrounded = evaluate(teacher, 'MiniGrid-SimpleDoorKey-v0', episodes=2, grounded=False)
+    for result in (grounded, ungrounded):
+        assert result['situations'] > 10 and 0 <= result['accuracy'] <= 1 and 0 <= result['act_alone_success'] <= 1
+    assert grounded['llm_calls'] >= 1 and grounded['llm_errors'] == 0
+    teacher.close()

@@ -65,16 +65,22 @@ class Teacher:
     def pending(self) -> int:
         return len(self._pending)
 
-    def suggest(self, perception: Perception, memory_map: np.ndarray) -> Suggestion:
+    def suggest(self, perception: Perception, memory_map: np.ndarray, wait: bool = False) -> Suggestion:
+        """pi_T for this state; invalid (at once) when its prompt has no answer yet, unless `wait`."""
         options = feasible_options(perception)
-        prompt = self.mediator.prompt(perception, options)
         self.counters.requests += 1
+        prompt = self.mediator.prompt(perception, options)
         answer = self._lookup(prompt)
-        if answer is None:
+        if answer is not None:
+            self.counters.cache_hits += 1
+        else:
             self._ask_later(prompt, options)
-            return Suggestion(valid=False)
+            if not wait or not self.wait_idle(timeout=600):
+                return Suggestion(valid=False)
+            answer = self._lookup(prompt)
+            if answer is None:  # the LLM failed on it
+                return Suggestion(valid=False)
         distribution, latency_ms, cache_hit = answer
-        self.counters.cache_hits += 1
         by_text = {o.text: o for o in options}
         option_probs = {by_text[t]: p for t, p in distribution.items() if t in by_text and p > 0}
         if not option_probs:
@@ -83,6 +89,15 @@ class Teacher:
                           option_probs=list(option_probs.values()),
                           action_probs=teacher_policy(option_probs, memory_map, perception.objects),
                           cache_hit=cache_hit, latency_ms=latency_ms)
+
+    def option_distribution(self, perception: Perception, options) -> dict[str, float] | None:
+        """p(option | text) over `options` (blocking: asks the LLM now if needed); None if it failed."""
+        prompt = self.mediator.prompt(perception, options)
+        if self._lookup(prompt) is None:
+            self._ask_later(prompt, options)
+            self.wait_idle(timeout=600)
+        answer = self._lookup(prompt)
+        return answer[0] if answer else None
 
     def _lookup(self, prompt: str):
         with self._lock:

@@ -32,7 +32,7 @@ class ScriptedExpert:
 
     def act(self, env: MiniGridEnv) -> int:
         env = env.unwrapped
-        subgoal = self._choose_subgoal(env)
+        subgoal = self.subgoal(env)
         if subgoal is None:
             return int(Actions.done)
         (tx, ty), finish = subgoal
@@ -46,8 +46,8 @@ class ScriptedExpert:
         return self._plan.pop(0)
 
     @staticmethod
-    def _choose_subgoal(env: MiniGridEnv):
-        """((x, y), final action or None to step onto the cell)."""
+    def subgoal(env: MiniGridEnv):
+        """What the expert is doing now: ((x, y), final action, or None to step onto the cell)."""
         pose = np.asarray(env.agent_pos)
         cells = [(x, y, env.grid.get(x, y)) for x in range(env.width) for y in range(env.height)]
         locked = [(x, y, c) for x, y, c in cells if isinstance(c, Door) and c.is_locked]

@@ -1,0 +1,123 @@
+"""How good is a teacher? Accuracy on labelled situations, and success when it acts alone.
+
+Situations come from the scripted expert's episodes: at each step the right option is the one
+the expert is carrying out (pick up the key, open the door, go to the goal), or explore when the
+robot has not yet seen its target. Accuracy counts the teacher's most likely option against
+that label. Act-alone success runs the teacher's policy pi_T (sampled) with no student.
+
+    python -m llm_teacher.evaluate --task MiniGrid-SimpleDoorKey-v0 --planner-mode score
+    python -m llm_teacher.evaluate --backend openai --base-url http://127.0.0.1:8000 --model qwen --planner-mode sample
+    python -m llm_teacher.evaluate --ungrounded   # offer every option, possible or not
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+from minigrid.core.actions import Actions
+
+from habitat_bridge.minigrid.expert import ScriptedExpert
+from habitat_bridge.minigrid.observation import Perception
+from habitat_bridge.minigrid.vector import make_env
+from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir
+from llm_teacher.cache import AnswerCache
+from llm_teacher.mediator import Mediator
+from llm_teacher.options import EXPLORE, Option, feasible_options
+from llm_teacher.planner import Planner
+from llm_teacher.teacher import Teacher
+
+
+def expert_label(env, expert: ScriptedExpert, perception: Perception) -> Option:
+    """The option the expert is carrying out, or explore when its target is not perceived yet."""
+    subgoal = expert.subgoal(env.unwrapped)
+    if subgoal is None:
+        return EXPLORE
+    (x, y), final = subgoal
+    target = next((o for o in perception.objects if (o.grid_x, o.grid_y) == (x, y)), None)
+    if target is None:
+        return EXPLORE
+    verb = {int(Actions.pickup): 'pick up', int(Actions.toggle): 'open'}.get(final, 'go to')
+    return Option(verb, target.type, target.color)
+
+
+def every_option(perception: Perception, env) -> list[Option]:
+    """No grounding: every verb with every object of the task, seen or not, possible or not."""
+    base = env.unwrapped
+    objects = {(c.type, c.color) for c in base.grid.grid if c is not None and c.type in ('key', 'door', 'goal')}
+    options = [EXPLORE]
+    for kind, color in sorted(objects):
+        options.append(Option('go to', kind, color))
+        if kind == 'key':
+            options += [Option('pick up', kind, color), Option('drop', kind, color)]
+        if kind == 'door':
+            options.append(Option('open', kind, color))
+    return options
+
+
+def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: int = 1000) -> dict:
+    env = make_env(task)
+    correct = total = 0
+    for episode in range(episodes):  # accuracy along the expert's trajectories
+        obs, _ = env.reset(seed=seed + episode)
+        expert = ScriptedExpert()
+        while True:
+            perception = env.perception()
+            options = feasible_options(perception) if grounded else every_option(perception, env)
+            label = expert_label(env, expert, perception)
+            distribution = teacher.option_distribution(perception, options)
+            if distribution:
+                correct += max(distribution, key=distribution.get) == label.text
+            total += 1
+            obs, _, terminated, truncated, _ = env.step(expert.act(env))
+            if terminated or truncated:
+                break
+    rng = np.random.default_rng(seed)
+    successes = 0
+    for episode in range(episodes):  # the teacher acting alone
+        obs, _ = env.reset(seed=seed + episodes + episode)
+        while True:
+            suggestion = teacher.suggest(env.perception(), obs, wait=True)
+            action = rng.choice(len(suggestion.action_probs), p=suggestion.action_probs) if suggestion.valid else 0
+            obs, _, terminated, truncated, info = env.step(int(action))
+            if terminated or truncated:
+                successes += bool(info.get('success', False))
+                break
+    counters = teacher.counters
+    return {'task': task, 'teacher': teacher.source, 'planner_mode': teacher.planner.mode, 'grounded': grounded,
+            'accuracy': correct / max(total, 1), 'situations': total, 'act_alone_success': successes / episodes,
+            'episodes': episodes, 'llm_calls': counters.llm_calls, 'llm_errors': counters.llm_errors,
+            'parse_failures': counters.parse_failures}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m llm_teacher.evaluate', description=__doc__.splitlines()[0])
+    parser.add_argument('--task', action='append', help='task id (repeatable); default: the paper tasks')
+    parser.add_argument('--episodes', type=int, default=20)
+    parser.add_argument('--backend', choices=('transformers', 'openai'), default='transformers')
+    parser.add_argument('--model', default='embedded')
+    parser.add_argument('--base-url', default='http://127.0.0.1:8000')
+    parser.add_argument('--planner-mode', choices=('score', 'sample'), default='score')
+    parser.add_argument('--samples', type=int, default=10)
+    parser.add_argument('--ungrounded', action='store_true', help='offer every option, possible or not')
+    parser.add_argument('--cache', default=str(default_cache_dir() / 'answers.sqlite'))
+    args = parser.parse_args(argv)
+    tasks = args.task or ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-LavaDoorKey-v0', 'MiniGrid-ColoredDoorKey-v0',
+                          'MiniGrid-TwoDoor-v0']
+    try:
+        backend = (TransformersBackend(args.model) if args.backend == 'transformers'
+                   else OpenAIBackend(args.base_url, args.model))
+        teacher = Teacher(Planner(backend, args.planner_mode, args.samples), AnswerCache(args.cache),
+                          Mediator.from_file(), log_error=lambda text: print(text, file=sys.stderr))
+    except (ValueError, LLMError) as err:
+        print(f'evaluate: {err}', file=sys.stderr)
+        return 2
+    for task in tasks:
+        print(json.dumps(evaluate(teacher, task, args.episodes, not args.ungrounded)), flush=True)
+    teacher.close()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
