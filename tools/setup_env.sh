@@ -11,8 +11,10 @@ fail() { printf '\nsetup failed: %s\n' "$*" >&2; exit 1; }
 deps() {
   command -v "$PYTHON" >/dev/null ||
     fail "no '$PYTHON' on PATH. This project needs Python 3.11 (the ROS 2 Jazzy wheels are built for it): install it (e.g. 'pyenv install 3.11' or 'apt-get install python3.11 python3.11-venv') or run make with PYTHON=/path/to/python3.11."
-  "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
-    fail "'$PYTHON' is Python $("$PYTHON" -c 'import sys; print(*sys.version_info[:3], sep=".")'), not 3.11. Run make with PYTHON=/path/to/python3.11."
+  local version
+  version=$("$PYTHON" -c 'import sys; print(*sys.version_info[:3], sep=".")' 2>&1) ||
+    fail "'$PYTHON' does not run: $(echo "$version" | head -n 2 | tr '\n' ' ')- run make with PYTHON=/path/to/python3.11."
+  [ "${version%.*}" = 3.11 ] || fail "'$PYTHON' is Python $version, not 3.11. Run make with PYTHON=/path/to/python3.11."
   for tool in cmake cc c++; do
     command -v $tool >/dev/null || fail "'$tool' not found: building llm_teacher_msgs needs CMake and a C/C++ compiler (apt-get install cmake build-essential)."
   done
