@@ -23,6 +23,7 @@ setup(
     entry_points={
         'console_scripts': [
             'student_node = student_policy.student_node:main',
+            'policy_node = student_policy.policy_node:main',
         ],
     },
 )

@@ -1,0 +1,67 @@
+"""Run an exported student policy greedily on seeded episodes: success rate and mean return.
+
+    python -m student_policy.evaluate runs/train/policy.pt --task MiniGrid-SimpleDoorKey-v0 --episodes 100
+
+Evaluates the TorchScript file the deploy node loads, so the figure is that of what ships.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from habitat_bridge.minigrid.vector import MiniGridVecEnv
+
+
+def load_policy(path: str | Path) -> torch.jit.ScriptModule:
+    """The exported policy (obs uint8 batch -> logits); ValueError naming the file if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f'policy file {path} does not exist (training writes run_dir/policy.pt at its end)')
+    try:
+        return torch.jit.load(str(path), map_location='cpu').eval()
+    except Exception as err:
+        raise ValueError(f'{path} is not an exported student policy ({type(err).__name__}: {err})') from err
+
+
+def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int = 16) -> dict:
+    """Greedy rollouts until `episodes` episodes have ended (env i starts at seed + i)."""
+    envs = MiniGridVecEnv(task, min(num_envs, episodes))
+    step = envs.reset(seed=seed)
+    returns, successes = [], []
+    episode_return = np.zeros(envs.num_envs)
+    with torch.no_grad():
+        while len(returns) < episodes:
+            actions = policy(torch.from_numpy(step.observations)).argmax(-1).numpy()
+            step = envs.step(actions)
+            episode_return += step.rewards
+            for i in np.flatnonzero(step.terminated | step.truncated):
+                returns.append(float(episode_return[i]))
+                successes.append(bool(step.success[i]))
+                episode_return[i] = 0.0
+    return {'task': task, 'episodes': episodes, 'success_rate': float(np.mean(successes[:episodes])),
+            'mean_return': float(np.mean(returns[:episodes]))}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m student_policy.evaluate', description=__doc__.splitlines()[0])
+    parser.add_argument('policy', help='an exported policy.pt')
+    parser.add_argument('--task', default='MiniGrid-SimpleDoorKey-v0')
+    parser.add_argument('--episodes', type=int, default=100)
+    parser.add_argument('--seed', type=int, default=10_000, help='evaluation seeds start here (training uses 0..)')
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate(load_policy(args.policy), args.task, args.episodes, args.seed)
+    except ValueError as err:
+        print(f'evaluate: {err}', file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

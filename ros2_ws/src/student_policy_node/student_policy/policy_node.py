@@ -1,0 +1,62 @@
+"""policy_node: the deployed student, inference only (no LLM, no training code on its path).
+
+Loads an exported policy (TorchScript, run_dir/policy.pt), and answers each observation batch on
+`step_batch` with greedy actions on `action_batch`. Remap the topics to a robot's:
+
+    ros2 run student_policy policy_node --ros-args -p policy_path:=runs/train/policy.pt -r step_batch:=/robot/observations
+"""
+from __future__ import annotations
+
+import numpy as np
+import rclpy
+import torch
+from llm_teacher_msgs.msg import ActionBatch, StepBatch
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from student_policy.evaluate import load_policy
+
+QOS_DEPTH = 10
+
+
+class PolicyNode(Node):
+
+    def __init__(self):
+        super().__init__('policy_node')
+        path = self.declare_parameter('policy_path', 'runs/train/policy.pt',
+                                      ParameterDescriptor(description='Exported policy (TorchScript)')).value
+        torch.set_num_threads(1)
+        try:
+            self.policy = load_policy(path)
+        except ValueError as err:
+            raise SystemExit(f'policy_node: {err}') from err
+        self.action_pub = self.create_publisher(ActionBatch, 'action_batch', QOS_DEPTH)
+        self.create_subscription(StepBatch, 'step_batch', self.on_step, QOS_DEPTH)
+        self.get_logger().info(f'serving {path}')
+
+    def on_step(self, batch: StepBatch) -> None:
+        obs = np.frombuffer(batch.observations, np.uint8).reshape(batch.num_envs, *batch.obs_shape)
+        with torch.no_grad():
+            actions = self.policy(torch.from_numpy(obs.copy())).argmax(-1)
+        out = ActionBatch(seq=batch.seq, actions=actions.int().tolist())
+        out.header.stamp = self.get_clock().now().to_msg()
+        self.action_pub.publish(out)
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PolicyNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

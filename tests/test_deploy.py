@@ -1,0 +1,52 @@
+"""The exported student: the evaluation command and the inference-only deploy node driving the sim."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from llm_teacher_msgs.msg import ActionBatch, StepBatch
+from ros_helpers import spin_until
+
+from habitat_bridge.minigrid.vector import MiniGridVecEnv
+from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
+from student_policy.checkpoints import export_policy
+from student_policy.evaluate import evaluate, load_policy
+from student_policy.ppo import PPOConfig, train
+
+LAUNCH = Path(__file__).resolve().parent.parent / 'launch'
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    envs = MiniGridVecEnv('MiniGrid-SimpleDoorKey-v0', 2)
+    learner = train(PPOConfig(total_frames=64, num_steps=32, minibatch_size=32), envs)
+    return export_policy(tmp_path_factory.mktemp('run') / 'policy.pt', learner)
+
+
+def test_evaluation_of_an_exported_policy(exported):
+    result = evaluate(load_policy(exported), 'MiniGrid-SimpleDoorKey-v0', episodes=8)
+    assert result['episodes'] == 8 and 0 <= result['success_rate'] <= 1 and 0 <= result['mean_return'] <= 1
+    cli = subprocess.run([sys.executable, '-m', 'student_policy.evaluate', str(exported), '--episodes', '4'],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0 and '"success_rate"' in cli.stdout
+    bad = subprocess.run([sys.executable, '-m', 'student_policy.evaluate', 'missing.pt'],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and 'policy file missing.pt does not exist' in bad.stderr
+
+
+def test_deploy_node_drives_the_simulator(exported, ros_node):
+    launch = load_launch_file(LAUNCH / 'eval.launch.py')
+    specs = launch.nodes(resolve_arguments(launch.ARGUMENTS, [f'policy_path:={exported}', 'num_envs:=2']))
+    batches, actions = [], []
+    ros_node.create_subscription(StepBatch, 'step_batch', batches.append, 10)
+    ros_node.create_subscription(ActionBatch, 'action_batch', actions.append, 10)
+    with LaunchRunner(specs, log=lambda line: None):
+        spin_until(ros_node, lambda: batches and batches[-1].seq >= 50, 120, 'step batch 50 (deploy node acting)')
+    assert all(len(a.actions) == 2 and all(0 <= x < 7 for x in a.actions) for a in actions)
+
+
+def test_deploy_launch_remaps_to_a_robots_topics():
+    launch = load_launch_file(LAUNCH / 'deploy.launch.py')
+    spec, = launch.nodes(resolve_arguments(launch.ARGUMENTS, ['observations:=/robot/obs', 'actions:=/robot/cmd']))
+    assert ('step_batch', '/robot/obs') in spec.remappings and ('action_batch', '/robot/cmd') in spec.remappings
+    assert '-r' in spec.ros_args() and 'step_batch:=/robot/obs' in spec.ros_args()
