@@ -16,7 +16,7 @@ import numpy as np
 import rclpy
 from llm_teacher_msgs.msg import ActionBatch, StepBatch, SuggestionBatch, TrainingStatus
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 from student_policy.callbacks import CheckpointCallback, MetricsLogCallback, checkpoint_path, progress_line
@@ -164,8 +164,10 @@ def main(args=None):
     node = None
     try:
         node = StudentNode()
+        executor = SingleThreadedExecutor()  # one for the whole run: rclpy.spin_once re-adds the node each call
+        executor.add_node(node)
         while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.1)
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # the last checkpoint stays as it was: resume continues from it
     finally:
