@@ -26,6 +26,7 @@ from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator
 from llm_teacher.options import EXPLORE, Option, feasible_options
 from llm_teacher.planner import Planner
+from llm_teacher.skills import teacher_policy
 from llm_teacher.teacher import Teacher
 
 
@@ -42,7 +43,7 @@ def expert_label(env, expert: ScriptedExpert, perception: Perception) -> Option:
     return Option(verb, target.type, target.color)
 
 
-def every_option(perception: Perception, env) -> list[Option]:
+def every_option(env) -> list[Option]:
     """No grounding: every verb with every object of the task, seen or not, possible or not."""
     base = env.unwrapped
     objects = {(c.type, c.color) for c in base.grid.grid if c is not None and c.type in ('key', 'door', 'goal')}
@@ -64,7 +65,7 @@ def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: i
         expert = ScriptedExpert()
         while True:
             perception = env.perception()
-            options = feasible_options(perception) if grounded else every_option(perception, env)
+            options = feasible_options(perception) if grounded else every_option(env)
             label = expert_label(env, expert, perception)
             distribution = teacher.option_distribution(perception, options)
             if distribution:
@@ -78,9 +79,12 @@ def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: i
     for episode in range(episodes):  # the teacher acting alone
         obs, _ = env.reset(seed=seed + episodes + episode)
         while True:
-            suggestion = teacher.suggest(env.perception(), obs, wait=True)
-            action = rng.choice(len(suggestion.action_probs), p=suggestion.action_probs) if suggestion.valid else 0
-            obs, _, terminated, truncated, info = env.step(int(action))
+            perception = env.perception()
+            options = feasible_options(perception) if grounded else every_option(env)
+            distribution = teacher.option_distribution(perception, options) or {EXPLORE.text: 1.0}
+            by_text = {o.text: o for o in options}
+            probs = teacher_policy({by_text[t]: p for t, p in distribution.items()}, obs, perception.objects)
+            obs, _, terminated, truncated, info = env.step(int(rng.choice(len(probs), p=probs)))
             if terminated or truncated:
                 successes += bool(info.get('success', False))
                 break

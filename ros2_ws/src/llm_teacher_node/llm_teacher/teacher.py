@@ -65,8 +65,8 @@ class Teacher:
     def pending(self) -> int:
         return len(self._pending)
 
-    def suggest(self, perception: Perception, memory_map: np.ndarray, wait: bool = False) -> Suggestion:
-        """pi_T for this state; invalid (at once) when its prompt has no answer yet, unless `wait`."""
+    def suggest(self, perception: Perception, memory_map: np.ndarray) -> Suggestion:
+        """pi_T for this state, or at once an invalid suggestion when its prompt has no answer yet."""
         options = feasible_options(perception)
         self.counters.requests += 1
         prompt = self.mediator.prompt(perception, options)
@@ -75,11 +75,7 @@ class Teacher:
             self.counters.cache_hits += 1
         else:
             self._ask_later(prompt, options)
-            if not wait or not self.wait_idle(timeout=600):
-                return Suggestion(valid=False)
-            answer = self._lookup(prompt)
-            if answer is None:  # the LLM failed on it
-                return Suggestion(valid=False)
+            return Suggestion(valid=False)
         distribution, latency_ms, cache_hit = answer
         by_text = {o.text: o for o in options}
         option_probs = {by_text[t]: p for t, p in distribution.items() if t in by_text and p > 0}
