@@ -36,7 +36,7 @@ def nodes(args: dict) -> list:
         NodeSpec('student_policy', 'student_node', 'student_node',
                  parameters=[CONFIG / 'student_node.yaml',
                              {'run_dir': args['run_dir'], 'total_frames': int(args['total_frames']),
-                              'seed': int(args['seed'])},
+                              'seed': int(args['seed']), 'task': args['task']},
                              PLAIN_PPO if plain_ppo else {}]),
     ]
     if not plain_ppo:

@@ -1,4 +1,5 @@
 """The training graph of train.launch.py as real processes: sim node <-> student node over DDS."""
+import json
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ def training_graph(run_dir: Path, total_frames: int):
                                                 f'num_envs:={NUM_ENVS}', 'plain_ppo:=true'])
     specs = launch.nodes(args)
     student = next(s for s in specs if s.executable == 'student_node')
-    student.parameters.append({'num_steps': NUM_STEPS, 'checkpoint_every': 1})
+    student.parameters.append({'num_steps': NUM_STEPS, 'checkpoint_every': 1, 'eval_episodes': 4})
     return specs
 
 
@@ -38,6 +39,10 @@ def test_student_and_sim_train_across_processes(tmp_path, ros_node):
     assert statuses[1].updates == 2 and statuses[1].teacher_weight == 0.0
     assert all(p.poll() is not None for p in runner.processes.values())
     assert (tmp_path / 'policy.pt').is_file() and (tmp_path / 'tensorboard').is_dir()
+    assert (tmp_path / 'learning_curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    final = json.loads((tmp_path / 'eval.json').read_text())
+    assert final['frames'] == 3 * ROLLOUT and final['episodes'] == 4 and 0 <= final['success_rate'] <= 1
+    assert any('training done at frame 384: greedy success' in line for line in logs)
     assert read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')['counters']['frames'] == 3 * ROLLOUT
 
 

@@ -2,7 +2,7 @@
 
 Each is a callable (learner, metrics) -> bool; returning False stops training.
 A run directory holds: checkpoints/last.pt, policy.pt (TorchScript export), tensorboard/,
-config.json and progress.csv (one row per update, for plots).
+config.json, progress.csv (one row per update), eval.json and learning_curve.png.
 """
 from __future__ import annotations
 
@@ -11,8 +11,18 @@ import dataclasses
 import json
 from pathlib import Path
 
+import torch
+
 from student_policy.checkpoints import export_policy, save_checkpoint
+from student_policy.evaluate import evaluate
 from student_policy.ppo import PPOLearner
+
+
+# Columns of progress.csv: fixed, so that rows with and without an evaluation line up.
+CSV_FIELDS = ['frames', 'updates', 'episodes', 'charts/SPS', 'charts/episodic_return', 'charts/success_rate',
+              'charts/learning_rate', 'teacher/weight', 'teacher/coverage', 'losses/policy_loss', 'losses/value_loss',
+              'losses/entropy', 'losses/distill_loss', 'losses/approx_kl', 'losses/clipfrac',
+              'losses/explained_variance', 'eval/success_rate', 'eval/mean_return']
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
@@ -36,6 +46,58 @@ class CheckpointCallback:
         return True
 
 
+class EvalCallback:
+    """Greedy success of the student on held-out seeds, every `every` updates and at the end.
+
+    Adds eval/success_rate and eval/mean_return to the metrics (run it before the loggers) and
+    writes the last result to run_dir/eval.json.
+    """
+
+    def __init__(self, run_dir: str | Path, task: str, every: int = 25, episodes: int = 50):
+        self.run_dir, self.task, self.every, self.episodes = Path(run_dir), task, every, episodes
+        self.last: dict | None = None
+
+    def __call__(self, learner: PPOLearner, metrics: dict) -> bool:
+        if learner.frames >= learner.config.total_frames or learner.updates % self.every == 0:
+            actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits, as the exported policy)
+            with torch.no_grad():
+                self.last = {'frames': learner.frames, **evaluate(actor, self.task, self.episodes)}
+            metrics['eval/success_rate'] = self.last['success_rate']
+            metrics['eval/mean_return'] = self.last['mean_return']
+            (self.run_dir / 'eval.json').write_text(json.dumps(self.last, indent=2))
+        return True
+
+
+def plot_learning_curve(run_dir: str | Path) -> Path:
+    """learning_curve.png from progress.csv: success (sampled and greedy eval) and teacher weight."""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt
+    run_dir = Path(run_dir)
+    with (run_dir / 'progress.csv').open() as f:
+        rows = list(csv.DictReader(f))
+    frames = [int(r['frames']) for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(frames, [float(r['charts/success_rate']) for r in rows], label='success (training, sampled)')
+    evals = [(int(r['frames']), float(r['eval/success_rate'])) for r in rows if r.get('eval/success_rate')]
+    if evals:
+        ax.plot(*zip(*evals), 'o-', label='success (greedy, held-out seeds)')
+    ax.set_xlabel('environment frames')
+    ax.set_ylabel('success rate')
+    ax.set_ylim(-0.02, 1.02)
+    weight = ax.twinx()
+    weight.plot(frames, [float(r['teacher/weight']) for r in rows], 'k--', alpha=0.4, label='teacher weight')
+    weight.set_ylabel('teacher weight (lambda)')
+    lines = ax.get_legend_handles_labels()[0] + weight.get_legend_handles_labels()[0]
+    ax.legend(lines, [line.get_label() for line in lines], loc='center right')
+    ax.set_title(run_dir.name)
+    fig.tight_layout()
+    path = run_dir / 'learning_curve.png'
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 class MetricsLogCallback:
     """TensorBoard scalars against global_step (frames) and a CSV copy for plots and reports."""
 
@@ -52,10 +114,12 @@ class MetricsLogCallback:
         row = {'frames': learner.frames, 'updates': learner.updates, 'episodes': learner.episodes, **metrics}
         new = not self.csv_path.exists()
         with self.csv_path.open('a', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction='ignore')
             if new:
                 writer.writeheader()
             writer.writerow(row)
+        if learner.frames >= learner.config.total_frames:
+            plot_learning_curve(self.run_dir)
         return True
 
 

@@ -19,7 +19,8 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
-from student_policy.callbacks import CheckpointCallback, MetricsLogCallback, checkpoint_path, progress_line
+from student_policy.callbacks import (CheckpointCallback, EvalCallback, MetricsLogCallback, checkpoint_path,
+                                     progress_line)
 from student_policy.checkpoints import CheckpointError, load_learner
 from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule
 
@@ -46,6 +47,9 @@ class StudentNode(Node):
         self.run_dir = p('run_dir', 'runs/student', 'Directory for checkpoints, logs and the exported policy')
         self.resume = p('resume', True, 'Continue from run_dir/checkpoints/last.pt when it exists')
         checkpoint_every = p('checkpoint_every', 10, 'Save a checkpoint every this many PPO updates')
+        task = p('task', 'MiniGrid-SimpleDoorKey-v0', "The simulator's task, for greedy evaluation on held-out seeds")
+        eval_every = p('eval_every', 25, 'Evaluate greedily every this many updates (and at the end)')
+        eval_episodes = p('eval_episodes', 50, 'Episodes per evaluation')
         try:
             self.config = PPOConfig(
                 total_frames=p('total_frames', 1_000_000, 'Environment frames to train for'),
@@ -64,7 +68,9 @@ class StudentNode(Node):
             )
         except ValueError as err:
             raise SystemExit(f'student_node: {err}') from err
-        self.callbacks = [CheckpointCallback(self.run_dir, checkpoint_every), MetricsLogCallback(self.run_dir)]
+        self.evaluation = EvalCallback(self.run_dir, task, eval_every, eval_episodes)
+        self.callbacks = [CheckpointCallback(self.run_dir, checkpoint_every), self.evaluation,
+                          MetricsLogCallback(self.run_dir)]
 
         self.action_pub = self.create_publisher(ActionBatch, 'action_batch', QOS_DEPTH)
         self.status_pub = self.create_publisher(TrainingStatus, 'training_status', QOS_DEPTH)
@@ -141,7 +147,11 @@ class StudentNode(Node):
         self.status_pub.publish(self.status_msg(metrics))
         self.get_logger().info(progress_line(learner, metrics))
         if learner.frames >= self.config.total_frames or not keep_going:
-            self.get_logger().info(f'training done at frame {learner.frames}; policy in {self.run_dir}/policy.pt')
+            result = self.evaluation.last or {}
+            self.get_logger().info(
+                f'training done at frame {learner.frames}: greedy success {result.get("success_rate", float("nan")):.2f}, '
+                f'mean return {result.get("mean_return", float("nan")):.3f} over {result.get("episodes", 0)} held-out '
+                f'episodes; policy {self.run_dir}/policy.pt, curve {self.run_dir}/learning_curve.png')
             self.done = True
             return False
         return True
