@@ -86,7 +86,9 @@ def plot_learning_curve(run_dir: str | Path) -> Path:
     ax.set_ylabel('success rate')
     ax.set_ylim(-0.02, 1.02)
     weight = ax.twinx()
-    weight.plot(frames, [float(r['teacher/weight']) for r in rows], 'k--', alpha=0.4, label='teacher weight')
+    weights = [float(r['teacher/weight']) for r in rows]
+    weight.plot(frames, weights, 'k--', alpha=0.4, label='teacher weight')
+    weight.set_ylim(0, 1.05 * max(weights + [1.0]))
     weight.set_ylabel('teacher weight (lambda)')
     lines = ax.get_legend_handles_labels()[0] + weight.get_legend_handles_labels()[0]
     ax.legend(lines, [line.get_label() for line in lines], loc='center right')
