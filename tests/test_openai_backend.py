@@ -16,12 +16,10 @@ from habitat_bridge.messages import step_batch_msg
 from habitat_bridge.minigrid.observation import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from llm_teacher.backends import LLMError, OpenAIBackend, embedded_model_dir
-from llm_teacher.cache import AnswerCache
 from llm_teacher.launch_runner import LaunchRunner, NodeSpec
 from llm_teacher.mediator import Mediator
 from llm_teacher.options import feasible_options
 from llm_teacher.planner import Planner
-from llm_teacher.teacher import Teacher
 
 PERCEPTION = Perception('open the locked door', objects=[PerceivedObject('key', 'yellow', grid_x=2, grid_y=2),
                                                          PerceivedObject('door', 'yellow', 'locked', grid_x=5, grid_y=0)])

@@ -5,7 +5,7 @@ import torch
 
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from student_policy.checkpoints import CheckpointError, load_learner, save_checkpoint
-from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule, train
+from student_policy.ppo import PPOConfig, TeacherSchedule, train
 from student_policy.storage import compute_gae
 
 PLAIN = TeacherSchedule(initial=0.0, final=0.0)

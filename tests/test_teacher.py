@@ -1,7 +1,6 @@
 """The teacher's parts in-process: grounding, parsing, mediator, skills, cache, planner, embedded LLM."""
 import threading
 
-import numpy as np
 import pytest
 from minigrid.core.actions import Actions
 
@@ -10,7 +9,7 @@ from habitat_bridge.minigrid.observation import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import make_env
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator, describe
-from llm_teacher.options import EXPLORE, Option, feasible_options, parse_option
+from llm_teacher.options import EXPLORE, feasible_options, parse_option
 from llm_teacher.planner import Planner
 from llm_teacher.skills import SkillContext, explore, skill_action, teacher_policy
 from llm_teacher.teacher import Teacher
