@@ -26,6 +26,8 @@ def exported(tmp_path_factory):
 def test_evaluation_of_an_exported_policy(exported):
     result = evaluate(load_policy(exported), 'MiniGrid-SimpleDoorKey-v0', episodes=8)
     assert result['episodes'] == 8 and 0 <= result['success_rate'] <= 1 and 0 <= result['mean_return'] <= 1
+    sampled = evaluate(load_policy(exported), 'MiniGrid-SimpleDoorKey-v0', episodes=8, greedy=False)
+    assert sampled['greedy'] is False and sampled == evaluate(load_policy(exported), 'MiniGrid-SimpleDoorKey-v0', episodes=8, greedy=False)
     cli = subprocess.run([sys.executable, '-m', 'student_policy.evaluate', str(exported), '--episodes', '4'],
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0 and '"success_rate"' in cli.stdout

@@ -41,7 +41,8 @@ def test_student_and_sim_train_across_processes(tmp_path, ros_node):
     assert (tmp_path / 'policy.pt').is_file() and (tmp_path / 'tensorboard').is_dir()
     assert (tmp_path / 'learning_curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     final = json.loads((tmp_path / 'eval.json').read_text())
-    assert final['frames'] == 3 * ROLLOUT and final['episodes'] == 4 and 0 <= final['success_rate'] <= 1
+    assert final["frames"] == 3 * ROLLOUT and final["episodes"] == 4 and 0 <= final["success_rate"] <= 1
+    assert 0 <= final["success_rate_sampled"] <= 1
     assert any('training done at frame 384: greedy success' in line for line in logs)
     assert read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')['counters']['frames'] == 3 * ROLLOUT
 

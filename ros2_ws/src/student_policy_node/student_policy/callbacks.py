@@ -22,7 +22,7 @@ from student_policy.ppo import PPOLearner
 CSV_FIELDS = ['frames', 'updates', 'episodes', 'charts/SPS', 'charts/episodic_return', 'charts/success_rate',
               'charts/learning_rate', 'teacher/weight', 'teacher/coverage', 'losses/policy_loss', 'losses/value_loss',
               'losses/entropy', 'losses/distill_loss', 'losses/approx_kl', 'losses/clipfrac',
-              'losses/explained_variance', 'eval/success_rate', 'eval/mean_return']
+              'losses/explained_variance', 'eval/success_rate', 'eval/mean_return', 'eval/success_rate_sampled']
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
@@ -47,10 +47,10 @@ class CheckpointCallback:
 
 
 class EvalCallback:
-    """Greedy success of the student on held-out seeds, every `every` updates and at the end.
+    """Success of the student on held-out seeds, greedy and sampled, every `every` updates and at the end.
 
-    Adds eval/success_rate and eval/mean_return to the metrics (run it before the loggers) and
-    writes the last result to run_dir/eval.json.
+    Adds eval/success_rate, eval/mean_return (greedy) and eval/success_rate_sampled to the metrics
+    (run it before the loggers) and writes the last results to run_dir/eval.json.
     """
 
     def __init__(self, run_dir: str | Path, task: str, every: int = 25, episodes: int = 50):
@@ -61,9 +61,13 @@ class EvalCallback:
         if learner.frames >= learner.config.total_frames or learner.updates % self.every == 0:
             actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits, as the exported policy)
             with torch.no_grad():
-                self.last = {'frames': learner.frames, **evaluate(actor, self.task, self.episodes)}
-            metrics['eval/success_rate'] = self.last['success_rate']
-            metrics['eval/mean_return'] = self.last['mean_return']
+                greedy = evaluate(actor, self.task, self.episodes)
+                sampled = evaluate(actor, self.task, self.episodes, greedy=False)
+            self.last = {'frames': learner.frames, **greedy, 'success_rate_sampled': sampled['success_rate'],
+                         'mean_return_sampled': sampled['mean_return']}
+            metrics['eval/success_rate'] = greedy['success_rate']
+            metrics['eval/mean_return'] = greedy['mean_return']
+            metrics['eval/success_rate_sampled'] = sampled['success_rate']
             (self.run_dir / 'eval.json').write_text(json.dumps(self.last, indent=2))
         return True
 
@@ -79,9 +83,10 @@ def plot_learning_curve(run_dir: str | Path) -> Path:
     frames = [int(r['frames']) for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(frames, [float(r['charts/success_rate']) for r in rows], label='success (training, sampled)')
-    evals = [(int(r['frames']), float(r['eval/success_rate'])) for r in rows if r.get('eval/success_rate')]
-    if evals:
-        ax.plot(*zip(*evals), 'o-', label='success (greedy, held-out seeds)')
+    for column, label in (('eval/success_rate', 'greedy'), ('eval/success_rate_sampled', 'sampled')):
+        evals = [(int(r['frames']), float(r[column])) for r in rows if r.get(column)]
+        if evals:
+            ax.plot(*zip(*evals), 'o-', label=f'success ({label}, held-out seeds)')
     ax.set_xlabel('environment frames')
     ax.set_ylabel('success rate')
     ax.set_ylim(-0.02, 1.02)

@@ -1,4 +1,4 @@
-"""Run an exported student policy greedily on seeded episodes: success rate and mean return.
+"""Run an exported student policy on seeded episodes (greedy, or sampled): success rate and mean return.
 
     python -m student_policy.evaluate runs/train/policy.pt --task MiniGrid-SimpleDoorKey-v0 --episodes 100
 
@@ -28,22 +28,30 @@ def load_policy(path: str | Path) -> torch.jit.ScriptModule:
         raise ValueError(f'{path} is not an exported student policy ({type(err).__name__}: {err})') from err
 
 
-def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int = 16) -> dict:
-    """Greedy rollouts until `episodes` episodes have ended (env i starts at seed + i)."""
+def choose_actions(logits: torch.Tensor, greedy: bool, generator: torch.Generator | None = None) -> np.ndarray:
+    """The most likely actions, or actions sampled from the policy."""
+    if greedy:
+        return logits.argmax(-1).numpy()
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1).numpy()
+
+
+def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int = 16, greedy: bool = True) -> dict:
+    """Rollouts until `episodes` episodes have ended (env i starts at seed + i); greedy or sampled."""
     envs = MiniGridVecEnv(task, min(num_envs, episodes))
     step = envs.reset(seed=seed)
     returns, successes = [], []
     episode_return = np.zeros(envs.num_envs)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         while len(returns) < episodes:
-            actions = policy(torch.from_numpy(step.observations)).argmax(-1).numpy()
+            actions = choose_actions(policy(torch.from_numpy(step.observations)), greedy, generator)
             step = envs.step(actions)
             episode_return += step.rewards
             for i in np.flatnonzero(step.terminated | step.truncated):
                 returns.append(float(episode_return[i]))
                 successes.append(bool(step.success[i]))
                 episode_return[i] = 0.0
-    return {'task': task, 'episodes': episodes, 'success_rate': float(np.mean(successes[:episodes])),
+    return {'task': task, 'episodes': episodes, 'greedy': greedy, 'success_rate': float(np.mean(successes[:episodes])),
             'mean_return': float(np.mean(returns[:episodes]))}
 
 
@@ -53,9 +61,10 @@ def main(argv=None) -> int:
     parser.add_argument('--task', default='MiniGrid-SimpleDoorKey-v0')
     parser.add_argument('--episodes', type=int, default=100)
     parser.add_argument('--seed', type=int, default=10_000, help='evaluation seeds start here (training uses 0..)')
+    parser.add_argument('--sample', action='store_true', help='sample actions from the policy instead of argmax')
     args = parser.parse_args(argv)
     try:
-        result = evaluate(load_policy(args.policy), args.task, args.episodes, args.seed)
+        result = evaluate(load_policy(args.policy), args.task, args.episodes, args.seed, greedy=not args.sample)
     except ValueError as err:
         print(f'evaluate: {err}', file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """policy_node: the deployed student, inference only (no LLM, no training code on its path).
 
 Loads an exported policy (TorchScript, run_dir/policy.pt), and answers each observation batch on
-`step_batch` with greedy actions on `action_batch`. Remap the topics to a robot's:
+`step_batch` with actions on `action_batch` (greedy, or sampled with greedy:=false). Remap the topics to a robot's:
 
     ros2 run student_policy policy_node --ros-args -p policy_path:=runs/train/policy.pt -r step_batch:=/robot/observations
 """
@@ -15,7 +15,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
-from student_policy.evaluate import load_policy
+from student_policy.evaluate import choose_actions, load_policy
 
 QOS_DEPTH = 10
 
@@ -26,6 +26,8 @@ class PolicyNode(Node):
         super().__init__('policy_node')
         path = self.declare_parameter('policy_path', 'runs/train/policy.pt',
                                       ParameterDescriptor(description='Exported policy (TorchScript)')).value
+        self.greedy = self.declare_parameter('greedy', False, ParameterDescriptor(
+            description='true: the most likely action; false: sample from the policy (escapes loops)')).value
         torch.set_num_threads(1)
         try:
             self.policy = load_policy(path)
@@ -38,8 +40,8 @@ class PolicyNode(Node):
     def on_step(self, batch: StepBatch) -> None:
         obs = np.frombuffer(batch.observations, np.uint8).reshape(batch.num_envs, *batch.obs_shape)
         with torch.no_grad():
-            actions = self.policy(torch.from_numpy(obs.copy())).argmax(-1)
-        out = ActionBatch(seq=batch.seq, actions=actions.int().tolist())
+            actions = choose_actions(self.policy(torch.from_numpy(obs.copy())), self.greedy)
+        out = ActionBatch(seq=batch.seq, actions=actions.astype(np.int32).tolist())
         out.header.stamp = self.get_clock().now().to_msg()
         self.action_pub.publish(out)
 

@@ -149,9 +149,10 @@ class StudentNode(Node):
         if learner.frames >= self.config.total_frames or not keep_going:
             result = self.evaluation.last or {}
             self.get_logger().info(
-                f'training done at frame {learner.frames}: greedy success {result.get("success_rate", float("nan")):.2f}, '
-                f'mean return {result.get("mean_return", float("nan")):.3f} over {result.get("episodes", 0)} held-out '
-                f'episodes; policy {self.run_dir}/policy.pt, curve {self.run_dir}/learning_curve.png')
+                f'training done at frame {learner.frames}: greedy success {result.get("success_rate", float("nan")):.2f} '
+                f'(sampled {result.get("success_rate_sampled", float("nan")):.2f}), greedy mean return '
+                f'{result.get("mean_return", float("nan")):.3f} over {result.get("episodes", 0)} held-out episodes; '
+                f'policy {self.run_dir}/policy.pt, curve {self.run_dir}/learning_curve.png')
             self.done = True
             return False
         return True
