@@ -17,7 +17,7 @@ ARGUMENTS = {
     'task': ('MiniGrid-SimpleDoorKey-v0', 'MiniGrid task id (the paper tasks or any standard one)'),
     'num_envs': ('16', 'Environments stepped in lock-step'),
     'seed': ('0', 'Seed of the environments and of the student'),
-    'total_frames': ('1000000', 'Environment frames to train for'),
+    'total_frames': ('300000', 'Environment frames to train for (300k: ~10 min on 2 cores)'),
     'run_dir': ('runs/train', 'Where checkpoints, logs and the exported policy go'),
     'plain_ppo': ('false', 'true: train without the teacher term and without a teacher node (the baseline)'),
     'llm_backend': ('transformers', "'transformers' (local model) or 'openai' (OpenAI-compatible server)"),
