@@ -17,6 +17,7 @@ from llm_teacher.options import Option
 
 NUM_ACTIONS = len(Actions)
 _WALKABLE = [OBJECT_TO_IDX[t] for t in ('empty', 'floor', 'goal')]
+_DROP_ONTO = (OBJECT_TO_IDX['empty'], OBJECT_TO_IDX['floor'])  # MiniGrid drops only onto a free cell
 _DOOR, _OPEN = OBJECT_TO_IDX['door'], STATE_TO_IDX['open']
 
 
@@ -50,7 +51,7 @@ class SkillContext:
     def front_free(self) -> bool:
         fx, fy = self.front
         width, height = self.passable.shape
-        return 0 <= fx < width and 0 <= fy < height and self.map[fx, fy, 0] in _WALKABLE[:2]
+        return 0 <= fx < width and 0 <= fy < height and self.map[fx, fy, 0] in _DROP_ONTO
 
 
 def skill_action(option: Option, context: SkillContext, objects) -> int:
