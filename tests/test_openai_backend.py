@@ -16,10 +16,12 @@ from habitat_bridge.messages import step_batch_msg
 from habitat_bridge.minigrid.observation import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from llm_teacher.backends import LLMError, OpenAIBackend, embedded_model_dir
+from llm_teacher.cache import AnswerCache
 from llm_teacher.launch_runner import LaunchRunner, NodeSpec
 from llm_teacher.mediator import Mediator
 from llm_teacher.options import feasible_options
 from llm_teacher.planner import Planner
+from llm_teacher.teacher import Teacher
 
 PERCEPTION = Perception('open the locked door', objects=[PerceivedObject('key', 'yellow', grid_x=2, grid_y=2),
                                                          PerceivedObject('door', 'yellow', 'locked', grid_x=5, grid_y=0)])
@@ -49,8 +51,9 @@ def server():
                 pytest.fail(f'transformers serve did not come up on {url}:\n{process.stdout.read()}')
             time.sleep(1)
     yield url, str(model), process
-    process.terminate()
-    process.wait(timeout=20)
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 def test_sampling_through_a_real_server(server):
@@ -101,3 +104,23 @@ def test_teacher_node_survives_a_dead_server_and_reports_errors(tmp_path, ros_no
     assert statuses[-1].llm_errors > 0 and statuses[-1].llm_calls == 0
     assert not any(s.valid for batch in suggestions for s in batch.suggestions)
     assert any('did not answer' in line and 'Possible actions' in '\n'.join(logs) for line in logs)
+
+
+def test_when_the_server_dies_new_prompts_count_logged_errors(server, tmp_path):
+    """Runs last in this module: it kills the module's server."""
+    url, model, process = server
+    errors = []
+    teacher = Teacher(Planner(OpenAIBackend(url, model, timeout_s=120, retries=0), 'sample', samples=2),
+                      AnswerCache(tmp_path / 'answers.sqlite'), Mediator.from_file(), log_error=errors.append)
+    envs = MiniGridVecEnv('MiniGrid-SimpleDoorKey-v0', 1)
+    obs = envs.reset(seed=0).observations[0]
+    seen = Perception('open the locked door', objects=PERCEPTION.objects)
+    teacher.suggest(seen, obs)
+    assert teacher.wait_idle(300) and teacher.counters.llm_calls == 1
+    process.terminate()
+    process.wait(timeout=20)
+    door_only = Perception('open the locked door', objects=PERCEPTION.objects[1:])
+    assert not teacher.suggest(door_only, obs).valid  # a new prompt: asked, and the dead server fails
+    assert teacher.wait_idle(60) and teacher.counters.llm_errors == 1 and 'did not answer' in errors[-1]
+    assert 'Possible actions' in errors[-1]  # the error names the prompt
+    teacher.close()

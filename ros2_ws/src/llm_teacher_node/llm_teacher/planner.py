@@ -22,6 +22,7 @@ PLANNER_MODES = ('score', 'sample')
 class PlanResult:
     distribution: dict[str, float]  # option text -> probability; empty when no answer parsed
     rejected_answers: list[str]
+    llm_called: bool = True
 
 
 class Planner:
@@ -37,7 +38,7 @@ class Planner:
 
     def plan(self, prompt: str, options: list[Option]) -> PlanResult:
         if len(options) == 1:  # grounding left one choice: no need to ask
-            return PlanResult({options[0].text: 1.0}, [])
+            return PlanResult({options[0].text: 1.0}, [], llm_called=False)
         if self.mode == 'score':
             logits = np.array(self.backend.score(prompt, [o.text for o in options]))
             probs = np.exp(logits - logits.max())

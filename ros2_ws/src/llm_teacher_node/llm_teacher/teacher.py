@@ -129,8 +129,9 @@ class Teacher:
             with self._lock:
                 self._pending.discard(prompt)
         latency_ms = 1000 * (time.perf_counter() - start)
-        self.counters.llm_calls += 1
-        self.counters.latency_ms_total += latency_ms
+        if result.llm_called:
+            self.counters.llm_calls += 1
+            self.counters.latency_ms_total += latency_ms
         if result.rejected_answers:
             self.counters.parse_failures += len(result.rejected_answers)
             self.log_error(f'{len(result.rejected_answers)} unparseable answers, e.g. {result.rejected_answers[0]!r}, '
