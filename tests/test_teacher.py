@@ -270,3 +270,26 @@ def test_the_opt_in_gemma_model_scores_a_valid_distribution():
     prompt = Mediator.from_file().prompt(Perception('open the locked door', objects=[KEY, DOOR]), options)
     distribution = Planner(backend, 'score').plan(prompt, options).distribution
     assert set(distribution) == set(texts(options)) and sum(distribution.values()) == pytest.approx(1.0)
+
+
+class GibberishBackend:
+    name = 'test:gibberish'
+    calls = 0
+
+    def generate(self, prompt, n, temperature, max_tokens):
+        GibberishBackend.calls += 1
+        return ['The take-it-lightly (While everything is'] * n
+
+
+def test_a_prompt_with_only_unparseable_answers_is_not_asked_again(tmp_path):
+    logged = []
+    teacher = Teacher(Planner(GibberishBackend(), 'sample', samples=3), AnswerCache(tmp_path / 'c.sqlite'),
+                      Mediator.from_file(), log_error=logged.append)
+    obs, _ = make_env('MiniGrid-SimpleDoorKey-v0').reset(seed=1)
+    perception = Perception('m', objects=[KEY, DOOR])
+    for _ in range(5):
+        assert not teacher.suggest(perception, obs).valid
+        teacher.wait_idle(10)
+    assert GibberishBackend.calls == 1 and teacher.counters.parse_failures == 3
+    assert 'unparseable' in logged[0] and 'Possible actions' in logged[0]
+    teacher.close()

@@ -58,6 +58,9 @@ class Teacher:
         # prompt -> (distribution, LLM latency in ms, came from the persistent cache): memory over the cache
         self._answers: dict[str, tuple[dict[str, float], float, bool]] = {}
         self._pending: set[str] = set()
+        # Prompts whose every sampled answer was unparseable: not asked again this session (they
+        # would be, on every visit, at full LLM cost); such states carry no teacher term.
+        self._unanswerable: set[str] = set()
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='llm')
 
@@ -108,7 +111,7 @@ class Teacher:
 
     def _ask_later(self, prompt: str, options) -> None:
         with self._lock:
-            if prompt in self._pending or len(self._pending) >= self.max_pending:
+            if prompt in self._pending or prompt in self._unanswerable or len(self._pending) >= self.max_pending:
                 return
             self._pending.add(prompt)
         self._worker.submit(self._ask, prompt, options)
@@ -136,10 +139,13 @@ class Teacher:
             self.counters.parse_failures += len(result.rejected_answers)
             self.log_error(f'{len(result.rejected_answers)} unparseable answers, e.g. {result.rejected_answers[0]!r}, '
                            f'for prompt:\n{prompt}')
+        with self._lock:
+            if result.distribution:
+                self._answers[prompt] = (result.distribution, latency_ms, False)
+            else:
+                self._unanswerable.add(prompt)
         if result.distribution:
             self.cache.put(self.source, self.planner.mode, prompt, result.distribution)
-            with self._lock:
-                self._answers[prompt] = (result.distribution, latency_ms, False)
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no prompt is pending (for evaluation and tests); False on timeout."""
