@@ -15,6 +15,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+from habitat_bridge.messages import observations_from_msg
 from student_policy.evaluate import choose_actions, load_policy
 
 QOS_DEPTH = 10
@@ -38,7 +39,7 @@ class PolicyNode(Node):
         self.get_logger().info(f'serving {path}')
 
     def on_step(self, batch: StepBatch) -> None:
-        obs = np.frombuffer(batch.observations, np.uint8).reshape(batch.num_envs, *batch.obs_shape)
+        obs = observations_from_msg(batch)
         with torch.no_grad():
             actions = choose_actions(self.policy(torch.from_numpy(obs.copy())), self.greedy)
         out = ActionBatch(seq=batch.seq, actions=actions.astype(np.int32).tolist())

@@ -19,6 +19,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+from habitat_bridge.messages import observations_from_msg
 from student_policy.callbacks import (CheckpointCallback, EvalCallback, MetricsLogCallback, checkpoint_path,
                                      progress_line)
 from student_policy.checkpoints import CheckpointError, load_learner
@@ -96,7 +97,7 @@ class StudentNode(Node):
             if batch.seq == self.last_actions.seq:  # the sim resent it: our actions were lost
                 self.action_pub.publish(self.last_actions)
             return
-        obs = np.frombuffer(batch.observations, np.uint8).reshape(batch.num_envs, *batch.obs_shape)
+        obs = observations_from_msg(batch)
         if self.learner is None:
             self.learner = self.make_learner(obs.shape[1:], batch.num_envs, batch.num_actions)
         elif self.acted:
