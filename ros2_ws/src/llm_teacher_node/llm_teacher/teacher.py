@@ -74,11 +74,10 @@ class Teacher:
         self.counters.requests += 1
         prompt = self.mediator.prompt(perception, options)
         answer = self._lookup(prompt)
-        if answer is not None:
-            self.counters.cache_hits += 1
-        else:
+        if answer is None:
             self._ask_later(prompt, options)
             return Suggestion(valid=False)
+        self.counters.cache_hits += 1
         distribution, latency_ms, cache_hit = answer
         by_text = {o.text: o for o in options}
         option_probs = {by_text[t]: p for t, p in distribution.items() if t in by_text and p > 0}
