@@ -140,11 +140,6 @@ class PPOLearner:
         self.storage.teacher_probs[step] = probs
         self.storage.teacher_mask[step] = mask
 
-    @torch.no_grad()
-    def greedy(self, obs: np.ndarray) -> np.ndarray:
-        logits, _ = self.policy(torch.from_numpy(obs))
-        return logits.argmax(-1).numpy()
-
     def record(self, rewards: np.ndarray, dones: np.ndarray, success: np.ndarray) -> None:
         """What followed the last act(): rewards, episode ends, and which ended in success."""
         s = self.storage
