@@ -37,7 +37,7 @@ def choose_actions(logits: torch.Tensor, greedy: bool, generator: torch.Generato
 
 def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int = 16, greedy: bool = True) -> dict:
     """Rollouts until `episodes` episodes have ended (env i starts at seed + i); greedy or sampled."""
-    envs = MiniGridVecEnv(task, min(num_envs, episodes))
+    envs = MiniGridVecEnv(task, min(num_envs, episodes), perceive=False)
     step = envs.reset(seed=seed)
     returns, successes = [], []
     episode_return = np.zeros(envs.num_envs)

@@ -1,0 +1,100 @@
+"""Training frames/s: our PPO in-process vs Stable-Baselines3 PPO vs our PPO through the ROS 2 graph.
+
+    .venv/bin/python benchmarks/training_throughput.py --task MiniGrid-DoorKey-8x8-v0 --frames 40960
+
+Plain PPO (no teacher) in all three, one after the other in one run, with the same network
+(student_policy.networks: the SB3 policy gets our GridEncoder as features extractor and linear
+heads), 16 environments, 128-step rollouts, 4 epochs of 256-sample minibatches, 1 torch thread.
+Rates are steady state: frames/s over all updates after the first two.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from habitat_bridge.minigrid.vector import MiniGridVecEnv, make_env
+from student_policy.networks import GridEncoder
+from student_policy.ppo import PPOConfig, TeacherSchedule, train
+from training_graph import run_training_graph, steady_fps
+
+NUM_ENVS = 16
+CONFIG = dict(num_steps=128, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95, update_epochs=4,
+              minibatch_size=256, clip_coef=0.2, ent_coef=0.001, vf_coef=0.5, max_grad_norm=0.5)
+
+
+def in_process_fps(task: str, frames: int) -> float:
+    rates = []
+    config = PPOConfig(total_frames=frames, teacher=TeacherSchedule(0.0, 0.0), **CONFIG)
+    train(config, MiniGridVecEnv(task, NUM_ENVS, perceive=False),
+          callbacks=[lambda learner, metrics: rates.append(metrics['charts/SPS']) or True])
+    return steady_fps(rates)
+
+
+def sb3_fps(task: str, frames: int) -> float:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    class GridFeatures(BaseFeaturesExtractor):
+        """Our GridEncoder; SB3 hands image-like observations over channels-first (VecTransposeImage)."""
+
+        def __init__(self, observation_space: spaces.Box, features: int = 256):
+            super().__init__(observation_space, features)
+            channels, width, height = observation_space.shape
+            self.encoder = GridEncoder((width, height, channels), features)
+
+        def forward(self, obs: torch.Tensor) -> torch.Tensor:
+            return self.encoder(obs.permute(0, 2, 3, 1))
+
+    class Rates(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.starts = []
+
+        def _on_rollout_start(self) -> None:
+            self.starts.append(time.perf_counter())
+
+        def _on_step(self) -> bool:
+            return True
+
+    torch.set_num_threads(1)
+    envs = DummyVecEnv([lambda: make_env(task)] * NUM_ENVS)
+    model = PPO('CnnPolicy', envs, n_steps=CONFIG['num_steps'], batch_size=CONFIG['minibatch_size'],
+                n_epochs=CONFIG['update_epochs'], learning_rate=CONFIG['learning_rate'], gamma=CONFIG['gamma'],
+                gae_lambda=CONFIG['gae_lambda'], clip_range=CONFIG['clip_coef'], ent_coef=CONFIG['ent_coef'],
+                vf_coef=CONFIG['vf_coef'], max_grad_norm=CONFIG['max_grad_norm'], seed=0, device='cpu',
+                policy_kwargs=dict(features_extractor_class=GridFeatures, net_arch=dict(pi=[], vf=[]),
+                                   normalize_images=False))
+    rates = Rates()
+    model.learn(frames, callback=rates)
+    rollout_frames = CONFIG['num_steps'] * NUM_ENVS
+    return steady_fps([rollout_frames / (b - a) for a, b in zip(rates.starts, rates.starts[1:])])
+
+
+def graph_fps(task: str, frames: int) -> float:
+    return steady_fps([float(row['charts/SPS']) for row in run_training_graph(frames, task, plain_ppo=True)])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--task', default='MiniGrid-DoorKey-8x8-v0')
+    parser.add_argument('--frames', type=int, default=40_960)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    np.random.seed(0)
+    ours = in_process_fps(args.task, args.frames)
+    sb3 = sb3_fps(args.task, args.frames)
+    graph = graph_fps(args.task, args.frames)
+    print(f'{args.task}, plain PPO, {NUM_ENVS} envs x {CONFIG["num_steps"]} steps, {args.frames} frames each, 1 torch thread')
+    print(f'in-process (student_policy.ppo.train)  {ours:7.0f} frames/s')
+    print(f'Stable-Baselines3 PPO                  {sb3:7.0f} frames/s   in-process / SB3:   {ours / sb3:.2f}x (goal >= 1.2)')
+    print(f'ROS 2 graph (train.launch.py)          {graph:7.0f} frames/s   graph / in-process: {graph / ours:.2f}x (goal >= 0.8)')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,40 @@
+"""How discrete actions map to velocity commands (geometry_msgs/Twist on cmd_vel), and back.
+
+A discrete action takes one control period of `step_duration` seconds. Its velocity command is
+the one that, held for that period, does what the action does (REP-103: x forward, z up, so a
+positive angular.z turns left):
+
+    forward:    linear.x = +step_length / step_duration   (MiniGrid: one cell)
+    backward:   linear.x = -step_length / step_duration   (action sets that have it)
+    turn left:  angular.z = +turn_angle / step_duration    (MiniGrid: pi/2)
+    turn right: angular.z = -turn_angle / step_duration
+    pick up, drop, toggle, done: zero velocity (they are not motions)
+"""
+from __future__ import annotations
+
+import math
+
+# Per action set, the motion of each action index: (forward steps, left turns).
+MOTIONS = {
+    # minigrid.core.actions.Actions: left, right, forward, pickup, drop, toggle, done
+    'minigrid': [(0, 1), (0, -1), (1, 0), (0, 0), (0, 0), (0, 0), (0, 0)],
+    # miniworld Actions: turn_left, turn_right, move_forward, move_back, pickup, drop, toggle, done
+    'miniworld': [(0, 1), (0, -1), (1, 0), (-1, 0), (0, 0), (0, 0), (0, 0), (0, 0)],
+}
+
+
+def velocity_for_action(action: int, action_set: str = 'minigrid', step_length: float = 0.5,
+                        turn_angle: float = math.pi / 2, step_duration: float = 1.0) -> tuple[float, float]:
+    """(linear.x m/s, angular.z rad/s) that carry out `action` in `step_duration` seconds.
+
+    :raises ValueError: unknown action set, an action it does not have, or a non-positive duration.
+    """
+    if action_set not in MOTIONS:
+        raise ValueError(f'unknown action set {action_set!r}; known: {", ".join(MOTIONS)}')
+    motions = MOTIONS[action_set]
+    if not 0 <= action < len(motions):
+        raise ValueError(f'action {action} is outside the {action_set} action set (0..{len(motions) - 1})')
+    if step_duration <= 0:
+        raise ValueError(f'step_duration must be > 0 s, got {step_duration}')
+    forward, left = motions[action]
+    return forward * step_length / step_duration, left * turn_angle / step_duration
