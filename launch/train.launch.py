@@ -24,6 +24,8 @@ ARGUMENTS = {
     'llm_model': ('embedded', "transformers: model directory or 'embedded'; openai: served model name"),
     'llm_url': ('http://127.0.0.1:8000', 'openai backend: server base URL'),
     'planner_mode': ('score', "'score' (option log-likelihoods) or 'sample' (K sampled answers)"),
+    'record': ('true', 'Record a sample of the run to run_dir/recordings/ (MCAP)'),
+    'foxglove_port': ('8765', 'Foxglove WebSocket port of the live view (-1: off, 0: any free port)'),
 }
 
 
@@ -43,7 +45,13 @@ def nodes(args: dict) -> list:
         graph.append(NodeSpec('llm_teacher', 'teacher_node', 'teacher_node',
                               parameters=[CONFIG / 'teacher_node.yaml',
                                           {'backend': args['llm_backend'], 'model': args['llm_model'],
-                                           'base_url': args['llm_url'], 'planner_mode': args['planner_mode']}]))
+                                           'base_url': args['llm_url'], 'planner_mode': args['planner_mode'],
+                                           'cache_path': str(Path(args['run_dir']) / 'answers.sqlite')}]))
+    graph.append(NodeSpec('llm_teacher', 'visualization_node', 'visualization_node',
+                          parameters=[{'foxglove_port': int(args['foxglove_port'])}]))
+    if args['record'].lower() == 'true':
+        graph.append(NodeSpec('llm_teacher', 'recorder_node', 'recorder_node',
+                              parameters=[{'run_dir': args['run_dir']}]))
     return graph
 
 

@@ -1,12 +1,16 @@
 """The training graph of train.launch.py as real processes: sim node <-> student node over DDS."""
 import json
+import re
 from pathlib import Path
 
 import pytest
 from llm_teacher_msgs.msg import SuggestionBatch, TeacherStatus, TrainingStatus
+from mcap_ros2.reader import read_ros2_messages
 from ros_helpers import spin_until
+from websockets.sync.client import connect
 
 from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
+from llm_teacher.report import make_report, read_recording, suggestion_at
 from student_policy.checkpoints import read_checkpoint
 
 LAUNCH = Path(__file__).resolve().parent.parent / 'launch' / 'train.launch.py'
@@ -18,11 +22,18 @@ def training_graph(run_dir: Path, total_frames: int):
     """train.launch.py's node table, with a tiny rollout so that tests run in seconds."""
     launch = load_launch_file(LAUNCH)
     args = resolve_arguments(launch.ARGUMENTS, [f'run_dir:={run_dir}', f'total_frames:={total_frames}',
-                                                f'num_envs:={NUM_ENVS}', 'plain_ppo:=true'])
+                                                f'num_envs:={NUM_ENVS}', 'plain_ppo:=true', 'foxglove_port:=0'])
     specs = launch.nodes(args)
     student = next(s for s in specs if s.executable == 'student_node')
     student.parameters.append({'num_steps': NUM_STEPS, 'checkpoint_every': 1, 'eval_episodes': 4})
     return specs
+
+
+def foxglove_hello(logs: list[str]) -> list[dict]:
+    """The first messages of the run's Foxglove WebSocket server to a client on localhost."""
+    port = next(int(m.group(1)) for line in logs if (m := re.search(r'Foxglove WebSocket server on ws://127.0.0.1:(\d+)', line)))
+    with connect(f'ws://127.0.0.1:{port}', subprotocols=['foxglove.sdk.v1'], open_timeout=10) as ws:
+        return [json.loads(ws.recv(timeout=10)) for _ in range(2)]
 
 
 def test_student_and_sim_train_across_processes(tmp_path, ros_node):
@@ -32,8 +43,10 @@ def test_student_and_sim_train_across_processes(tmp_path, ros_node):
     runner = LaunchRunner(training_graph(tmp_path, total_frames=3 * ROLLOUT), log=logs.append)
     with runner:
         # Step batches went sim -> student and action batches back, or no rollout would finish.
+        spin_until(ros_node, lambda: len(statuses) >= 1, 120, 'a training_status message from student_node')
+        hello = foxglove_hello(logs)
         spin_until(ros_node, lambda: len(statuses) >= 2, 120, 'two training_status messages from student_node')
-        code = runner.wait()  # the student exits at its budget; the runner stops the sim
+        code = runner.wait()  # the student exits at its budget; the runner stops the others
     assert code == 0, '\n'.join(logs)
     assert [s.frames for s in statuses[:2]] == [ROLLOUT, 2 * ROLLOUT]
     assert statuses[1].updates == 2 and statuses[1].teacher_weight == 0.0
@@ -45,6 +58,24 @@ def test_student_and_sim_train_across_processes(tmp_path, ros_node):
     assert 0 <= final["success_rate_sampled"] <= 1
     assert any('training done at frame 384: greedy success' in line for line in logs)
     assert read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')['counters']['frames'] == 3 * ROLLOUT
+
+    # The live view answered a WebSocket client, and advertised the run's channels.
+    assert hello[0]['op'] == 'serverInfo' and hello[1]['op'] == 'advertise'
+    assert {'/image', '/training/status', '/teacher/suggestion'} <= {c['topic'] for c in hello[1]['channels']}
+
+    # The recording decodes with an independent MCAP reader (mcap-ros2-support, not rosbags).
+    recording, = (tmp_path / 'recordings').glob('*/*.mcap')
+    messages = [(m.channel.topic, m.ros_msg) for m in read_ros2_messages(str(recording))]
+    topics = {topic for topic, _ in messages}
+    assert {'/step_batch', '/action_batch', '/training_status', '/image'} <= topics, topics
+    steps = {msg.seq: msg for topic, msg in messages if topic == '/step_batch'}
+    actions = {msg.seq: msg for topic, msg in messages if topic == '/action_batch'}
+    assert len(steps) >= 3 and set(actions) <= set(steps)  # a sample of the batches, with their answers
+    for msg in steps.values():
+        assert msg.num_envs == NUM_ENVS and len(msg.observations) == NUM_ENVS * 10 * 10 * 4 and len(msg.perceptions) == NUM_ENVS
+    for msg in actions.values():
+        assert len(msg.actions) == NUM_ENVS and len(msg.action_probs) == NUM_ENVS * 7
+    assert [m.frames for t, m in messages if t == '/training_status'][:2] == [ROLLOUT, 2 * ROLLOUT]
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, ros_node):
@@ -81,11 +112,12 @@ def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ro
     """Sim, embedded-LLM teacher and student as processes: suggestions arrive and are distilled."""
     launch = load_launch_file(LAUNCH)
     args = resolve_arguments(launch.ARGUMENTS, [f'run_dir:={tmp_path}', f'total_frames:={40 * ROLLOUT}',
-                                                f'num_envs:={NUM_ENVS}'])
+                                                f'num_envs:={NUM_ENVS}', 'foxglove_port:=-1'])
     specs = launch.nodes(args)
-    assert [s.executable for s in specs] == ['minigrid_sim_node', 'student_node', 'teacher_node']
+    assert [s.executable for s in specs] == ['minigrid_sim_node', 'student_node', 'teacher_node', 'visualization_node',
+                                             'recorder_node']
     specs[1].parameters.append({'num_steps': NUM_STEPS})
-    specs[2].parameters.append({'cache_path': str(tmp_path / 'answers.sqlite')})
+    assert specs[2].parameters[-1]['cache_path'] == str(tmp_path / 'answers.sqlite')  # the run keeps its answers
     statuses, teacher_statuses, suggestions = [], [], []
     ros_node.create_subscription(TrainingStatus, 'training_status', statuses.append, 10)
     ros_node.create_subscription(TeacherStatus, 'teacher_status', teacher_statuses.append, 10)
@@ -103,3 +135,11 @@ def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ro
         assert s.source == 'transformers:SmolLM2-135M-Instruct' and len(s.action_probs) == 7
         assert abs(sum(s.action_probs) - 1) < 1e-4 and abs(sum(s.option_probs) - 1) < 1e-4
     assert teacher_statuses[-1].llm_errors == 0
+
+    # The report command turns the run directory into a page with the teacher's suggestions.
+    png, page = make_report(tmp_path, teacher_episodes=2)
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and 'data:image/png;base64,' in page.read_text()
+    recording = read_recording(tmp_path)
+    assert recording['/teacher_status'] and recording['/image'] and recording['/suggestion_batch']
+    texts = [suggestion_at(recording['/suggestion_batch'], t) for t, _ in recording['/image']]
+    assert any(text != 'no suggestion yet' for text in texts), texts

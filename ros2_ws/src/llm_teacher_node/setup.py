@@ -27,6 +27,8 @@ setup(
     entry_points={
         'console_scripts': [
             'teacher_node = llm_teacher.teacher_node:main',
+            'recorder_node = llm_teacher.recorder_node:main',
+            'visualization_node = llm_teacher.visualization_node:main',
             'llm_teacher_launch = llm_teacher.launch_runner:main',
         ],
     },

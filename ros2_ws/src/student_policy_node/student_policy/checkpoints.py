@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from student_policy.networks import ActorCritic
 from student_policy.ppo import PPOConfig, PPOLearner
 
 FORMAT = 'llm_teacher.student_checkpoint/1'
@@ -99,7 +100,10 @@ def export_policy(path: str | Path, learner: PPOLearner) -> Path:
     """A TorchScript module obs (B, *obs_shape) uint8 -> action logits (B, A), for the deploy node."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    actor = _Actor(learner.policy).eval()
+    # An eager copy: a compiled policy cannot be traced.
+    policy = ActorCritic(learner.policy.obs_shape, learner.policy.num_actions, shared_encoder=learner.config.shared_encoder)
+    policy.load_state_dict(learner.policy.state_dict())
+    actor = _Actor(policy).eval()
     example = torch.zeros((1,) + learner.policy.obs_shape, dtype=torch.uint8)
     with torch.no_grad():
         traced = torch.jit.trace(actor, example)

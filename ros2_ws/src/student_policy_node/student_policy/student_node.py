@@ -123,7 +123,8 @@ class StudentNode(Node):
         if early is not None:
             self.on_suggestions(early)
         self.acted = True
-        self.last_actions = ActionBatch(seq=batch.seq, actions=actions.astype(np.int32).tolist())
+        self.last_actions = ActionBatch(seq=batch.seq, actions=actions.astype(np.int32).tolist(),
+                                        action_probs=self.learner.last_probs.ravel().tolist())
         self.last_actions.header.stamp = self.get_clock().now().to_msg()
         self.action_pub.publish(self.last_actions)
 

@@ -1,0 +1,107 @@
+"""recorder_node: writes a sample of a training run to an MCAP file (rosbag2 layout) with rosbags.
+
+Records the teacher's suggestions, the training and teacher status and the sim's image as they
+come, and every `step_every`-th step batch with the action batch answering it (step batches are
+the bulk: 1 in 20 keeps a 300k-frame run near 10 MB). Messages are stored as received (CDR), so
+`ros2 bag play`, Foxglove and any MCAP reader replay them.
+
+Each start writes a new recording under run_dir/recordings/<date-time>/; the file is finalised on
+Ctrl-C or SIGTERM, and an MCAP cut short by a kill still reads up to its last chunk.
+
+    ros2 run llm_teacher recorder_node --ros-args -p run_dir:=runs/train
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import rclpy
+from ament_index_python.packages import get_package_share_directory
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+from llm_teacher_msgs.msg import ActionBatch, StepBatch, SuggestionBatch, TeacherStatus, TrainingStatus
+from sensor_msgs.msg import Image
+
+# topic -> message class; step batches (and their actions) are sampled, the rest recorded whole.
+TOPICS = {'step_batch': StepBatch, 'action_batch': ActionBatch, 'suggestion_batch': SuggestionBatch,
+          'training_status': TrainingStatus, 'teacher_status': TeacherStatus, 'image': Image}
+
+
+def ros_type_name(message_class) -> str:
+    """'llm_teacher_msgs/msg/StepBatch' for the class of a generated message."""
+    module = message_class.__module__.split('.')  # llm_teacher_msgs.msg._step_batch
+    return f'{module[0]}/{module[1]}/{message_class.__name__}'
+
+
+def typestore_with_project_messages():
+    """The Jazzy type store plus this project's messages, read from their installed .msg files."""
+    typestore = get_typestore(Stores.ROS2_JAZZY)
+    msg_dir = Path(get_package_share_directory('llm_teacher_msgs')) / 'msg'
+    types = {}
+    for path in sorted(msg_dir.glob('*.msg')):
+        types.update(get_types_from_msg(path.read_text(), f'llm_teacher_msgs/msg/{path.stem}'))
+    typestore.register(types)
+    return typestore
+
+
+class RecorderNode(Node):
+
+    def __init__(self):
+        super().__init__('recorder_node')
+        run_dir = self.declare_parameter('run_dir', 'runs/train').value
+        self.step_every = max(1, int(self.declare_parameter('step_every', 20).value))
+        self.path = Path(run_dir) / 'recordings' / time.strftime('%Y%m%d-%H%M%S')
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        typestore = typestore_with_project_messages()
+        self.writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self.writer.open()
+        self.connections = {}
+        self.recorded_seqs: set[int] = set()  # sampled step batches whose actions are still to come
+        self.steps_seen = 0
+        for topic, message_class in TOPICS.items():
+            name = self.resolve_topic_name(topic)
+            self.connections[topic] = self.writer.add_connection(name, ros_type_name(message_class), typestore=typestore)
+            self.create_subscription(message_class, topic, lambda data, t=topic: self.on_message(t, data), 10, raw=True)
+        self.counts = dict.fromkeys(TOPICS, 0)
+        self.get_logger().info(f'recording {", ".join(self.connections)} to {self.path}')
+
+    def on_message(self, topic: str, data: bytes) -> None:
+        if topic == 'step_batch':
+            self.steps_seen += 1
+            if self.steps_seen % self.step_every:
+                return
+            self.recorded_seqs.add(deserialize_message(data, StepBatch).seq)  # only the sampled ones
+        elif topic == 'action_batch':
+            seq = deserialize_message(data, ActionBatch).seq  # small
+            if seq not in self.recorded_seqs:
+                return
+            self.recorded_seqs.discard(seq)
+        self.writer.write(self.connections[topic], self.get_clock().now().nanoseconds, data)
+        self.counts[topic] += 1
+
+    def close(self) -> None:
+        self.writer.close()
+        self.get_logger().info(f'recording closed: {self.path} ({self.counts})')
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = RecorderNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

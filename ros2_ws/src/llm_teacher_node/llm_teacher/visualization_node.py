@@ -1,0 +1,153 @@
+"""visualization_node: what a person watching a training run wants to see, for rviz2 and Foxglove.
+
+For one environment (`env`, default 0) it publishes visualization_msgs/MarkerArray on
+`teacher_markers` (frame `map`): a text marker with the teacher's current suggestion and its
+probability, and the student's action distribution as a bar per action. rviz/train.rviz shows
+them with the sim's `image`.
+
+With `foxglove_port` >= 0 it also serves the same on a Foxglove WebSocket (foxglove-sdk) at
+ws://127.0.0.1:<port> (0: a free port, logged): /image (foxglove.RawImage), /teacher/suggestion,
+/student/action_probs, /training/status and /teacher/status (JSON). Open it in Foxglove with
+"Open connection" -> Foxglove WebSocket.
+
+    ros2 run llm_teacher visualization_node --ros-args -p foxglove_port:=8765
+"""
+from __future__ import annotations
+
+import foxglove
+import rclpy
+from foxglove.channels import RawImageChannel
+from foxglove.messages import RawImage, Timestamp
+from geometry_msgs.msg import Point
+from llm_teacher_msgs.msg import ActionBatch, SuggestionBatch, TeacherStatus, TrainingStatus
+from minigrid.core.actions import Actions
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
+
+ACTION_NAMES = [a.name for a in Actions]
+BAR_WIDTH = 0.3
+
+
+def suggestion_text(batch: SuggestionBatch, env: int) -> tuple[str, float]:
+    """'go to the yellow key', 0.82: the teacher's most likely option for `env`, or why there is none."""
+    if env >= len(batch.suggestions) or not batch.suggestions[env].valid:
+        return 'teacher: no answer yet', 0.0
+    suggestion = batch.suggestions[env]
+    best = max(range(len(suggestion.options)), key=lambda i: suggestion.option_probs[i])
+    return suggestion.options[best], float(suggestion.option_probs[best])
+
+
+def action_markers(probs: list[float], stamp, names=ACTION_NAMES) -> list[Marker]:
+    """One bar (CUBE, height = probability) and one label per action, side by side along y."""
+    markers = []
+    for i, p in enumerate(probs):
+        bar = Marker(ns='student_action_probs', id=i, type=Marker.CUBE, action=Marker.ADD)
+        bar.header.frame_id, bar.header.stamp = 'map', stamp
+        bar.pose.position.y = -i * (BAR_WIDTH + 0.1)
+        bar.pose.position.z = max(p, 1e-3) / 2
+        bar.pose.orientation.w = 1.0
+        bar.scale.x, bar.scale.y, bar.scale.z = BAR_WIDTH, BAR_WIDTH, max(p, 1e-3)
+        bar.color = ColorRGBA(r=0.2, g=0.5, b=1.0, a=0.9)
+        label = Marker(ns='student_action_labels', id=i, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
+        label.header = bar.header
+        label.pose.position = Point(x=0.0, y=bar.pose.position.y, z=-0.15)
+        label.pose.orientation.w = 1.0
+        label.scale.z = 0.12
+        label.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+        label.text = f'{names[i] if i < len(names) else i} {p:.2f}'
+        markers += [bar, label]
+    return markers
+
+
+class VisualizationNode(Node):
+
+    def __init__(self):
+        super().__init__('visualization_node')
+        self.env = int(self.declare_parameter('env', 0).value)
+        port = int(self.declare_parameter('foxglove_port', 8765).value)
+        self.marker_pub = self.create_publisher(MarkerArray, 'teacher_markers', 10)
+        self.create_subscription(SuggestionBatch, 'suggestion_batch', self.on_suggestions, 10)
+        self.create_subscription(ActionBatch, 'action_batch', self.on_actions, 10)
+        self.create_subscription(Image, 'image', self.on_image, 1)
+        self.create_subscription(TrainingStatus, 'training_status', self.on_training_status, 10)
+        self.create_subscription(TeacherStatus, 'teacher_status', self.on_teacher_status, 10)
+        self.server = None
+        if port >= 0:
+            self.server = foxglove.start_server(name='llm_teacher', host='127.0.0.1', port=port)
+            self.channels = {
+                'image': RawImageChannel('/image'),
+                'suggestion': foxglove.Channel('/teacher/suggestion', message_encoding='json'),
+                'actions': foxglove.Channel('/student/action_probs', message_encoding='json'),
+                'training': foxglove.Channel('/training/status', message_encoding='json'),
+                'teacher': foxglove.Channel('/teacher/status', message_encoding='json'),
+            }
+            self.get_logger().info(f'Foxglove WebSocket server on ws://127.0.0.1:{self.server.port}')
+
+    def on_suggestions(self, batch: SuggestionBatch) -> None:
+        text, probability = suggestion_text(batch, self.env)
+        marker = Marker(ns='teacher_suggestion', id=0, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
+        marker.header.frame_id, marker.header.stamp = 'map', batch.header.stamp
+        marker.pose.position.z = 1.4
+        marker.pose.orientation.w = 1.0
+        marker.scale.z = 0.2
+        marker.color = ColorRGBA(r=1.0, g=0.85, b=0.2, a=1.0)
+        marker.text = f'teacher: {text} ({probability:.2f})'
+        self.marker_pub.publish(MarkerArray(markers=[marker]))
+        self.log('suggestion', {'seq': batch.seq, 'env': self.env, 'option': text, 'probability': probability})
+
+    def on_actions(self, batch: ActionBatch) -> None:
+        if not batch.action_probs or not batch.actions:
+            return
+        num_actions = len(batch.action_probs) // len(batch.actions)
+        probs = list(batch.action_probs[self.env * num_actions:(self.env + 1) * num_actions])
+        if probs:
+            self.marker_pub.publish(MarkerArray(markers=action_markers(probs, batch.header.stamp)))
+            self.log('actions', {'seq': batch.seq, 'env': self.env, 'action': int(batch.actions[self.env]),
+                                 'probs': dict(zip(ACTION_NAMES, probs))})
+
+    def on_image(self, image: Image) -> None:
+        if self.server is not None:
+            stamp = Timestamp(sec=image.header.stamp.sec, nsec=image.header.stamp.nanosec)
+            self.channels['image'].log(RawImage(timestamp=stamp, frame_id=image.header.frame_id, width=image.width,
+                                                height=image.height, encoding=image.encoding, step=image.step,
+                                                data=bytes(image.data)))
+
+    def on_training_status(self, status: TrainingStatus) -> None:
+        self.log('training', {name: getattr(status, name) for name in (
+            'frames', 'updates', 'episodes', 'fps', 'mean_return', 'success_rate', 'teacher_weight',
+            'teacher_coverage', 'policy_loss', 'value_loss', 'entropy', 'distill_loss')})
+
+    def on_teacher_status(self, status: TeacherStatus) -> None:
+        self.log('teacher', {name: getattr(status, name) for name in (
+            'source', 'requests', 'cache_hits', 'llm_calls', 'llm_errors', 'parse_failures', 'pending',
+            'mean_latency_ms')})
+
+    def log(self, channel: str, message: dict) -> None:
+        if self.server is not None:
+            self.channels[channel].log(message)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = VisualizationNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()
