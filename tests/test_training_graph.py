@@ -1,6 +1,10 @@
 """The training graph of train.launch.py as real processes: sim node <-> student node over DDS."""
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +147,32 @@ def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ro
     assert recording['/teacher_status'] and recording['/image'] and recording['/suggestion_batch']
     texts = [suggestion_at(recording['/suggestion_batch'], t) for t, _ in recording['/image']]
     assert any(text != 'no suggestion yet' for text in texts), texts
+
+
+def test_ctrl_c_stops_every_node_and_the_next_run_resumes(tmp_path):
+    """As a user would: the launch command in a terminal, Ctrl-C (SIGINT) once a checkpoint exists, run again."""
+    command = [sys.executable, '-m', 'llm_teacher.launch_runner', str(LAUNCH), f'run_dir:={tmp_path}',
+               'num_envs:=4', 'plain_ppo:=true', 'foxglove_port:=0', 'total_frames:=1000000']
+    checkpoint = tmp_path / 'checkpoints' / 'last.pt'
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    assert checkpoint.exists(), 'no checkpoint within 180 s'
+    first.send_signal(signal.SIGINT)
+    output = first.communicate(timeout=60)[0]
+    assert first.returncode == 0, output
+    pids = [int(pid) for pid in re.findall(r'started \w+ \(pid (\d+)\)', output)]
+    assert len(pids) == 4 and not [pid for pid in pids if Path(f'/proc/{pid}').exists()], output
+    saved = read_checkpoint(checkpoint)['counters']
+    recording, = (tmp_path / 'recordings').glob('*/*.mcap')
+    assert any(m.channel.topic == '/training_status' for m in read_ros2_messages(str(recording)))  # closed cleanly
+
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any('resumed from' in line for line in lines):
+        lines.append(second.stdout.readline())
+    second.send_signal(signal.SIGINT)
+    second.communicate(timeout=60)
+    assert any(f'at frame {saved["frames"]}, update {saved["updates"]}' in line for line in lines), ''.join(lines)

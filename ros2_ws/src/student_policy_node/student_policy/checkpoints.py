@@ -101,7 +101,7 @@ def export_policy(path: str | Path, learner: PPOLearner) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # An eager copy: a compiled policy cannot be traced.
-    policy = ActorCritic(learner.policy.obs_shape, learner.policy.num_actions, shared_encoder=learner.config.shared_encoder)
+    policy = ActorCritic(learner.policy.obs_shape, learner.policy.num_actions)
     policy.load_state_dict(learner.policy.state_dict())
     actor = _Actor(policy).eval()
     example = torch.zeros((1,) + learner.policy.obs_shape, dtype=torch.uint8)

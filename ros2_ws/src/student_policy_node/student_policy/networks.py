@@ -46,11 +46,10 @@ class ActorCritic(nn.Module):
     memory map within hundreds of steps; the linear head fits it at once.)
     """
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, features: int = 256, shared_encoder: bool = True):
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, features: int = 256):
         super().__init__()
         self.obs_shape, self.num_actions = tuple(obs_shape), num_actions
         self.encoder = GridEncoder(obs_shape, features)
-        self.critic_encoder = None if shared_encoder else GridEncoder(obs_shape, features)
         self.actor = nn.Linear(features, num_actions)
         self.critic = nn.Linear(features, 1)
         for head, gain in ((self.actor, 1.0), (self.critic, 1.0)):
@@ -60,8 +59,7 @@ class ActorCritic(nn.Module):
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Action logits (B, A) and values (B,)."""
         features = self.encoder(obs)
-        critic_features = features if self.critic_encoder is None else self.critic_encoder(obs)
-        return self.actor(features), self.critic(critic_features).squeeze(-1)
+        return self.actor(features), self.critic(features).squeeze(-1)
 
     def distribution(self, obs: torch.Tensor) -> tuple[Categorical, torch.Tensor]:
         logits, values = self(obs)

@@ -65,8 +65,6 @@ class PPOConfig:
     """Adam learning rate."""
     anneal_lr: bool = False
     """decay the learning rate linearly to 0 at total_frames (CleanRL's anneal_lr)."""
-    shared_encoder: bool = True
-    """actor and critic share one encoder; False gives the critic its own."""
     gamma: float = 0.99
     """discount factor."""
     gae_lambda: float = 0.95
@@ -77,10 +75,10 @@ class PPOConfig:
     """samples per gradient step."""
     clip_coef: float = 0.2
     """PPO ratio clipping."""
-    norm_adv: bool = False
-    """normalise advantages per minibatch (CleanRL's default). Off, as in the paper's code and
-    rl-starter-files: with sparse rewards most minibatches hold only value noise, which
-    normalising blows up to unit scale."""
+    norm_adv: bool = True
+    """normalise advantages per minibatch (CleanRL's default; the paper's code does not). Measured
+    on SimpleDoorKey with the LLM teacher: off learns the teacher phase faster (0.73 vs 0.37
+    success at 100k frames), but plain PPO on DoorKey-5x5 then collapses after solving it."""
     ent_coef: float = 0.001
     """entropy bonus (the paper's 0.001)."""
     vf_coef: float = 0.5
@@ -115,7 +113,7 @@ class PPOLearner:
         torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        self.policy = ActorCritic(obs_shape, num_actions, shared_encoder=config.shared_encoder)
+        self.policy = ActorCritic(obs_shape, num_actions)
         if config.compile:
             self.policy.encoder.compile()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)

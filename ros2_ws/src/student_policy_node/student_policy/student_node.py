@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import rclpy
-from llm_teacher_msgs.msg import ActionBatch, StepBatch, SuggestionBatch, TrainingStatus
+from llm_teacher_msgs.msg import ActionBatch, StepBatch, SuggestionBatch, TeacherStatus, TrainingStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -77,6 +77,8 @@ class StudentNode(Node):
         self.status_pub = self.create_publisher(TrainingStatus, 'training_status', QOS_DEPTH)
         self.create_subscription(StepBatch, 'step_batch', self.on_step, QOS_DEPTH)
         self.create_subscription(SuggestionBatch, 'suggestion_batch', self.on_suggestions, QOS_DEPTH)
+        self.teacher_status: TeacherStatus | None = None  # for the progress line
+        self.create_subscription(TeacherStatus, 'teacher_status', lambda msg: setattr(self, 'teacher_status', msg), QOS_DEPTH)
 
         self.learner: PPOLearner | None = None
         self.rollout_steps: dict[int, int] = {}  # seq -> step of the current rollout, for late suggestions
@@ -147,7 +149,10 @@ class StudentNode(Node):
         self.rollout_steps.clear()  # suggestions for the used rollout come too late now
         keep_going = all([callback(learner, metrics) for callback in self.callbacks])
         self.status_pub.publish(self.status_msg(metrics))
-        self.get_logger().info(progress_line(learner, metrics))
+        line = progress_line(learner, metrics)
+        if self.teacher_status is not None:
+            line += f' | LLM calls {self.teacher_status.llm_calls}, cache hits {self.teacher_status.cache_hits}'
+        self.get_logger().info(line)
         if learner.frames >= self.config.total_frames or not keep_going:
             result = self.evaluation.last or {}
             self.get_logger().info(
