@@ -9,14 +9,13 @@ and publishes a throttled rgb rendering of one environment on `image` (sensor_ms
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from llm_teacher_msgs.msg import ActionBatch, StepBatch
 from llm_teacher_msgs.srv import ResetEnvs
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rcl_interfaces.msg import ParameterDescriptor
 from sensor_msgs.msg import Image
 
+from habitat_bridge.spin import spin
 from habitat_bridge.messages import rgb_image_msg, step_batch_msg
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 
@@ -107,17 +106,7 @@ class MiniGridSimNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = MiniGridSimNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin(MiniGridSimNode, args)
 
 
 if __name__ == '__main__':

@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import rclpy
 from ament_index_python.packages import get_package_share_directory
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+
+from habitat_bridge.spin import spin
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -83,24 +83,14 @@ class RecorderNode(Node):
         self.writer.write(self.connections[topic], self.get_clock().now().nanoseconds, data)
         self.counts[topic] += 1
 
-    def close(self) -> None:
+    def destroy_node(self) -> None:
         self.writer.close()
         self.get_logger().info(f'recording closed: {self.path} ({self.counts})')
+        super().destroy_node()
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = RecorderNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin(RecorderNode, args)
 
 
 if __name__ == '__main__':

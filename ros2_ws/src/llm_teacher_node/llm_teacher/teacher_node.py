@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import rclpy
 from llm_teacher_msgs.msg import StepBatch, SuggestionBatch, TeacherStatus
 from llm_teacher_msgs.msg import Suggestion as SuggestionMsg
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+from habitat_bridge.spin import spin
 from habitat_bridge.messages import observations_from_msg, perception_from_msg
 from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir
 from llm_teacher.cache import AnswerCache
@@ -94,17 +93,7 @@ class TeacherNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = TeacherNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin(TeacherNode, args)
 
 
 if __name__ == '__main__':

@@ -15,14 +15,14 @@ ws://127.0.0.1:<port> (0: a free port, logged): /image (foxglove.RawImage), /tea
 from __future__ import annotations
 
 import foxglove
-import rclpy
 from foxglove.channels import RawImageChannel
 from foxglove.messages import RawImage, Timestamp
 from geometry_msgs.msg import Point
 from llm_teacher_msgs.msg import ActionBatch, SuggestionBatch, TeacherStatus, TrainingStatus
 from minigrid.core.actions import Actions
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+
+from habitat_bridge.spin import spin
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
@@ -129,24 +129,14 @@ class VisualizationNode(Node):
         if self.server is not None:
             self.channels[channel].log(message)
 
-    def close(self) -> None:
+    def destroy_node(self) -> None:
         if self.server is not None:
             self.server.stop()
+        super().destroy_node()
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = VisualizationNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin(VisualizationNode, args)
 
 
 if __name__ == '__main__':

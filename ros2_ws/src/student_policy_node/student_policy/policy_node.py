@@ -11,15 +11,14 @@ Remap the topics to a robot's:
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 import torch
 from geometry_msgs.msg import Twist
 from llm_teacher_msgs.msg import ActionBatch, StepBatch
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from habitat_bridge.commands import MOTIONS, velocity_for_action
+from habitat_bridge.spin import spin
 from habitat_bridge.messages import observations_from_msg
 from student_policy.evaluate import choose_actions, load_policy
 
@@ -70,17 +69,7 @@ class PolicyNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PolicyNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin(PolicyNode, args)
 
 
 if __name__ == '__main__':

@@ -13,12 +13,11 @@ works in parallel (on another core or machine) and a slow one only lowers covera
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from llm_teacher_msgs.msg import ActionBatch, StepBatch, SuggestionBatch, TeacherStatus, TrainingStatus
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+from habitat_bridge.spin import spin
 from habitat_bridge.messages import observations_from_msg
 from student_policy.callbacks import (CheckpointCallback, EvalCallback, MetricsLogCallback, checkpoint_path,
                                      progress_line)
@@ -178,20 +177,7 @@ class StudentNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = StudentNode()
-        executor = SingleThreadedExecutor()  # one for the whole run: rclpy.spin_once re-adds the node each call
-        executor.add_node(node)
-        while rclpy.ok() and not node.done:
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # the last checkpoint stays as it was: resume continues from it
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin(StudentNode, args)
 
 
 if __name__ == '__main__':
