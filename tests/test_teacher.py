@@ -103,7 +103,9 @@ def test_go_to_never_steps_into_lava():
             perception = env.perception()
             options = feasible_options(perception)
             option = next((o for o in options if o.verb == 'go to'), EXPLORE)
-            obs, reward, terminated, truncated, info = env.step(skill_action(option, SkillContext(obs), perception.objects))
+            if (action := skill_action(option, SkillContext(obs), perception.objects)) is None:
+                break  # arrived (or nothing left to explore)
+            obs, reward, terminated, truncated, info = env.step(action)
             cell = env.unwrapped.grid.get(*env.unwrapped.agent_pos)
             assert cell is None or cell.type != 'lava', f'seed {seed}: stepped into lava'
             if terminated or truncated:
@@ -115,7 +117,11 @@ def test_explore_finishes_by_seeing_the_whole_room():
     env = make_env('MiniGrid-SimpleDoorKey-v0')
     obs, _ = env.reset(seed=3)
     for _ in range(150):
-        obs, *_ = env.step(explore(SkillContext(obs)))
+        if (action := explore(SkillContext(obs))) is None:  # nothing reachable left to see
+            break
+        obs, *_ = env.step(action)
+    else:
+        pytest.fail('explore never finished')
     base = env.unwrapped
     room, frontier = set(), [tuple(base.agent_pos)]  # the cells inside the room: flood fill within walls
     while frontier:
@@ -139,6 +145,27 @@ def test_teacher_policy_mixes_option_skills_by_probability():
     pick = next(o for o in feasible_options(perception) if o.verb == 'pick up')
     probs = teacher_policy({pick: 0.75, EXPLORE: 0.25}, obs, perception.objects)
     assert probs.sum() == pytest.approx(1.0) and probs[Actions.pickup] >= 0.75
+
+
+def test_options_with_nothing_left_to_do_give_way_to_the_others():
+    """A finished option must not turn into a no-op or a spin: a greedy student would copy it forever."""
+    env = make_env('MiniGrid-SimpleDoorKey-v0')
+    obs, _ = env.reset(seed=0)
+    expert = ScriptedExpert()
+    while (action := expert.act(env)) != Actions.pickup:  # walk until facing the key
+        obs, *_ = env.step(action)
+    perception = env.perception()
+    go_to_key = next(o for o in feasible_options(perception) if o.verb == 'go to' and o.type == 'key')
+    pick = next(o for o in feasible_options(perception) if o.verb == 'pick up')
+    assert skill_action(go_to_key, SkillContext(obs), perception.objects) is None  # already there
+    probs = teacher_policy({go_to_key: 0.6, pick: 0.4}, obs, perception.objects)
+    assert probs[Actions.pickup] == pytest.approx(1.0)
+    while (action := explore(SkillContext(obs))) is not None:  # see everything reachable
+        obs, *_ = env.step(action)
+    perception = env.perception()
+    door = next(o for o in feasible_options(perception) if o.verb == 'go to' and o.type == 'door')
+    probs = teacher_policy({EXPLORE: 0.9, door: 0.1}, obs, perception.objects)
+    assert probs[skill_action(door, SkillContext(obs), perception.objects)] == pytest.approx(1.0)
 
 
 def test_cache_persists_and_survives_concurrent_writers(tmp_path):
@@ -257,6 +284,7 @@ def test_evaluation_reports_accuracy_and_act_alone_success(tmp_path, embedded):
     ungrounded = evaluate(teacher, 'MiniGrid-SimpleDoorKey-v0', episodes=2, grounded=False)
     for result in (grounded, ungrounded):
         assert result['situations'] > 10 and 0 <= result['accuracy'] <= 1 and 0 <= result['act_alone_success'] <= 1
+        assert 0 <= result['act_alone_success_greedy'] <= 1
     assert grounded['llm_calls'] >= 1 and grounded['llm_errors'] == 0
     teacher.close()
 

@@ -3,7 +3,7 @@
 Situations come from the scripted expert's episodes: at each step the right option is the one
 the expert is carrying out (pick up the key, open the door, go to the goal), or explore when the
 robot has not yet seen its target. Accuracy counts the teacher's most likely option against
-that label. Act-alone success runs the teacher's policy pi_T (sampled) with no student.
+that label. Act-alone success runs the teacher's policy pi_T with no student, sampled and greedy.
 
     python -m llm_teacher.evaluate --task MiniGrid-SimpleDoorKey-v0 --planner-mode score
     python -m llm_teacher.evaluate --backend openai --base-url http://127.0.0.1:8000 --model qwen --planner-mode sample
@@ -75,22 +75,25 @@ def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: i
             if terminated or truncated:
                 break
     rng = np.random.default_rng(seed)
-    successes = 0
-    for episode in range(episodes):  # the teacher acting alone
-        obs, _ = env.reset(seed=seed + episodes + episode)
-        while True:
-            perception = env.perception()
-            options = feasible_options(perception) if grounded else every_option(env)
-            distribution = teacher.option_distribution(perception, options) or {EXPLORE.text: 1.0}
-            by_text = {o.text: o for o in options}
-            probs = teacher_policy({by_text[t]: p for t, p in distribution.items()}, obs, perception.objects)
-            obs, _, terminated, truncated, info = env.step(int(rng.choice(len(probs), p=probs)))
-            if terminated or truncated:
-                successes += bool(info.get('success', False))
-                break
+    successes = {'sampled': 0, 'greedy': 0}
+    for mode in successes:  # the teacher acting alone: sampling pi_T, and its most likely action
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episodes + episode)
+            while True:
+                perception = env.perception()
+                options = feasible_options(perception) if grounded else every_option(env)
+                distribution = teacher.option_distribution(perception, options) or {EXPLORE.text: 1.0}
+                by_text = {o.text: o for o in options}
+                probs = teacher_policy({by_text[t]: p for t, p in distribution.items()}, obs, perception.objects)
+                action = int(rng.choice(len(probs), p=probs)) if mode == 'sampled' else int(np.argmax(probs))
+                obs, _, terminated, truncated, info = env.step(action)
+                if terminated or truncated:
+                    successes[mode] += bool(info.get('success', False))
+                    break
     counters = teacher.counters
     return {'task': task, 'teacher': teacher.source, 'planner_mode': teacher.planner.mode, 'grounded': grounded,
-            'accuracy': correct / max(total, 1), 'situations': total, 'act_alone_success': successes / episodes,
+            'accuracy': correct / max(total, 1), 'situations': total, 'act_alone_success': successes['sampled'] / episodes,
+            'act_alone_success_greedy': successes['greedy'] / episodes,
             'episodes': episodes, 'llm_calls': counters.llm_calls, 'llm_errors': counters.llm_errors,
             'parse_failures': counters.parse_failures}
 

@@ -54,8 +54,13 @@ class SkillContext:
         return 0 <= fx < width and 0 <= fy < height and self.map[fx, fy, 0] in _DROP_ONTO
 
 
-def skill_action(option: Option, context: SkillContext, objects) -> int:
-    """The action option `option` takes now; `objects` are the perceived objects (with grid cells)."""
+def skill_action(option: Option, context: SkillContext, objects) -> int | None:
+    """The action option `option` takes now; `objects` are the perceived objects (with grid cells).
+
+    None when the option has nothing left to do here: explore with no reachable unseen cell, or
+    go to a target the robot already faces. (A no-op action instead would let a greedy policy
+    that imitates the teacher stand still or spin forever.)
+    """
     if option.verb == 'explore':
         return explore(context)
     if option.verb == 'drop':
@@ -72,11 +77,11 @@ def skill_action(option: Option, context: SkillContext, objects) -> int:
     path = plan_to(context.passable, context.pose, target, face=face)
     if path is None:  # not reachable through known cells yet
         return explore(context)
-    return path[0] if path else int(Actions.done)
+    return path[0] if path else None
 
 
-def explore(context: SkillContext) -> int:
-    """Towards the nearest pose that faces an unseen cell (a frontier)."""
+def explore(context: SkillContext) -> int | None:
+    """Towards the nearest pose that faces an unseen cell (a frontier); None when none is reachable."""
     width, height = context.passable.shape
     unseen = context.map[..., 0] == UNSEEN
 
@@ -86,16 +91,23 @@ def explore(context: SkillContext) -> int:
         return 0 <= fx < width and 0 <= fy < height and unseen[fx, fy]
 
     path = plan(context.passable, context.pose, faces_unseen)
-    if path:
-        return path[0]
-    return int(Actions.left)  # facing the frontier already, or nothing left to see: look around
+    if path is None:
+        return None
+    return path[0] if path else int(Actions.left)  # facing the frontier already: look around
 
 
 def teacher_policy(option_probs: dict[Option, float], memory_map: np.ndarray, objects) -> np.ndarray:
-    """pi_T(a|s): the option distribution pushed through the skills, as (NUM_ACTIONS,) float32."""
+    """pi_T(a|s): the option distribution pushed through the skills, as (NUM_ACTIONS,) float32.
+
+    Options with nothing left to do here give their probability to the others (renormalised);
+    if none can act, the robot turns left to look around.
+    """
     context = SkillContext(memory_map)
     probs = np.zeros(NUM_ACTIONS, np.float32)
     for option, p in option_probs.items():
-        if p > 0:
-            probs[skill_action(option, context, objects)] += p
+        action = skill_action(option, context, objects) if p > 0 else None
+        if action is not None:
+            probs[action] += p
+    if probs.sum() == 0:
+        probs[Actions.left] = 1.0
     return probs / probs.sum()

@@ -85,6 +85,10 @@ class PPOConfig:
     """value loss weight."""
     max_grad_norm: float = 0.5
     """global gradient norm clip."""
+    target_kl: float | None = None
+    """once the teacher term is off, end an update's epochs early when the approximate KL to the
+    rollout policy passes 1.5 x this (SB3's rule). Distillation moves the policy far on purpose, so
+    the limit only applies to pure PPO updates. None: never stop early."""
     teacher: TeacherSchedule = field(default_factory=TeacherSchedule)
     """weight of the distillation term over frames."""
     seed: int = 0
@@ -179,31 +183,36 @@ class PPOLearner:
         for group in self.optimizer.param_groups:
             group['lr'] = max(learning_rate, 0.0)
         stats = {k: [] for k in ('policy_loss', 'value_loss', 'entropy', 'distill_loss', 'approx_kl', 'clipfrac')}
-        for _ in range(cfg.update_epochs):
-            for mb in s.minibatches(advantages, returns, cfg.minibatch_size, self.rng):
-                dist, values = self.policy.distribution(mb.obs)
-                logratio = dist.log_prob(mb.actions) - mb.logprobs
-                ratio = logratio.exp()
-                adv = mb.advantages
-                if cfg.norm_adv:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-                value_loss = 0.5 * ((values - mb.returns) ** 2).mean()
-                entropy = dist.entropy().mean()
-                # CE(pi_T || pi_theta) averaged over the samples that carry a suggestion.
-                cross_entropy = -(mb.teacher_probs * torch.log_softmax(dist.logits, -1)).sum(-1)
-                distill_loss = (cross_entropy * mb.teacher_mask).sum() / mb.teacher_mask.sum().clamp(min=1.0)
-                loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy + weight * distill_loss
-                self.optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                with torch.no_grad():
-                    stats['approx_kl'].append(((ratio - 1) - logratio).mean().item())
-                    stats['clipfrac'].append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item())
-                for name, value in (('policy_loss', policy_loss), ('value_loss', value_loss),
-                                    ('entropy', entropy), ('distill_loss', distill_loss)):
-                    stats[name].append(value.item())
+        kl_limit = 1.5 * cfg.target_kl if cfg.target_kl is not None and weight == 0 else float('inf')
+        minibatches = (mb for _ in range(cfg.update_epochs)
+                       for mb in s.minibatches(advantages, returns, cfg.minibatch_size, self.rng))
+        for mb in minibatches:
+            dist, values = self.policy.distribution(mb.obs)
+            logratio = dist.log_prob(mb.actions) - mb.logprobs
+            ratio = logratio.exp()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - logratio).mean().item()
+            if approx_kl > kl_limit:
+                break  # the policy already moved as far as this update allows (checked before stepping)
+            stats['approx_kl'].append(approx_kl)
+            adv = mb.advantages
+            if cfg.norm_adv:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            value_loss = 0.5 * ((values - mb.returns) ** 2).mean()
+            entropy = dist.entropy().mean()
+            # CE(pi_T || pi_theta) averaged over the samples that carry a suggestion.
+            cross_entropy = -(mb.teacher_probs * torch.log_softmax(dist.logits, -1)).sum(-1)
+            distill_loss = (cross_entropy * mb.teacher_mask).sum() / mb.teacher_mask.sum().clamp(min=1.0)
+            loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy + weight * distill_loss
+            self.optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            stats['clipfrac'].append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item())
+            for name, value in (('policy_loss', policy_loss), ('value_loss', value_loss),
+                                ('entropy', entropy), ('distill_loss', distill_loss)):
+                stats[name].append(value.item())
         variance = np.var(returns)
         explained = float('nan') if variance == 0 else 1 - np.var(returns - s.values) / variance
         now = time.perf_counter()
@@ -212,8 +221,9 @@ class PPOLearner:
         coverage = float(s.teacher_mask.mean())
         s.step = 0
         self.updates += 1
-        metrics = {f'losses/{k}': float(np.mean(v)) for k, v in stats.items()}
+        metrics = {f'losses/{k}': float(np.mean(v)) if v else float('nan') for k, v in stats.items()}
         metrics.update({
+            'losses/gradient_steps': len(stats['policy_loss']),
             'losses/explained_variance': float(explained),
             'charts/SPS': fps,
             'charts/episodic_return': float(np.mean(self.recent_returns)) if self.recent_returns else 0.0,
