@@ -135,12 +135,18 @@ def test_explore_finishes_by_seeing_the_whole_room():
     assert unseen == [], f'explore left {unseen} unseen'
 
 
-def test_teacher_policy_mixes_option_skills_by_probability():
+def facing_the_key():
+    """A SimpleDoorKey episode walked by the expert until it faces the key: (env, observation)."""
     env = make_env('MiniGrid-SimpleDoorKey-v0')
     obs, _ = env.reset(seed=0)
     expert = ScriptedExpert()
-    while (action := expert.act(env)) != Actions.pickup:  # walk until facing the key
+    while (action := expert.act(env)) != Actions.pickup:
         obs, *_ = env.step(action)
+    return env, obs
+
+
+def test_teacher_policy_mixes_option_skills_by_probability():
+    env, obs = facing_the_key()
     perception = env.perception()
     pick = next(o for o in feasible_options(perception) if o.verb == 'pick up')
     probs = teacher_policy({pick: 0.75, EXPLORE: 0.25}, obs, perception.objects)
@@ -149,11 +155,7 @@ def test_teacher_policy_mixes_option_skills_by_probability():
 
 def test_options_with_nothing_left_to_do_give_way_to_the_others():
     """A finished option must not turn into a no-op or a spin: a greedy student would copy it forever."""
-    env = make_env('MiniGrid-SimpleDoorKey-v0')
-    obs, _ = env.reset(seed=0)
-    expert = ScriptedExpert()
-    while (action := expert.act(env)) != Actions.pickup:  # walk until facing the key
-        obs, *_ = env.step(action)
+    env, obs = facing_the_key()
     perception = env.perception()
     go_to_key = next(o for o in feasible_options(perception) if o.verb == 'go to' and o.type == 'key')
     pick = next(o for o in feasible_options(perception) if o.verb == 'pick up')
