@@ -6,7 +6,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 export PYTHON
 
-WORKSPACE_SOURCES := $(shell find ros2_ws/src launch config rviz -type f -not -path '*/__pycache__/*' 2>/dev/null)
+WORKSPACE_SOURCES := $(shell find ros2_ws/src ros2_ws/vendor launch config rviz -type f -not -path '*/__pycache__/*' 2>/dev/null)
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 

@@ -12,7 +12,8 @@ from llm_teacher.launch_runner import executable_path
 SRC = Path(__file__).resolve().parent.parent / 'ros2_ws' / 'src'
 PYTHON_PACKAGES = {'llm_teacher_node': 'llm_teacher', 'student_policy_node': 'student_policy',
                    'habitat_bridge': 'habitat_bridge'}
-EXECUTABLES = [('habitat_bridge', 'minigrid_sim_node'), ('student_policy', 'student_node'),
+EXECUTABLES = [('habitat_bridge', 'minigrid_sim_node'), ('habitat_bridge', 'habitat_sim_node'),
+               ('student_policy', 'student_node'),
                ('llm_teacher', 'llm_teacher_launch')]
 
 
@@ -27,7 +28,7 @@ def test_package_xml_is_the_one_source_of_metadata(folder, package):
 
 
 def test_interfaces_import_in_rclpy():
-    result = subprocess.run([sys.executable, '-c', 'import rclpy, llm_teacher_msgs.msg, llm_teacher_msgs.srv'],
+    result = subprocess.run([sys.executable, '-c', 'import rclpy, llm_teacher_msgs.msg, llm_teacher_msgs.srv, tf2_msgs.msg'],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 

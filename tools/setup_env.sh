@@ -18,6 +18,16 @@ deps() {
   for tool in cmake cc c++; do
     command -v $tool >/dev/null || fail "'$tool' not found: building llm_teacher_msgs needs CMake and a C/C++ compiler (apt-get install cmake build-essential)."
   done
+  # MiniWorld (the embodied CPU simulator) renders headless through EGL with Mesa's software GL.
+  local egl_packages="libegl1 libegl-mesa0 libgl1-mesa-dri"
+  if ! ldconfig -p | grep -q 'libEGL_mesa.so.0'; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "setup: installing $egl_packages (headless OpenGL for MiniWorld)"
+      apt-get install -y -q $egl_packages >/dev/null || fail "apt-get could not install $egl_packages."
+    else
+      fail "headless OpenGL for MiniWorld is missing: install $egl_packages (e.g. sudo apt-get install $egl_packages)."
+    fi
+  fi
   if [ ! -x $VENV/bin/python ]; then
     echo "setup: creating $VENV with $PYTHON"
     "$PYTHON" -m venv $VENV || fail "'$PYTHON -m venv' failed (on Debian/Ubuntu: apt-get install python3.11-venv)."
@@ -39,7 +49,7 @@ deps() {
 build() {
   echo "setup: building ros2_ws with colcon into $VENV (log: $VENV/colcon.log)"
   if ! $VENV/bin/colcon --log-base $VENV/colcon-log build --merge-install --install-base $VENV \
-      --build-base build/colcon --base-paths ros2_ws/src \
+      --build-base build/colcon --base-paths ros2_ws/src ros2_ws/vendor \
       --cmake-args -DPython3_EXECUTABLE="$PWD/$VENV/bin/python" -DBUILD_TESTING=OFF >$VENV/colcon.log 2>&1; then
     grep -B2 -A12 -E 'CMake Error|error:|Traceback' $VENV/colcon.log | head -n 40 >&2 || tail -n 30 $VENV/colcon.log >&2
     fail "colcon build of ros2_ws failed (full log: $VENV/colcon.log)."

@@ -23,6 +23,7 @@ setup(
     entry_points={
         'console_scripts': [
             'minigrid_sim_node = habitat_bridge.minigrid_sim_node:main',
+            'habitat_sim_node = habitat_bridge.habitat_sim_node:main',
         ],
     },
 )

@@ -38,3 +38,21 @@ def velocity_for_action(action: int, action_set: str = 'minigrid', step_length: 
         raise ValueError(f'step_duration must be > 0 s, got {step_duration}')
     forward, left = motions[action]
     return forward * step_length / step_duration, left * turn_angle / step_duration
+
+
+def action_for_velocity(linear_x: float, angular_z: float, action_set: str = 'minigrid', step_length: float = 0.5,
+                        turn_angle: float = math.pi / 2, step_duration: float = 1.0) -> int | None:
+    """The discrete motion nearest to a velocity command held for `step_duration`, or None when
+    the command is closer to standing still (under half a step and half a turn).
+
+    The inverse of velocity_for_action for motions: a joystick or a deployed policy drives a
+    simulator that only has discrete actions.
+    """
+    if action_set not in MOTIONS:
+        raise ValueError(f'unknown action set {action_set!r}; known: {", ".join(MOTIONS)}')
+    steps = linear_x * step_duration / step_length
+    turns = angular_z * step_duration / turn_angle
+    if abs(steps) < 0.5 and abs(turns) < 0.5:
+        return None
+    moving = [(i, m) for i, m in enumerate(MOTIONS[action_set]) if m != (0, 0)]
+    return min(moving, key=lambda im: (im[1][0] - steps) ** 2 + (im[1][1] - turns) ** 2)[0]

@@ -50,7 +50,8 @@ def perception_from_msg(m: msg.Perception) -> Perception:
         mission=m.mission, task_family=m.task_family,
         objects=[_object_from_msg(o) for o in m.objects],
         carrying=_object_from_msg(m.carrying) if m.carrying.type else None,
-        x=m.pose.x, y=m.pose.y, heading=int(round(m.pose.theta)),
+        x=m.pose.x, y=m.pose.y,
+        heading=int(round(m.pose.theta)) if m.task_family == 'gridworld' else m.pose.theta,
     )
 
 

@@ -8,14 +8,14 @@ and publishes a throttled rgb rendering of one environment on `image` (sensor_ms
 """
 from __future__ import annotations
 
+import functools
 import numpy as np
 from llm_teacher_msgs.msg import ActionBatch, StepBatch
 from llm_teacher_msgs.srv import ResetEnvs
 from rclpy.node import Node
-from rcl_interfaces.msg import ParameterDescriptor
 from sensor_msgs.msg import Image
 
-from habitat_bridge.spin import spin
+from habitat_bridge.spin import parameter, spin
 from habitat_bridge.messages import rgb_image_msg, step_batch_msg
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 
@@ -26,7 +26,7 @@ class MiniGridSimNode(Node):
 
     def __init__(self):
         super().__init__('minigrid_sim_node')
-        param = self._param
+        param = functools.partial(parameter, self)
         task = param('task', 'MiniGrid-SimpleDoorKey-v0', 'Registered MiniGrid id (the paper tasks or any standard one)')
         num_envs = param('num_envs', 16, 'Environments stepped in lock-step per batch')
         self.seed = param('seed', 0, 'Environment i starts with seed + i')
@@ -55,10 +55,6 @@ class MiniGridSimNode(Node):
         self.publish_step(self.envs.reset(self.seed))
         self.get_logger().info(f'{num_envs} x {task} ({self.observation}), {self.envs.num_actions} actions')
 
-    def _param(self, name, default, description):
-        # Dynamic typing, then a cast, so that `-p rate:=2` works where 2.0 is the default.
-        descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
-        return type(default)(self.declare_parameter(name, default, descriptor).value)
 
     def publish_step(self, step) -> None:
         self.seq += 1

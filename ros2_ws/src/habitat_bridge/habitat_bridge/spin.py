@@ -1,8 +1,9 @@
-"""The one main() of every node in this project (ros2/examples style), so each node file ends with
-`def main(args=None): spin(MyNode, args)`."""
+"""What every node of this project shares: its main() (ros2/examples style), so each node file ends
+with `def main(args=None): spin(MyNode, args)`, and how it declares parameters."""
 from __future__ import annotations
 
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 
@@ -22,3 +23,10 @@ def spin(node_class, args=None) -> None:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+def parameter(node, name: str, default, description: str):
+    """Declare a parameter with dynamic typing, then cast to the default's type, so that
+    `-p rate_hz:=2` works where 2.0 is the default."""
+    descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
+    return type(default)(node.declare_parameter(name, default, descriptor).value)

@@ -6,16 +6,16 @@ Subscribes to `step_batch`, publishes `suggestion_batch` and, every second, `tea
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 from llm_teacher_msgs.msg import StepBatch, SuggestionBatch, TeacherStatus
 from llm_teacher_msgs.msg import Suggestion as SuggestionMsg
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
-from habitat_bridge.spin import spin
 from habitat_bridge.messages import observations_from_msg, perception_from_msg
+from habitat_bridge.spin import parameter, spin
 from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator
@@ -29,7 +29,7 @@ class TeacherNode(Node):
 
     def __init__(self):
         super().__init__('teacher_node')
-        p = self._param
+        p = functools.partial(parameter, self)
         backend = p('backend', 'transformers', "'transformers' (local model) or 'openai' (any OpenAI-compatible server)")
         model = p('model', 'embedded', "transformers: a model directory or 'embedded'; openai: the served model name")
         base_url = p('base_url', 'http://127.0.0.1:8000', 'openai backend: server base URL')
@@ -58,10 +58,6 @@ class TeacherNode(Node):
         self.last_seq = -1
         self.get_logger().info(f'teacher {self.teacher.source} ({mode}), cache {cache_path}')
 
-    def _param(self, name, default, description):
-        # Dynamic typing, then a cast, so that `-p timeout_s:=5` works where 5.0 is the default.
-        descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
-        return type(default)(self.declare_parameter(name, default, descriptor).value)
 
     def on_step(self, batch: StepBatch) -> None:
         if batch.seq == self.last_seq:

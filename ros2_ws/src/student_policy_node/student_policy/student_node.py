@@ -12,13 +12,14 @@ works in parallel (on another core or machine) and a slow one only lowers covera
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from llm_teacher_msgs.msg import ActionBatch, StepBatch, SuggestionBatch, TeacherStatus, TrainingStatus
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
-from habitat_bridge.spin import spin
 from habitat_bridge.messages import observations_from_msg
+from habitat_bridge.spin import parameter, spin
 from student_policy.callbacks import (CheckpointCallback, EvalCallback, MetricsLogCallback, checkpoint_path,
                                      progress_line)
 from student_policy.checkpoints import CheckpointError, load_learner
@@ -43,7 +44,7 @@ class StudentNode(Node):
 
     def __init__(self):
         super().__init__('student_node')
-        p = self._param
+        p = functools.partial(parameter, self)
         self.run_dir = p('run_dir', 'runs/student', 'Directory for checkpoints, logs and the exported policy')
         self.resume = p('resume', True, 'Continue from run_dir/checkpoints/last.pt when it exists')
         checkpoint_every = p('checkpoint_every', 10, 'Save a checkpoint every this many PPO updates')
@@ -86,10 +87,6 @@ class StudentNode(Node):
         self.acted = False  # an action was stored and awaits its reward
         self.done = False
 
-    def _param(self, name, default, description):
-        # Dynamic typing, then a cast, so that `-p rate:=2` works where 2.0 is the default.
-        descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
-        return type(default)(self.declare_parameter(name, default, descriptor).value)
 
     def on_step(self, batch: StepBatch) -> None:
         if self.done:

@@ -53,7 +53,8 @@ class Perception:
     carrying: PerceivedObject | None = None
     x: float = 0.0
     y: float = 0.0
-    heading: int = 0
+    heading: float = 0
+    """grid worlds: 0 east, 1 south, 2 west, 3 north; embodied: yaw in radians (REP-103)."""
     task_family: str = 'gridworld'
 
 

@@ -1,0 +1,115 @@
+"""MiniWorld 2.1 as an embodied backend: a CPU 3D stand-in for habitat-sim that runs headless.
+
+MiniWorld renders with OpenGL; headless it needs EGL (Mesa llvmpipe on machines without a GPU:
+Debian packages libegl1 libegl-mesa0 libgl1-mesa-dri), selected by setting
+pyglet.options['headless'] before miniworld is first imported.
+
+Frames: MiniWorld's world is x right, y up, z towards the viewer, with the agent's heading
+`dir` turning x towards -z; in REP-103 map coordinates that is (x, -z) on the floor and yaw = dir.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from habitat_bridge.embodied.backend import CameraSpec, EmbodiedStep, Pose
+from habitat_bridge.minigrid.observation import PerceivedObject, Perception
+
+Z_NEAR, Z_FAR = 0.04, 100.0  # MiniWorld's projection (render_obs)
+
+
+def import_miniworld():
+    """Import miniworld rendering headless (EGL); a clear error when that cannot work here."""
+    import pyglet
+    pyglet.options['headless'] = True
+    try:
+        import miniworld  # noqa: F401  (registers the MiniWorld-* gymnasium ids)
+        from miniworld.entity import Agent
+    except ImportError as err:
+        raise RuntimeError(f'MiniWorld cannot start headless ({err}): install the project requirements and '
+                           'the EGL packages (apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri)') from err
+    return Agent
+
+
+class MiniWorldBackend:
+    """One MiniWorld environment: rgb + depth from the same render, the true pose, perception."""
+
+    action_set = 'miniworld'
+
+    def __init__(self, env_id: str = 'MiniWorld-PutNext-v0', width: int = 64, height: int = 64,
+                 max_episode_steps: int | None = None):
+        import gymnasium as gym
+        agent_class = import_miniworld()
+        kwargs = {'obs_width': width, 'obs_height': height}
+        if max_episode_steps is not None:
+            kwargs['max_episode_steps'] = max_episode_steps
+        try:
+            self.env = gym.make(env_id, **kwargs)
+        except gym.error.Error as err:
+            known = ', '.join(sorted(e for e in gym.registry if e.startswith('MiniWorld-')))
+            raise ValueError(f'unknown MiniWorld environment {env_id!r} ({err}); known: {known}') from err
+        self.world = self.env.unwrapped
+        self._agent_class = agent_class
+        params = self.world.params
+        self.step_length = float(params.sample(None, 'forward_step'))  # the value without domain randomisation
+        self.turn_angle = math.radians(params.sample(None, 'turn_step'))
+        agent = self.world.agent
+        self.camera = CameraSpec(width, height, float(agent.cam_fov_y), float(agent.cam_height),
+                                 float(agent.cam_fwd_disp))
+        self._last_seen: dict[int, tuple[float, float]] = {}  # entity index -> map (x, y)
+
+    def reset(self, seed: int | None = None) -> EmbodiedStep:
+        rgb, info = self.env.reset(seed=seed)
+        self._last_seen.clear()
+        return self._observe(rgb, 0.0, False, False, info)
+
+    def step(self, action: int) -> EmbodiedStep:
+        if not 0 <= action < self.env.action_space.n:
+            raise ValueError(f'action {action} is outside 0..{self.env.action_space.n - 1}')
+        rgb, reward, terminated, truncated, info = self.env.step(int(action))
+        return self._observe(rgb, float(reward), terminated, truncated, info)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def pose(self) -> Pose:
+        agent = self.world.agent
+        return Pose(float(agent.pos[0]), float(-agent.pos[2]), math.remainder(float(agent.dir), math.tau))
+
+    def _observe(self, rgb, reward, terminated, truncated, info) -> EmbodiedStep:
+        # The step rendered into obs_fb: its depth buffer matches rgb. Read it before the
+        # visibility query below renders into the same buffer.
+        depth = self.world.obs_fb.get_depth_map(Z_NEAR, Z_FAR)[..., 0]
+        pose = self.pose()
+        return EmbodiedStep(np.asarray(rgb), depth.astype(np.float32), pose, self._perceive(pose),
+                            reward, bool(terminated), bool(truncated), dict(info))
+
+    def _perceive(self, pose: Pose) -> Perception:
+        """Objects in view now (OpenGL occlusion query), and where the others were last seen."""
+        world = self.world
+        visible = world.get_visible_ents()
+        carried = world.agent.carrying
+        for index, ent in enumerate(world.entities):
+            if ent in visible and not isinstance(ent, self._agent_class):
+                self._last_seen[index] = (float(ent.pos[0]), float(-ent.pos[2]))
+        cos, sin = math.cos(pose.yaw), math.sin(pose.yaw)
+        objects = []
+        for index, (x, y) in sorted(self._last_seen.items()):
+            ent = world.entities[index]
+            if ent is carried:
+                continue
+            dx, dy = x - pose.x, y - pose.y
+            objects.append(PerceivedObject(type=_kind(ent), color=getattr(ent, 'color', '') or '',
+                                           forward=cos * dx + sin * dy, left=-sin * dx + cos * dy,
+                                           visible=ent in visible))
+        holding = None
+        if carried is not None:
+            holding = PerceivedObject(type=_kind(carried), color=getattr(carried, 'color', '') or '')
+        return Perception(mission=getattr(world, 'mission', ''), task_family='embodied', objects=objects,
+                          carrying=holding, x=pose.x, y=pose.y, heading=pose.yaw)
+
+
+def _kind(entity) -> str:
+    """Object class as perception names it: 'box', 'ball', 'key', ..."""
+    return type(entity).__name__.lower()

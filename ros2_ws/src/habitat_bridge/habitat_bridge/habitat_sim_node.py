@@ -1,0 +1,132 @@
+"""habitat_sim_node: an embodied simulator as a robot's standard ROS 2 topics.
+
+Backends: 'miniworld' (MiniWorld 2.1, CPU, headless). 'habitat' (habitat-sim 0.3) is not built
+yet. Every control period (1 / rate_hz) the node applies the newest command, steps the simulator
+and publishes, all with one stamp:
+
+    camera/image_raw, camera/depth/image_raw   sensor_msgs/Image rgb8 and 32FC1 (metres)
+    camera/camera_info                         sensor_msgs/CameraInfo (pinhole from the field of view)
+    odom                                       nav_msgs/Odometry (odom -> base_link)
+    /tf, /tf_static                            map -> odom -> base_link -> camera_link -> camera_optical_frame
+    perception                                 llm_teacher_msgs/Perception (what the teacher reads)
+
+Commands: `action` (std_msgs/Int32, one discrete action, applied once) and `cmd_vel`
+(geometry_msgs/Twist, held until it is zero or older than cmd_vel_timeout; mapped to the nearest
+discrete motion by habitat_bridge.commands). With no command the robot stands still and the
+sensors keep publishing.
+"""
+from __future__ import annotations
+
+import time
+
+from geometry_msgs.msg import Twist
+from llm_teacher_msgs.msg import Perception
+from nav_msgs.msg import Odometry
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Int32
+from tf2_msgs.msg import TFMessage
+
+from habitat_bridge.commands import MOTIONS, action_for_velocity, velocity_for_action
+from habitat_bridge.embodied import sensors
+from habitat_bridge.messages import perception_msg, rgb_image_msg
+from habitat_bridge.spin import parameter, spin
+
+BACKENDS = ('miniworld',)
+
+
+def make_backend(name: str, env: str, width: int, height: int):
+    if name == 'miniworld':
+        from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend
+        return MiniWorldBackend(env, width, height)
+    raise ValueError(f'unknown backend {name!r}; available: {", ".join(BACKENDS)} (habitat-sim is not built yet)')
+
+
+class HabitatSimNode(Node):
+    def __init__(self):
+        super().__init__('habitat_sim_node')
+        backend = parameter(self, 'backend', 'miniworld', f'Simulator: {", ".join(BACKENDS)}')
+        env = parameter(self, 'env', 'MiniWorld-PutNext-v0', 'Environment id of the backend')
+        width = parameter(self, 'width', 64, 'Camera width in pixels')
+        height = parameter(self, 'height', 64, 'Camera height in pixels')
+        rate_hz = parameter(self, 'rate_hz', 10.0, 'Control and sensor rate (one simulator step per period)')
+        self.seed = parameter(self, 'seed', 0, 'Seed of the first episode; each next episode adds 1')
+        self.cmd_vel_timeout = parameter(self, 'cmd_vel_timeout', 0.5, 'A cmd_vel older than this (s) stops the robot')
+        if rate_hz <= 0:
+            raise SystemExit(f'habitat_sim_node: rate_hz must be > 0, got {rate_hz}')
+        try:
+            self.sim = make_backend(backend, env, width, height)
+        except (ValueError, RuntimeError) as err:
+            raise SystemExit(f'habitat_sim_node: {err}') from err
+        self.period = 1.0 / rate_hz
+        self.rgb_pub = self.create_publisher(Image, 'camera/image_raw', 2)
+        self.depth_pub = self.create_publisher(Image, 'camera/depth/image_raw', 2)
+        self.info_pub = self.create_publisher(CameraInfo, 'camera/camera_info', 2)
+        self.odom_pub = self.create_publisher(Odometry, 'odom', 10)
+        self.perception_pub = self.create_publisher(Perception, 'perception', 10)
+        self.tf_pub = self.create_publisher(TFMessage, '/tf', 10)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_publisher(TFMessage, '/tf_static', latched).publish(
+            TFMessage(transforms=sensors.static_transforms(self.sim.camera, self.get_clock().now().to_msg())))
+        self.create_subscription(Int32, 'action', self.on_action, 10)
+        self.create_subscription(Twist, 'cmd_vel', self.on_cmd_vel, 10)
+        self.pending_action: int | None = None
+        self.cmd_vel: tuple[float, float, float] | None = None  # linear.x, angular.z, receive time
+        self.episode = 0
+        self.last = self.sim.reset(seed=self.seed)
+        self.create_timer(self.period, self.tick)
+        self.get_logger().info(f'{backend} {env} at {rate_hz:g} Hz, camera {width}x{height}, '
+                               f'hfov {sensors.hfov_deg(self.sim.camera):.1f} deg')
+
+    def on_action(self, msg: Int32) -> None:
+        motions = MOTIONS[self.sim.action_set]
+        if not 0 <= msg.data < len(motions):
+            self.get_logger().error(f'action {msg.data} is outside the {self.sim.action_set} action set '
+                                    f'(0..{len(motions) - 1}); ignored')
+            return
+        self.pending_action = msg.data
+
+    def on_cmd_vel(self, msg: Twist) -> None:
+        self.cmd_vel = (msg.linear.x, msg.angular.z, time.monotonic())
+
+    def next_action(self) -> int | None:
+        if self.pending_action is not None:
+            action, self.pending_action = self.pending_action, None
+            return action
+        if self.cmd_vel is None or time.monotonic() - self.cmd_vel[2] > self.cmd_vel_timeout:
+            return None
+        return action_for_velocity(self.cmd_vel[0], self.cmd_vel[1], self.sim.action_set,
+                                   self.sim.step_length, self.sim.turn_angle, self.period)
+
+    def tick(self) -> None:
+        action = self.next_action()
+        velocity = (0.0, 0.0)
+        if action is not None:
+            self.last = self.sim.step(action)
+            velocity = velocity_for_action(action, self.sim.action_set, self.sim.step_length,
+                                           self.sim.turn_angle, self.period)
+            if self.last.terminated or self.last.truncated:
+                self.episode += 1
+                self.get_logger().info(f'episode {self.episode} ended (reward {self.last.reward:.2f}); new episode')
+                self.last = self.sim.reset(seed=self.seed + self.episode)
+        stamp = self.get_clock().now().to_msg()
+        step = self.last
+        self.rgb_pub.publish(rgb_image_msg(step.rgb, stamp, sensors.OPTICAL))
+        self.depth_pub.publish(sensors.depth_image_msg(step.depth, stamp))
+        self.info_pub.publish(sensors.camera_info_msg(self.sim.camera, stamp))
+        self.odom_pub.publish(sensors.odometry_msg(step.pose, velocity, stamp))
+        self.tf_pub.publish(TFMessage(transforms=sensors.dynamic_transforms(step.pose, stamp)))
+        self.perception_pub.publish(perception_msg(step.perception))
+
+    def destroy_node(self):
+        self.sim.close()
+        super().destroy_node()
+
+
+def main(args=None):
+    spin(HabitatSimNode, args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,174 @@
+"""The embodied bridge on MiniWorld: sensor geometry as plain functions, then habitat_sim_node
+as a separate process publishing a robot's standard topics over DDS."""
+import math
+import time
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Twist
+from llm_teacher_msgs.msg import Perception
+from nav_msgs.msg import Odometry
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from ros_helpers import spin_until
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Int32
+from tf2_msgs.msg import TFMessage
+
+from habitat_bridge.commands import MOTIONS, action_for_velocity, velocity_for_action
+from habitat_bridge.embodied import sensors
+from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend
+from llm_teacher.launch_runner import LaunchRunner, NodeSpec
+
+ENV = 'MiniWorld-PutNext-v0'
+TURN_LEFT, TURN_RIGHT, FORWARD = 0, 1, 2
+
+
+@pytest.fixture(scope='module')
+def backend():
+    sim = MiniWorldBackend(ENV, 64, 48)
+    yield sim
+    sim.close()
+
+
+def test_camera_info_is_the_pinhole_of_the_field_of_view(backend):
+    info = sensors.camera_info_msg(backend.camera, Time())
+    f = 24 / math.tan(math.radians(backend.camera.vfov_deg) / 2)  # half height over tan(half vfov)
+    assert (info.width, info.height) == (64, 48)
+    assert info.k[0] == pytest.approx(f) and info.k[4] == pytest.approx(f)
+    assert (info.k[2], info.k[5]) == (31.5, 23.5)
+    assert sensors.hfov_deg(backend.camera) == pytest.approx(math.degrees(2 * math.atan(32 / f)))
+    step = backend.reset(seed=0)
+    assert step.rgb.shape == (48, 64, 3) and step.rgb.dtype == np.uint8
+    assert step.depth.shape == (48, 64) and step.depth.dtype == np.float32
+
+
+def test_depth_agrees_with_the_intrinsics(backend):
+    """Where K projects the bottom of a visible box (on the floor, camera_height below the lens),
+    the depth image holds about the box's forward distance: rgb, depth and CameraInfo agree."""
+    camera, f = backend.camera, sensors.focal_length_px(backend.camera)
+    checked = agreed = 0
+    for seed in range(20):
+        step = backend.reset(seed=seed)
+        seen = []  # (distance from the lens, pixel column) of each visible box
+        for obj in step.perception.objects:
+            ahead = obj.forward - camera.forward_m  # the lens sits forward_m ahead of base_link
+            if obj.visible and ahead > 1.0:
+                seen.append((ahead, round((camera.width - 1) / 2 - f * obj.left / ahead)))
+        for ahead, column in seen:
+            row = round((camera.height - 1) / 2 + f * camera.height_m / ahead) - 2  # just above the floor
+            hidden = any(other < ahead and abs(c - column) <= 3 for other, c in seen)
+            if hidden or not (0 <= column < camera.width and 0 <= row < camera.height):
+                continue
+            checked += 1
+            agreed += abs(step.depth[row, column] - ahead) < 0.6  # boxes are under 1.2 m across
+    assert checked >= 10 and agreed >= 0.8 * checked, f'{agreed} of {checked} boxes where K puts them'
+
+
+def test_odometry_integrates_the_actions(backend):
+    step = backend.reset(seed=3)
+    for _ in range(4):
+        before = step.pose
+        step = backend.step(TURN_LEFT)
+        assert math.remainder(step.pose.yaw - before.yaw, math.tau) == pytest.approx(backend.turn_angle)
+    moved = 0
+    for _ in range(10):
+        before = step.pose
+        step = backend.step(FORWARD)
+        dx, dy = step.pose.x - before.x, step.pose.y - before.y
+        if dx or dy:  # not blocked by a wall or an object
+            assert (dx, dy) == pytest.approx((backend.step_length * math.cos(before.yaw),
+                                              backend.step_length * math.sin(before.yaw)), abs=1e-6)
+            moved += 1
+    assert moved >= 1
+
+
+def test_perception_places_objects_where_they_are(backend):
+    step = backend.reset(seed=1)
+    entities = [e for e in backend.world.entities if e is not backend.world.agent]
+    assert step.perception.task_family == 'embodied' and step.perception.objects
+    for obj in step.perception.objects:
+        yaw = step.pose.yaw
+        x = step.pose.x + obj.forward * math.cos(yaw) - obj.left * math.sin(yaw)
+        y = step.pose.y + obj.forward * math.sin(yaw) + obj.left * math.cos(yaw)
+        assert any(np.allclose((x, y), (e.pos[0], -e.pos[2]), atol=1e-6) and obj.color == e.color
+                   for e in entities), obj
+
+
+def test_velocity_commands_map_back_to_their_actions():
+    for action, motion in enumerate(MOTIONS['miniworld']):
+        command = velocity_for_action(action, 'miniworld', 0.15, math.radians(15), 0.1)
+        expected = action if motion != (0, 0) else None
+        assert action_for_velocity(*command, 'miniworld', 0.15, math.radians(15), 0.1) == expected
+    assert action_for_velocity(0.2, 0.1, 'minigrid') is None  # a nudge: stand still
+
+
+def test_unknown_environment_is_a_clear_error():
+    with pytest.raises(ValueError, match='unknown MiniWorld environment .* known: MiniWorld-'):
+        MiniWorldBackend('MiniWorld-Nope-v0')
+
+
+@pytest.fixture(scope='module')
+def sim_node():
+    spec = NodeSpec('habitat_bridge', 'habitat_sim_node', 'habitat_sim_node',
+                    parameters=[{'env': ENV, 'width': 64, 'height': 48, 'rate_hz': 10.0, 'seed': 2}])
+    logs = []
+    with LaunchRunner([spec], log=logs.append) as runner:
+        yield runner
+    print('\n'.join(logs))
+
+
+def test_node_publishes_a_robots_topics(sim_node, ros_node):
+    got = {name: [] for name in ('rgb', 'depth', 'info', 'odom', 'tf', 'tf_static', 'perception')}
+    for name, kind, topic in (('rgb', Image, 'camera/image_raw'), ('depth', Image, 'camera/depth/image_raw'),
+                              ('info', CameraInfo, 'camera/camera_info'), ('odom', Odometry, 'odom'),
+                              ('tf', TFMessage, '/tf'), ('perception', Perception, 'perception')):
+        ros_node.create_subscription(kind, topic, got[name].append, 50)
+    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    ros_node.create_subscription(TFMessage, '/tf_static', got['tf_static'].append, latched)
+    spin_until(ros_node, lambda: len(got['rgb']) >= 5, 60, 'camera images from habitat_sim_node')
+    got['rgb'].clear()
+    deadline = time.monotonic() + 2.0
+    spin_until(ros_node, lambda: time.monotonic() > deadline, 5, 'two seconds')
+    assert 14 <= len(got['rgb']) <= 26, f'{len(got["rgb"])} images in 2 s at 10 Hz'
+
+    rgb, depth, info = got['rgb'][-1], got['depth'][-1], got['info'][-1]
+    assert (rgb.encoding, depth.encoding) == ('rgb8', '32FC1')
+    assert rgb.header.frame_id == depth.header.frame_id == info.header.frame_id == 'camera_optical_frame'
+    assert (rgb.width, rgb.height) == (depth.width, depth.height) == (info.width, info.height) == (64, 48)
+    assert rgb.step == 64 * 3 and depth.step == 64 * 4
+    stamps = {name: {(m.header.stamp.sec, m.header.stamp.nanosec) for m in got[name]}
+              for name in ('rgb', 'depth', 'info', 'odom')}
+    assert stamps['rgb'] & stamps['depth'] & stamps['info'] & stamps['odom'], 'one stamp per tick on every topic'
+    odom = got['odom'][-1]
+    assert (odom.header.frame_id, odom.child_frame_id) == ('odom', 'base_link')
+    frames = {(t.header.frame_id, t.child_frame_id) for m in got['tf'] for t in m.transforms}
+    assert frames == {('map', 'odom'), ('odom', 'base_link')}
+    spin_until(ros_node, lambda: got['tf_static'], 10, '/tf_static')
+    static = {(t.header.frame_id, t.child_frame_id) for t in got['tf_static'][-1].transforms}
+    assert static == {('base_link', 'camera_link'), ('camera_link', 'camera_optical_frame')}
+    assert got['perception'][-1].task_family == 'embodied'
+
+
+def test_node_drives_with_cmd_vel_and_actions(sim_node, ros_node):
+    odoms = []
+    ros_node.create_subscription(Odometry, 'odom', odoms.append, 50)
+    spin_until(ros_node, lambda: odoms, 60, 'odometry from habitat_sim_node')
+    yaw = lambda o: 2 * math.atan2(o.pose.pose.orientation.z, o.pose.pose.orientation.w)  # noqa: E731
+    start = odoms[-1]
+    turn = ros_node.create_publisher(Int32, 'action', 10)
+    spin_until(ros_node, lambda: turn.get_subscription_count() > 0, 10, 'action subscriber')
+    turn.publish(Int32(data=TURN_LEFT))
+    spin_until(ros_node, lambda: abs(math.remainder(yaw(odoms[-1]) - yaw(start), math.tau)) > 0.1, 10,
+               'a turn after one action')
+    assert math.remainder(yaw(odoms[-1]) - yaw(start), math.tau) == pytest.approx(math.radians(15), abs=1e-3)
+    cmd = ros_node.create_publisher(Twist, 'cmd_vel', 10)
+    twist = Twist()
+    twist.angular.z = math.radians(15) / 0.1  # one turn step per control period
+    before = yaw(odoms[-1])
+
+    def turned_while_commanded():
+        cmd.publish(twist)  # a joystick keeps sending; the node stops when commands go stale
+        return abs(math.remainder(yaw(odoms[-1]) - before, math.tau)) > 0.2
+    spin_until(ros_node, turned_while_commanded, 10, 'turning under cmd_vel')
+    assert any(o.twist.twist.angular.z > 0 for o in odoms[-3:]), 'odometry reports the commanded turn rate'
