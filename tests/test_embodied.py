@@ -172,3 +172,18 @@ def test_node_drives_with_cmd_vel_and_actions(sim_node, ros_node):
         return abs(math.remainder(yaw(odoms[-1]) - before, math.tau)) > 0.2
     spin_until(ros_node, turned_while_commanded, 10, 'turning under cmd_vel')
     assert any(o.twist.twist.angular.z > 0 for o in odoms[-3:]), 'odometry reports the commanded turn rate'
+
+
+def test_go_to_object_task_names_its_target_and_perceives_it():
+    sim = MiniWorldBackend('MiniWorld-GoToObject-v0', 32, 32)
+    try:
+        step = sim.reset(seed=0)
+        target = sim.world.target
+        assert step.perception.mission == f'go to the {target.color} {type(target).__name__.lower()}'
+        assert len([e for e in sim.world.entities if e is not sim.world.agent]) == 6
+        for _ in range(30):  # look around: turning in place reveals objects, each named by kind and colour
+            step = sim.step(TURN_LEFT)
+        assert all(o.type in ('ball', 'box', 'key') and o.color for o in step.perception.objects)
+        assert not step.info['success']
+    finally:
+        sim.close()

@@ -26,10 +26,13 @@ def import_miniworld():
     try:
         import miniworld  # noqa: F401  (registers the MiniWorld-* gymnasium ids)
         from miniworld.entity import Agent
+
+        from habitat_bridge.embodied import tasks
     except ImportError as err:
         raise RuntimeError(f'MiniWorld cannot start headless ({err}): install the project requirements and '
                            'the EGL packages (apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri)') from err
-    return Agent
+    tasks.register_tasks()
+    return Agent, tasks
 
 
 class MiniWorldBackend:
@@ -40,7 +43,9 @@ class MiniWorldBackend:
     def __init__(self, env_id: str = 'MiniWorld-PutNext-v0', width: int = 64, height: int = 64,
                  max_episode_steps: int | None = None):
         import gymnasium as gym
-        agent_class = import_miniworld()
+        agent_class, tasks = import_miniworld()
+        self._kind_of = tasks.kind_of
+        self.mission = tasks.MISSIONS.get(env_id, '')
         kwargs = {'obs_width': width, 'obs_height': height}
         if max_episode_steps is not None:
             kwargs['max_episode_steps'] = max_episode_steps
@@ -68,6 +73,7 @@ class MiniWorldBackend:
         if not 0 <= action < self.env.action_space.n:
             raise ValueError(f'action {action} is outside 0..{self.env.action_space.n - 1}')
         rgb, reward, terminated, truncated, info = self.env.step(int(action))
+        info['success'] = bool(terminated and reward > 0)  # MiniWorld tasks reward only success
         return self._observe(rgb, float(reward), terminated, truncated, info)
 
     def close(self) -> None:
@@ -100,16 +106,12 @@ class MiniWorldBackend:
             if ent is carried:
                 continue
             dx, dy = x - pose.x, y - pose.y
-            objects.append(PerceivedObject(type=_kind(ent), color=getattr(ent, 'color', '') or '',
+            objects.append(PerceivedObject(type=self._kind_of(ent), color=getattr(ent, 'color', '') or '',
                                            forward=cos * dx + sin * dy, left=-sin * dx + cos * dy,
                                            visible=ent in visible))
         holding = None
         if carried is not None:
-            holding = PerceivedObject(type=_kind(carried), color=getattr(carried, 'color', '') or '')
-        return Perception(mission=getattr(world, 'mission', ''), task_family='embodied', objects=objects,
+            holding = PerceivedObject(type=self._kind_of(carried), color=getattr(carried, 'color', '') or '')
+        return Perception(mission=getattr(world, 'mission', self.mission), task_family='embodied', objects=objects,
                           carrying=holding, x=pose.x, y=pose.y, heading=pose.yaw)
 
-
-def _kind(entity) -> str:
-    """Object class as perception names it: 'box', 'ball', 'key', ..."""
-    return type(entity).__name__.lower()
