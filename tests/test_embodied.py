@@ -17,6 +17,7 @@ from tf2_msgs.msg import TFMessage
 
 from habitat_bridge.commands import MOTIONS, action_for_velocity, velocity_for_action
 from habitat_bridge.embodied import sensors
+from habitat_bridge.embodied.expert import EmbodiedExpert
 from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend
 from llm_teacher.launch_runner import LaunchRunner, NodeSpec
 
@@ -185,5 +186,24 @@ def test_go_to_object_task_names_its_target_and_perceives_it():
             step = sim.step(TURN_LEFT)
         assert all(o.type in ('ball', 'box', 'key') and o.color for o in step.perception.objects)
         assert not step.info['success']
+    finally:
+        sim.close()
+
+
+@pytest.mark.parametrize('env_id', ['MiniWorld-GoToObject-v0', 'MiniWorld-PutNext-v0'])
+def test_scripted_expert_solves_the_embodied_tasks(env_id):
+    """The benchmark's upper bound: >= 95% of 50 seeded episodes, success as the backend reports it."""
+    sim = MiniWorldBackend(env_id, 16, 16)  # the expert reads the world, not the pixels
+    try:
+        solved = 0
+        for seed in range(50):
+            sim.reset(seed=seed)
+            expert = EmbodiedExpert()
+            while True:
+                step = sim.step(expert.act(sim.world))
+                if step.terminated or step.truncated:
+                    solved += bool(step.info['success'])
+                    break
+        assert solved >= 48, f'{env_id}: the expert solved {solved} of 50 episodes'
     finally:
         sim.close()

@@ -55,6 +55,7 @@ class EvalCallback:
 
     def __init__(self, run_dir: str | Path, task: str, every: int = 25, episodes: int = 50):
         self.run_dir, self.task, self.every, self.episodes = Path(run_dir), task, every, episodes
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.last: dict | None = None
 
     def __call__(self, learner: PPOLearner, metrics: dict) -> bool:
@@ -68,7 +69,9 @@ class EvalCallback:
             metrics['eval/success_rate'] = greedy['success_rate']
             metrics['eval/mean_return'] = greedy['mean_return']
             metrics['eval/success_rate_sampled'] = sampled['success_rate']
-            (self.run_dir / 'eval.json').write_text(json.dumps(self.last, indent=2))
+            tmp = self.run_dir / 'eval.json.tmp'  # readers (the progress line, report) never see half a file
+            tmp.write_text(json.dumps(self.last, indent=2))
+            tmp.replace(self.run_dir / 'eval.json')
         return True
 
 

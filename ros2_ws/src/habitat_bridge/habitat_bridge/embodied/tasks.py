@@ -36,11 +36,14 @@ class GoToObject(MiniWorldEnv, utils.EzPickle):
         kinds = sorted(KINDS)
         pairs = [(kind, color) for kind in kinds for color in COLOR_NAMES]
         chosen = self.np_random.choice(len(pairs), size=self.distractors + 1, replace=False)
-        objects = [self.place_entity(_make(*pairs[i])) for i in chosen]
+        # Objects and the robot go in the rooms, never the doorways: an object there could block
+        # the passage (the 2 m doorways leave no way past a 0.9 m robot and a 0.9 m object).
+        objects = [self.place_entity(_make(*pairs[i]), room=rooms[self.np_random.integers(len(rooms))])
+                   for i in chosen]
         self.target = objects[0]
         self.target_name = f'{self.target.color} {kind_of(self.target)}'
         self.mission = f'go to the {self.target_name}'
-        self.place_agent()
+        self.place_agent(room=rooms[self.np_random.integers(len(rooms))])
 
     def step(self, action):
         obs, reward, terminated, truncated, info = super().step(action)
