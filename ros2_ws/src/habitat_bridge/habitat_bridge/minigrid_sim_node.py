@@ -9,6 +9,7 @@ and publishes a throttled rgb rendering of one environment on `image` (sensor_ms
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 from llm_teacher_msgs.msg import ActionBatch, StepBatch
 from llm_teacher_msgs.srv import ResetEnvs
@@ -54,7 +55,6 @@ class MiniGridSimNode(Node):
         self._answered = False
         self.publish_step(self.envs.reset(self.seed))
         self.get_logger().info(f'{num_envs} x {task} ({self.observation}), {self.envs.num_actions} actions')
-
 
     def publish_step(self, step) -> None:
         self.seq += 1

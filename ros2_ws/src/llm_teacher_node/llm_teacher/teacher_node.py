@@ -58,7 +58,6 @@ class TeacherNode(Node):
         self.last_seq = -1
         self.get_logger().info(f'teacher {self.teacher.source} ({mode}), cache {cache_path}')
 
-
     def on_step(self, batch: StepBatch) -> None:
         if batch.seq == self.last_seq:
             return  # a resend of the batch just answered

@@ -87,7 +87,6 @@ class StudentNode(Node):
         self.acted = False  # an action was stored and awaits its reward
         self.done = False
 
-
     def on_step(self, batch: StepBatch) -> None:
         if self.done:
             return

@@ -75,8 +75,8 @@ class EmbodiedExpert:
         return self._go_to(world, yellow, carried.radius + yellow.radius + 0.5 * world.max_forward_step, body=carried)
 
     @staticmethod
-    def _distance(agent, entity) -> float:
-        return float(np.linalg.norm(entity.pos[[0, 2]] - agent.pos[[0, 2]]))
+    def _distance(body, entity) -> float:
+        return float(np.linalg.norm(entity.pos[[0, 2]] - body.pos[[0, 2]]))
 
     @staticmethod
     def _face(agent, entity, then: int, tolerance: float = math.radians(8)) -> int:
@@ -88,7 +88,7 @@ class EmbodiedExpert:
     def _go_to(self, world, target, reach: float, body=None) -> int:
         """Steer `body` (the robot, or the box it carries) to within `reach` of `target`."""
         body = body or world.agent
-        origin, clear, cost = self._cost_to_go(world, target, reach, body)
+        origin, cost = self._cost_to_go(world, target, reach, body)
         i, j = np.floor((body.pos[[0, 2]] - origin) / CELL).astype(int)
         i, j = np.clip(i, 0, cost.shape[0] - 1), np.clip(j, 0, cost.shape[1] - 1)
         if not np.isfinite(cost[i, j]):  # pressed against a wall: the nearest usable cell first
@@ -105,7 +105,7 @@ class EmbodiedExpert:
             if best is None or not best[0] < cost[i, j]:
                 break
             _, i, j = best
-        if cost[i, j] == 0 and np.linalg.norm(body.pos[[0, 2]] - target.pos[[0, 2]]) <= reach:
+        if cost[i, j] == 0 and self._distance(body, target) <= reach:
             return self._face(world.agent, target, FORWARD)
         waypoint = origin + (np.array([i, j]) + 0.5) * CELL
         error = bearing_error(world.agent, waypoint)
@@ -118,7 +118,7 @@ class EmbodiedExpert:
         return turn
 
     def _cost_to_go(self, world, target, reach: float, body):
-        """(grid origin, clearance, cost-to-go) for `body` to come within `reach` of `target`;
+        """(grid origin, cost-to-go) for `body` to come within `reach` of `target`;
         cached while the world's obstacles, the target and what the robot carries stay the same."""
         agent, carried = world.agent, world.agent.carrying
         obstacles = [e for e in world.entities if e is not agent and e is not carried and e is not target]
@@ -158,5 +158,5 @@ class EmbodiedExpert:
                     if new < cost[a, b]:
                         cost[a, b] = new
                         heapq.heappush(heap, (new, a * shape[1] + b))
-        self._field_key, self._field = key, (lo, clear.reshape(shape), cost)
+        self._field_key, self._field = key, (lo, cost)
         return self._field
