@@ -57,6 +57,36 @@ def every_option(env) -> list[Option]:
     return options
 
 
+def act_alone(teacher: Teacher, task: str, episodes: int, grounded: bool = True, seed: int = 1000) -> dict:
+    """Success of the teacher acting with no student: sampling pi_T, and taking its most likely action.
+
+    Returns {'sampled': success rate, 'greedy': success rate, 'sampled_return': mean return}.
+    """
+    env = make_env(task)
+    rng = np.random.default_rng(seed)
+    successes, returns = {'sampled': 0, 'greedy': 0}, []
+    for mode in successes:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            episode_return = 0.0
+            while True:
+                perception = env.perception()
+                options = feasible_options(perception) if grounded else every_option(env)
+                distribution = teacher.option_distribution(perception, options) or {EXPLORE.text: 1.0}
+                by_text = {o.text: o for o in options}
+                probs = teacher_policy({by_text[t]: p for t, p in distribution.items()}, obs, perception.objects)
+                action = int(rng.choice(len(probs), p=probs)) if mode == 'sampled' else int(np.argmax(probs))
+                obs, reward, terminated, truncated, info = env.step(action)
+                episode_return += reward
+                if terminated or truncated:
+                    successes[mode] += bool(info.get('success', False))
+                    if mode == 'sampled':
+                        returns.append(episode_return)
+                    break
+    return {'sampled': successes['sampled'] / episodes, 'greedy': successes['greedy'] / episodes,
+            'sampled_return': float(np.mean(returns))}
+
+
 def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: int = 1000) -> dict:
     env = make_env(task)
     correct = total = 0
@@ -74,26 +104,11 @@ def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: i
             obs, _, terminated, truncated, _ = env.step(expert.act(env))
             if terminated or truncated:
                 break
-    rng = np.random.default_rng(seed)
-    successes = {'sampled': 0, 'greedy': 0}
-    for mode in successes:  # the teacher acting alone: sampling pi_T, and its most likely action
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episodes + episode)
-            while True:
-                perception = env.perception()
-                options = feasible_options(perception) if grounded else every_option(env)
-                distribution = teacher.option_distribution(perception, options) or {EXPLORE.text: 1.0}
-                by_text = {o.text: o for o in options}
-                probs = teacher_policy({by_text[t]: p for t, p in distribution.items()}, obs, perception.objects)
-                action = int(rng.choice(len(probs), p=probs)) if mode == 'sampled' else int(np.argmax(probs))
-                obs, _, terminated, truncated, info = env.step(action)
-                if terminated or truncated:
-                    successes[mode] += bool(info.get('success', False))
-                    break
+    alone = act_alone(teacher, task, episodes, grounded, seed + episodes)
     counters = teacher.counters
     return {'task': task, 'teacher': teacher.source, 'planner_mode': teacher.planner.mode, 'grounded': grounded,
-            'accuracy': correct / max(total, 1), 'situations': total, 'act_alone_success': successes['sampled'] / episodes,
-            'act_alone_success_greedy': successes['greedy'] / episodes,
+            'accuracy': correct / max(total, 1), 'situations': total, 'act_alone_success': alone['sampled'],
+            'act_alone_success_greedy': alone['greedy'],
             'episodes': episodes, 'llm_calls': counters.llm_calls, 'llm_errors': counters.llm_errors,
             'parse_failures': counters.parse_failures}
 

@@ -1,0 +1,237 @@
+"""The paper's claims, re-run: plain PPO vs our student taught by the LLM vs taught by the scripted
+expert vs the LLM teacher acting alone, on several tasks and seeds, in-process.
+
+    .venv/bin/python benchmarks/reproduce.py --quick                       # smoke check, < 10 min
+    .venv/bin/python benchmarks/reproduce.py --out docs/results            # the full study (hours)
+
+Each (task, arm, seed) is one job; its result goes to OUT/runs/<task>/<arm>-seed<k>.json as soon as
+it ends, and a job whose file exists is not run again: an interrupted study resumes where it
+stopped. When all jobs are done, OUT holds results.json (every figure), learning_curves.png
+(success over frames, mean and min-max over seeds) and results.md (the table).
+
+Arms: `ppo` (teacher weight 0), `llm` (the embedded LLM as teacher, the paper's lambda schedule in
+frames), `expert` (the scripted expert as a one-hot teacher: the upper bound of distillation),
+`teacher` (the LLM teacher acting alone: no learning, evaluated on the students' held-out seeds).
+Success over frames is the rolling success of the last 100 training episodes (sampled actions,
+as the paper plots it); final success is measured on 50 held-out episodes, greedy and sampled.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+TASKS = ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-LavaDoorKey-v0', 'MiniGrid-ColoredDoorKey-v0',
+         'MiniGrid-TwoDoor-v0', 'MiniGrid-DoorKey-8x8-v0']
+ARMS = ['ppo', 'llm', 'expert', 'teacher']
+TRAINED = ['ppo', 'llm', 'expert']
+LABELS = {'ppo': 'PPO alone', 'llm': 'student, LLM teacher', 'expert': 'student, scripted-expert teacher',
+          'teacher': 'LLM teacher alone'}
+EVAL_SEED = 10_000  # held-out seeds of every final evaluation (training envs use seed, seed + 1, ...)
+
+
+def llm_teacher():
+    """The embedded LLM teacher as train()'s teacher callable: VecStep -> (action probs, mask)."""
+    from llm_teacher.backends import TransformersBackend, default_cache_dir
+    from llm_teacher.cache import AnswerCache
+    from llm_teacher.mediator import Mediator
+    from llm_teacher.planner import Planner
+    from llm_teacher.teacher import Teacher
+
+    teacher = Teacher(Planner(TransformersBackend(), 'score'), AnswerCache(default_cache_dir() / 'answers.sqlite'),
+                      Mediator.from_file())
+
+    def suggest(step):
+        probs = np.zeros((len(step.perceptions), 7), np.float32)
+        mask = np.zeros(len(step.perceptions), bool)
+        for i, (perception, obs) in enumerate(zip(step.perceptions, step.observations)):
+            suggestion = teacher.suggest(perception, obs)
+            if suggestion.valid:
+                probs[i], mask[i] = suggestion.action_probs, True
+        return probs, mask
+    return teacher, suggest
+
+
+def expert_teacher(envs):
+    """The scripted expert's next action, one-hot, for every env (it reads the true grid)."""
+    from habitat_bridge.minigrid.expert import ScriptedExpert
+
+    def suggest(step):
+        probs = np.zeros((envs.num_envs, envs.num_actions), np.float32)
+        for i, env in enumerate(envs.envs):
+            probs[i, ScriptedExpert().act(env)] = 1.0  # a fresh plan from where the student stands
+        return probs, np.ones(envs.num_envs, bool)
+    return suggest
+
+
+def run_job(job: dict) -> dict:
+    """Train one arm on one task and seed (or evaluate the teacher alone); returns the result."""
+    import torch
+    from habitat_bridge.minigrid.vector import MiniGridVecEnv
+    from student_policy.evaluate import evaluate
+    from student_policy.ppo import PPOConfig, TeacherSchedule, train
+
+    task, arm, seed, frames, episodes = job['task'], job['arm'], job['seed'], job['frames'], job['episodes']
+    start = time.perf_counter()
+    if arm == 'teacher':
+        from llm_teacher.evaluate import act_alone
+        teacher, _ = llm_teacher()
+        alone = act_alone(teacher, task, episodes, seed=EVAL_SEED)
+        return {**job, 'final_success_sampled': alone['sampled'], 'final_success_greedy': alone['greedy'],
+                'final_return': alone['sampled_return'], 'llm_calls': teacher.counters.llm_calls,
+                'seconds': time.perf_counter() - start}
+    envs = MiniGridVecEnv(task, 16, perceive=arm == 'llm')
+    teacher, suggest = llm_teacher() if arm == 'llm' else (None, expert_teacher(envs) if arm == 'expert' else None)
+    schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule()
+    curve = []
+
+    def record(learner, metrics):
+        curve.append([learner.frames, round(metrics['charts/success_rate'], 4),
+                      round(metrics['charts/episodic_return'], 4)])
+        if len(curve) % 10 == 0:
+            print(f'{task} {arm} seed {seed}: {learner.frames} frames, success {curve[-1][1]:.2f}', flush=True)
+        return True
+    learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule), envs, teacher=suggest,
+                    callbacks=[record])
+    actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits)
+    with torch.no_grad():
+        greedy = evaluate(actor, task, episodes, seed=EVAL_SEED)
+        sampled = evaluate(actor, task, episodes, seed=EVAL_SEED, greedy=False)
+    return {**job, 'curve': curve, 'final_success_greedy': greedy['success_rate'],
+            'final_success_sampled': sampled['success_rate'], 'final_return': sampled['mean_return'],
+            'llm_calls': teacher.counters.llm_calls if teacher else 0, 'seconds': time.perf_counter() - start}
+
+
+def job_path(out: Path, job: dict) -> Path:
+    return out / 'runs' / job['task'] / f'{job["arm"]}-seed{job["seed"]}.json'
+
+
+def run_and_save(args: tuple[dict, str]) -> str:
+    import torch
+    torch.set_num_threads(1)
+    job, out = args
+    result = run_job(job)
+    path = job_path(Path(out), job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix('.tmp')  # a killed study never leaves half a result that resume would trust
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+    return (f'done {job["task"]} {job["arm"]} seed {job["seed"]}: greedy {result["final_success_greedy"]:.2f} '
+            f'sampled {result["final_success_sampled"]:.2f} ({result["seconds"]:.0f} s)')
+
+
+def frames_to(curve: list, threshold: float) -> int | None:
+    return next((frames for frames, success, _ in curve if success >= threshold), None)
+
+
+def summarise(out: Path, jobs: list[dict]) -> dict:
+    """results.json, learning_curves.png and results.md from the jobs' files."""
+    results = [json.loads(job_path(out, job).read_text()) for job in jobs]
+    tasks = list(dict.fromkeys(job['task'] for job in jobs))
+    arms = list(dict.fromkeys(job['arm'] for job in jobs))
+    table = {}
+    for task in tasks:
+        for arm in arms:
+            runs = [r for r in results if r['task'] == task and r['arm'] == arm]
+            reached = [frames_to(r['curve'], 0.9) for r in runs] if arm in TRAINED else []
+            table[f'{task}/{arm}'] = {
+                'task': task, 'arm': arm, 'seeds': [r['seed'] for r in runs], 'frames_budget': runs[0]['frames'],
+                'episodes': runs[0]['episodes'],
+                'frames_to_0.9': reached, 'final_success_greedy': [r['final_success_greedy'] for r in runs],
+                'final_success_sampled': [r['final_success_sampled'] for r in runs],
+                'final_return': [r['final_return'] for r in runs], 'llm_calls': [r['llm_calls'] for r in runs]}
+    summary = {'machine': f'{os.cpu_count()} cores, in-process, 1 torch thread per job', 'table': table,
+               'runs': results}
+    (out / 'results.json').write_text(json.dumps(summary, indent=1))
+    plot(out, tasks, arms, results)
+    (out / 'results.md').write_text(markdown(tasks, arms, table))
+    return summary
+
+
+def _mean_spread(values: list[float]) -> str:
+    return f'{np.mean(values):.2f}' + (f' ({min(values):.2f}-{max(values):.2f})' if len(values) > 1 else '')
+
+
+def markdown(tasks: list[str], arms: list[str], table: dict) -> str:
+    lines = ['| task | arm | frames to 0.9 success (per seed) | final success, greedy | final success, sampled '
+             '| final return (sampled) |', '|---|---|---|---|---|---|']
+    for task in tasks:
+        for arm in arms:
+            row = table[f'{task}/{arm}']
+            reached = ('-' if arm == 'teacher' else
+                       ', '.join(f'{f // 1000}k' if f is not None else f'not in {row["frames_budget"] // 1000}k'
+                                 for f in row['frames_to_0.9']))
+            lines.append(f'| {task.removeprefix("MiniGrid-")} | {LABELS[arm]} | {reached} '
+                         f'| {_mean_spread(row["final_success_greedy"])} '
+                         f'| {_mean_spread(row["final_success_sampled"])} | {_mean_spread(row["final_return"])} |')
+    episodes = next(iter(table.values()))['episodes']
+    return '\n'.join(lines) + f'\n\nMean over seeds (min-max in brackets); success over {episodes} held-out episodes.\n'
+
+
+def plot(out: Path, tasks: list[str], arms: list[str], results: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for arm in arms:
+            runs = [r for r in results if r['task'] == task and r['arm'] == arm]
+            if arm == 'teacher':
+                ax.axhline(np.mean([r['final_success_sampled'] for r in runs]), color='k', ls='--', label=LABELS[arm])
+                continue
+            length = min(len(r['curve']) for r in runs)
+            frames = np.array([point[0] for point in runs[0]['curve'][:length]])
+            success = np.array([[point[1] for point in r['curve'][:length]] for r in runs])
+            line, = ax.plot(frames, success.mean(0), label=LABELS[arm])
+            ax.fill_between(frames, success.min(0), success.max(0), color=line.get_color(), alpha=0.2)
+        ax.set_title(task.removeprefix('MiniGrid-'))
+        ax.set_xlabel('environment frames')
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel('success rate (last 100 episodes)')
+    axes[0][-1].legend(loc='lower right', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / 'learning_curves.png', dpi=90)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--tasks', nargs='+', default=TASKS)
+    parser.add_argument('--arms', nargs='+', default=ARMS, choices=ARMS)
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument('--frames', type=int, default=400_000, help='training frames per job')
+    parser.add_argument('--episodes', type=int, default=50, help='held-out episodes of each final evaluation')
+    parser.add_argument('--jobs', type=int, default=os.cpu_count(), help='jobs run at once (one core each)')
+    parser.add_argument('--out', default='runs/reproduce')
+    parser.add_argument('--quick', action='store_true',
+                        help='smoke check: seed 0, 16k frames, 10 episodes, out runs/reproduce-quick')
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.frames, args.episodes = [0], 16_384, 10
+        args.out = args.out if args.out != 'runs/reproduce' else 'runs/reproduce-quick'
+    out = Path(args.out)
+    jobs = [{'task': task, 'arm': arm, 'seed': seed, 'frames': args.frames, 'episodes': args.episodes}
+            for task in args.tasks for seed in args.seeds for arm in args.arms]
+    for job in jobs:  # resume: a finished job counts only if it was run with the same settings
+        path = job_path(out, job)
+        if path.exists() and {k: json.loads(path.read_text())[k] for k in job} != job:
+            raise SystemExit(f'{path} holds a result with other settings than this study; '
+                             f'choose another --out or delete it')
+    todo = [job for job in jobs if not job_path(out, job).exists()]
+    print(f'{len(jobs)} jobs, {len(jobs) - len(todo)} already done, {args.jobs} at a time; results in {out}/',
+          flush=True)
+    start = time.perf_counter()
+    with multiprocessing.get_context('spawn').Pool(args.jobs, maxtasksperchild=1) as pool:
+        for done, line in enumerate(pool.imap_unordered(run_and_save, [(job, str(out)) for job in todo]), 1):
+            print(f'[{done}/{len(todo)}, {time.perf_counter() - start:.0f} s] {line}', flush=True)
+    summarise(out, jobs)
+    print((out / 'results.md').read_text())
+
+
+if __name__ == '__main__':
+    main()

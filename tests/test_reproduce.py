@@ -1,0 +1,40 @@
+"""The study script (benchmarks/reproduce.py): every arm runs, the outputs are written, a finished
+study resumes without re-running, and results from other settings are refused."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / 'benchmarks' / 'reproduce.py'
+TASK = 'MiniGrid-SimpleDoorKey-v0'
+
+
+def reproduce(out: Path, frames: int = 4096) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), '--tasks', TASK, '--seeds', '0', '--frames', str(frames),
+                           '--episodes', '4', '--jobs', '2', '--out', str(out)],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_study_writes_its_results_and_resumes(tmp_path):
+    first = reproduce(tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((tmp_path / 'results.json').read_text())
+    assert {run['arm'] for run in results['runs']} == {'ppo', 'llm', 'expert', 'teacher'}
+    for run in results['runs']:
+        if run['arm'] != 'teacher':  # one point per PPO update of 16 envs x 128 steps
+            assert [point[0] for point in run['curve']] == [2048, 4096]
+    assert results['table'][f'{TASK}/llm']['llm_calls'][0] >= 0
+    # The embedded teacher acting alone opens the door in most SimpleDoorKey episodes.
+    assert results['table'][f'{TASK}/teacher']['final_success_sampled'][0] >= 0.5
+    assert (tmp_path / 'learning_curves.png').stat().st_size > 10_000
+    table = (tmp_path / 'results.md').read_text()
+    assert 'LLM teacher alone' in table and 'not in 4k' in table
+
+    again = reproduce(tmp_path)
+    assert again.returncode == 0 and '4 jobs, 4 already done' in again.stdout
+
+    other = reproduce(tmp_path, frames=8192)
+    assert other.returncode != 0 and 'other settings' in other.stderr
