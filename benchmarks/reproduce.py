@@ -9,8 +9,8 @@ it ends, and a job whose file exists is not run again: an interrupted study resu
 stopped. When all jobs are done, OUT holds results.json (every figure), learning_curves.png
 (success over frames, mean and min-max over seeds) and results.md (the table).
 
-Arms: `ppo` (teacher weight 0), `llm` (the embedded LLM as teacher, the paper's lambda schedule in
-frames), `expert` (the scripted expert as a one-hot teacher: the upper bound of distillation),
+Arms: `ppo` (teacher weight 0), `llm` (the embedded LLM as teacher; lambda 10 -> 0.1 over
+--decay-frames, as `make train` does; 506880 is the paper's), `expert` (the scripted expert as a one-hot teacher: the upper bound of distillation),
 `teacher` (the LLM teacher acting alone: no learning, evaluated on the students' held-out seeds).
 Success over frames is the rolling success of the last 100 training episodes (sampled actions,
 as the paper plots it); final success is measured on 50 held-out episodes, greedy and sampled.
@@ -87,7 +87,7 @@ def run_job(job: dict) -> dict:
                 'seconds': time.perf_counter() - start}
     envs = MiniGridVecEnv(task, 16, perceive=arm == 'llm')
     teacher, suggest = llm_teacher() if arm == 'llm' else (None, expert_teacher(envs) if arm == 'expert' else None)
-    schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule()
+    schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(decay_frames=job['decay_frames'])
     curve = []
 
     def record(learner, metrics):
@@ -96,8 +96,8 @@ def run_job(job: dict) -> dict:
         if len(curve) % 10 == 0:
             print(f'{task} {arm} seed {seed}: {learner.frames} frames, success {curve[-1][1]:.2f}', flush=True)
         return True
-    learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule), envs, teacher=suggest,
-                    callbacks=[record])
+    learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule, anneal_lr=True), envs,
+                    teacher=suggest, callbacks=[record])
     actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits)
     with torch.no_grad():
         greedy = evaluate(actor, task, episodes, seed=EVAL_SEED)
@@ -141,7 +141,7 @@ def summarise(out: Path, jobs: list[dict]) -> dict:
             reached = [frames_to(r['curve'], 0.9) for r in runs] if arm in TRAINED else []
             table[f'{task}/{arm}'] = {
                 'task': task, 'arm': arm, 'seeds': [r['seed'] for r in runs], 'frames_budget': runs[0]['frames'],
-                'episodes': runs[0]['episodes'],
+                'episodes': runs[0]['episodes'], 'decay_frames': runs[0]['decay_frames'],
                 'frames_to_0.9': reached, 'final_success_greedy': [r['final_success_greedy'] for r in runs],
                 'final_success_sampled': [r['final_success_sampled'] for r in runs],
                 'final_return': [r['final_return'] for r in runs], 'llm_calls': [r['llm_calls'] for r in runs]}
@@ -169,8 +169,11 @@ def markdown(tasks: list[str], arms: list[str], table: dict) -> str:
             lines.append(f'| {task.removeprefix("MiniGrid-")} | {LABELS[arm]} | {reached} '
                          f'| {_mean_spread(row["final_success_greedy"])} '
                          f'| {_mean_spread(row["final_success_sampled"])} | {_mean_spread(row["final_return"])} |')
-    episodes = next(iter(table.values()))['episodes']
-    return '\n'.join(lines) + f'\n\nMean over seeds (min-max in brackets); success over {episodes} held-out episodes.\n'
+    first = next(iter(table.values()))
+    return '\n'.join(lines) + (
+        f'\n\nMean over seeds {first["seeds"]} (min-max in brackets); {first["frames_budget"]} training frames per '
+        f'run, teacher weight 10 -> 0.1 over {first["decay_frames"]} frames; success over {first["episodes"]} '
+        f'held-out episodes.\n')
 
 
 def plot(out: Path, tasks: list[str], arms: list[str], results: list[dict]) -> None:
@@ -205,6 +208,8 @@ def main():
     parser.add_argument('--arms', nargs='+', default=ARMS, choices=ARMS)
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--frames', type=int, default=400_000, help='training frames per job')
+    parser.add_argument('--decay-frames', type=int, default=300_000,
+                        help="frames over which the teacher weight falls from 10 to 0.1 (the paper's: 506880)")
     parser.add_argument('--episodes', type=int, default=50, help='held-out episodes of each final evaluation')
     parser.add_argument('--jobs', type=int, default=os.cpu_count(), help='jobs run at once (one core each)')
     parser.add_argument('--out', default='runs/reproduce')
@@ -212,10 +217,11 @@ def main():
                         help='smoke check: seed 0, 16k frames, 10 episodes, out runs/reproduce-quick')
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.frames, args.episodes = [0], 16_384, 10
+        args.seeds, args.frames, args.episodes, args.decay_frames = [0], 16_384, 10, 12_288
         args.out = args.out if args.out != 'runs/reproduce' else 'runs/reproduce-quick'
     out = Path(args.out)
-    jobs = [{'task': task, 'arm': arm, 'seed': seed, 'frames': args.frames, 'episodes': args.episodes}
+    jobs = [{'task': task, 'arm': arm, 'seed': seed, 'frames': args.frames, 'episodes': args.episodes,
+             'decay_frames': args.decay_frames}
             for task in args.tasks for seed in args.seeds for arm in args.arms]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings
         path = job_path(out, job)

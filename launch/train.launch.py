@@ -1,6 +1,6 @@
 """Train a student policy online through the ROS 2 graph: simulator -> LLM teacher -> student.
 
-    ros2 launch llm_teacher train.launch.py task:=MiniGrid-LavaDoorKey-v0 total_frames:=300000
+    ros2 launch llm_teacher train.launch.py task:=MiniGrid-LavaDoorKey-v0 total_frames:=600000
     python -m llm_teacher.launch_runner train.launch.py task:=MiniGrid-LavaDoorKey-v0   # without ROS 2 launch
 
 Every argument has a default; list them with `ros2 launch llm_teacher train.launch.py --show-args`.
@@ -17,7 +17,7 @@ ARGUMENTS = {
     'task': ('MiniGrid-SimpleDoorKey-v0', 'MiniGrid task id (the paper tasks or any standard one)'),
     'num_envs': ('16', 'Environments stepped in lock-step'),
     'seed': ('0', 'Seed of the environments and of the student'),
-    'total_frames': ('300000', 'Environment frames to train for (300k: ~10 min on 2 cores)'),
+    'total_frames': ('450000', 'Environment frames to train for (450k: ~25 min on 2 cores)'),
     'run_dir': ('runs/train', 'Where checkpoints, logs and the exported policy go'),
     'plain_ppo': ('false', 'true: train without the teacher term and without a teacher node (the baseline)'),
     'llm_backend': ('transformers', "'transformers' (local model) or 'openai' (OpenAI-compatible server)"),

@@ -56,6 +56,7 @@ class StudentNode(Node):
                 total_frames=p('total_frames', 1_000_000, 'Environment frames to train for'),
                 num_steps=p('num_steps', 128, 'Lock-steps per rollout'),
                 learning_rate=p('learning_rate', 1e-3, 'Adam learning rate'),
+                anneal_lr=p('anneal_lr', False, 'Decay the learning rate linearly to 0 at total_frames'),
                 ent_coef=p('ent_coef', 0.001, 'Entropy bonus'),
                 update_epochs=p('update_epochs', 4, 'PPO epochs per rollout'),
                 minibatch_size=p('minibatch_size', 256, 'Samples per gradient step'),
