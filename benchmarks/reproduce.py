@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-TASKS = ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-LavaDoorKey-v0', 'MiniGrid-ColoredDoorKey-v0',
-         'MiniGrid-TwoDoor-v0', 'MiniGrid-DoorKey-8x8-v0']
+TASKS = ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-DoorKey-8x8-v0', 'MiniGrid-LavaDoorKey-v0',
+         'MiniGrid-ColoredDoorKey-v0', 'MiniGrid-TwoDoor-v0']
 ARMS = ['ppo', 'llm', 'expert', 'teacher']
 TRAINED = ['ppo', 'llm', 'expert']
 LABELS = {'ppo': 'PPO alone', 'llm': 'student, LLM teacher', 'expert': 'student, scripted-expert teacher',

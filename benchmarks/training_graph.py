@@ -27,7 +27,7 @@ def run_training_graph(frames: int, task: str = 'MiniGrid-SimpleDoorKey-v0', pla
             f'plain_ppo:={str(plain_ppo).lower()}']))
         for spec in specs:
             if spec.executable == 'student_node':
-                spec.parameters.append({'eval_every': 1_000_000, 'eval_episodes': 1})  # only the final one
+                spec.parameters.append({'eval_every': 1_000_000, 'eval_episodes': 1, 'test_episodes': 1})  # only the final one
             if spec.executable == 'teacher_node' and teacher_parameters:
                 spec.parameters.append(teacher_parameters)
         runner = LaunchRunner(specs, log=lambda line: None)

@@ -29,7 +29,7 @@ def training_graph(run_dir: Path, total_frames: int):
                                                 f'num_envs:={NUM_ENVS}', 'plain_ppo:=true', 'foxglove_port:=0'])
     specs = launch.nodes(args)
     student = next(s for s in specs if s.executable == 'student_node')
-    student.parameters.append({'num_steps': NUM_STEPS, 'checkpoint_every': 1, 'eval_episodes': 4})
+    student.parameters.append({'num_steps': NUM_STEPS, 'checkpoint_every': 1, 'eval_episodes': 4, 'test_episodes': 4})
     return specs
 
 
@@ -55,12 +55,17 @@ def test_student_and_sim_train_across_processes(tmp_path, ros_node):
     assert [s.frames for s in statuses[:2]] == [ROLLOUT, 2 * ROLLOUT]
     assert statuses[1].updates == 2 and statuses[1].teacher_weight == 0.0
     assert all(p.poll() is not None for p in runner.processes.values())
-    assert (tmp_path / 'policy.pt').is_file() and (tmp_path / 'tensorboard').is_dir()
+    assert (tmp_path / 'policy.pt').is_file() and (tmp_path / 'policy_last.pt').is_file()
+    assert (tmp_path / 'tensorboard').is_dir()
     assert (tmp_path / 'learning_curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     final = json.loads((tmp_path / 'eval.json').read_text())
     assert final["frames"] == 3 * ROLLOUT and final["episodes"] == 4 and 0 <= final["success_rate"] <= 1
     assert 0 <= final["success_rate_sampled"] <= 1
-    assert any('training done at frame 384: greedy success' in line for line in logs)
+    # policy.pt is the best greedy evaluation (a tie goes to the later one), tested on other seeds.
+    assert final['best']['frames'] == 3 * ROLLOUT or final['best']['success_rate'] > final['success_rate']
+    assert final['test']['episodes'] == 4 and final['test']['seed'] != 10_000
+    assert any('training done at frame 384: policy' in line and 'unseen episodes: greedy success' in line
+               for line in logs)
     assert read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')['counters']['frames'] == 3 * ROLLOUT
 
     # The live view answered a WebSocket client, and advertised the run's channels.

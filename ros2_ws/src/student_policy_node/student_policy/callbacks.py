@@ -1,8 +1,9 @@
 """Callbacks run after each PPO update, by `train()` and by the student node alike.
 
 Each is a callable (learner, metrics) -> bool; returning False stops training.
-A run directory holds: checkpoints/last.pt, policy.pt (TorchScript export), tensorboard/,
-config.json, progress.csv (one row per update), eval.json and learning_curve.png.
+A run directory holds: checkpoints/last.pt, policy.pt (TorchScript export of the best greedy
+evaluation), policy_last.pt (the final weights), tensorboard/, config.json, progress.csv (one row
+per update), eval.json and learning_curve.png.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 from student_policy.checkpoints import export_policy, save_checkpoint
-from student_policy.evaluate import evaluate
+from student_policy.evaluate import evaluate, load_policy
 from student_policy.ppo import PPOLearner
 
 
@@ -42,7 +43,7 @@ class CheckpointCallback:
             config = self.run_dir / 'config.json'
             config.write_text(json.dumps(dataclasses.asdict(learner.config), indent=2))
         if finished:
-            export_policy(self.run_dir / 'policy.pt', learner)
+            export_policy(self.run_dir / 'policy_last.pt', learner)
         return True
 
 
@@ -50,29 +51,62 @@ class EvalCallback:
     """Success of the student on held-out seeds, greedy and sampled, every `every` updates and at the end.
 
     Adds eval/success_rate, eval/mean_return (greedy) and eval/success_rate_sampled to the metrics
-    (run it before the loggers) and writes the last results to run_dir/eval.json.
+    (run it before the loggers) and writes the results to run_dir/eval.json. Like SB3's
+    EvalCallback it keeps the best: policy.pt is exported whenever greedy success reaches a new
+    best (a tie goes to the later, longer-trained policy), because greedy success swings between
+    evaluations even late in training. The best was chosen on the evaluation seeds, so at the end
+    policy.pt is tested on `test_episodes` other seeds: that figure is unbiased and is the one to quote.
     """
 
-    def __init__(self, run_dir: str | Path, task: str, every: int = 25, episodes: int = 50):
+    TEST_SEED = 20_000  # evaluation episodes start at seed 10_000, training at the run's seed
+
+    def __init__(self, run_dir: str | Path, task: str, every: int = 25, episodes: int = 50, test_episodes: int = 100):
         self.run_dir, self.task, self.every, self.episodes = Path(run_dir), task, every, episodes
+        self.test_episodes = test_episodes
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.last: dict | None = None
+        self.path = self.run_dir / 'eval.json'
+        self.last: dict | None = json.loads(self.path.read_text()) if self.path.exists() else None
+        self.best: dict | None = self.last.get('best') if self.last else None  # survives a resume
 
     def __call__(self, learner: PPOLearner, metrics: dict) -> bool:
-        if learner.frames >= learner.config.total_frames or learner.updates % self.every == 0:
-            actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits, as the exported policy)
-            with torch.no_grad():
-                greedy = evaluate(actor, self.task, self.episodes)
-                sampled = evaluate(actor, self.task, self.episodes, greedy=False)
-            self.last = {'frames': learner.frames, **greedy, 'success_rate_sampled': sampled['success_rate'],
-                         'mean_return_sampled': sampled['mean_return']}
-            metrics['eval/success_rate'] = greedy['success_rate']
-            metrics['eval/mean_return'] = greedy['mean_return']
-            metrics['eval/success_rate_sampled'] = sampled['success_rate']
-            tmp = self.run_dir / 'eval.json.tmp'  # readers (the progress line, report) never see half a file
-            tmp.write_text(json.dumps(self.last, indent=2))
-            tmp.replace(self.run_dir / 'eval.json')
+        finished = learner.frames >= learner.config.total_frames
+        if not finished and learner.updates % self.every != 0:
+            return True
+        actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits, as the exported policy)
+        with torch.no_grad():
+            greedy = evaluate(actor, self.task, self.episodes)
+            sampled = evaluate(actor, self.task, self.episodes, greedy=False)
+        if self.best is None or greedy['success_rate'] >= self.best['success_rate']:
+            export_policy(self.run_dir / 'policy.pt', learner)
+            self.best = {'frames': learner.frames, 'success_rate': greedy['success_rate'],
+                         'mean_return': greedy['mean_return']}
+        self.last = {'frames': learner.frames, **greedy, 'success_rate_sampled': sampled['success_rate'],
+                     'mean_return_sampled': sampled['mean_return'], 'best': self.best}
+        if finished:
+            test = evaluate(load_policy(self.run_dir / 'policy.pt'), self.task, self.test_episodes, self.TEST_SEED)
+            self.last['test'] = {'episodes': self.test_episodes, 'seed': self.TEST_SEED,
+                                 'success_rate': test['success_rate'], 'mean_return': test['mean_return']}
+        metrics['eval/success_rate'] = greedy['success_rate']
+        metrics['eval/mean_return'] = greedy['mean_return']
+        metrics['eval/success_rate_sampled'] = sampled['success_rate']
+        tmp = self.path.with_suffix('.json.tmp')  # readers (the progress line, report) never see half a file
+        tmp.write_text(json.dumps(self.last, indent=2))
+        tmp.replace(self.path)
         return True
+
+    def summary(self) -> str:
+        """The end-of-training line: the shipped policy's test figure, and where it came from."""
+        if self.last is None:
+            return 'training stopped before any evaluation'
+        last = (f'last evaluation at frame {self.last["frames"]}: greedy {self.last["success_rate"]:.2f}, '
+                f'sampled {self.last["success_rate_sampled"]:.2f} over {self.last["episodes"]} episodes')
+        test = self.last.get('test')
+        if test is None:
+            return last
+        return (f'policy {self.run_dir / "policy.pt"} (best greedy evaluation, frame {self.best["frames"]}: '
+                f'{self.best["success_rate"]:.2f}) tested on {test["episodes"]} unseen episodes: greedy success '
+                f'{test["success_rate"]:.2f}, mean return {test["mean_return"]:.3f}; {last}; '
+                f'curve {self.run_dir / "learning_curve.png"}')
 
 
 def plot_learning_curve(run_dir: str | Path) -> Path:

@@ -51,6 +51,7 @@ class StudentNode(Node):
         task = p('task', 'MiniGrid-SimpleDoorKey-v0', "The simulator's task, for greedy evaluation on held-out seeds")
         eval_every = p('eval_every', 25, 'Evaluate greedily every this many updates (and at the end)')
         eval_episodes = p('eval_episodes', 50, 'Episodes per evaluation')
+        test_episodes = p('test_episodes', 100, 'Unseen episodes on which the exported best policy is tested at the end')
         try:
             self.config = PPOConfig(
                 total_frames=p('total_frames', 1_000_000, 'Environment frames to train for'),
@@ -70,7 +71,7 @@ class StudentNode(Node):
             )
         except ValueError as err:
             raise SystemExit(f'student_node: {err}') from err
-        self.evaluation = EvalCallback(self.run_dir, task, eval_every, eval_episodes)
+        self.evaluation = EvalCallback(self.run_dir, task, eval_every, eval_episodes, test_episodes)
         self.callbacks = [CheckpointCallback(self.run_dir, checkpoint_every), self.evaluation,
                           MetricsLogCallback(self.run_dir)]
 
@@ -150,12 +151,7 @@ class StudentNode(Node):
             line += f' | LLM calls {self.teacher_status.llm_calls}, cache hits {self.teacher_status.cache_hits}'
         self.get_logger().info(line)
         if learner.frames >= self.config.total_frames or not keep_going:
-            result = self.evaluation.last or {}
-            self.get_logger().info(
-                f'training done at frame {learner.frames}: greedy success {result.get("success_rate", float("nan")):.2f} '
-                f'(sampled {result.get("success_rate_sampled", float("nan")):.2f}), greedy mean return '
-                f'{result.get("mean_return", float("nan")):.3f} over {result.get("episodes", 0)} held-out episodes; '
-                f'policy {self.run_dir}/policy.pt, curve {self.run_dir}/learning_curve.png')
+            self.get_logger().info(f'training done at frame {learner.frames}: {self.evaluation.summary()}')
             self.done = True
             return False
         return True
