@@ -47,7 +47,9 @@ def test_deploy_node_drives_the_simulator(exported, ros_node):
     ros_node.create_subscription(ActionBatch, 'action_batch', actions.append, 10)
     ros_node.create_subscription(Twist, 'cmd_vel', twists.append, 10)
     with LaunchRunner(specs, log=lambda line: None):
-        spin_until(ros_node, lambda: batches and batches[-1].seq >= 50, 120, 'step batch 50 (deploy node acting)')
+        # Discovery may match each subscription at a different batch: wait for enough of each.
+        spin_until(ros_node, lambda: batches and batches[-1].seq >= 50 and len(twists) >= 40 and len(actions) >= 40,
+                   120, 'step batch 50 and 40 actions and velocity commands (deploy node acting)')
     assert all(len(a.actions) == 2 and all(0 <= x < 7 for x in a.actions) for a in actions)
     # Env 0's actions also went out as velocity commands, in order, with the documented mapping
     # (the two subscriptions may have matched at different batches: find the common run).
