@@ -71,7 +71,6 @@ def expert_teacher(envs):
 
 def run_job(job: dict) -> dict:
     """Train one arm on one task and seed (or evaluate the teacher alone); returns the result."""
-    import torch
     from habitat_bridge.minigrid.vector import MiniGridVecEnv
     from student_policy.evaluate import evaluate
     from student_policy.ppo import PPOConfig, TeacherSchedule, train
@@ -98,10 +97,9 @@ def run_job(job: dict) -> dict:
         return True
     learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule, anneal_lr=True), envs,
                     teacher=suggest, callbacks=[record])
-    actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits)
-    with torch.no_grad():
-        greedy = evaluate(actor, task, episodes, seed=EVAL_SEED)
-        sampled = evaluate(actor, task, episodes, seed=EVAL_SEED, greedy=False)
+    actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits; evaluate() runs without gradients)
+    greedy = evaluate(actor, task, episodes, seed=EVAL_SEED)
+    sampled = evaluate(actor, task, episodes, seed=EVAL_SEED, greedy=False)
     return {**job, 'curve': curve, 'final_success_greedy': greedy['success_rate'],
             'final_success_sampled': sampled['success_rate'], 'final_return': sampled['mean_return'],
             'llm_calls': teacher.counters.llm_calls if teacher else 0, 'seconds': time.perf_counter() - start}
@@ -113,14 +111,12 @@ def job_path(out: Path, job: dict) -> Path:
 
 def run_and_save(args: tuple[dict, str]) -> str:
     import torch
+    from student_policy.checkpoints import write_atomically
     torch.set_num_threads(1)
     job, out = args
     result = run_job(job)
-    path = job_path(Path(out), job)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp')  # a killed study never leaves half a result that resume would trust
-    tmp.write_text(json.dumps(result))
-    tmp.replace(path)
+    text = json.dumps(result).encode()  # atomic: a killed study never leaves half a result that resume would trust
+    write_atomically(job_path(Path(out), job), lambda f: f.write(text))
     return (f'done {job["task"]} {job["arm"]} seed {job["seed"]}: greedy {result["final_success_greedy"]:.2f} '
             f'sampled {result["final_success_sampled"]:.2f} ({result["seconds"]:.0f} s)')
 

@@ -12,9 +12,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
-
-from student_policy.checkpoints import export_policy, save_checkpoint
+from student_policy.checkpoints import export_policy, save_checkpoint, write_atomically
 from student_policy.evaluate import evaluate, load_policy
 from student_policy.ppo import PPOLearner
 
@@ -40,8 +38,8 @@ class CheckpointCallback:
         finished = learner.frames >= learner.config.total_frames
         if finished or learner.updates % self.every == 0:
             save_checkpoint(checkpoint_path(self.run_dir), learner)
-            config = self.run_dir / 'config.json'
-            config.write_text(json.dumps(dataclasses.asdict(learner.config), indent=2))
+            config = json.dumps(dataclasses.asdict(learner.config), indent=2).encode()
+            write_atomically(self.run_dir / 'config.json', lambda f: f.write(config))
         if finished:
             export_policy(self.run_dir / 'policy_last.pt', learner)
         return True
@@ -65,23 +63,27 @@ class EvalCallback:
         self.test_episodes = test_episodes
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / 'eval.json'
-        self.last: dict | None = json.loads(self.path.read_text()) if self.path.exists() else None
-        self.best: dict | None = self.last.get('best') if self.last else None  # survives a resume
+        self.last: dict | None = json.loads(self.path.read_text()) if self.path.exists() else None  # on resume
+
+    @property
+    def best(self) -> dict | None:
+        """The evaluation policy.pt was exported at: frames, success_rate, mean_return."""
+        return self.last.get('best') if self.last else None
 
     def __call__(self, learner: PPOLearner, metrics: dict) -> bool:
         finished = learner.frames >= learner.config.total_frames
         if not finished and learner.updates % self.every != 0:
             return True
         actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits, as the exported policy)
-        with torch.no_grad():
-            greedy = evaluate(actor, self.task, self.episodes)
-            sampled = evaluate(actor, self.task, self.episodes, greedy=False)
-        if self.best is None or greedy['success_rate'] >= self.best['success_rate']:
+        greedy = evaluate(actor, self.task, self.episodes)
+        sampled = evaluate(actor, self.task, self.episodes, greedy=False)
+        best = self.best
+        if best is None or greedy['success_rate'] >= best['success_rate']:
             export_policy(self.run_dir / 'policy.pt', learner)
-            self.best = {'frames': learner.frames, 'success_rate': greedy['success_rate'],
-                         'mean_return': greedy['mean_return']}
+            best = {'frames': learner.frames, 'success_rate': greedy['success_rate'],
+                    'mean_return': greedy['mean_return']}
         self.last = {'frames': learner.frames, **greedy, 'success_rate_sampled': sampled['success_rate'],
-                     'mean_return_sampled': sampled['mean_return'], 'best': self.best}
+                     'mean_return_sampled': sampled['mean_return'], 'best': best}
         if finished:
             test = evaluate(load_policy(self.run_dir / 'policy.pt'), self.task, self.test_episodes, self.TEST_SEED)
             self.last['test'] = {'episodes': self.test_episodes, 'seed': self.TEST_SEED,
@@ -89,9 +91,8 @@ class EvalCallback:
         metrics['eval/success_rate'] = greedy['success_rate']
         metrics['eval/mean_return'] = greedy['mean_return']
         metrics['eval/success_rate_sampled'] = sampled['success_rate']
-        tmp = self.path.with_suffix('.json.tmp')  # readers (the progress line, report) never see half a file
-        tmp.write_text(json.dumps(self.last, indent=2))
-        tmp.replace(self.path)
+        result = json.dumps(self.last, indent=2).encode()  # read live by the progress line and the report
+        write_atomically(self.path, lambda f: f.write(result))
         return True
 
     def summary(self) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -18,14 +20,30 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why and what to do."""
 
 
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Create or replace `path` through write(file): into a temporary file beside it, synced, then
+    renamed over it. A crash mid-write leaves the previous file intact; readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def save_checkpoint(path: str | Path, learner: PPOLearner) -> Path:
     """Write model, optimiser, counters, config and RNG states to `path` atomically.
 
     The file is written next to `path` and renamed over it, so a crash mid-write leaves the
     previous checkpoint intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         'format': FORMAT,
         'config': dataclasses.asdict(learner.config),
@@ -39,17 +57,7 @@ def save_checkpoint(path: str | Path, learner: PPOLearner) -> Path:
         'recent_success': list(learner.recent_success),
         'rng': {'numpy': learner.rng.bit_generator.state, 'torch': torch.get_rng_state()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda f: torch.save(state, f))
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -98,8 +106,6 @@ def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=No
 
 def export_policy(path: str | Path, learner: PPOLearner) -> Path:
     """A TorchScript module obs (B, *obs_shape) uint8 -> action logits (B, A), for the deploy node."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # An eager copy: a compiled policy cannot be traced.
     policy = ActorCritic(learner.policy.obs_shape, learner.policy.num_actions)
     policy.load_state_dict(learner.policy.state_dict())
@@ -107,10 +113,7 @@ def export_policy(path: str | Path, learner: PPOLearner) -> Path:
     example = torch.zeros((1,) + learner.policy.obs_shape, dtype=torch.uint8)
     with torch.no_grad():
         traced = torch.jit.trace(actor, example)
-    tmp = path.with_name(path.name + '.tmp')
-    traced.save(str(tmp))
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda f: torch.jit.save(traced, f))
 
 
 class _Actor(torch.nn.Module):
