@@ -122,7 +122,7 @@ def test_bad_launch_arguments_are_named(bad, message):
 def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ros_node):
     """Sim, embedded-LLM teacher and student as processes: suggestions arrive and are distilled."""
     launch = load_launch_file(LAUNCH)
-    args = resolve_arguments(launch.ARGUMENTS, [f'run_dir:={tmp_path}', f'total_frames:={40 * ROLLOUT}',
+    args = resolve_arguments(launch.ARGUMENTS, [f'run_dir:={tmp_path}', f'total_frames:={400 * ROLLOUT}',
                                                 f'num_envs:={NUM_ENVS}', 'foxglove_port:=-1'])
     specs = launch.nodes(args)
     assert [s.executable for s in specs] == ['minigrid_sim_node', 'student_node', 'teacher_node', 'visualization_node',
