@@ -33,6 +33,9 @@ class VecStep:
 def make_env(task: str, observation: str = 'memory_map', render: bool = False) -> gym.Env:
     """One environment of `task` (any registered MiniGrid id) with the chosen observation.
 
+    Every step's info carries "success": the paper's tasks set it themselves; for a standard
+    MiniGrid id it is "terminated with a positive reward" (reached the goal, not lava).
+
     :raises ValueError: unknown task id or observation mode, naming what is allowed.
     """
     if observation not in OBSERVATION_MODES:
@@ -41,10 +44,19 @@ def make_env(task: str, observation: str = 'memory_map', render: bool = False) -
         known = sorted(k for k in gym.registry if k.startswith('MiniGrid-'))
         raise ValueError(f'unknown task id {task!r}; registered MiniGrid ids are: {", ".join(known)}')
     env = gym.make(task, render_mode='rgb_array' if render else None)
-    env = MemoryMapObservation(env)
+    env = MemoryMapObservation(_Success(env))
     if observation == 'egocentric':
         env = _Egocentric(env)
     return env
+
+
+class _Success(gym.Wrapper):
+    """info["success"] on every step, for MiniGrid ids that do not set it."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info.setdefault('success', bool(terminated and reward > 0))
+        return obs, reward, terminated, truncated, info
 
 
 class _Egocentric(gym.ObservationWrapper):
@@ -95,7 +107,7 @@ class MiniGridVecEnv:
         terminated, truncated, success = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
         for i, env in enumerate(self.envs):
             obs[i], rewards[i], terminated[i], truncated[i], info = env.step(int(actions[i]))
-            success[i] = info.get('success', terminated[i] and rewards[i] > 0)
+            success[i] = info['success']
             if terminated[i] or truncated[i]:
                 obs[i], _ = env.reset()
                 self._episode_ids[i] = self._new_episode_id()
