@@ -107,7 +107,7 @@ def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=No
 def export_policy(path: str | Path, learner: PPOLearner) -> Path:
     """A TorchScript module obs (B, *obs_shape) uint8 -> action logits (B, A), for the deploy node."""
     # An eager copy: a compiled policy cannot be traced.
-    policy = ActorCritic(learner.policy.obs_shape, learner.policy.num_actions)
+    policy = ActorCritic(learner.policy.obs_shape, learner.policy.num_actions, encoder=learner.policy.encoder_name)
     policy.load_state_dict(learner.policy.state_dict())
     actor = _Actor(policy).eval()
     example = torch.zeros((1,) + learner.policy.obs_shape, dtype=torch.uint8)

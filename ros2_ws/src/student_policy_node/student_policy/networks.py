@@ -1,4 +1,5 @@
-"""Policy networks: actor-critic heads over a grid encoder (MiniGrid memory maps or egocentric views)."""
+"""Policy networks: actor-critic heads over an encoder of grid observations (MiniGrid memory maps or
+egocentric views) or of camera images (rgb, or rgb + quantised depth)."""
 from __future__ import annotations
 
 import torch
@@ -39,6 +40,34 @@ class GridEncoder(nn.Module):
         return self.head(self.cnn(x.permute(0, 3, 1, 2)))
 
 
+class ImageEncoder(nn.Module):
+    """A (H, W, C) uint8 camera image (rgb, or rgb + depth as encoded by habitat_bridge.embodied.vector)
+    -> features: the Nature-DQN CNN of CleanRL's Atari agent, scaled to [0, 1] first."""
+
+    def __init__(self, obs_shape: tuple[int, ...], features: int = 256):
+        super().__init__()
+        if len(obs_shape) != 3 or min(obs_shape[:2]) < 36:
+            raise ValueError(f'camera observations are (height, width, channels) of at least 36x36 pixels, '
+                             f'got shape {tuple(obs_shape)}')
+        height, width, channels = obs_shape
+        self.cnn = nn.Sequential(
+            nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.cnn(torch.zeros(1, channels, height, width)).shape[1]
+        self.head = nn.Sequential(nn.Linear(flat, features), nn.ReLU())
+        self.features = features
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.cnn(obs.permute(0, 3, 1, 2).float() / 255.0))
+
+
+ENCODERS = {'grid': GridEncoder, 'image': ImageEncoder}
+
+
 class ActorCritic(nn.Module):
     """pi(a|s) and V(s): linear heads on one shared encoder, initialised as in CleanRL's Atari agent.
 
@@ -46,10 +75,12 @@ class ActorCritic(nn.Module):
     memory map within hundreds of steps; the linear head fits it at once.)
     """
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, features: int = 256):
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, features: int = 256, encoder: str = 'grid'):
         super().__init__()
-        self.obs_shape, self.num_actions = tuple(obs_shape), num_actions
-        self.encoder = GridEncoder(obs_shape, features)
+        if encoder not in ENCODERS:
+            raise ValueError(f'encoder {encoder!r} is not one of {tuple(ENCODERS)}')
+        self.obs_shape, self.num_actions, self.encoder_name = tuple(obs_shape), num_actions, encoder
+        self.encoder = ENCODERS[encoder](obs_shape, features)
         self.actor = nn.Linear(features, num_actions)
         self.critic = nn.Linear(features, 1)
         for head, gain in ((self.actor, 1.0), (self.critic, 1.0)):

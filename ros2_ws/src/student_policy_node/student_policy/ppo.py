@@ -57,6 +57,9 @@ class TeacherSchedule:
 class PPOConfig:
     """Every setting of a training run; saved with each checkpoint."""
 
+    encoder: str = 'grid'
+    """observation encoder: 'grid' (MiniGrid memory maps and egocentric views) or 'image' (camera
+    rgb or rgb + depth)."""
     total_frames: int = 1_000_000
     """environment frames to train for (all environments together)."""
     num_steps: int = 128
@@ -117,7 +120,7 @@ class PPOLearner:
         torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        self.policy = ActorCritic(obs_shape, num_actions)
+        self.policy = ActorCritic(obs_shape, num_actions, encoder=config.encoder)
         if config.compile:
             self.policy.encoder.compile()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)

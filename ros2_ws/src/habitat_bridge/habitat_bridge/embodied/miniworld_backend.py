@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from habitat_bridge.embodied.backend import CameraSpec, EmbodiedStep, Pose
+from habitat_bridge.embodied.mapping import OccupancyMapper
 from habitat_bridge.minigrid.observation import PerceivedObject, Perception
 
 Z_NEAR, Z_FAR = 0.04, 100.0  # MiniWorld's projection (render_obs)
@@ -63,10 +64,12 @@ class MiniWorldBackend:
         self.camera = CameraSpec(width, height, float(agent.cam_fov_y), float(agent.cam_height),
                                  float(agent.cam_fwd_disp))
         self._last_seen: dict[int, tuple[float, float]] = {}  # entity index -> map (x, y)
+        self.mapper = OccupancyMapper(self.camera)
 
     def reset(self, seed: int | None = None) -> EmbodiedStep:
         rgb, info = self.env.reset(seed=seed)
         self._last_seen.clear()
+        self.mapper.reset(self.pose())
         return self._observe(rgb, 0.0, False, False, info)
 
     def step(self, action: int) -> EmbodiedStep:
@@ -88,7 +91,9 @@ class MiniWorldBackend:
         # visibility query below renders into the same buffer.
         depth = self.world.obs_fb.get_depth_map(Z_NEAR, Z_FAR)[..., 0]
         pose = self.pose()
-        return EmbodiedStep(np.asarray(rgb), depth.astype(np.float32), pose, self._perceive(pose),
+        perception = self._perceive(pose)
+        perception.occupancy = self.mapper.update(depth, pose, carrying=perception.carrying is not None)
+        return EmbodiedStep(np.asarray(rgb), depth.astype(np.float32), pose, perception,
                             reward, bool(terminated), bool(truncated), dict(info))
 
     def _perceive(self, pose: Pose) -> Perception:

@@ -56,6 +56,8 @@ class Perception:
     heading: float = 0
     """grid worlds: 0 east, 1 south, 2 west, 3 north; embodied: yaw in radians (REP-103)."""
     task_family: str = 'gridworld'
+    occupancy: object = None
+    """embodied: the robot's OccupancyGrid (habitat_bridge.embodied.mapping), built from depth."""
 
 
 class MemoryMapObservation(gym.ObservationWrapper):

@@ -1,0 +1,103 @@
+"""The robot's occupancy map, built from its depth camera and odometry: what a mapping stack on a
+real robot publishes (nav_msgs/OccupancyGrid on `map`), and what the teacher's skills plan on.
+
+Cells hold -1 (unknown), 0 (free) or 100 (occupied), as nav_msgs/OccupancyGrid does; index
+[i, j] is the cell whose centre is origin + ((i + 0.5) * resolution, (j + 0.5) * resolution) in the
+map frame. Each depth image is cast as rays, one per image column: the floor up to the nearest
+obstacle in that column is free, the obstacle's cells are occupied. Occupied stays occupied:
+views from other angles graze the edges of obstacles, and a map whose cells flicker would make a
+planner on it dither. (So an object carried away leaves its old cells occupied.)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from habitat_bridge.embodied.backend import CameraSpec, Pose
+
+UNKNOWN, FREE, OCCUPIED = -1, 0, 100
+OBSTACLE_BAND = 0.1, 2.0  # m above the floor: a depth point in this band is an obstacle (not floor, not ceiling)
+CARRIED = 1.8, 0.8  # m ahead and to either side where a held object hangs
+MAX_RANGE = 6.0  # m: a column with nothing nearer is free this far
+
+
+@dataclass
+class OccupancyGrid:
+    cells: np.ndarray  # int8 (W, H)
+    origin: tuple[float, float]  # map-frame position of cell [0, 0]'s corner
+    resolution: float  # m per cell
+
+    def cell_of(self, x: float, y: float) -> tuple[int, int]:
+        return int((x - self.origin[0]) // self.resolution), int((y - self.origin[1]) // self.resolution)
+
+    def centre_of(self, i, j):
+        return (self.origin[0] + (np.asarray(i) + 0.5) * self.resolution,
+                self.origin[1] + (np.asarray(j) + 0.5) * self.resolution)
+
+
+def obstacle_points(depth: np.ndarray, camera: CameraSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(forward, left) in base_link of every depth pixel, and which of them are obstacles."""
+    height, width = depth.shape
+    focal = (camera.height / 2) / math.tan(math.radians(camera.vfov_deg) / 2)
+    rows, cols = np.mgrid[0:height, 0:width]
+    left = -(cols - (width - 1) / 2) * depth / focal
+    above_floor = camera.height_m - (rows - (height - 1) / 2) * depth / focal
+    obstacle = (above_floor > OBSTACLE_BAND[0]) & (above_floor < OBSTACLE_BAND[1]) & (depth < MAX_RANGE)
+    return depth + camera.forward_m, left, obstacle
+
+
+class OccupancyMapper:
+    """An occupancy grid of `size` metres square centred on where the episode starts."""
+
+    def __init__(self, camera: CameraSpec, size: float = 32.0, resolution: float = 0.25):
+        self.camera, self.resolution = camera, resolution
+        self.cells_per_side = int(round(size / resolution))
+        self.grid: OccupancyGrid | None = None
+
+    def reset(self, pose: Pose) -> None:
+        half = self.cells_per_side * self.resolution / 2
+        self.grid = OccupancyGrid(np.full((self.cells_per_side,) * 2, UNKNOWN, np.int8),
+                                  (pose.x - half, pose.y - half), self.resolution)
+
+    def update(self, depth: np.ndarray, pose: Pose, carrying: bool = False) -> OccupancyGrid:
+        """Add one depth image taken at `pose`; `carrying`: the robot holds an object in front of
+        its camera, which is not part of the world."""
+        forward, left, obstacle = obstacle_points(depth, self.camera)
+        hidden = np.zeros(depth.shape[1], bool)  # columns the held object hides: nothing known beyond it
+        if carrying:
+            held = obstacle & (forward < CARRIED[0]) & (np.abs(left) < CARRIED[1])
+            obstacle &= ~held
+            hidden = held.any(axis=0)
+        # Per column, the nearest obstacle (or MAX_RANGE): the floor before it is free.
+        nearest = np.where(obstacle, forward, MAX_RANGE).min(axis=0)
+        width = depth.shape[1]
+        bearings = self._bearings(width)
+        steps = np.arange(0.0, MAX_RANGE, self.resolution / 2)
+        along = steps[None, :] * np.ones((width, 1))
+        reach = (along < (nearest[:, None] / np.cos(bearings)[:, None] - self.resolution)) & ~hidden[:, None]
+        free_f = (along * np.cos(bearings)[:, None])[reach]
+        free_l = (along * np.sin(bearings)[:, None])[reach]
+        self._mark(np.append(free_f, 0.0), np.append(free_l, 0.0), pose, FREE)  # and where the robot stands
+        self._mark(forward[obstacle], left[obstacle], pose, OCCUPIED)
+        grid = self.grid
+        return OccupancyGrid(grid.cells.copy(), grid.origin, grid.resolution)  # a snapshot: the map changes
+
+    def _bearings(self, width: int) -> np.ndarray:
+        focal = (self.camera.height / 2) / math.tan(math.radians(self.camera.vfov_deg) / 2)
+        return np.arctan(-(np.arange(width) - (width - 1) / 2) / focal)
+
+    def _mark(self, forward: np.ndarray, left: np.ndarray, pose: Pose, value: int) -> None:
+        cos, sin = math.cos(pose.yaw), math.sin(pose.yaw)
+        x = pose.x + cos * forward - sin * left
+        y = pose.y + sin * forward + cos * left
+        grid = self.grid
+        i = np.floor((x - grid.origin[0]) / grid.resolution).astype(int)
+        j = np.floor((y - grid.origin[1]) / grid.resolution).astype(int)
+        inside = (i >= 0) & (i < grid.cells.shape[0]) & (j >= 0) & (j < grid.cells.shape[1])
+        i, j = i[inside], j[inside]
+        if value == FREE:  # occupied stays occupied
+            keep = grid.cells[i, j] != OCCUPIED
+            i, j = i[keep], j[keep]
+        grid.cells[i, j] = value
