@@ -18,6 +18,7 @@ as the paper plots it); final success is measured on 50 held-out episodes, greed
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -35,28 +36,6 @@ LABELS = {'ppo': 'PPO alone', 'llm': 'student, LLM teacher', 'expert': 'student,
 EVAL_SEED = 10_000  # held-out seeds of every final evaluation (training envs use seed, seed + 1, ...)
 
 
-def llm_teacher():
-    """The embedded LLM teacher as train()'s teacher callable: VecStep -> (action probs, mask)."""
-    from llm_teacher.backends import TransformersBackend, default_cache_dir
-    from llm_teacher.cache import AnswerCache
-    from llm_teacher.mediator import Mediator
-    from llm_teacher.planner import Planner
-    from llm_teacher.teacher import Teacher
-
-    teacher = Teacher(Planner(TransformersBackend(), 'score'), AnswerCache(default_cache_dir() / 'answers.sqlite'),
-                      Mediator.from_file())
-
-    def suggest(step):
-        probs = np.zeros((len(step.perceptions), 7), np.float32)
-        mask = np.zeros(len(step.perceptions), bool)
-        for i, (perception, obs) in enumerate(zip(step.perceptions, step.observations)):
-            suggestion = teacher.suggest(perception, obs)
-            if suggestion.valid:
-                probs[i], mask[i] = suggestion.action_probs, True
-        return probs, mask
-    return teacher, suggest
-
-
 def expert_teacher(envs):
     """The scripted expert's next action, one-hot, for every env (it reads the true grid)."""
     from habitat_bridge.minigrid.expert import ScriptedExpert
@@ -72,6 +51,7 @@ def expert_teacher(envs):
 def run_job(job: dict) -> dict:
     """Train one arm on one task and seed (or evaluate the teacher alone); returns the result."""
     from habitat_bridge.minigrid.vector import MiniGridVecEnv
+    from llm_teacher.teacher import embedded_teacher
     from student_policy.evaluate import evaluate
     from student_policy.ppo import PPOConfig, TeacherSchedule, train
 
@@ -79,13 +59,15 @@ def run_job(job: dict) -> dict:
     start = time.perf_counter()
     if arm == 'teacher':
         from llm_teacher.evaluate import act_alone
-        teacher, _ = llm_teacher()
+        teacher = embedded_teacher()
         alone = act_alone(teacher, task, episodes, seed=EVAL_SEED)
         return {**job, 'final_success_sampled': alone['sampled'], 'final_success_greedy': alone['greedy'],
                 'final_return': alone['sampled_return'], 'llm_calls': teacher.counters.llm_calls,
                 'seconds': time.perf_counter() - start}
     envs = MiniGridVecEnv(task, 16, perceive=arm == 'llm')
-    teacher, suggest = llm_teacher() if arm == 'llm' else (None, expert_teacher(envs) if arm == 'expert' else None)
+    teacher = embedded_teacher() if arm == 'llm' else None
+    suggest = (functools.partial(teacher.suggest_batch, num_actions=envs.num_actions) if teacher is not None
+               else expert_teacher(envs) if arm == 'expert' else None)
     schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(decay_frames=job['decay_frames'])
     curve = []
 

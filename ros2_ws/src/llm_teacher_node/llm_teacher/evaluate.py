@@ -21,12 +21,12 @@ from minigrid.core.actions import Actions
 from habitat_bridge.minigrid.expert import ScriptedExpert
 from habitat_bridge.minigrid.observation import Perception
 from habitat_bridge.minigrid.vector import make_env
+from habitat_bridge.vector import make_vec_env
 from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator
 from llm_teacher.options import EXPLORE, Option, feasible_options
 from llm_teacher.planner import Planner
-from llm_teacher.skills import teacher_policy
 from llm_teacher.teacher import Teacher
 
 
@@ -60,29 +60,32 @@ def every_option(env) -> list[Option]:
 def act_alone(teacher: Teacher, task: str, episodes: int, grounded: bool = True, seed: int = 1000) -> dict:
     """Success of the teacher acting with no student: sampling pi_T, and taking its most likely action.
 
+    Episode k starts from seed + k. Any task: MiniGrid or embodied (MiniWorld-* ids).
     Returns {'sampled': success rate, 'greedy': success rate, 'sampled_return': mean return}.
     """
-    env = make_env(task)
+    envs = make_vec_env(task, 1)
     rng = np.random.default_rng(seed)
     successes, returns = {'sampled': 0, 'greedy': 0}, []
     for mode in successes:
         for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episode)
+            step = envs.reset(seed=seed + episode)
             episode_return = 0.0
             while True:
-                perception = env.perception()
-                options = feasible_options(perception) if grounded else every_option(env)
+                perception, obs = step.perceptions[0], step.observations[0]
+                options = feasible_options(perception) if grounded else every_option(envs.envs[0])
                 distribution = teacher.option_distribution(perception, options) or {EXPLORE.text: 1.0}
                 by_text = {o.text: o for o in options}
-                probs = teacher_policy({by_text[t]: p for t, p in distribution.items()}, obs, perception.objects)
+                probs = teacher.policy({by_text[t]: p for t, p in distribution.items()}, perception, obs)
                 action = int(rng.choice(len(probs), p=probs)) if mode == 'sampled' else int(np.argmax(probs))
-                obs, reward, terminated, truncated, info = env.step(action)
-                episode_return += reward
-                if terminated or truncated:
-                    successes[mode] += bool(info.get('success', False))
+                step = envs.step(np.array([action]))
+                episode_return += float(step.rewards[0])
+                if step.terminated[0] or step.truncated[0]:
+                    successes[mode] += bool(step.success[0])
                     if mode == 'sampled':
                         returns.append(episode_return)
                     break
+    if hasattr(envs, 'close'):
+        envs.close()
     return {'sampled': successes['sampled'] / episodes, 'greedy': successes['greedy'] / episodes,
             'sampled_return': float(np.mean(returns))}
 

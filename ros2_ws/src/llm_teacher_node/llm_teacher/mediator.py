@@ -4,8 +4,9 @@ The text names the objects seen this episode with their states, and what the rob
 it leaves out positions (the skills handle where things are), so that the same situation gives
 the same prompt and the answer cache serves it. Lava is not described: as in the paper, the
 teacher is not told about it (the skills still never step into it).
-Prompt templates are text files with {mission}, {observation} and {options}; the defaults are
-in llm_teacher/prompts/ and a user can point the teacher at their own.
+Prompt templates are text files with {mission}, {observation} and {options}; the defaults, one
+per task family (gridworld.txt, embodied.txt), are in llm_teacher/prompts/ and a user can point
+the teacher at their own.
 """
 from __future__ import annotations
 
@@ -33,22 +34,31 @@ def describe(perception: Perception) -> str:
 
 
 class Mediator:
-    """Builds the prompt for a perceived state from a template file."""
+    """Builds the prompt for a perceived state from a template: one for every task family, or
+    a template per family (`templates[perception.task_family]`)."""
 
-    def __init__(self, template: str):
-        missing = [field for field in ('{mission}', '{observation}', '{options}') if field not in template]
-        if missing:
-            raise ValueError(f'prompt template lacks {", ".join(missing)}; it needs {{mission}}, {{observation}} and {{options}}')
-        self.template = template
+    def __init__(self, template: str | dict[str, str]):
+        self.templates = template if isinstance(template, dict) else {}
+        self.default = None if isinstance(template, dict) else template
+        for text in self.templates.values() if self.default is None else [self.default]:
+            missing = [field for field in ('{mission}', '{observation}', '{options}') if field not in text]
+            if missing:
+                raise ValueError(f'prompt template lacks {", ".join(missing)}; it needs {{mission}}, {{observation}} and {{options}}')
 
     @classmethod
-    def from_file(cls, path: str | Path | None = None, task_family: str = 'gridworld') -> 'Mediator':
-        """The template at `path`, or the default one for the task family."""
-        path = Path(path) if path else PROMPTS / f'{task_family}.txt'
+    def from_file(cls, path: str | Path | None = None) -> 'Mediator':
+        """The template at `path` for every task family, or the defaults (prompts/<family>.txt)."""
+        if not path:
+            return cls({file.stem: file.read_text() for file in sorted(PROMPTS.glob('*.txt'))})
+        path = Path(path)
         if not path.is_file():
             raise ValueError(f'prompt file {path} does not exist')
         return cls(path.read_text())
 
     def prompt(self, perception: Perception, options: list[Option]) -> str:
+        template = self.default or self.templates.get(perception.task_family)
+        if template is None:
+            raise ValueError(f'no prompt template for task family {perception.task_family!r}; '
+                             f'have {", ".join(self.templates)}')
         listed = '\n'.join(f'- {option.text}' for option in options)
-        return self.template.format(mission=perception.mission, observation=describe(perception), options=listed)
+        return template.format(mission=perception.mission, observation=describe(perception), options=listed)

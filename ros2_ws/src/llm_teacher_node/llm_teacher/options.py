@@ -5,7 +5,9 @@ An option is a verb and, except for explore, an object the robot has perceived:
   | open the <colour> door
 Grounding keeps only the options that are possible in the perceived state, so that even a weak
 LLM chooses among sensible ones: no object that was not seen, no pick-up while carrying,
-no drop with empty hands, no opening a locked door without its key.
+no drop with empty hands, no opening a locked door without its key. For embodied tasks, pick up
+and drop are offered only when the mission moves an object (put, bring, carry, move, place,
+pick): the embedded 135M model otherwise picks up whatever it sees when told to go somewhere.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from habitat_bridge.minigrid.observation import PerceivedObject, Perception
 
 PICKABLE = ('key', 'ball', 'box')
 GO_TO_TARGETS = ('key', 'ball', 'box', 'door', 'goal')
+MOVING_VERBS = ('put', 'bring', 'carry', 'move', 'place', 'pick')
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,11 @@ def feasible_options(perception: Perception) -> list[Option]:
     seen = _unique(o for o in perception.objects if o.type in GO_TO_TARGETS)
     for obj in seen:
         options.append(Option('go to', obj.type, obj.color))
-    if carrying is None:
+    handles_objects = perception.task_family != 'embodied' or any(
+        word in MOVING_VERBS for word in perception.mission.lower().split())
+    if carrying is None and handles_objects:
         options += [Option('pick up', o.type, o.color) for o in seen if o.type in PICKABLE]
-    else:
+    elif carrying is not None:
         options.append(Option('drop', carrying.type, carrying.color))
     for door in seen:
         if door.type != 'door' or door.state == 'open':

@@ -17,6 +17,7 @@ import numpy as np
 from habitat_bridge.minigrid.observation import Perception
 from llm_teacher.backends import LLMError
 from llm_teacher.cache import AnswerCache
+from llm_teacher.embodied_skills import EmbodiedSkills
 from llm_teacher.mediator import Mediator
 from llm_teacher.options import feasible_options
 from llm_teacher.planner import Planner
@@ -63,13 +64,17 @@ class Teacher:
         self._unanswerable: set[str] = set()
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='llm')
+        self.embodied_skills = EmbodiedSkills()
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
     def suggest(self, perception: Perception, memory_map: np.ndarray) -> Suggestion:
-        """pi_T for this state, or at once an invalid suggestion when its prompt has no answer yet."""
+        """pi_T for this state, or at once an invalid suggestion when its prompt has no answer yet.
+
+        `memory_map` is the grid world's observation; embodied skills plan on the occupancy map
+        in the perception instead."""
         options = feasible_options(perception)
         self.counters.requests += 1
         prompt = self.mediator.prompt(perception, options)
@@ -85,8 +90,25 @@ class Teacher:
             return Suggestion(valid=False)
         return Suggestion(valid=True, options=[o.text for o in option_probs],
                           option_probs=list(option_probs.values()),
-                          action_probs=teacher_policy(option_probs, memory_map, perception.objects),
+                          action_probs=self.policy(option_probs, perception, memory_map),
                           cache_hit=cache_hit, latency_ms=latency_ms)
+
+    def suggest_batch(self, step, num_actions: int) -> tuple[np.ndarray, np.ndarray]:
+        """The teacher as in-process training's callable: a VecStep -> (action probs (N, A), mask (N,)),
+        the mask False where a state has no suggestion yet."""
+        probs = np.zeros((len(step.perceptions), num_actions), np.float32)
+        mask = np.zeros(len(step.perceptions), bool)
+        for i, (perception, obs) in enumerate(zip(step.perceptions, step.observations)):
+            suggestion = self.suggest(perception, obs)
+            if suggestion.valid:
+                probs[i], mask[i] = suggestion.action_probs, True
+        return probs, mask
+
+    def policy(self, option_probs: dict, perception: Perception, memory_map: np.ndarray) -> np.ndarray:
+        """pi_T(a|s): the option distribution through the skills of the perception's task family."""
+        if perception.task_family == 'embodied':
+            return self.embodied_skills.policy(option_probs, perception)
+        return teacher_policy(option_probs, memory_map, perception.objects)
 
     def option_distribution(self, perception: Perception, options) -> dict[str, float] | None:
         """p(option | text) over `options` (blocking: asks the LLM now if needed); None if it failed."""
@@ -158,3 +180,12 @@ class Teacher:
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
         self.cache.close()
+
+
+def embedded_teacher(cache_path=None, log_error=print) -> Teacher:
+    """The default teacher: the embedded LLM, scoring options, answers cached in `cache_path`
+    (default: the user's cache directory)."""
+    from llm_teacher.backends import TransformersBackend, default_cache_dir
+    cache_path = cache_path or default_cache_dir() / 'answers.sqlite'
+    return Teacher(Planner(TransformersBackend(), 'score'), AnswerCache(cache_path), Mediator.from_file(),
+                   log_error=log_error)
