@@ -1,6 +1,7 @@
 """Train a student policy online through the ROS 2 graph: simulator -> LLM teacher -> student.
 
     ros2 launch llm_teacher train.launch.py task:=MiniGrid-LavaDoorKey-v0 total_frames:=600000
+    ros2 launch llm_teacher train.launch.py task:=MiniWorld-GoToObject-v0 num_envs:=8   # from camera images
     python -m llm_teacher.launch_runner train.launch.py task:=MiniGrid-LavaDoorKey-v0   # without ROS 2 launch
 
 Every argument has a default; list them with `ros2 launch llm_teacher train.launch.py --show-args`.
@@ -14,7 +15,8 @@ CONFIG = Path(__file__).resolve().parent.parent / 'config'
 PLAIN_PPO = {'teacher_initial': 0.0, 'teacher_final': 0.0}
 
 ARGUMENTS = {
-    'task': ('MiniGrid-SimpleDoorKey-v0', 'MiniGrid task id (the paper tasks or any standard one)'),
+    'task': ('MiniGrid-SimpleDoorKey-v0', 'MiniGrid task id (the paper tasks or any standard one), or a MiniWorld id '
+             '(MiniWorld-GoToObject-v0, MiniWorld-PutNext-v0): an embodied robot learning from its rgb + depth camera'),
     'num_envs': ('16', 'Environments stepped in lock-step'),
     'seed': ('0', 'Seed of the environments and of the student'),
     'total_frames': ('450000', 'Environment frames to train for (450k: ~25 min on 2 cores)'),

@@ -156,6 +156,31 @@ def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ro
     assert any(text != 'no suggestion yet' for text in texts), texts
 
 
+@pytest.mark.slow
+def test_an_embodied_robot_learns_from_its_camera_through_the_graph(tmp_path, ros_node):
+    """train.launch.py with a MiniWorld task: the sim node sends rgbd images and perceptions with
+    the robot's occupancy map, the teacher plans embodied skills on it, the student trains a CNN."""
+    launch = load_launch_file(LAUNCH)
+    args = resolve_arguments(launch.ARGUMENTS, [f'run_dir:={tmp_path}', f'total_frames:={400 * ROLLOUT}',
+                                                f'num_envs:={NUM_ENVS}', 'task:=MiniWorld-GoToObject-v0',
+                                                'foxglove_port:=-1', 'record:=false'])
+    specs = launch.nodes(args)
+    specs[1].parameters.append({'num_steps': NUM_STEPS, 'checkpoint_every': 1})
+    statuses, suggestions = [], []
+    ros_node.create_subscription(TrainingStatus, 'training_status', statuses.append, 10)
+    ros_node.create_subscription(SuggestionBatch, 'suggestion_batch', suggestions.append, 10)
+    logs = []
+    with LaunchRunner(specs, log=logs.append):
+        spin_until(ros_node, lambda: sum(s.teacher_coverage > 0.5 for s in statuses) >= 2, 300,
+                   'two rollouts with teacher coverage above 0.5 (is teacher_node answering?)')
+    valid = [s for batch in suggestions for s in batch.suggestions if s.valid]
+    assert valid, '\n'.join(logs[-30:])
+    for s in valid[:50]:
+        assert len(s.action_probs) == 8 and abs(sum(s.action_probs) - 1) < 1e-4  # MiniWorld's actions
+    state = read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')
+    assert state['config']['encoder'] == 'image' and state['obs_shape'] == [64, 64, 4]
+
+
 def test_ctrl_c_stops_every_node_and_the_next_run_resumes(tmp_path):
     """As a user would: the launch command in a terminal, Ctrl-C (SIGINT) once a checkpoint exists, run again."""
     command = [sys.executable, '-m', 'llm_teacher.launch_runner', str(LAUNCH), f'run_dir:={tmp_path}',

@@ -1,12 +1,16 @@
 """Conversions between the simulators' plain Python results and ROS messages (no rclpy import)."""
 from __future__ import annotations
 
+import array
+
 import numpy as np
 from builtin_interfaces.msg import Time
 from llm_teacher_msgs import msg
+from nav_msgs.msg import OccupancyGrid as OccupancyGridMsg
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from habitat_bridge.embodied.mapping import OccupancyGrid
 from habitat_bridge.minigrid.observation import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import VecStep
 
@@ -42,7 +46,29 @@ def perception_msg(p: Perception) -> msg.Perception:
     if p.carrying is not None:
         out.carrying = _object_msg(p.carrying)
     out.pose.x, out.pose.y, out.pose.theta = p.x, p.y, float(p.heading)
+    if p.occupancy is not None:
+        out.occupancy = occupancy_grid_msg(p.occupancy)
     return out
+
+
+def occupancy_grid_msg(grid: OccupancyGrid) -> OccupancyGridMsg:
+    """nav_msgs/OccupancyGrid (row-major from the origin, x fastest) of a robot's map."""
+    out = OccupancyGridMsg()
+    out.header.frame_id = 'map'
+    width, height = grid.cells.shape
+    out.info.resolution = float(grid.resolution)
+    out.info.width, out.info.height = width, height
+    out.info.origin.position.x, out.info.origin.position.y = map(float, grid.origin)
+    out.info.origin.orientation.w = 1.0
+    out.data = array.array('b', np.ascontiguousarray(grid.cells.T).tobytes())
+    return out
+
+
+def occupancy_grid_from_msg(m: OccupancyGridMsg) -> OccupancyGrid | None:
+    if m.info.width == 0:
+        return None
+    cells = np.frombuffer(bytes(m.data), np.int8).reshape(m.info.height, m.info.width).T.copy()
+    return OccupancyGrid(cells, (m.info.origin.position.x, m.info.origin.position.y), m.info.resolution)
 
 
 def perception_from_msg(m: msg.Perception) -> Perception:
@@ -52,6 +78,7 @@ def perception_from_msg(m: msg.Perception) -> Perception:
         carrying=_object_from_msg(m.carrying) if m.carrying.type else None,
         x=m.pose.x, y=m.pose.y,
         heading=int(round(m.pose.theta)) if m.task_family == 'gridworld' else m.pose.theta,
+        occupancy=occupancy_grid_from_msg(m.occupancy),
     )
 
 

@@ -1,4 +1,6 @@
-"""minigrid_sim_node: N headless MiniGrid environments stepped in lock-step over ROS 2.
+"""minigrid_sim_node: N headless environments stepped in lock-step over ROS 2: MiniGrid tasks, or
+MiniWorld robots (MiniWorld-* task ids: camera rgb + depth observations, perception with the
+robot's occupancy map) for training from images.
 
 Publishes `step_batch` (llm_teacher_msgs/StepBatch) after every step, steps on `action_batch`
 (llm_teacher_msgs/ActionBatch) answering the current seq, resets on the `reset_envs` service,
@@ -18,7 +20,7 @@ from sensor_msgs.msg import Image
 
 from habitat_bridge.spin import parameter, spin
 from habitat_bridge.messages import rgb_image_msg, step_batch_msg
-from habitat_bridge.minigrid.vector import MiniGridVecEnv
+from habitat_bridge.vector import default_observation, make_vec_env
 
 BATCH_QOS_DEPTH = 10
 
@@ -31,13 +33,15 @@ class MiniGridSimNode(Node):
         task = param('task', 'MiniGrid-SimpleDoorKey-v0', 'Registered MiniGrid id (the paper tasks or any standard one)')
         num_envs = param('num_envs', 16, 'Environments stepped in lock-step per batch')
         self.seed = param('seed', 0, 'Environment i starts with seed + i')
-        self.observation = param('observation', 'memory_map', "'memory_map' (the paper's) or 'egocentric'")
+        self.observation = param('observation', '', "'memory_map' (the paper's) or 'egocentric' on MiniGrid; 'rgbd' or "
+                                 "'rgb' (camera) on MiniWorld; '' the task's default (memory_map, rgbd)")
         render_hz = param('render_hz', 2.0, 'Rate of the rgb rendering on `image` (0 turns it off)')
         self.render_env = param('render_env', 0, 'Which environment `image` shows')
         republish_s = param('republish_period', 1.0, 'Resend the last step batch when unanswered this long (s)')
         try:
-            self.envs = MiniGridVecEnv(task, num_envs, self.observation,
-                                       render_env=self.render_env if render_hz > 0 else None)
+            self.envs = make_vec_env(task, num_envs, self.observation,
+                                     render_env=self.render_env if render_hz > 0 else None)
+            self.observation = self.observation or default_observation(task)
         except ValueError as err:
             raise SystemExit(f'minigrid_sim_node: {err}') from err
         if not 0 <= self.render_env < num_envs:

@@ -14,6 +14,7 @@ its map: a target behind an unmapped wall is reached by exploring first.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -56,8 +57,9 @@ def _dilate(mask: np.ndarray, cells: int) -> np.ndarray:
     return out
 
 
-def steps_to(goal: np.ndarray, passable: np.ndarray, limit: int = 400) -> np.ndarray:
-    """Cells (8-connected moves) from every passable cell to the nearest goal cell; inf if none."""
+def steps_to(goal: np.ndarray, passable: np.ndarray, until: tuple[int, int] | None = None, limit: int = 400) -> np.ndarray:
+    """Cells (8-connected moves) from passable cells to the nearest goal cell; inf if none. With
+    `until`, it stops once that cell has its distance (every cell nearer the goal has one too)."""
     distance = np.full(goal.shape, np.inf)
     frontier = goal & passable
     distance[frontier] = 0
@@ -69,6 +71,8 @@ def steps_to(goal: np.ndarray, passable: np.ndarray, limit: int = 400) -> np.nda
         if not frontier.any():
             break
         distance[frontier] = k
+        if until is not None and frontier[until]:
+            break
     return distance
 
 
@@ -121,8 +125,8 @@ class EmbodiedSkills:
             near = np.zeros_like(goal)
             near[max(i - min_steps, 0):i + min_steps + 1, max(j - min_steps, 0):j + min_steps + 1] = True
             goal = goal & ~near
-        distance = steps_to(goal, passable)
         i, j = grid.cell_of(perception.x, perception.y)
+        distance = steps_to(goal, passable, until=(i, j))
         if not np.isfinite(distance[i, j]):
             return None
         # First move: fewest cells to go plus a cost for turning to it, so that of two near-equal
@@ -172,6 +176,7 @@ class EmbodiedSkills:
         """pi_T(a|s) over the embodied actions from the option distribution."""
         if not isinstance(perception.occupancy, OccupancyGrid):
             raise ValueError('the embodied teacher needs the robot\'s occupancy map in its perception')
+        perception = dataclasses.replace(perception, occupancy=perception.occupancy.cropped_to_known())
         passable = self.passable(perception)
         probs = np.zeros(NUM_EMBODIED_ACTIONS, np.float32)
         for option, p in option_probs.items():

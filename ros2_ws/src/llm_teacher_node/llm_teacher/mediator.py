@@ -13,21 +13,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from habitat_bridge.minigrid.observation import Perception
-from llm_teacher.options import Option
+from llm_teacher.options import Option, named_in_mission
 
 PROMPTS = Path(__file__).resolve().parent / 'prompts'
 DESCRIBED_TYPES = ('key', 'door', 'ball', 'box', 'goal')
 
 
 def describe(perception: Perception) -> str:
-    """E.g. 'You have seen: a locked yellow door, a yellow key. You carry nothing.'"""
-    names = set()
+    """E.g. 'You have seen: a locked yellow door, a yellow key. You carry nothing.'
+
+    Embodied: the objects the mission names, then 'other objects' if there were any (not how
+    many: each count would be one more prompt for the LLM to answer before the cache can).
+    """
+    names, others = set(), set()
     for obj in perception.objects:
-        if obj.type in DESCRIBED_TYPES:
+        if perception.task_family == 'embodied' and not named_in_mission(obj, perception.mission):
+            others.add((obj.type, obj.color))
+        elif obj.type in DESCRIBED_TYPES:
             state = f'{obj.state} ' if obj.state else ''
             color = f'{obj.color} ' if obj.color and obj.type != 'goal' else ''
             names.add(f'a {state}{color}{obj.type}')
-    seen = f'You have seen: {", ".join(sorted(names))}.' if names else 'You have not seen any object yet.'
+    listed = sorted(names) + (['other objects'] if others else [])
+    seen = f'You have seen: {", ".join(listed)}.' if listed else 'You have not seen any object yet.'
     carrying = perception.carrying
     held = f'You carry a {carrying.color} {carrying.type}.' if carrying is not None else 'You carry nothing.'
     return f'{seen} {held}'

@@ -5,9 +5,12 @@ An option is a verb and, except for explore, an object the robot has perceived:
   | open the <colour> door
 Grounding keeps only the options that are possible in the perceived state, so that even a weak
 LLM chooses among sensible ones: no object that was not seen, no pick-up while carrying,
-no drop with empty hands, no opening a locked door without its key. For embodied tasks, pick up
-and drop are offered only when the mission moves an object (put, bring, carry, move, place,
-pick): the embedded 135M model otherwise picks up whatever it sees when told to go somewhere.
+no drop with empty hands, no opening a locked door without its key.
+Embodied robots see many objects (a house is full of them), and a prompt naming every one seen
+would almost never repeat, so the answer cache could not serve it: their options concern only
+the objects the mission names (the mediator only says that there are others). Pick up and drop are offered
+only when the mission moves an object (put, bring, carry, move, place, pick): the embedded 135M
+model otherwise picks up whatever it sees when told to go somewhere.
 """
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ def feasible_options(perception: Perception) -> list[Option]:
     """The options possible in this perceived state, in a stable order (explore first)."""
     options = [EXPLORE]
     carrying = perception.carrying
-    seen = _unique(o for o in perception.objects if o.type in GO_TO_TARGETS)
+    seen = _unique(o for o in perception.objects if o.type in GO_TO_TARGETS
+                   and (perception.task_family != 'embodied' or named_in_mission(o, perception.mission)))
     for obj in seen:
         options.append(Option('go to', obj.type, obj.color))
     handles_objects = perception.task_family != 'embodied' or any(
@@ -61,6 +65,10 @@ def feasible_options(perception: Perception) -> list[Option]:
         if door.state == 'closed' or has_key:
             options.append(Option('open', 'door', door.color))
     return options
+
+
+def named_in_mission(obj: PerceivedObject, mission: str) -> bool:
+    return f'{obj.color} {obj.type}' in mission.lower()
 
 
 def _unique(objects) -> list[PerceivedObject]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from habitat_bridge.minigrid.vector import MiniGridVecEnv
+from habitat_bridge.vector import make_vec_env
 
 
 def load_policy(path: str | Path) -> torch.jit.ScriptModule:
@@ -37,7 +37,7 @@ def choose_actions(logits: torch.Tensor, greedy: bool, generator: torch.Generato
 
 def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int = 16, greedy: bool = True) -> dict:
     """Rollouts until `episodes` episodes have ended (env i starts at seed + i); greedy or sampled."""
-    envs = MiniGridVecEnv(task, min(num_envs, episodes), perceive=False)
+    envs = make_vec_env(task, min(num_envs, episodes), perceive=False)
     step = envs.reset(seed=seed)
     returns, successes = [], []
     episode_return = np.zeros(envs.num_envs)

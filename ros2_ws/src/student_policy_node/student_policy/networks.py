@@ -68,6 +68,11 @@ class ImageEncoder(nn.Module):
 ENCODERS = {'grid': GridEncoder, 'image': ImageEncoder}
 
 
+def encoder_for(obs_encoding: str) -> str:
+    """The encoder of a simulator's observation encoding (StepBatch.obs_encoding)."""
+    return 'image' if obs_encoding in ('rgb', 'rgbd') else 'grid'
+
+
 class ActorCritic(nn.Module):
     """pi(a|s) and V(s): linear heads on one shared encoder, initialised as in CleanRL's Atari agent.
 

@@ -23,6 +23,7 @@ from habitat_bridge.spin import parameter, spin
 from student_policy.callbacks import (CheckpointCallback, EvalCallback, MetricsLogCallback, checkpoint_path,
                                      progress_line)
 from student_policy.checkpoints import CheckpointError, load_learner
+from student_policy.networks import encoder_for
 from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule
 
 QOS_DEPTH = 10
@@ -98,7 +99,7 @@ class StudentNode(Node):
             return
         obs = observations_from_msg(batch)
         if self.learner is None:
-            self.learner = self.make_learner(obs.shape[1:], batch.num_envs, batch.num_actions)
+            self.learner = self.make_learner(obs.shape[1:], batch.num_envs, batch.num_actions, encoder_for(batch.obs_encoding))
         elif self.acted:
             self.learner.record(np.asarray(batch.rewards, np.float32),
                                 np.logical_or(batch.terminated, batch.truncated), np.asarray(batch.success))
@@ -127,7 +128,8 @@ class StudentNode(Node):
         self.last_actions.header.stamp = self.get_clock().now().to_msg()
         self.action_pub.publish(self.last_actions)
 
-    def make_learner(self, obs_shape, num_envs: int, num_actions: int) -> PPOLearner:
+    def make_learner(self, obs_shape, num_envs: int, num_actions: int, encoder: str) -> PPOLearner:
+        self.config.encoder = encoder
         path = checkpoint_path(self.run_dir)
         if self.resume and path.exists():
             try:

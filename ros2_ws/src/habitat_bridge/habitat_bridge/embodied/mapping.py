@@ -32,6 +32,17 @@ class OccupancyGrid:
     def cell_of(self, x: float, y: float) -> tuple[int, int]:
         return int((x - self.origin[0]) // self.resolution), int((y - self.origin[1]) // self.resolution)
 
+    def cropped_to_known(self, margin: int = 2) -> 'OccupancyGrid':
+        """The part of the map round its known cells (and `margin` unknown ones): planning on it
+        gives the same paths at a fraction of the cost."""
+        known = np.argwhere(self.cells != UNKNOWN)
+        if not len(known):
+            return self
+        lo = np.maximum(known.min(axis=0) - margin, 0)
+        hi = np.minimum(known.max(axis=0) + margin + 1, self.cells.shape)
+        origin = (self.origin[0] + lo[0] * self.resolution, self.origin[1] + lo[1] * self.resolution)
+        return OccupancyGrid(self.cells[lo[0]:hi[0], lo[1]:hi[1]], origin, self.resolution)
+
     def centre_of(self, i, j):
         return (self.origin[0] + (np.asarray(i) + 0.5) * self.resolution,
                 self.origin[1] + (np.asarray(j) + 0.5) * self.resolution)

@@ -34,7 +34,9 @@ class EmbodiedVecEnv:
     """N MiniWorld robots of one task; `reset(seed)` seeds robot i with seed + i."""
 
     def __init__(self, task: str, num_envs: int, observation: str = 'rgbd', width: int = 64, height: int = 64,
-                 max_episode_steps: int | None = None):
+                 max_episode_steps: int | None = None, render_env: int | None = None, perceive: bool = True):
+        """render_env and perceive are MiniGridVecEnv's: every robot here renders its camera anyway,
+        and its perception (with the map) is always built."""
         from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend
         if observation not in EMBODIED_OBSERVATIONS:
             raise ValueError(f'observation mode {observation!r} is not one of {EMBODIED_OBSERVATIONS}')
