@@ -207,3 +207,67 @@ def test_scripted_expert_solves_the_embodied_tasks(env_id):
         assert solved >= 48, f'{env_id}: the expert solved {solved} of 50 episodes'
     finally:
         sim.close()
+
+
+# --- habitat-sim backend: its geometry here, the simulator where habitat-sim is installed --------
+
+def test_habitat_frames_agree_with_rep103():
+    from habitat_bridge.embodied.habitat_backend import habitat_to_map, map_to_habitat, yaw_of
+
+    class Quaternion:  # numpy-quaternion's fields, as AgentState.rotation has them
+        def __init__(self, w, x, y, z):
+            self.w, self.x, self.y, self.z = w, x, y, z
+    assert habitat_to_map(map_to_habitat(2.0, -1.5, 0.7)) == pytest.approx((2.0, -1.5))
+    assert habitat_to_map([0.0, 0.0, -1.0]) == pytest.approx((1.0, 0.0))  # habitat's forward (-z) is map x
+    for yaw in (0.0, 0.5, -2.0, 3.0):  # a rotation about habitat's up axis is the same yaw on the map
+        assert yaw_of(Quaternion(math.cos(yaw / 2), 0.0, math.sin(yaw / 2), 0.0)) == pytest.approx(yaw)
+
+
+def test_habitat_visibility_is_a_depth_test():
+    from habitat_bridge.embodied.backend import CameraSpec
+    from habitat_bridge.embodied.habitat_backend import visible_in_depth
+    camera = CameraSpec(64, 64, 60.0, 1.5)
+    open_view, wall = np.full((64, 64), 20.0, np.float32), np.full((64, 64), 2.0, np.float32)
+    assert visible_in_depth(4.0, 0.0, 0.25, open_view, camera)
+    assert not visible_in_depth(4.0, 0.0, 0.25, wall, camera)  # behind the wall
+    assert not visible_in_depth(4.0, 5.0, 0.25, open_view, camera)  # outside the field of view
+    assert not visible_in_depth(-1.0, 0.0, 0.25, open_view, camera)  # behind the robot
+
+
+def test_habitat_rooms_are_connected_and_objects_stand_inside():
+    from habitat_bridge.embodied.habitat_backend import DOORWAY, ROOM, four_rooms
+    walls, placed, (x, y, _) = four_rooms(np.random.default_rng(0), 4)
+    assert len({p.kind for p in placed}) == 4
+    for px, py in [(p.x, p.y) for p in placed] + [(x, y)]:
+        assert -ROOM < px < ROOM and -ROOM < py < ROOM
+        assert all(not (x0 - 0.5 < px < x1 + 0.5 and y0 - 0.5 < py < y1 + 0.5) for x0, y0, x1, y1 in walls)
+    # Every room is reachable for a robot of radius 0.4 m: flood-fill free cells from its start.
+    cell, radius = 0.1, 0.4
+    xs = np.arange(-ROOM, ROOM, cell) + cell / 2
+    gx, gy = np.meshgrid(xs, xs, indexing='ij')
+    free = np.ones(gx.shape, bool)
+    for x0, y0, x1, y1 in walls:
+        free &= ~((gx > x0 - radius) & (gx < x1 + radius) & (gy > y0 - radius) & (gy < y1 + radius))
+    reached, todo = np.zeros_like(free), [(int((x + ROOM) / cell), int((y + ROOM) / cell))]
+    while todo:
+        i, j = todo.pop()
+        if 0 <= i < free.shape[0] and 0 <= j < free.shape[1] and free[i, j] and not reached[i, j]:
+            reached[i, j] = True
+            todo += [(i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)]
+    for cx, cy in ((-ROOM / 2, -ROOM / 2), (ROOM / 2, -ROOM / 2), (-ROOM / 2, ROOM / 2), (ROOM / 2, ROOM / 2)):
+        assert reached[int((cx + ROOM) / cell), int((cy + ROOM) / cell)], f'room at {cx, cy} cannot be reached'
+    assert DOORWAY > 2 * radius
+
+
+def test_habitat_backend_runs_where_habitat_sim_is_installed():
+    habitat_sim = pytest.importorskip('habitat_sim', reason='habitat-sim is not installed (it installs from conda only)')
+    from habitat_bridge.embodied.habitat_backend import HabitatSimBackend
+    sim = HabitatSimBackend('Habitat-GoToObject-v0', 64, 48)
+    step = sim.reset(seed=0)
+    assert step.rgb.shape == (48, 64, 3) and step.depth.shape == (48, 64) and habitat_sim is not None
+    before = sim.pose()
+    step = sim.step(FORWARD)
+    moved = math.hypot(sim.pose().x - before.x, sim.pose().y - before.y)
+    assert moved == pytest.approx(sim.step_length, abs=0.02) or moved == 0.0  # 0: against a wall
+    assert step.perception.mission.startswith('go to the')
+    sim.close()

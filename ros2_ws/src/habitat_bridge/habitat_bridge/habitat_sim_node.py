@@ -1,7 +1,7 @@
 """habitat_sim_node: an embodied simulator as a robot's standard ROS 2 topics.
 
-Backends: 'miniworld' (MiniWorld 2.1, CPU, headless). 'habitat' (habitat-sim 0.3) is not built
-yet. Every control period (1 / rate_hz) the node applies the newest command, steps the simulator
+Backends: 'miniworld' (MiniWorld 2.1, CPU, headless) and 'habitat' (habitat-sim 0.3, where it is
+installed: env Habitat-GoToObject-v0 or Habitat-PutNext-v0). Every control period (1 / rate_hz) the node applies the newest command, steps the simulator
 and publishes, all with one stamp:
 
     camera/image_raw, camera/depth/image_raw   sensor_msgs/Image rgb8 and 32FC1 (metres)
@@ -33,14 +33,17 @@ from habitat_bridge.embodied import sensors
 from habitat_bridge.messages import perception_msg, rgb_image_msg
 from habitat_bridge.spin import parameter, spin
 
-BACKENDS = ('miniworld',)
+BACKENDS = ('miniworld', 'habitat')
 
 
 def make_backend(name: str, env: str, width: int, height: int):
     if name == 'miniworld':
         from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend
         return MiniWorldBackend(env, width, height)
-    raise ValueError(f'unknown backend {name!r}; available: {", ".join(BACKENDS)} (habitat-sim is not built yet)')
+    if name == 'habitat':
+        from habitat_bridge.embodied.habitat_backend import HabitatSimBackend
+        return HabitatSimBackend(env, width, height)
+    raise ValueError(f'unknown backend {name!r}; available: {", ".join(BACKENDS)}')
 
 
 class HabitatSimNode(Node):

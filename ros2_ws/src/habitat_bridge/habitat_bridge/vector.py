@@ -1,9 +1,10 @@
-"""One way to get N environments of any task: MiniGrid ids on the grid, MiniWorld ids embodied."""
+"""One way to get N environments of any task: MiniGrid ids on the grid; MiniWorld-* and Habitat-*
+ids embodied."""
 from __future__ import annotations
 
 
 def is_embodied(task: str) -> bool:
-    return task.startswith('MiniWorld-')
+    return task.startswith(('MiniWorld-', 'Habitat-'))
 
 
 def default_observation(task: str) -> str:
@@ -11,7 +12,7 @@ def default_observation(task: str) -> str:
 
 
 def make_vec_env(task: str, num_envs: int, observation: str = '', **kwargs):
-    """A MiniGridVecEnv, or an EmbodiedVecEnv for MiniWorld-* ids; kwargs go to its constructor.
+    """A MiniGridVecEnv, or an EmbodiedVecEnv for embodied ids; kwargs go to its constructor.
     observation '' is the task's default (memory_map; rgbd for embodied robots)."""
     kwargs['observation'] = observation or default_observation(task)
     if is_embodied(task):

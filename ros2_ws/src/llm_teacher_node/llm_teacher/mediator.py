@@ -16,7 +16,7 @@ from habitat_bridge.minigrid.observation import Perception
 from llm_teacher.options import Option, named_in_mission
 
 PROMPTS = Path(__file__).resolve().parent / 'prompts'
-DESCRIBED_TYPES = ('key', 'door', 'ball', 'box', 'goal')
+DESCRIBED_TYPES = ('key', 'door', 'ball', 'box', 'goal', 'cylinder', 'cone')
 
 
 def describe(perception: Perception) -> str:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from habitat_bridge.minigrid.observation import PerceivedObject, Perception
 
-PICKABLE = ('key', 'ball', 'box')
-GO_TO_TARGETS = ('key', 'ball', 'box', 'door', 'goal')
+PICKABLE = ('key', 'ball', 'box', 'cylinder', 'cone')
+GO_TO_TARGETS = ('key', 'ball', 'box', 'door', 'goal', 'cylinder', 'cone')
 MOVING_VERBS = ('put', 'bring', 'carry', 'move', 'place', 'pick')
 
 

@@ -50,6 +50,7 @@ class EmbodiedBackend(Protocol):
     action_set: str
     """key of habitat_bridge.commands.MOTIONS for this simulator's discrete actions."""
     camera: CameraSpec
+    num_actions: int
     step_length: float
     """metres moved by one forward action."""
     turn_angle: float

@@ -56,6 +56,7 @@ class MiniWorldBackend:
             known = ', '.join(sorted(e for e in gym.registry if e.startswith('MiniWorld-')))
             raise ValueError(f'unknown MiniWorld environment {env_id!r} ({err}); known: {known}') from err
         self.world = self.env.unwrapped
+        self.num_actions = int(self.env.action_space.n)
         self._agent_class = agent_class
         params = self.world.params
         self.step_length = float(params.sample(None, 'forward_step'))  # the value without domain randomisation

@@ -1,4 +1,5 @@
-"""N embodied robots stepped in lock-step in one process, as training and the teacher see them.
+"""N embodied robots (MiniWorld, or habitat-sim where it is installed) stepped in lock-step in one
+process, as training and the teacher see them.
 
 The same interface as `habitat_bridge.minigrid.vector.MiniGridVecEnv` (reset/step -> VecStep with
 auto-reset and perceptions), so the PPO loop, the teacher and the study run on either.
@@ -30,22 +31,30 @@ def decode_depth(channel: np.ndarray) -> np.ndarray:
     return channel.astype(np.float32) * DEPTH_STEP_M
 
 
+def make_backend(task: str, width: int, height: int, max_episode_steps: int | None = None):
+    """The backend of a task id: Habitat-* on habitat-sim, MiniWorld-* on MiniWorld."""
+    if task.startswith('Habitat-'):
+        from habitat_bridge.embodied.habitat_backend import HabitatSimBackend
+        return HabitatSimBackend(task, width, height, max_episode_steps)
+    from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend
+    return MiniWorldBackend(task, width, height, max_episode_steps)
+
+
 class EmbodiedVecEnv:
-    """N MiniWorld robots of one task; `reset(seed)` seeds robot i with seed + i."""
+    """N robots of one embodied task; `reset(seed)` seeds robot i with seed + i."""
 
     def __init__(self, task: str, num_envs: int, observation: str = 'rgbd', width: int = 64, height: int = 64,
                  max_episode_steps: int | None = None, render_env: int | None = None, perceive: bool = True):
         """render_env and perceive are MiniGridVecEnv's: every robot here renders its camera anyway,
         and its perception (with the map) is always built."""
-        from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend
         if observation not in EMBODIED_OBSERVATIONS:
             raise ValueError(f'observation mode {observation!r} is not one of {EMBODIED_OBSERVATIONS}')
         if num_envs < 1:
             raise ValueError(f'num_envs must be at least 1, got {num_envs}')
         self.task, self.num_envs, self.observation = task, num_envs, observation
-        self.envs = [MiniWorldBackend(task, width, height, max_episode_steps) for _ in range(num_envs)]
+        self.envs = [make_backend(task, width, height, max_episode_steps) for _ in range(num_envs)]
         self.camera = self.envs[0].camera
-        self.num_actions = int(self.envs[0].env.action_space.n)
+        self.num_actions = self.envs[0].num_actions
         channels = 4 if observation == 'rgbd' else 3
         self.observation_space = gym.spaces.Box(0, 255, (height, width, channels), np.uint8)
         self._next_episode_id = 0
