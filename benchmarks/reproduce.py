@@ -108,7 +108,12 @@ def frames_to(curve: list, threshold: float) -> int | None:
 
 
 def summarise(out: Path, jobs: list[dict]) -> dict:
-    """results.json, learning_curves.png and results.md from the jobs' files."""
+    """results.json, learning_curves.png and results.md from the files of the jobs done so far."""
+    done = [job for job in jobs if job_path(out, job).exists()]
+    if not done:
+        raise SystemExit(f'no finished job in {out}/runs/ to summarise')
+    total, partial = len(jobs), len(done) < len(jobs)
+    jobs = done
     results = [json.loads(job_path(out, job).read_text()) for job in jobs]
     tasks = list(dict.fromkeys(job['task'] for job in jobs))
     arms = list(dict.fromkeys(job['arm'] for job in jobs))
@@ -124,10 +129,11 @@ def summarise(out: Path, jobs: list[dict]) -> dict:
                 'final_success_sampled': [r['final_success_sampled'] for r in runs],
                 'final_return': [r['final_return'] for r in runs], 'llm_calls': [r['llm_calls'] for r in runs]}
     summary = {'machine': f'{os.cpu_count()} cores, in-process, 1 torch thread per job', 'table': table,
-               'runs': results}
+               'runs': results, 'partial': partial}
     (out / 'results.json').write_text(json.dumps(summary, indent=1))
     plot(out, tasks, arms, results)
-    (out / 'results.md').write_text(markdown(tasks, arms, table))
+    note = f'**Partial: {len(done)} of {total} jobs done.**\n\n' if partial else ''
+    (out / 'results.md').write_text(note + markdown(tasks, arms, table))
     return summary
 
 
@@ -191,6 +197,8 @@ def main():
     parser.add_argument('--episodes', type=int, default=50, help='held-out episodes of each final evaluation')
     parser.add_argument('--jobs', type=int, default=os.cpu_count(), help='jobs run at once (one core each)')
     parser.add_argument('--out', default='runs/reproduce')
+    parser.add_argument('--summarise', action='store_true',
+                        help='run nothing: write the tables and plots of the jobs done so far (a study in progress)')
     parser.add_argument('--quick', action='store_true',
                         help='smoke check: seed 0, 16k frames, 10 episodes, out runs/reproduce-quick')
     args = parser.parse_args()
@@ -209,6 +217,8 @@ def main():
     todo = [job for job in jobs if not job_path(out, job).exists()]
     print(f'{len(jobs)} jobs, {len(jobs) - len(todo)} already done, {args.jobs} at a time; results in {out}/',
           flush=True)
+    if args.summarise:
+        todo = []
     start = time.perf_counter()
     with multiprocessing.get_context('spawn').Pool(args.jobs, maxtasksperchild=1) as pool:
         for done, line in enumerate(pool.imap_unordered(run_and_save, [(job, str(out)) for job in todo]), 1):
