@@ -2,20 +2,32 @@
 with `def main(args=None): spin(MyNode, args)`, and how it declares parameters."""
 from __future__ import annotations
 
+import signal
+
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 
 
 def spin(node_class, args=None) -> None:
-    """Run `node_class()` until Ctrl-C, shutdown, or until it sets `node.done`; then destroy it."""
-    rclpy.init(args=args)
+    """Run `node_class()` until Ctrl-C or SIGTERM, shutdown, or until it sets `node.done`; then
+    destroy it.
+
+    Ctrl-C ends the loop between callbacks rather than raising KeyboardInterrupt wherever the
+    process is: raised inside rclpy's C++ message conversion, it surfaced as a RuntimeError
+    ("Unable to convert call argument") and the node exited with an error.
+    """
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.append(True))
     node = None
     try:
         node = node_class()
         executor = SingleThreadedExecutor()  # one for the whole run: rclpy.spin_once re-adds the node each call
         executor.add_node(node)
-        while rclpy.ok() and not getattr(node, 'done', False):
+        while rclpy.ok() and not stop and not getattr(node, 'done', False):
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # nodes keep what they wrote last (checkpoints, recordings): see their destroy_node()
