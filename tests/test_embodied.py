@@ -8,7 +8,7 @@ import pytest
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Twist
 from llm_teacher_msgs.msg import Perception
-from nav_msgs.msg import Odometry
+from nav_msgs.msg import OccupancyGrid, Odometry
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from ros_helpers import spin_until
 from sensor_msgs.msg import CameraInfo, Image
@@ -120,10 +120,11 @@ def sim_node():
 
 
 def test_node_publishes_a_robots_topics(sim_node, ros_node):
-    got = {name: [] for name in ('rgb', 'depth', 'info', 'odom', 'tf', 'tf_static', 'perception')}
+    got = {name: [] for name in ('rgb', 'depth', 'info', 'odom', 'tf', 'tf_static', 'perception', 'map')}
     for name, kind, topic in (('rgb', Image, 'camera/image_raw'), ('depth', Image, 'camera/depth/image_raw'),
                               ('info', CameraInfo, 'camera/camera_info'), ('odom', Odometry, 'odom'),
-                              ('tf', TFMessage, '/tf'), ('perception', Perception, 'perception')):
+                              ('tf', TFMessage, '/tf'), ('perception', Perception, 'perception'),
+                              ('map', OccupancyGrid, 'map')):
         ros_node.create_subscription(kind, topic, got[name].append, 50)
     latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     ros_node.create_subscription(TFMessage, '/tf_static', got['tf_static'].append, latched)
@@ -149,6 +150,10 @@ def test_node_publishes_a_robots_topics(sim_node, ros_node):
     static = {(t.header.frame_id, t.child_frame_id) for t in got['tf_static'][-1].transforms}
     assert static == {('base_link', 'camera_link'), ('camera_link', 'camera_optical_frame')}
     assert got['perception'][-1].task_family == 'embodied'
+    grid = got['map'][-1]  # the robot's map: what it has seen free and occupied, in the map frame
+    assert grid.header.frame_id == 'map' and grid.info.resolution == 0.25 and grid.info.width == grid.info.height > 0
+    cells = np.frombuffer(bytes(grid.data), np.int8)
+    assert len(cells) == grid.info.width * grid.info.height and (cells == 0).any() and (cells == 100).any()
 
 
 def test_node_drives_with_cmd_vel_and_actions(sim_node, ros_node):

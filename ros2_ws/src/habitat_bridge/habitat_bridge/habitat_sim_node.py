@@ -9,6 +9,7 @@ and publishes, all with one stamp:
     odom                                       nav_msgs/Odometry (odom -> base_link)
     /tf, /tf_static                            map -> odom -> base_link -> camera_link -> camera_optical_frame
     perception                                 llm_teacher_msgs/Perception (what the teacher reads)
+    map                                        nav_msgs/OccupancyGrid (the robot's map from depth and odometry)
 
 Commands: `action` (std_msgs/Int32, one discrete action, applied once) and `cmd_vel`
 (geometry_msgs/Twist, held until it is zero or older than cmd_vel_timeout; mapped to the nearest
@@ -21,7 +22,7 @@ import time
 
 from geometry_msgs.msg import Twist
 from llm_teacher_msgs.msg import Perception
-from nav_msgs.msg import Odometry
+from nav_msgs.msg import OccupancyGrid, Odometry
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
@@ -30,7 +31,7 @@ from tf2_msgs.msg import TFMessage
 
 from habitat_bridge.commands import MOTIONS, action_for_velocity, velocity_for_action
 from habitat_bridge.embodied import sensors
-from habitat_bridge.messages import perception_msg, rgb_image_msg
+from habitat_bridge.messages import occupancy_grid_msg, perception_msg, rgb_image_msg
 from habitat_bridge.spin import parameter, spin
 
 BACKENDS = ('miniworld', 'habitat')
@@ -68,6 +69,7 @@ class HabitatSimNode(Node):
         self.info_pub = self.create_publisher(CameraInfo, 'camera/camera_info', 2)
         self.odom_pub = self.create_publisher(Odometry, 'odom', 10)
         self.perception_pub = self.create_publisher(Perception, 'perception', 10)
+        self.map_pub = self.create_publisher(OccupancyGrid, 'map', 2)
         self.tf_pub = self.create_publisher(TFMessage, '/tf', 10)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_publisher(TFMessage, '/tf_static', latched).publish(
@@ -121,6 +123,10 @@ class HabitatSimNode(Node):
         self.odom_pub.publish(sensors.odometry_msg(step.pose, velocity, stamp))
         self.tf_pub.publish(TFMessage(transforms=sensors.dynamic_transforms(step.pose, stamp)))
         self.perception_pub.publish(perception_msg(step.perception))
+        if step.perception.occupancy is not None:
+            grid = occupancy_grid_msg(step.perception.occupancy)
+            grid.header.stamp = stamp
+            self.map_pub.publish(grid)
 
     def destroy_node(self):
         self.sim.close()

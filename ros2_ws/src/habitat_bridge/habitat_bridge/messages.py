@@ -32,6 +32,8 @@ def step_batch_msg(step: VecStep, seq: int, stamp: Time, obs_encoding: str, num_
     out.success = step.success.tolist()
     out.episode_ids = step.episode_ids.tolist()
     out.perceptions = [perception_msg(p) for p in step.perceptions]
+    if step.perceptions and step.perceptions[0].occupancy is not None:
+        out.maps = [occupancy_grid_msg(p.occupancy) for p in step.perceptions]
     return out
 
 
@@ -46,8 +48,6 @@ def perception_msg(p: Perception) -> msg.Perception:
     if p.carrying is not None:
         out.carrying = _object_msg(p.carrying)
     out.pose.x, out.pose.y, out.pose.theta = p.x, p.y, float(p.heading)
-    if p.occupancy is not None:
-        out.occupancy = occupancy_grid_msg(p.occupancy)
     return out
 
 
@@ -64,9 +64,7 @@ def occupancy_grid_msg(grid: OccupancyGrid) -> OccupancyGridMsg:
     return out
 
 
-def occupancy_grid_from_msg(m: OccupancyGridMsg) -> OccupancyGrid | None:
-    if m.info.width == 0:
-        return None
+def occupancy_grid_from_msg(m: OccupancyGridMsg) -> OccupancyGrid:
     cells = np.frombuffer(bytes(m.data), np.int8).reshape(m.info.height, m.info.width).T.copy()
     return OccupancyGrid(cells, (m.info.origin.position.x, m.info.origin.position.y), m.info.resolution)
 
@@ -78,8 +76,15 @@ def perception_from_msg(m: msg.Perception) -> Perception:
         carrying=_object_from_msg(m.carrying) if m.carrying.type else None,
         x=m.pose.x, y=m.pose.y,
         heading=int(round(m.pose.theta)) if m.task_family == 'gridworld' else m.pose.theta,
-        occupancy=occupancy_grid_from_msg(m.occupancy),
     )
+
+
+def perceptions_from_msg(batch: msg.StepBatch) -> list[Perception]:
+    """Every environment's perception of a step batch, with its robot's map where it has one."""
+    perceptions = [perception_from_msg(p) for p in batch.perceptions]
+    for perception, grid in zip(perceptions, batch.maps):
+        perception.occupancy = occupancy_grid_from_msg(grid)
+    return perceptions
 
 
 def _object_msg(o: PerceivedObject) -> msg.PerceivedObject:

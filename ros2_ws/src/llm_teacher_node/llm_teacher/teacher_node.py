@@ -14,7 +14,7 @@ from llm_teacher_msgs.msg import StepBatch, SuggestionBatch, TeacherStatus
 from llm_teacher_msgs.msg import Suggestion as SuggestionMsg
 from rclpy.node import Node
 
-from habitat_bridge.messages import observations_from_msg, perception_from_msg
+from habitat_bridge.messages import observations_from_msg, perceptions_from_msg
 from habitat_bridge.spin import parameter, spin
 from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir
 from llm_teacher.cache import AnswerCache
@@ -65,8 +65,8 @@ class TeacherNode(Node):
         observations = observations_from_msg(batch)
         out = SuggestionBatch(seq=batch.seq)
         out.header.stamp = self.get_clock().now().to_msg()
-        for obs, perception in zip(observations, batch.perceptions):
-            s = self.teacher.suggest(perception_from_msg(perception), obs)
+        for obs, perception in zip(observations, perceptions_from_msg(batch)):
+            s = self.teacher.suggest(perception, obs)
             out.suggestions.append(SuggestionMsg(
                 valid=s.valid, options=s.options, option_probs=s.option_probs,
                 action_probs=np.asarray(s.action_probs, np.float32).tolist(), source=self.teacher.source,
