@@ -37,13 +37,13 @@ from habitat_bridge.spin import parameter, spin
 BACKENDS = ('miniworld', 'habitat')
 
 
-def make_backend(name: str, env: str, width: int, height: int):
+def make_backend(name: str, env: str, width: int, height: int, scene: str = ''):
     if name == 'miniworld':
         from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend
         return MiniWorldBackend(env, width, height)
     if name == 'habitat':
         from habitat_bridge.embodied.habitat_backend import HabitatSimBackend
-        return HabitatSimBackend(env, width, height)
+        return HabitatSimBackend(env, width, height, scene=scene or None)
     raise ValueError(f'unknown backend {name!r}; available: {", ".join(BACKENDS)}')
 
 
@@ -54,13 +54,14 @@ class HabitatSimNode(Node):
         env = parameter(self, 'env', 'MiniWorld-PutNext-v0', 'Environment id of the backend')
         width = parameter(self, 'width', 64, 'Camera width in pixels')
         height = parameter(self, 'height', 64, 'Camera height in pixels')
+        scene = parameter(self, 'scene', '', "habitat backend: a .glb scene instead of the primitive rooms ('' for those)")
         rate_hz = parameter(self, 'rate_hz', 10.0, 'Control and sensor rate (one simulator step per period)')
         self.seed = parameter(self, 'seed', 0, 'Seed of the first episode; each next episode adds 1')
         self.cmd_vel_timeout = parameter(self, 'cmd_vel_timeout', 0.5, 'A cmd_vel older than this (s) stops the robot')
         if rate_hz <= 0:
             raise SystemExit(f'habitat_sim_node: rate_hz must be > 0, got {rate_hz}')
         try:
-            self.sim = make_backend(backend, env, width, height)
+            self.sim = make_backend(backend, env, width, height, scene)
         except (ValueError, RuntimeError) as err:
             raise SystemExit(f'habitat_sim_node: {err}') from err
         self.period = 1.0 / rate_hz

@@ -85,6 +85,7 @@ class Placed:
     x: float  # map frame
     y: float
     size: float
+    floor: float = 0.0  # habitat height of the floor under it
 
 
 def four_rooms(rng: np.random.Generator, objects: int) -> tuple[list[tuple[float, float, float, float]], list[Placed], tuple[float, float, float]]:
@@ -122,7 +123,10 @@ class HabitatSimBackend:
     num_actions = 8
 
     def __init__(self, env_id: str = 'Habitat-GoToObject-v0', width: int = 64, height: int = 64,
-                 max_episode_steps: int | None = None, hfov: float = 60.0, sensor_height: float = 1.5):
+                 max_episode_steps: int | None = None, hfov: float = 60.0, sensor_height: float = 1.5,
+                 scene: str | None = None):
+        """scene: a .glb (or a scene of a dataset) to use instead of the four primitive rooms; the
+        objects then go to random navigable points of its navmesh."""
         if env_id not in TASKS:
             raise ValueError(f'unknown habitat task {env_id!r}; known: {", ".join(TASKS)}')
         try:
@@ -153,7 +157,8 @@ class HabitatSimBackend:
             'turn_right': habitat_sim.agent.ActionSpec('turn_right', actuation(amount=math.degrees(self.turn_angle))),
         }
         sim_cfg = habitat_sim.SimulatorConfiguration()
-        sim_cfg.scene_id = 'NONE'  # an empty stage: the rooms are built from primitives
+        sim_cfg.scene_id = scene or 'NONE'  # NONE: an empty stage, the rooms are built from primitives
+        self.scene = scene
         sim_cfg.enable_physics = True
         self.sim = habitat_sim.Simulator(habitat_sim.Configuration(sim_cfg, [agent_cfg]))
         self.mapper = OccupancyMapper(self.camera)
@@ -185,8 +190,14 @@ class HabitatSimBackend:
         if seed is not None:
             self.rng = np.random.default_rng(seed)
         walls, placed, start = four_rooms(self.rng, 4)
-        # Primitive cubes span [-1, 1] (0.3's cubeSolid): scale is half the size.
-        self._add_static(self._template('cubeSolid', [ROOM, 0.05, ROOM], 'floor'), map_to_habitat(0, 0, -0.05))
+        if self.scene:  # the user's scene: its own walls; objects and robot on its navmesh
+            self._recompute_navmesh()
+            self.sim.pathfinder.seed(int(self.rng.integers(2**31)))
+            points = [self.sim.pathfinder.get_random_navigable_point() for _ in range(len(placed) + 1)]
+            placed = [Placed(p.kind, *habitat_to_map(point), p.size, float(point[1])) for p, point in zip(placed, points)]
+            start, walls = (*habitat_to_map(points[-1]), start[2]), []
+        else:  # primitive cubes span [-1, 1] (0.3's cubeSolid): scale is half the size
+            self._add_static(self._template('cubeSolid', [ROOM, 0.05, ROOM], 'floor'), map_to_habitat(0, 0, -0.05))
         for i, (x0, y0, x1, y1) in enumerate(walls):
             sx, sy = (x1 - x0) / 2, (y1 - y0) / 2
             handle = self._template('cubeSolid', [sy, 1.25, sx], f'wall_{i}')  # habitat x = -map y, z = -map x
@@ -194,7 +205,7 @@ class HabitatSimBackend:
         self.objects = {}
         for obj in placed:
             handle = self._template(KINDS[obj.kind], [obj.size / 2] * 3, f'object_{obj.kind}')
-            self.objects[obj.kind] = self._add_static(handle, map_to_habitat(obj.x, obj.y, obj.size / 2))
+            self.objects[obj.kind] = self._add_static(handle, map_to_habitat(obj.x, obj.y, obj.floor + obj.size / 2))
         self.target = placed[0].kind
         self.mission = (f'go to the {self.target}' if self.task == 'Habitat-GoToObject-v0'
                         else f'put the {placed[0].kind} next to the {placed[1].kind}')
