@@ -49,11 +49,15 @@ def test_student_and_sim_train_across_processes(tmp_path, ros_node):
         # Step batches went sim -> student and action batches back, or no rollout would finish.
         spin_until(ros_node, lambda: len(statuses) >= 1, 120, 'a training_status message from student_node')
         hello = foxglove_hello(logs)
-        spin_until(ros_node, lambda: len(statuses) >= 2, 120, 'two training_status messages from student_node')
+        spin_until(ros_node, lambda: any(s.frames == 3 * ROLLOUT for s in statuses), 120,
+                   'the training_status of the last update')
         code = runner.wait()  # the student exits at its budget; the runner stops the others
     assert code == 0, '\n'.join(logs)
-    assert [s.frames for s in statuses[:2]] == [ROLLOUT, 2 * ROLLOUT]
-    assert statuses[1].updates == 2 and statuses[1].teacher_weight == 0.0
+    # One status per update. (Under load this node's subscription can match after the first one
+    # was sent, so the statuses seen are a tail of [128, 256, 384].)
+    frames = [s.frames for s in statuses]
+    assert frames == [ROLLOUT * k for k in range(4 - len(frames), 4)], frames
+    assert all(s.updates == s.frames // ROLLOUT and s.teacher_weight == 0.0 for s in statuses)
     assert all(p.poll() is not None for p in runner.processes.values())
     assert (tmp_path / 'policy.pt').is_file() and (tmp_path / 'policy_last.pt').is_file()
     assert (tmp_path / 'tensorboard').is_dir()
