@@ -75,7 +75,7 @@ def test_embodied_skills_reach_the_target_when_told_the_right_option():
     """The skills alone (option chosen by a script that reads only the perception: go to the
     mission's object once seen, explore before): most seeded episodes end at the target."""
     envs = EmbodiedVecEnv(TASK, 1)
-    skills = EmbodiedSkills(envs.envs[0].turn_angle, envs.envs[0].step_length)
+    skills = EmbodiedSkills(envs.envs[0].turn_angle)
     solved, episodes = 0, 8
     for seed in range(episodes):
         step = envs.reset(seed=100 + seed)

@@ -77,10 +77,10 @@ def steps_to(goal: np.ndarray, passable: np.ndarray, until: tuple[int, int] | No
 
 
 class EmbodiedSkills:
-    """Skills for a robot with the given motion steps (MiniWorld's defaults: 15 degrees, 0.15 m)."""
+    """Skills for a robot that turns `turn_angle` per turn action (MiniWorld's default: 15 degrees)."""
 
-    def __init__(self, turn_angle: float = math.radians(15), step_length: float = 0.15):
-        self.turn_angle, self.step_length = turn_angle, step_length
+    def __init__(self, turn_angle: float = math.radians(15)):
+        self.turn_angle = turn_angle
 
     def action(self, option: Option, perception: Perception, passable: np.ndarray) -> int | None:
         """The action `option` takes now, or None when it has nothing left to do here."""
