@@ -47,7 +47,7 @@ def test_camera_info_is_the_pinhole_of_the_field_of_view(backend):
 def test_depth_agrees_with_the_intrinsics(backend):
     """Where K projects the bottom of a visible box (on the floor, camera_height below the lens),
     the depth image holds about the box's forward distance: rgb, depth and CameraInfo agree."""
-    camera, f = backend.camera, sensors.focal_length_px(backend.camera)
+    camera, f = backend.camera, backend.camera.focal_length_px
     checked = agreed = 0
     for seed in range(20):
         step = backend.reset(seed=seed)

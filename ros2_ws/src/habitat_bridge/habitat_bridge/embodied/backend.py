@@ -6,6 +6,7 @@ clockwise from x. Object positions in a `Perception` are relative to the robot's
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,6 +21,11 @@ class Pose:
     y: float
     yaw: float
 
+    def relative(self, x: float, y: float) -> tuple[float, float]:
+        """(forward, left) in base_link of the map point (x, y)."""
+        dx, dy, cos, sin = x - self.x, y - self.y, math.cos(self.yaw), math.sin(self.yaw)
+        return cos * dx + sin * dy, -sin * dx + cos * dy
+
 
 @dataclass
 class CameraSpec:
@@ -30,6 +36,11 @@ class CameraSpec:
     vfov_deg: float
     height_m: float
     forward_m: float = 0.0
+
+    @property
+    def focal_length_px(self) -> float:
+        """Pinhole focal length in pixels from the vertical field of view (square pixels)."""
+        return (self.height / 2) / math.tan(math.radians(self.vfov_deg) / 2)
 
 
 @dataclass

@@ -71,7 +71,7 @@ def visible_in_depth(forward: float, left: float, up: float, depth: np.ndarray, 
     if z <= 0.05:
         return False
     height, width = depth.shape
-    focal = (camera.height / 2) / math.tan(math.radians(camera.vfov_deg) / 2)
+    focal = camera.focal_length_px
     col = round((width - 1) / 2 - left * focal / z)
     row = round((height - 1) / 2 - (up - camera.height_m) * focal / z)
     if not (0 <= col < width and 0 <= row < height):
@@ -263,14 +263,10 @@ class HabitatSimBackend:
     def _object_xy(self, kind: str) -> tuple[float, float]:
         return habitat_to_map(self.objects[kind].translation)
 
-    def _relative(self, pose: Pose, x: float, y: float) -> tuple[float, float]:
-        dx, dy, cos, sin = x - pose.x, y - pose.y, math.cos(pose.yaw), math.sin(pose.yaw)
-        return cos * dx + sin * dy, -sin * dx + cos * dy
-
     def _pick_up(self) -> None:
         pose = self.pose()
         for kind in self.objects:
-            forward, left = self._relative(pose, *self._object_xy(kind))
+            forward, left = pose.relative(*self._object_xy(kind))
             if self.carrying is None and math.hypot(forward, left) <= REACH and abs(math.atan2(left, forward)) < math.radians(30):
                 self.carrying = kind
                 self.objects[kind].motion_type = self.hs.physics.MotionType.KINEMATIC
@@ -292,7 +288,7 @@ class HabitatSimBackend:
     def _success(self, action: int) -> bool:
         if self.task == 'Habitat-GoToObject-v0':
             pose = self.pose()
-            return math.hypot(*self._relative(pose, *self._object_xy(self.target))) <= REACH
+            return math.hypot(*pose.relative(*self._object_xy(self.target))) <= REACH
         first, second = list(self.objects)[:2]
         near = math.dist(self._object_xy(first), self._object_xy(second)) <= REACH + 0.5
         return action == DROP and self.carrying is None and near
@@ -306,13 +302,13 @@ class HabitatSimBackend:
         for kind in self.objects:
             if kind == self.carrying:
                 continue
-            forward, left = self._relative(pose, *self._object_xy(kind))
+            forward, left = pose.relative(*self._object_xy(kind))
             if visible_in_depth(forward, left, 0.25, depth, self.camera):
                 self._last_seen[kind] = self._object_xy(kind)
         for kind, (x, y) in sorted(self._last_seen.items()):
             if kind == self.carrying:
                 continue
-            forward, left = self._relative(pose, x, y)
+            forward, left = pose.relative(x, y)
             objects.append(PerceivedObject(type=kind, forward=forward, left=left,
                                            visible=visible_in_depth(forward, left, 0.25, depth, self.camera)))
         holding = PerceivedObject(type=self.carrying) if self.carrying else None

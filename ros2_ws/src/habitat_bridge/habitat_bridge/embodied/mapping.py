@@ -51,7 +51,7 @@ class OccupancyGrid:
 def obstacle_points(depth: np.ndarray, camera: CameraSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(forward, left) in base_link of every depth pixel, and which of them are obstacles."""
     height, width = depth.shape
-    focal = (camera.height / 2) / math.tan(math.radians(camera.vfov_deg) / 2)
+    focal = camera.focal_length_px
     rows, cols = np.mgrid[0:height, 0:width]
     left = -(cols - (width - 1) / 2) * depth / focal
     above_floor = camera.height_m - (rows - (height - 1) / 2) * depth / focal
@@ -96,8 +96,7 @@ class OccupancyMapper:
         return OccupancyGrid(grid.cells.copy(), grid.origin, grid.resolution)  # a snapshot: the map changes
 
     def _bearings(self, width: int) -> np.ndarray:
-        focal = (self.camera.height / 2) / math.tan(math.radians(self.camera.vfov_deg) / 2)
-        return np.arctan(-(np.arange(width) - (width - 1) / 2) / focal)
+        return np.arctan(-(np.arange(width) - (width - 1) / 2) / self.camera.focal_length_px)
 
     def _mark(self, forward: np.ndarray, left: np.ndarray, pose: Pose, value: int) -> None:
         cos, sin = math.cos(pose.yaw), math.sin(pose.yaw)

@@ -105,16 +105,14 @@ class MiniWorldBackend:
         for index, ent in enumerate(world.entities):
             if ent in visible and not isinstance(ent, self._agent_class):
                 self._last_seen[index] = (float(ent.pos[0]), float(-ent.pos[2]))
-        cos, sin = math.cos(pose.yaw), math.sin(pose.yaw)
         objects = []
         for index, (x, y) in sorted(self._last_seen.items()):
             ent = world.entities[index]
             if ent is carried:
                 continue
-            dx, dy = x - pose.x, y - pose.y
+            forward, left = pose.relative(x, y)
             objects.append(PerceivedObject(type=self._kind_of(ent), color=getattr(ent, 'color', '') or '',
-                                           forward=cos * dx + sin * dy, left=-sin * dx + cos * dy,
-                                           visible=ent in visible))
+                                           forward=forward, left=left, visible=ent in visible))
         holding = None
         if carried is not None:
             holding = PerceivedObject(type=self._kind_of(carried), color=getattr(carried, 'color', '') or '')

@@ -21,19 +21,14 @@ MAP, ODOM, BASE, CAMERA, OPTICAL = 'map', 'odom', 'base_link', 'camera_link', 'c
 OPTICAL_ROTATION = Quaternion(x=-0.5, y=0.5, z=-0.5, w=0.5)
 
 
-def focal_length_px(camera: CameraSpec) -> float:
-    """Pinhole focal length in pixels from the vertical field of view (square pixels)."""
-    return (camera.height / 2) / math.tan(math.radians(camera.vfov_deg) / 2)
-
-
 def hfov_deg(camera: CameraSpec) -> float:
-    return math.degrees(2 * math.atan((camera.width / 2) / focal_length_px(camera)))
+    return math.degrees(2 * math.atan((camera.width / 2) / camera.focal_length_px))
 
 
 def camera_info_msg(camera: CameraSpec, stamp: Time) -> CameraInfo:
     """Ideal pinhole intrinsics; the principal point is the image centre in ROS pixel coordinates
     (the first pixel's centre is 0, so the centre is (W-1)/2, (H-1)/2)."""
-    f = focal_length_px(camera)
+    f = camera.focal_length_px
     cx, cy = (camera.width - 1) / 2, (camera.height - 1) / 2
     return CameraInfo(header=Header(stamp=stamp, frame_id=OPTICAL), width=camera.width, height=camera.height,
                       distortion_model='plumb_bob', d=[0.0] * 5,
