@@ -47,14 +47,18 @@ def _shift(mask: np.ndarray, di: int, dj: int) -> np.ndarray:
     return out
 
 
-def _dilate(mask: np.ndarray, cells: int) -> np.ndarray:
-    out = mask.copy()
-    for _ in range(cells):
-        grown = out.copy()
-        for di, dj in NEIGHBOURS:
-            grown |= _shift(out, di, dj)
-        out = grown
+def _neighbours(mask: np.ndarray, moves=NEIGHBOURS) -> np.ndarray:
+    """Cells one move away from a cell of `mask`."""
+    out = np.zeros_like(mask)
+    for di, dj in moves:
+        out |= _shift(mask, di, dj)
     return out
+
+
+def _dilate(mask: np.ndarray, cells: int) -> np.ndarray:
+    for _ in range(cells):
+        mask = mask | _neighbours(mask)
+    return mask
 
 
 def steps_to(goal: np.ndarray, passable: np.ndarray, until: tuple[int, int] | None = None, limit: int = 400) -> np.ndarray:
@@ -64,10 +68,7 @@ def steps_to(goal: np.ndarray, passable: np.ndarray, until: tuple[int, int] | No
     frontier = goal & passable
     distance[frontier] = 0
     for k in range(1, limit):
-        grown = np.zeros_like(frontier)
-        for di, dj in NEIGHBOURS:
-            grown |= _shift(frontier, di, dj)
-        frontier = grown & passable & np.isinf(distance)
+        frontier = _neighbours(frontier) & passable & np.isinf(distance)
         if not frontier.any():
             break
         distance[frontier] = k
@@ -110,22 +111,18 @@ class EmbodiedSkills:
 
     def explore(self, perception: Perception, passable: np.ndarray) -> int:
         """Towards the nearest frontier; with none reachable, turn to look around."""
-        unknown = perception.occupancy.cells == UNKNOWN
-        touches_unknown = np.zeros_like(unknown)
-        for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-            touches_unknown |= _shift(unknown, di, dj)
+        touches_unknown = _neighbours(perception.occupancy.cells == UNKNOWN, ((1, 0), (-1, 0), (0, 1), (0, -1)))
         action = self.follow(perception, passable, passable & touches_unknown, min_steps=FRONTIER_MIN)
         return TURN_LEFT if action is None else action
 
     def follow(self, perception: Perception, passable: np.ndarray, goal: np.ndarray, min_steps: int = 0) -> int | None:
         """Steer down the shortest path to `goal`; None when no goal cell is reachable."""
         grid = perception.occupancy
+        i, j = grid.cell_of(perception.x, perception.y)
         if min_steps:  # goals right under the robot are ones it cannot see from here: skip them
-            i, j = grid.cell_of(perception.x, perception.y)
             near = np.zeros_like(goal)
             near[max(i - min_steps, 0):i + min_steps + 1, max(j - min_steps, 0):j + min_steps + 1] = True
             goal = goal & ~near
-        i, j = grid.cell_of(perception.x, perception.y)
         distance = steps_to(goal, passable, until=(i, j))
         if not np.isfinite(distance[i, j]):
             return None
