@@ -226,12 +226,11 @@ def main():
     todo = [job for job in jobs if not job_path(out, job).exists()]
     print(f'{len(jobs)} jobs, {len(jobs) - len(todo)} already done, {args.jobs} at a time; results in {out}/',
           flush=True)
-    if args.summarise:
-        todo = []
     start = time.perf_counter()
-    with multiprocessing.get_context('spawn').Pool(args.jobs, maxtasksperchild=1) as pool:
-        for done, line in enumerate(pool.imap_unordered(run_and_save, [(job, str(out)) for job in todo]), 1):
-            print(f'[{done}/{len(todo)}, {time.perf_counter() - start:.0f} s] {line}', flush=True)
+    if todo and not args.summarise:
+        with multiprocessing.get_context('spawn').Pool(args.jobs, maxtasksperchild=1) as pool:
+            for done, line in enumerate(pool.imap_unordered(run_and_save, [(job, str(out)) for job in todo]), 1):
+                print(f'[{done}/{len(todo)}, {time.perf_counter() - start:.0f} s] {line}', flush=True)
     summarise(out, jobs)
     print((out / 'results.md').read_text())
 

@@ -84,8 +84,7 @@ def act_alone(teacher: Teacher, task: str, episodes: int, grounded: bool = True,
                     if mode == 'sampled':
                         returns.append(episode_return)
                     break
-    if hasattr(envs, 'close'):
-        envs.close()
+    envs.close()
     return {'sampled': successes['sampled'] / episodes, 'greedy': successes['greedy'] / episodes,
             'sampled_return': float(np.mean(returns))}
 

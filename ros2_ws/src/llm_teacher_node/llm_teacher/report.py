@@ -45,13 +45,9 @@ def teacher_alone_success(run_dir: Path, task: str, episodes: int) -> float | No
     """The embedded teacher's act-alone success on `task`, using the run's answer cache."""
     if episodes <= 0:
         return None
-    from llm_teacher.backends import TransformersBackend
-    from llm_teacher.cache import AnswerCache
     from llm_teacher.evaluate import evaluate
-    from llm_teacher.mediator import Mediator
-    from llm_teacher.planner import Planner
-    from llm_teacher.teacher import Teacher
-    teacher = Teacher(Planner(TransformersBackend(), 'score'), AnswerCache(run_dir / 'answers.sqlite'), Mediator.from_file())
+    from llm_teacher.teacher import embedded_teacher
+    teacher = embedded_teacher(run_dir / 'answers.sqlite')
     try:
         return evaluate(teacher, task, episodes, grounded=True)['act_alone_success']
     finally:

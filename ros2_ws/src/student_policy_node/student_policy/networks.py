@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
+from habitat_bridge.vector import EMBODIED_OBSERVATIONS
+
 # Sizes of the per-channel vocabularies of MiniGrid encodings: object type (11), colour (6),
 # state (3), agent layer (0 or 1 + heading). Rounded up so unexpected codes do not crash.
 CHANNEL_VOCAB = 16
@@ -70,7 +72,7 @@ ENCODERS = {'grid': GridEncoder, 'image': ImageEncoder}
 
 def encoder_for(obs_encoding: str) -> str:
     """The encoder of a simulator's observation encoding (StepBatch.obs_encoding)."""
-    return 'image' if obs_encoding in ('rgb', 'rgbd') else 'grid'
+    return 'image' if obs_encoding in EMBODIED_OBSERVATIONS else 'grid'
 
 
 class ActorCritic(nn.Module):

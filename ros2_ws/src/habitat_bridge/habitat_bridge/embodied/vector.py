@@ -16,8 +16,7 @@ import numpy as np
 
 from habitat_bridge.embodied.backend import EmbodiedStep
 from habitat_bridge.minigrid.vector import VecStep
-
-EMBODIED_OBSERVATIONS = ('rgbd', 'rgb')
+from habitat_bridge.vector import EMBODIED_OBSERVATIONS
 DEPTH_STEP_M = 0.04
 
 

@@ -121,6 +121,10 @@ class MiniGridVecEnv:
         """RGB frame (H, W, 3) of env `index` (created with render_env=index)."""
         return self.envs[index].render()
 
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
     def _new_episode_id(self) -> int:
         self._next_episode_id += 1
         return self._next_episode_id
