@@ -17,8 +17,8 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', str(10 + os.getpid() % 90))
 
 import rclpy  # noqa: E402
+from habitat_bridge.spin import make_executor  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Int32  # noqa: E402
 
@@ -57,7 +57,7 @@ def over_dds(env: str, size: int, seconds: float) -> float:
         node.create_subscription(Image, 'camera/image_raw', lambda m: counts.__setitem__('rgb', counts['rgb'] + 1), 2)
         node.create_subscription(Image, 'camera/depth/image_raw',
                                  lambda m: counts.__setitem__('depth', counts['depth'] + 1), 2)
-        executor = SingleThreadedExecutor(context=node.context)
+        executor = make_executor(node.context)
         executor.add_node(node)
         deadline = time.monotonic() + 60
         while counts['stepped'] < 20 or counts['depth'] < 20:  # warm up: discovery done, images flowing

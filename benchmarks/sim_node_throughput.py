@@ -17,11 +17,11 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', str(10 + os.getpid() % 90))
 
 import rclpy  # noqa: E402
+from habitat_bridge.spin import make_executor  # noqa: E402
 from llm_teacher_msgs.msg import ActionBatch, StepBatch  # noqa: E402
 
 from habitat_bridge.minigrid.vector import MiniGridVecEnv  # noqa: E402
 from llm_teacher.launch_runner import LaunchRunner, NodeSpec  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 
 def in_process(task: str, num_envs: int, seconds: float) -> float:
@@ -53,7 +53,7 @@ def over_dds(task: str, num_envs: int, seconds: float) -> float:
             publisher.publish(ActionBatch(seq=batch.seq, actions=rng.integers(0, batch.num_actions, num_envs).tolist()))
 
         node.create_subscription(StepBatch, 'step_batch', answer, 10)
-        executor = SingleThreadedExecutor(context=node.context)
+        executor = make_executor(node.context)
         executor.add_node(node)
         deadline = time.monotonic() + 60
         while seen['count'] < 20:  # warm up: the sim is running and discovery done

@@ -214,7 +214,10 @@ def main(argv=None) -> int:
                 print(f"    '{name}':\n        {description}\n        (default: '{default}')")
             return 0
         specs = module.nodes(resolve_arguments(module.ARGUMENTS, options.arguments))
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the nodes as on Ctrl-C
+        # Stop the nodes on Ctrl-C and on SIGTERM, also when started in the background by a shell
+        # (which starts it with SIGINT ignored, so Python installs no Ctrl-C handler of its own).
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.default_int_handler)
         runner = LaunchRunner(specs)
         runner.start()
     except (ValueError, FileNotFoundError) as err:
