@@ -53,7 +53,7 @@ def nodes(args: dict) -> list:
                           parameters=[{'foxglove_port': int(args['foxglove_port'])}]))
     if args['record'].lower() == 'true':
         graph.append(NodeSpec('llm_teacher', 'recorder_node', 'recorder_node',
-                              parameters=[{'run_dir': args['run_dir']}]))
+                              parameters=[{'run_dir': args['run_dir'], 'perceptions': not plain_ppo}]))
     return graph
 
 

@@ -3,7 +3,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from llm_teacher_msgs.msg import ActionBatch, StepBatch
+from llm_teacher_msgs.msg import ActionBatch, PerceptionBatch, StepBatch
 from llm_teacher_msgs.srv import ResetEnvs
 from ros_helpers import spin_until
 from sensor_msgs.msg import Image
@@ -32,30 +32,37 @@ class Driver:
     def __init__(self, node):
         self.node = node
         self.batches: list[StepBatch] = []
+        self.perceptions: list[PerceptionBatch] = []
         self.images: list[Image] = []
         self.actions = node.create_publisher(ActionBatch, 'action_batch', 10)
         node.create_subscription(StepBatch, 'step_batch', self.batches.append, 10)
+        node.create_subscription(PerceptionBatch, 'perception_batch', self.perceptions.append, 10)
         node.create_subscription(Image, 'image', self.images.append, 1)
         self.reset_client = node.create_client(ResetEnvs, 'reset_envs')
 
     def reset(self, seed: int) -> StepBatch:
         spin_until(self.node, self.reset_client.service_is_ready, 30, 'reset_envs service from minigrid_sim_node')
         # A service can be 'ready' before the server has matched our response reader, and DDS then drops
-        # the answer (seen in CI under load); a reset with a seed is idempotent, so ask again.
+        # the answer (seen in CI under load); a reset with a seed is idempotent, so ask again. The same
+        # when the sim had not yet matched our perception subscription: it perceives only for subscribers.
         for attempt in range(3):
             future = self.reset_client.call_async(ResetEnvs.Request(seed=seed))
             try:
                 response = spin_until(self.node, lambda: future.result(), 5, 'reset_envs response')
-                break
+                assert response.success
+                self.perception_batch(response.seq, timeout=2)
+                return self.batch(response.seq)
             except TimeoutError:
                 if attempt == 2:
                     raise
-        assert response.success
-        return self.batch(response.seq)
 
     def batch(self, seq: int, timeout: float = 10) -> StepBatch:
         found = lambda: next((b for b in self.batches if b.seq == seq), None)  # noqa: E731
         return spin_until(self.node, found, timeout, f'step batch {seq} from minigrid_sim_node')
+
+    def perception_batch(self, seq: int, timeout: float = 10) -> PerceptionBatch:
+        found = lambda: next((b for b in self.perceptions if b.seq == seq), None)  # noqa: E731
+        return spin_until(self.node, found, timeout, f'perception batch {seq} from minigrid_sim_node')
 
     def send(self, seq: int, actions) -> None:
         self.actions.publish(ActionBatch(seq=seq, actions=[int(a) for a in actions]))
@@ -70,7 +77,9 @@ def test_steps_over_dds_exactly_as_in_process(sim_node, ros_node):
     successes = resets = 0
     for _ in range(300):
         assert np.array_equal(observations_from_msg(batch), expected.observations)
-        assert [perception_from_msg(p) for p in batch.perceptions] == expected.perceptions
+        perceptions = driver.perception_batch(batch.seq)
+        assert perceptions.header.stamp == batch.header.stamp and not perceptions.maps
+        assert [perception_from_msg(p) for p in perceptions.perceptions] == expected.perceptions
         # The scripted expert (privileged, on the shadow copy) picks the actions, so episodes succeed.
         actions = []
         for i, env in enumerate(shadow.envs):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from llm_teacher_msgs.msg import StepBatch, SuggestionBatch, TeacherStatus
+from llm_teacher_msgs.msg import PerceptionBatch, StepBatch, SuggestionBatch, TeacherStatus
 from ros_helpers import spin_until
 
-from habitat_bridge.messages import step_batch_msg
+from habitat_bridge.messages import perception_batch_msg, step_batch_msg
 from habitat_bridge.minigrid.observation import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from llm_teacher.backends import LLMError, OpenAIBackend, embedded_model_dir
@@ -87,12 +87,15 @@ def test_teacher_node_survives_a_dead_server_and_reports_errors(tmp_path, ros_no
     ros_node.create_subscription(SuggestionBatch, 'suggestion_batch', suggestions.append, 10)
     ros_node.create_subscription(TeacherStatus, 'teacher_status', statuses.append, 10)
     publisher = ros_node.create_publisher(StepBatch, 'step_batch', 10)
+    perception_publisher = ros_node.create_publisher(PerceptionBatch, 'perception_batch', 10)
     envs = MiniGridVecEnv('MiniGrid-SimpleDoorKey-v0', 2)
     step = envs.reset(seed=0)
     logs = []
     with LaunchRunner([spec], log=logs.append) as runner:
         for seq in range(200):
-            publisher.publish(step_batch_msg(step, seq, ros_node.get_clock().now().to_msg(), 'memory_map', 7))
+            stamp = ros_node.get_clock().now().to_msg()
+            publisher.publish(step_batch_msg(step, seq, stamp, 'memory_map', 7))
+            perception_publisher.publish(perception_batch_msg(step.perceptions, seq, stamp))
             step = envs.step(np.zeros(2, int))
             try:
                 spin_until(ros_node, lambda: statuses and statuses[-1].llm_errors > 0, 0.2, 'an LLM error')

@@ -81,11 +81,12 @@ def test_student_and_sim_train_across_processes(tmp_path, ros_node):
     messages = [(m.channel.topic, m.ros_msg) for m in read_ros2_messages(str(recording))]
     topics = {topic for topic, _ in messages}
     assert {'/step_batch', '/action_batch', '/training_status', '/image'} <= topics, topics
+    assert '/perception_batch' not in topics  # plain PPO: no teacher, so no one needs them
     steps = {msg.seq: msg for topic, msg in messages if topic == '/step_batch'}
     actions = {msg.seq: msg for topic, msg in messages if topic == '/action_batch'}
     assert len(steps) >= 2 and set(actions) <= set(steps)  # a sample of the batches, with their answers
     for msg in steps.values():
-        assert msg.num_envs == NUM_ENVS and len(msg.observations) == NUM_ENVS * 10 * 10 * 4 and len(msg.perceptions) == NUM_ENVS
+        assert msg.num_envs == NUM_ENVS and len(msg.observations) == NUM_ENVS * 10 * 10 * 4
     for msg in actions.values():
         assert len(msg.actions) == NUM_ENVS and len(msg.action_probs) == NUM_ENVS * 7
     # The recorder may join a moment after the first status; what it got is in order and exact.
@@ -156,6 +157,11 @@ def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ro
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and 'data:image/png;base64,' in page.read_text()
     recording = read_recording(tmp_path)
     assert recording['/teacher_status'] and recording['/image'] and recording['/suggestion_batch']
+    # With a teacher the perceptions it read are recorded too, with the sampled step batches.
+    steps = {msg.seq for _, msg in recording.get('/step_batch', [])}
+    perceptions = [msg for _, msg in recording.get('/perception_batch', [])]
+    assert perceptions and {msg.seq for msg in perceptions} <= steps
+    assert all(len(msg.perceptions) == NUM_ENVS and msg.perceptions[0].task_family == 'gridworld' for msg in perceptions)
     texts = [suggestion_at(recording['/suggestion_batch'], t) for t, _ in recording['/image']]
     assert any(text != 'no suggestion yet' for text in texts), texts
 

@@ -31,9 +31,17 @@ def step_batch_msg(step: VecStep, seq: int, stamp: Time, obs_encoding: str, num_
     out.truncated = step.truncated.tolist()
     out.success = step.success.tolist()
     out.episode_ids = step.episode_ids.tolist()
-    out.perceptions = [perception_msg(p) for p in step.perceptions]
-    if step.perceptions and step.perceptions[0].occupancy is not None:
-        out.maps = [occupancy_grid_msg(p.occupancy) for p in step.perceptions]
+    return out
+
+
+def perception_batch_msg(perceptions: list[Perception], seq: int, stamp: Time,
+                         frame_id: str = 'map') -> msg.PerceptionBatch:
+    """What the N environments of step batch `seq` perceive (with their maps where they have them)."""
+    out = msg.PerceptionBatch(seq=seq, perceptions=[perception_msg(p) for p in perceptions])
+    out.header.stamp = stamp
+    out.header.frame_id = frame_id
+    if perceptions and perceptions[0].occupancy is not None:
+        out.maps = [occupancy_grid_msg(p.occupancy) for p in perceptions]
     return out
 
 
@@ -79,8 +87,8 @@ def perception_from_msg(m: msg.Perception) -> Perception:
     )
 
 
-def perceptions_from_msg(batch: msg.StepBatch) -> list[Perception]:
-    """Every environment's perception of a step batch, with its robot's map where it has one."""
+def perceptions_from_msg(batch: msg.PerceptionBatch) -> list[Perception]:
+    """Every environment's perception of a perception batch, with its robot's map where it has one."""
     perceptions = [perception_from_msg(p) for p in batch.perceptions]
     for perception, grid in zip(perceptions, batch.maps):
         perception.occupancy = occupancy_grid_from_msg(grid)

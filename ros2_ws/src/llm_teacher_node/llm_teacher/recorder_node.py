@@ -1,8 +1,10 @@
 """recorder_node: writes a sample of a training run to an MCAP file (rosbag2 layout) with rosbags.
 
 Records the teacher's suggestions, the training and teacher status and the sim's image as they
-come, and every `step_every`-th step batch with the action batch answering it (step batches are
-the bulk: 1 in 20 keeps a 300k-frame run near 10 MB). Messages are stored as received (CDR), so
+come, and every `step_every`-th step batch with the action batch answering it and, with
+perceptions:=true (train.launch.py sets it where a teacher runs), the perception batch of the same
+seq (step batches are the bulk: 1 in 20 keeps a 300k-frame run near 10 MB). Perceptions are off
+otherwise because subscribing to them makes the sim compute them. Messages are stored as received (CDR), so
 `ros2 bag play`, Foxglove and any MCAP reader replay them.
 
 Each start writes a new recording under run_dir/recordings/<date-time>/; the file is finalised on
@@ -23,12 +25,16 @@ from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from llm_teacher_msgs.msg import ActionBatch, StepBatch, SuggestionBatch, TeacherStatus, TrainingStatus
+from llm_teacher_msgs.msg import (ActionBatch, PerceptionBatch, StepBatch, SuggestionBatch, TeacherStatus,
+                                  TrainingStatus)
 from sensor_msgs.msg import Image
 
-# topic -> message class; step batches (and their actions) are sampled, the rest recorded whole.
-TOPICS = {'step_batch': StepBatch, 'action_batch': ActionBatch, 'suggestion_batch': SuggestionBatch,
-          'training_status': TrainingStatus, 'teacher_status': TeacherStatus, 'image': Image}
+# topic -> message class; step batches (and their actions and perceptions) are sampled, the rest
+# recorded whole.
+TOPICS = {'step_batch': StepBatch, 'action_batch': ActionBatch, 'perception_batch': PerceptionBatch,
+          'suggestion_batch': SuggestionBatch, 'training_status': TrainingStatus, 'teacher_status': TeacherStatus,
+          'image': Image}
+SAMPLED_WITH_STEPS = {'action_batch': ActionBatch, 'perception_batch': PerceptionBatch}  # small to decode
 
 
 def ros_type_name(message_class) -> str:
@@ -54,19 +60,23 @@ class RecorderNode(Node):
         super().__init__('recorder_node')
         run_dir = self.declare_parameter('run_dir', 'runs/train').value
         self.step_every = max(1, int(self.declare_parameter('step_every', 20).value))
+        topics = dict(TOPICS)
+        if not self.declare_parameter('perceptions', False).value:
+            del topics['perception_batch']
         self.path = Path(run_dir) / 'recordings' / time.strftime('%Y%m%d-%H%M%S')
         self.path.parent.mkdir(parents=True, exist_ok=True)
         typestore = typestore_with_project_messages()
         self.writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
         self.writer.open()
         self.connections = {}
-        self.recorded_seqs: set[int] = set()  # sampled step batches whose actions are still to come
+        # seqs of the sampled step batches whose actions (perceptions) are still to come
+        self.recorded_seqs = {topic: set() for topic in SAMPLED_WITH_STEPS}
         self.steps_seen = 0
-        for topic, message_class in TOPICS.items():
+        for topic, message_class in topics.items():
             name = self.resolve_topic_name(topic)
             self.connections[topic] = self.writer.add_connection(name, ros_type_name(message_class), typestore=typestore)
             self.create_subscription(message_class, topic, lambda data, t=topic: self.on_message(t, data), 10, raw=True)
-        self.counts = dict.fromkeys(TOPICS, 0)
+        self.counts = dict.fromkeys(topics, 0)
         self.get_logger().info(f'recording {", ".join(self.connections)} to {self.path}')
 
     def on_message(self, topic: str, data: bytes) -> None:
@@ -74,12 +84,14 @@ class RecorderNode(Node):
             self.steps_seen += 1
             if self.steps_seen % self.step_every:
                 return
-            self.recorded_seqs.add(deserialize_message(data, StepBatch).seq)  # only the sampled ones
-        elif topic == 'action_batch':
-            seq = deserialize_message(data, ActionBatch).seq  # small
-            if seq not in self.recorded_seqs:
+            seq = deserialize_message(data, StepBatch).seq  # only the sampled ones
+            for seqs in self.recorded_seqs.values():
+                seqs.add(seq)
+        elif topic in SAMPLED_WITH_STEPS:
+            seq = deserialize_message(data, SAMPLED_WITH_STEPS[topic]).seq
+            if seq not in self.recorded_seqs[topic]:
                 return
-            self.recorded_seqs.discard(seq)
+            self.recorded_seqs[topic].discard(seq)
         self.writer.write(self.connections[topic], self.get_clock().now().nanoseconds, data)
         self.counts[topic] += 1
 

@@ -1,6 +1,7 @@
 """teacher_node: answers each step batch with a suggestion batch (same seq), never blocking the loop.
 
-Subscribes to `step_batch`, publishes `suggestion_batch` and, every second, `teacher_status`.
+Subscribes to `step_batch` and `perception_batch` (paired by seq), publishes `suggestion_batch`
+and, every second, `teacher_status`.
 
     ros2 run llm_teacher teacher_node --ros-args -p backend:=openai -p base_url:=http://localhost:8000 -p model:=qwen
 """
@@ -10,7 +11,7 @@ import functools
 import os
 
 import numpy as np
-from llm_teacher_msgs.msg import StepBatch, SuggestionBatch, TeacherStatus
+from llm_teacher_msgs.msg import PerceptionBatch, StepBatch, SuggestionBatch, TeacherStatus
 from llm_teacher_msgs.msg import Suggestion as SuggestionMsg
 from rclpy.node import Node
 
@@ -53,19 +54,33 @@ class TeacherNode(Node):
             raise SystemExit(f'teacher_node: {err}') from err
         self.suggestion_pub = self.create_publisher(SuggestionBatch, 'suggestion_batch', QOS_DEPTH)
         self.status_pub = self.create_publisher(TeacherStatus, 'teacher_status', QOS_DEPTH)
-        self.create_subscription(StepBatch, 'step_batch', self.on_step, QOS_DEPTH)
+        # The sim publishes a step's observations and perceptions apart; each waits here for its pair.
+        self.steps: dict[int, StepBatch] = {}
+        self.perceptions: dict[int, PerceptionBatch] = {}
+        self.create_subscription(StepBatch, 'step_batch', lambda b: self.on_batch(b, self.steps, self.perceptions),
+                                 QOS_DEPTH)
+        self.create_subscription(PerceptionBatch, 'perception_batch',
+                                 lambda b: self.on_batch(b, self.perceptions, self.steps), QOS_DEPTH)
         self.create_timer(1.0, self.publish_status)
         self.last_seq = -1
         self.get_logger().info(f'teacher {self.teacher.source} ({mode}), cache {cache_path}')
 
-    def on_step(self, batch: StepBatch) -> None:
+    def on_batch(self, batch: StepBatch | PerceptionBatch, mine: dict, other: dict) -> None:
         if batch.seq == self.last_seq:
             return  # a resend of the batch just answered
+        partner = other.pop(batch.seq, None)
+        if partner is None:
+            mine[batch.seq] = batch
+            while len(mine) > QOS_DEPTH:  # its pair was lost (or the sim restarted its seq)
+                mine.pop(next(iter(mine)))
+            return
         self.last_seq = batch.seq
-        observations = observations_from_msg(batch)
-        out = SuggestionBatch(seq=batch.seq)
+        self.answer(*((batch, partner) if isinstance(batch, StepBatch) else (partner, batch)))
+
+    def answer(self, step: StepBatch, perceptions: PerceptionBatch) -> None:
+        out = SuggestionBatch(seq=step.seq)
         out.header.stamp = self.get_clock().now().to_msg()
-        for obs, perception in zip(observations, perceptions_from_msg(batch)):
+        for obs, perception in zip(observations_from_msg(step), perceptions_from_msg(perceptions)):
             s = self.teacher.suggest(perception, obs)
             out.suggestions.append(SuggestionMsg(
                 valid=s.valid, options=s.options, option_probs=s.option_probs,

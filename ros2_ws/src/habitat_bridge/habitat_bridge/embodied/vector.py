@@ -45,12 +45,12 @@ class EmbodiedVecEnv:
     def __init__(self, task: str, num_envs: int, observation: str = 'rgbd', width: int = 64, height: int = 64,
                  max_episode_steps: int | None = None, render_env: int | None = None, perceive: bool = True):
         """render_env and perceive are MiniGridVecEnv's: every robot here renders its camera anyway,
-        and its perception (with the map) is always built."""
+        and builds its map every step (perceive=False only leaves the perceptions out of each step)."""
         if observation not in EMBODIED_OBSERVATIONS:
             raise ValueError(f'observation mode {observation!r} is not one of {EMBODIED_OBSERVATIONS}')
         if num_envs < 1:
             raise ValueError(f'num_envs must be at least 1, got {num_envs}')
-        self.task, self.num_envs, self.observation = task, num_envs, observation
+        self.task, self.num_envs, self.observation, self.perceive = task, num_envs, observation, perceive
         self.envs = [make_backend(task, width, height, max_episode_steps) for _ in range(num_envs)]
         self.camera = self.envs[0].camera
         self.num_actions = self.envs[0].num_actions
@@ -90,7 +90,7 @@ class EmbodiedVecEnv:
                        self._episode_ids.copy(), self.perceptions())
 
     def perceptions(self):
-        return [step.perception for step in self._last]
+        return [step.perception for step in self._last] if self.perceive else []
 
     def render(self, index: int = 0) -> np.ndarray:
         return self._last[index].rgb
