@@ -276,3 +276,51 @@ def test_habitat_backend_runs_where_habitat_sim_is_installed():
     assert moved == pytest.approx(sim.step_length, abs=0.02) or moved == 0.0  # 0: against a wall
     assert step.perception.mission.startswith('go to the')
     sim.close()
+
+
+# --- habitat-lab PointNav: its conversions here, the task where habitat-lab and its data are installed ---
+
+def test_habitat_lab_point_goal_becomes_a_goal_relative_to_base_link():
+    from habitat_bridge.embodied.backend import Pose
+    from habitat_bridge.embodied.habitat_lab_backend import goal_perception
+    # habitat-lab's [rho, -phi]: -phi is the bearing to the left; 2 m ahead-left at 30 degrees.
+    perception = goal_perception(np.array([2.0, math.radians(30)], np.float32), Pose(1.0, 2.0, 0.5))
+    goal, = perception.objects
+    assert goal.type == 'goal' and goal.visible and perception.mission == 'go to the goal'
+    assert (goal.forward, goal.left) == pytest.approx((2.0 * math.cos(math.radians(30)), 1.0))
+    assert perception.task_family == 'embodied' and (perception.x, perception.y, perception.heading) == (1.0, 2.0, 0.5)
+    right, = goal_perception(np.array([1.0, -math.pi / 2], np.float32), Pose(0, 0, 0)).objects
+    assert (right.forward, right.left) == pytest.approx((0.0, -1.0), abs=1e-6)
+
+
+def test_habitat_lab_depth_is_metres():
+    from habitat_bridge.embodied.habitat_lab_backend import depth_in_metres
+    normalised = np.array([[[0.0], [0.5]], [[1.0], [0.25]]], np.float32)  # (H, W, 1) as the DepthSensor gives it
+    assert depth_in_metres(normalised, 0.0, 10.0, True) == pytest.approx(np.array([[0.0, 5.0], [10.0, 2.5]]))
+    assert depth_in_metres(normalised, 0.5, 5.5, True)[0, 1] == pytest.approx(3.0)
+    assert depth_in_metres(normalised * 7, 0.0, 10.0, False)[1, 0] == pytest.approx(7.0)
+
+
+def test_habitat_lab_unknown_task_is_a_clear_error():
+    from habitat_bridge.embodied.habitat_lab_backend import HabitatLabBackend
+    with pytest.raises(ValueError, match="unknown habitat-lab task 'Habitat-ObjectNav-v9'; known: Habitat-PointNav-v0"):
+        HabitatLabBackend('Habitat-ObjectNav-v9')
+
+
+def test_habitat_lab_point_nav_runs_where_habitat_lab_and_its_data_are_installed():
+    pytest.importorskip('habitat', reason='habitat-lab is not installed (it needs habitat-sim, conda only)')
+    from habitat_bridge.embodied.habitat_lab_backend import HabitatLabBackend
+    try:
+        robot = HabitatLabBackend('Habitat-PointNav-v0', 64, 48)
+    except (FileNotFoundError, RuntimeError) as err:  # habitat-lab without its test scenes and episodes
+        pytest.skip(f'habitat-lab PointNav data missing: {err}')
+    step = robot.reset(seed=0)
+    assert step.rgb.shape == (48, 64, 3) and step.depth.shape == (48, 64) and step.perception.objects[0].type == 'goal'
+    before = step.perception.objects[0]
+    step = robot.step(FORWARD)
+    after = step.perception.objects[0]
+    assert math.hypot(after.forward - before.forward, after.left - before.left) <= robot.step_length + 0.05
+    idle = robot.step(3)  # back: PointNav has no such action, so nothing moves
+    assert idle.pose == step.pose and not idle.terminated and not idle.truncated
+    assert robot.step(7).terminated  # done = habitat-lab's STOP, which ends the episode, success or not
+    robot.close()

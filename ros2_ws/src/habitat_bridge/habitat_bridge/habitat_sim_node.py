@@ -1,8 +1,10 @@
 """habitat_sim_node: an embodied simulator as a robot's standard ROS 2 topics.
 
-Backends: 'miniworld' (MiniWorld 2.1, CPU, headless) and 'habitat' (habitat-sim 0.3, where it is
-installed: env Habitat-GoToObject-v0 or Habitat-PutNext-v0). Every control period (1 / rate_hz) the node applies the newest command, steps the simulator
-and publishes, all with one stamp:
+Backends: 'miniworld' (MiniWorld 2.1, CPU, headless), 'habitat' (habitat-sim 0.3, where it is
+installed: env Habitat-GoToObject-v0 or Habitat-PutNext-v0) and 'habitat_lab' (habitat-lab's
+PointNav, where it and its data are installed: env Habitat-PointNav-v0). Every control period
+(1 / rate_hz) the node applies the newest command, steps the simulator and publishes, all with one
+stamp:
 
     camera/image_raw, camera/depth/image_raw   sensor_msgs/Image rgb8 and 32FC1 (metres)
     camera/camera_info                         sensor_msgs/CameraInfo (pinhole from the field of view)
@@ -34,16 +36,19 @@ from habitat_bridge.embodied import sensors
 from habitat_bridge.messages import occupancy_grid_msg, perception_msg, rgb_image_msg
 from habitat_bridge.spin import parameter, spin
 
-BACKENDS = ('miniworld', 'habitat')
+BACKENDS = ('miniworld', 'habitat', 'habitat_lab')
 
 
-def make_backend(name: str, env: str, width: int, height: int, scene: str = ''):
+def make_backend(name: str, env: str, width: int, height: int, scene: str = '', config: str = ''):
     if name == 'miniworld':
         from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend
         return MiniWorldBackend(env, width, height)
     if name == 'habitat':
         from habitat_bridge.embodied.habitat_backend import HabitatSimBackend
         return HabitatSimBackend(env, width, height, scene=scene or None)
+    if name == 'habitat_lab':
+        from habitat_bridge.embodied.habitat_lab_backend import HabitatLabBackend
+        return HabitatLabBackend(env, width, height, config_path=config or None)
     raise ValueError(f'unknown backend {name!r}; available: {", ".join(BACKENDS)}')
 
 
@@ -55,13 +60,14 @@ class HabitatSimNode(Node):
         width = parameter(self, 'width', 64, 'Camera width in pixels')
         height = parameter(self, 'height', 64, 'Camera height in pixels')
         scene = parameter(self, 'scene', '', "habitat backend: a .glb scene instead of the primitive rooms ('' for those)")
+        config = parameter(self, 'config', '', "habitat_lab backend: a habitat-lab task config instead of the env's")
         rate_hz = parameter(self, 'rate_hz', 10.0, 'Control and sensor rate (one simulator step per period)')
         self.seed = parameter(self, 'seed', 0, 'Seed of the first episode; each next episode adds 1')
         self.cmd_vel_timeout = parameter(self, 'cmd_vel_timeout', 0.5, 'A cmd_vel older than this (s) stops the robot')
         if rate_hz <= 0:
             raise SystemExit(f'habitat_sim_node: rate_hz must be > 0, got {rate_hz}')
         try:
-            self.sim = make_backend(backend, env, width, height, scene)
+            self.sim = make_backend(backend, env, width, height, scene, config)
         except (ValueError, RuntimeError) as err:
             raise SystemExit(f'habitat_sim_node: {err}') from err
         self.period = 1.0 / rate_hz

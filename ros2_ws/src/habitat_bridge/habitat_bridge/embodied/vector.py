@@ -31,7 +31,11 @@ def decode_depth(channel: np.ndarray) -> np.ndarray:
 
 
 def make_backend(task: str, width: int, height: int, max_episode_steps: int | None = None):
-    """The backend of a task id: Habitat-* on habitat-sim, MiniWorld-* on MiniWorld."""
+    """The backend of a task id: Habitat-PointNav-v0 on habitat-lab, other Habitat-* on habitat-sim,
+    MiniWorld-* on MiniWorld."""
+    from habitat_bridge.embodied import habitat_lab_backend
+    if task in habitat_lab_backend.TASKS:
+        return habitat_lab_backend.HabitatLabBackend(task, width, height, max_episode_steps)
     if task.startswith('Habitat-'):
         from habitat_bridge.embodied.habitat_backend import HabitatSimBackend
         return HabitatSimBackend(task, width, height, max_episode_steps)
