@@ -4,8 +4,8 @@ Records the teacher's suggestions, the training and teacher status and the sim's
 come, and every `step_every`-th step batch with the action batch answering it and, with
 perceptions:=true (train.launch.py sets it where a teacher runs), the perception batch of the same
 seq (step batches are the bulk: 1 in 20 keeps a 300k-frame run near 10 MB). Perceptions are off
-otherwise because subscribing to them makes the sim compute them. Messages are stored as received (CDR), so
-`ros2 bag play`, Foxglove and any MCAP reader replay them.
+otherwise because subscribing to them makes the sim compute them. Messages are stored as received
+(CDR), so `ros2 bag play`, Foxglove and any MCAP reader replay them.
 
 Each start writes a new recording under run_dir/recordings/<date-time>/; the file is finalised on
 Ctrl-C or SIGTERM, and an MCAP cut short by a kill still reads up to its last chunk.
@@ -70,7 +70,7 @@ class RecorderNode(Node):
         self.writer.open()
         self.connections = {}
         # seqs of the sampled step batches whose actions (perceptions) are still to come
-        self.recorded_seqs = {topic: set() for topic in SAMPLED_WITH_STEPS}
+        self.recorded_seqs = {topic: set() for topic in SAMPLED_WITH_STEPS if topic in topics}
         self.steps_seen = 0
         for topic, message_class in topics.items():
             name = self.resolve_topic_name(topic)
