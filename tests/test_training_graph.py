@@ -11,6 +11,7 @@ import pytest
 from llm_teacher_msgs.msg import SuggestionBatch, TeacherStatus, TrainingStatus
 from mcap_ros2.reader import read_ros2_messages
 from ros_helpers import spin_until
+from sensor_msgs.msg import Image
 from websockets.sync.client import connect
 
 from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
@@ -134,16 +135,21 @@ def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ro
                                              'recorder_node']
     specs[1].parameters.append({'num_steps': NUM_STEPS})
     assert specs[2].parameters[-1]['cache_path'] == str(tmp_path / 'answers.sqlite')  # the run keeps its answers
-    statuses, teacher_statuses, suggestions = [], [], []
+    statuses, teacher_statuses, suggestions, images = [], [], [], []
     ros_node.create_subscription(TrainingStatus, 'training_status', statuses.append, 10)
     ros_node.create_subscription(TeacherStatus, 'teacher_status', teacher_statuses.append, 10)
     ros_node.create_subscription(SuggestionBatch, 'suggestion_batch', suggestions.append, 10)
+    ros_node.create_subscription(Image, 'image', images.append, 1)
     logs = []
     with LaunchRunner(specs, log=logs.append):
         spin_until(ros_node, lambda: any(s.teacher_coverage > 0.5 for s in statuses), 240,
                    'training_status with teacher coverage above 0.5 (is teacher_node answering?)')
         spin_until(ros_node, lambda: teacher_statuses and teacher_statuses[-1].llm_calls > 0, 60,
                    'teacher_status with an LLM call')
+        # The rendering comes at 2 Hz: let the recorder get frames from after the teacher's first answers
+        # (a fast run could end before one, and the report's strip would show no suggestion).
+        shown = len(images)
+        spin_until(ros_node, lambda: len(images) >= shown + 2, 30, 'two more images from minigrid_sim_node')
     assert any(s.teacher_weight > 9 for s in statuses)
     valid = [s for batch in suggestions for s in batch.suggestions if s.valid]
     assert valid, '\n'.join(logs[-30:])
