@@ -18,6 +18,8 @@ ARGUMENTS = {
     'task': ('MiniGrid-SimpleDoorKey-v0', 'MiniGrid task id (the paper tasks or any standard one), or a MiniWorld id '
              '(MiniWorld-GoToObject-v0, MiniWorld-PutNext-v0): an embodied robot learning from its rgb + depth camera'),
     'num_envs': ('16', 'Environments stepped in lock-step'),
+    'num_groups': ('1', 'Env groups in flight: 2 lets the sim step one half of the envs while the student acts on the '
+                   'other (double-buffered sampling); num_envs must split evenly'),
     'seed': ('0', 'Seed of the environments and of the student'),
     'total_frames': ('450000', 'Environment frames to train for (450k: ~25 min on 2 cores)'),
     'run_dir': ('runs/train', 'Where checkpoints, logs and the exported policy go'),
@@ -36,7 +38,8 @@ def nodes(args: dict) -> list:
     graph = [
         NodeSpec('habitat_bridge', 'minigrid_sim_node', 'minigrid_sim_node',
                  parameters=[CONFIG / 'minigrid_sim_node.yaml',
-                             {'task': args['task'], 'num_envs': int(args['num_envs']), 'seed': int(args['seed'])}]),
+                             {'task': args['task'], 'num_envs': int(args['num_envs']), 'num_groups': int(args['num_groups']),
+                              'seed': int(args['seed'])}]),
         NodeSpec('student_policy', 'student_node', 'student_node',
                  parameters=[CONFIG / 'student_node.yaml',
                              {'run_dir': args['run_dir'], 'total_frames': int(args['total_frames']),

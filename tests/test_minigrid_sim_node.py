@@ -29,16 +29,16 @@ def sim_node():
 class Driver:
     """A test-side node that talks to the sim node the way the student does."""
 
-    def __init__(self, node):
+    def __init__(self, node, prefix: str = ''):
         self.node = node
         self.batches: list[StepBatch] = []
         self.perceptions: list[PerceptionBatch] = []
         self.images: list[Image] = []
-        self.actions = node.create_publisher(ActionBatch, 'action_batch', 10)
-        node.create_subscription(StepBatch, 'step_batch', self.batches.append, 10)
-        node.create_subscription(PerceptionBatch, 'perception_batch', self.perceptions.append, 10)
-        node.create_subscription(Image, 'image', self.images.append, 1)
-        self.reset_client = node.create_client(ResetEnvs, 'reset_envs')
+        self.actions = node.create_publisher(ActionBatch, f'{prefix}action_batch', 10)
+        node.create_subscription(StepBatch, f'{prefix}step_batch', self.batches.append, 10)
+        node.create_subscription(PerceptionBatch, f'{prefix}perception_batch', self.perceptions.append, 10)
+        node.create_subscription(Image, f'{prefix}image', self.images.append, 1)
+        self.reset_client = node.create_client(ResetEnvs, f'{prefix}reset_envs')
 
     def reset(self, seed: int) -> StepBatch:
         spin_until(self.node, self.reset_client.service_is_ready, 30, 'reset_envs service from minigrid_sim_node')
@@ -64,8 +64,8 @@ class Driver:
         found = lambda: next((b for b in self.perceptions if b.seq == seq), None)  # noqa: E731
         return spin_until(self.node, found, timeout, f'perception batch {seq} from minigrid_sim_node')
 
-    def send(self, seq: int, actions) -> None:
-        self.actions.publish(ActionBatch(seq=seq, actions=[int(a) for a in actions]))
+    def send(self, seq: int, actions, group: int = 0) -> None:
+        self.actions.publish(ActionBatch(seq=seq, group=group, actions=[int(a) for a in actions]))
 
 
 def test_steps_over_dds_exactly_as_in_process(sim_node, ros_node):
@@ -119,6 +119,41 @@ def test_malformed_action_batches_are_rejected_and_the_node_lives_on(sim_node, r
     driver.send(batch.seq, [2] * NUM_ENVS)
     assert driver.batch(batch.seq + 1).seq == batch.seq + 1
     assert sim_node.processes['minigrid_sim_node'].poll() is None
+
+
+def test_env_groups_step_each_on_its_own_actions_as_in_process(ros_node):
+    """num_groups 2 (double-buffered sampling): two batches of half the envs, each group stepped
+    only when its own actions come, exactly as two in-process halves."""
+    half = NUM_ENVS // 2
+    topics = ('step_batch', 'perception_batch', 'action_batch', 'reset_envs', 'image')
+    spec = NodeSpec('habitat_bridge', 'minigrid_sim_node', 'grouped_sim',
+                    parameters=[{'task': TASK, 'num_envs': NUM_ENVS, 'num_groups': 2, 'seed': SEED, 'render_hz': 0.0}],
+                    remappings=[(topic, f'/grouped/{topic}') for topic in topics])
+    with LaunchRunner([spec], log=lambda line: None) as runner:
+        driver = Driver(ros_node, prefix='/grouped/')
+        last = driver.reset(SEED)
+        latest = {0: driver.batch(last.seq - 1), 1: last}  # a reset publishes one batch per group
+        shadows = [MiniGridVecEnv(TASK, half), MiniGridVecEnv(TASK, half)]
+        expected = {g: shadows[g].reset(SEED + g * half) for g in (0, 1)}
+        rng = np.random.default_rng(0)
+        for group in (1, 1, 0, 1, 0, 0, 1):  # out of step on purpose: group 1 runs ahead, then 0 catches up
+            batch = latest[group]
+            assert (batch.group, batch.num_groups, batch.num_envs) == (group, 2, half)
+            assert np.array_equal(observations_from_msg(batch), expected[group].observations)
+            actions = rng.integers(0, 7, half)
+            driver.send(batch.seq, actions, group)
+            latest[group] = spin_until(ros_node, lambda: next((b for b in driver.batches if b.seq > batch.seq
+                                                                and b.group == group), None), 10,
+                                       f'the next step batch of group {group}')
+            expected[group] = shadows[group].step(actions)
+            other = 1 - group  # it waits for its own actions: nothing newer than its latest batch
+            assert max(b.seq for b in driver.batches if b.group == other) == latest[other].seq
+        assert set(latest[0].episode_ids).isdisjoint(latest[1].episode_ids)
+        newest = max(b.seq for b in driver.batches)
+        driver.send(latest[0].seq, [0] * NUM_ENVS)  # a whole batch's worth of actions for a group of half
+        with pytest.raises(TimeoutError):
+            driver.batch(newest + 1, timeout=2)
+        assert runner.processes['grouped_sim'].poll() is None
 
 
 def test_reset_with_a_seed_gives_that_seeds_layouts(sim_node, ros_node):

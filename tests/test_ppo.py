@@ -5,7 +5,7 @@ import torch
 
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from student_policy.checkpoints import CheckpointError, load_learner, save_checkpoint
-from student_policy.ppo import PPOConfig, TeacherSchedule, train
+from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule, train
 from student_policy.storage import compute_gae
 
 PLAIN = TeacherSchedule(initial=0.0, final=0.0)
@@ -65,6 +65,35 @@ def test_distillation_pulls_the_student_towards_the_teacher():
     obs = envs.reset(seed=99).observations
     probs = torch.softmax(learner.policy(torch.from_numpy(obs))[0], -1)
     assert probs[:, 2].min().item() > 0.9
+
+
+def test_env_groups_fill_their_own_columns_at_their_own_pace():
+    """Double-buffered sampling: group 1 runs a step ahead of group 0; each writes only its columns,
+    and the rollout is full (and updates) only once both groups have all their steps."""
+    envs = [MiniGridVecEnv('MiniGrid-SimpleDoorKey-v0', 2), MiniGridVecEnv('MiniGrid-SimpleDoorKey-v0', 2)]
+    config = PPOConfig(total_frames=10_000, num_steps=4, minibatch_size=8)
+    learner = PPOLearner(config, envs[0].observation_space.shape, 4, 7, num_groups=2)
+    steps = [e.reset(seed=10 * g) for g, e in enumerate(envs)]
+    seen = {0: [], 1: []}
+
+    def advance(group):
+        seen[group].append(steps[group].observations)
+        actions = learner.act(steps[group].observations, group=group)
+        steps[group] = envs[group].step(actions)
+        learner.record(steps[group].rewards, steps[group].terminated | steps[group].truncated, steps[group].success,
+                       group=group)
+
+    advance(1)
+    for _ in range(3):
+        advance(0)
+        advance(1)
+    assert learner.storage.steps == [3, 4] and learner.storage.group_full(1) and not learner.storage.full
+    advance(0)
+    assert learner.storage.full and learner.frames == 16
+    for group, columns in ((0, slice(0, 2)), (1, slice(2, 4))):
+        assert np.array_equal(learner.storage.obs[:, columns], np.stack(seen[group]))
+    metrics = learner.update(np.concatenate([steps[0].observations, steps[1].observations]))
+    assert learner.storage.steps == [0, 0] and learner.updates == 1 and np.isfinite(metrics['losses/value_loss'])
 
 
 def small_learner(tmp_path):

@@ -23,11 +23,12 @@ NUM_ENVS, NUM_STEPS = 4, 32
 ROLLOUT = NUM_ENVS * NUM_STEPS
 
 
-def training_graph(run_dir: Path, total_frames: int):
+def training_graph(run_dir: Path, total_frames: int, num_groups: int = 1):
     """train.launch.py's node table, with a tiny rollout so that tests run in seconds."""
     launch = load_launch_file(LAUNCH)
     args = resolve_arguments(launch.ARGUMENTS, [f'run_dir:={run_dir}', f'total_frames:={total_frames}',
-                                                f'num_envs:={NUM_ENVS}', 'plain_ppo:=true', 'foxglove_port:=0'])
+                                                f'num_envs:={NUM_ENVS}', 'plain_ppo:=true', 'foxglove_port:=0',
+                                                f'num_groups:={num_groups}'])
     specs = launch.nodes(args)
     student = next(s for s in specs if s.executable == 'student_node')
     student.parameters.append({'num_steps': NUM_STEPS, 'checkpoint_every': 1, 'eval_episodes': 4, 'test_episodes': 4})
@@ -93,6 +94,27 @@ def test_student_and_sim_train_across_processes(tmp_path, ros_node):
     # The recorder may join a moment after the first status; what it got is in order and exact.
     recorded = [m.frames for t, m in messages if t == '/training_status']
     assert recorded and recorded == sorted(recorded) and set(recorded) <= {ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT}
+
+
+def test_double_buffered_sampling_trains_through_the_graph(tmp_path, ros_node):
+    """num_groups:=2: the sim steps one half of the envs while the student acts on the other; the
+    student fills one rollout of all envs from both groups' batches and updates once per rollout."""
+    statuses = []
+    ros_node.create_subscription(TrainingStatus, 'training_status', statuses.append, 10)
+    logs = []
+    runner = LaunchRunner(training_graph(tmp_path, total_frames=3 * ROLLOUT, num_groups=2), log=logs.append)
+    with runner:
+        spin_until(ros_node, lambda: any(s.frames == 3 * ROLLOUT for s in statuses), 180,
+                   'the training_status of the last update')
+        code = runner.wait()
+    assert code == 0, '\n'.join(logs)
+    assert any(f'new student for {NUM_ENVS} envs (2 group(s))' in line for line in logs), '\n'.join(logs)
+    assert all(s.frames == s.updates * ROLLOUT for s in statuses)
+    assert read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')['counters']['frames'] == 3 * ROLLOUT
+    recording, = (tmp_path / 'recordings').glob('*/*.mcap')
+    steps = [m.ros_msg for m in read_ros2_messages(str(recording)) if m.channel.topic == '/step_batch']
+    assert {msg.group for msg in steps} == {0, 1}  # the recorder samples every group
+    assert all(msg.num_envs == NUM_ENVS // 2 and msg.num_groups == 2 for msg in steps)
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, ros_node):

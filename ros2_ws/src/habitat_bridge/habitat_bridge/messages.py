@@ -16,13 +16,15 @@ from habitat_bridge.minigrid.vector import VecStep
 
 
 def step_batch_msg(step: VecStep, seq: int, stamp: Time, obs_encoding: str, num_actions: int,
-                   frame_id: str = 'map') -> msg.StepBatch:
+                   frame_id: str = 'map', group: int = 0, num_groups: int = 1) -> msg.StepBatch:
+    """Step batch `seq` of env group `group`; its episode ids are made unique across groups."""
     out = msg.StepBatch()
     out.header.stamp = stamp
     out.header.frame_id = frame_id
     out.seq = seq
     out.num_envs = len(step.rewards)
     out.num_actions = num_actions
+    out.group, out.num_groups = group, num_groups
     out.obs_shape = list(step.observations.shape[1:])
     out.obs_encoding = obs_encoding
     out.observations = step.observations.tobytes()
@@ -30,7 +32,7 @@ def step_batch_msg(step: VecStep, seq: int, stamp: Time, obs_encoding: str, num_
     out.terminated = step.terminated.tolist()
     out.truncated = step.truncated.tolist()
     out.success = step.success.tolist()
-    out.episode_ids = step.episode_ids.tolist()
+    out.episode_ids = (step.episode_ids * num_groups + group).tolist()
     return out
 
 
@@ -43,6 +45,13 @@ def perception_batch_msg(perceptions: list[Perception], seq: int, stamp: Time,
     if perceptions and perceptions[0].occupancy is not None:
         out.maps = [occupancy_grid_msg(p.occupancy) for p in perceptions]
     return out
+
+
+def index_in_batch(env: int, group: int, batch_size: int) -> int | None:
+    """Where the sim's environment `env` is in a batch (of `batch_size`) of env group `group`
+    (see StepBatch), or None when it is in another group."""
+    env_group, index = divmod(env, max(batch_size, 1))
+    return index if env_group == group else None
 
 
 def observations_from_msg(batch: msg.StepBatch) -> np.ndarray:

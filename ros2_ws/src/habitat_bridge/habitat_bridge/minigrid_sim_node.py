@@ -7,6 +7,11 @@ teacher) subscribes, `perception_batch` (llm_teacher_msgs/PerceptionBatch, same 
 `action_batch` (llm_teacher_msgs/ActionBatch) answering the current seq, resets on the `reset_envs`
 service, and publishes a throttled rgb rendering of one environment on `image` (sensor_msgs/Image).
 
+With num_groups > 1 the envs form equal groups, each lock-stepped on its own step batches (the
+batch says which group it is): the sim steps one group while the policy acts on another, so
+neither waits for the other nor for the DDS round trip (double-buffered sampling, as in
+Sample Factory).
+
 Perceptions travel apart so that the student, which never reads them, does not wait for their
 conversion: the sim publishes them while the student computes its actions. With no teacher they
 are not even computed (a plain-PPO graph steps ~1.3 ms faster per batch of 16).
@@ -36,21 +41,30 @@ class MiniGridSimNode(Node):
         super().__init__('minigrid_sim_node')
         param = functools.partial(parameter, self)
         task = param('task', 'MiniGrid-SimpleDoorKey-v0', 'Registered MiniGrid id (the paper tasks or any standard one)')
-        num_envs = param('num_envs', 16, 'Environments stepped in lock-step per batch')
+        num_envs = param('num_envs', 16, 'Environments, stepped in lock-step (per group, see num_groups)')
         self.seed = param('seed', 0, 'Environment i starts with seed + i')
         self.observation = param('observation', '', "'memory_map' (the paper's) or 'egocentric' on MiniGrid; 'rgbd' or "
                                  "'rgb' (camera) on MiniWorld; '' the task's default (memory_map, rgbd)")
         render_hz = param('render_hz', 2.0, 'Rate of the rgb rendering on `image` (0 turns it off)')
         self.render_env = param('render_env', 0, 'Which environment `image` shows')
-        republish_s = param('republish_period', 1.0, 'Resend the last step batch when unanswered this long (s)')
+        num_groups = param('num_groups', 1, 'Env groups in flight (num_envs / num_groups per step batch): with 2 the '
+                           'sim steps one group while the policy acts on the other (double-buffered sampling)')
+        republish_s = param('republish_period', 1.0, 'Resend a step batch when unanswered this long (s)')
+        if num_groups < 1 or num_envs % num_groups:
+            raise SystemExit(f'minigrid_sim_node: num_groups {num_groups} does not divide num_envs {num_envs} '
+                             'into equal groups')
+        if not 0 <= self.render_env < num_envs:
+            raise SystemExit(f'minigrid_sim_node: render_env {self.render_env} is not in 0..{num_envs - 1}')
+        self.group_size = num_envs // num_groups
+        render_group, render_index = divmod(self.render_env, self.group_size)
         try:
-            self.envs = make_vec_env(task, num_envs, self.observation,
-                                     render_env=self.render_env if render_hz > 0 else None)
+            self.groups = [make_vec_env(task, self.group_size, self.observation,
+                                        render_env=render_index if render_hz > 0 and g == render_group else None)
+                           for g in range(num_groups)]
             self.observation = self.observation or default_observation(task)
         except ValueError as err:
             raise SystemExit(f'minigrid_sim_node: {err}') from err
-        if not 0 <= self.render_env < num_envs:
-            raise SystemExit(f'minigrid_sim_node: render_env {self.render_env} is not in 0..{num_envs - 1}')
+        self.num_actions = self.groups[0].num_actions
 
         self.step_pub = self.create_publisher(StepBatch, 'step_batch', BATCH_QOS_DEPTH)
         self.perception_pub = self.create_publisher(PerceptionBatch, 'perception_batch', BATCH_QOS_DEPTH)
@@ -62,62 +76,79 @@ class MiniGridSimNode(Node):
         self.create_timer(republish_s, self.republish_if_unanswered)
         self.seq = -1
         self.rejected = 0
-        self._answered = False
-        self.last_perceptions = None
-        self.publish_step(functools.partial(self.envs.reset, self.seed))
-        self.get_logger().info(f'{num_envs} x {task} ({self.observation}), {self.envs.num_actions} actions')
+        self.waiting: dict[int, int] = {}  # seq -> the group whose step batch awaits its actions
+        self.answered = [-1] * num_groups  # per group, the last seq stepped
+        self.unsent: dict[int, tuple] = {}  # seq -> (step batch, perception batch or None), for resends
+        self.stale_at_last_tick: set[int] = set()
+        self.on_reset(ResetEnvs.Request(seed=self.seed), ResetEnvs.Response())
+        self.get_logger().info(f'{num_envs} x {task} ({self.observation}) in {num_groups} group(s), '
+                               f'{self.num_actions} actions')
 
-    def publish_step(self, advance) -> None:
-        """Step or reset the envs (`advance()`) and publish the step batch, then the perceptions."""
-        perceive = self.envs.perceive = self.perception_pub.get_subscription_count() > 0
-        step = advance()
+    def publish_step(self, group: int, advance) -> None:
+        """Step or reset env group `group` (`advance()`), publish its step batch, then its perceptions."""
+        envs = self.groups[group]
+        perceive = envs.perceive = self.perception_pub.get_subscription_count() > 0
+        step = advance(envs)
         self.seq += 1
-        self._answered = False
-        self.last_batch = step_batch_msg(step, self.seq, self.get_clock().now().to_msg(), self.observation,
-                                         self.envs.num_actions)
-        self.step_pub.publish(self.last_batch)
-        self.last_perceptions = None
+        batch = step_batch_msg(step, self.seq, self.get_clock().now().to_msg(), self.observation,
+                               self.num_actions, group=group, num_groups=len(self.groups))
+        self.step_pub.publish(batch)
+        perceptions = None
         if perceive:
-            self.last_perceptions = perception_batch_msg(step.perceptions, self.seq, self.last_batch.header.stamp)
-            self.perception_pub.publish(self.last_perceptions)
+            perceptions = perception_batch_msg(step.perceptions, self.seq, batch.header.stamp)
+            self.perception_pub.publish(perceptions)
+        self.waiting[self.seq] = group
+        self.unsent[self.seq] = (batch, perceptions)
 
     def on_actions(self, batch: ActionBatch) -> None:
-        if batch.seq == self.seq - 1:
-            return  # a repeated answer to the batch just stepped (after our own resend): harmless
+        if batch.seq in self.answered:
+            return  # a repeated answer to a batch already stepped (after our own resend): harmless
         error = self.check_actions(batch)
         if error:
             self.rejected += 1
             self.get_logger().error(f'rejected action batch: {error}', throttle_duration_sec=1.0)
             return
-        self._answered = True
-        self.publish_step(functools.partial(self.envs.step, np.asarray(batch.actions)))
+        group = self.waiting.pop(batch.seq)
+        del self.unsent[batch.seq]
+        self.answered[group] = batch.seq
+        self.publish_step(group, lambda envs: envs.step(np.asarray(batch.actions)))
 
     def check_actions(self, batch: ActionBatch) -> str | None:
         """Why `batch` must not be stepped, or None when it is good."""
-        if batch.seq != self.seq:
-            return f'seq {batch.seq} does not answer the current step batch {self.seq} (stale or from the future)'
-        if len(batch.actions) != self.envs.num_envs:
-            return f'{len(batch.actions)} actions for {self.envs.num_envs} environments'
-        bad = [a for a in batch.actions if not 0 <= a < self.envs.num_actions]
+        if batch.seq not in self.waiting:
+            return (f'seq {batch.seq} does not answer a waiting step batch '
+                    f'({sorted(self.waiting)}): stale or from the future')
+        if len(batch.actions) != self.group_size:
+            return f'{len(batch.actions)} actions for {self.group_size} environments'
+        bad = [a for a in batch.actions if not 0 <= a < self.num_actions]
         if bad:
-            return f'actions {bad[:5]} out of range 0..{self.envs.num_actions - 1}'
+            return f'actions {bad[:5]} out of range 0..{self.num_actions - 1}'
         return None
 
     def on_reset(self, request: ResetEnvs.Request, response: ResetEnvs.Response) -> ResetEnvs.Response:
-        self.publish_step(functools.partial(self.envs.reset, request.seed if request.seed >= 0 else None))
+        # Every group starts over; batches still waiting for actions are void (their answers get rejected).
+        self.waiting.clear()
+        self.unsent.clear()
+        for group in range(len(self.groups)):
+            seed = request.seed + group * self.group_size if request.seed >= 0 else None
+            self.publish_step(group, lambda envs: envs.reset(seed))
         response.success, response.seq = True, self.seq
-        response.message = f'reset {self.envs.num_envs} environments'
+        response.message = f'reset {len(self.groups) * self.group_size} environments'
         return response
 
     def republish_if_unanswered(self) -> None:
-        # A subscriber that joined after the last step batch would otherwise wait forever.
-        if not self._answered:
-            self.step_pub.publish(self.last_batch)
-            if self.last_perceptions is not None:
-                self.perception_pub.publish(self.last_perceptions)
+        # A subscriber that joined after a step batch would otherwise wait forever for it.
+        stale = set(self.unsent)
+        for seq in sorted(stale & self.stale_at_last_tick):
+            batch, perceptions = self.unsent[seq]
+            self.step_pub.publish(batch)
+            if perceptions is not None:
+                self.perception_pub.publish(perceptions)
+        self.stale_at_last_tick = stale
 
     def publish_image(self) -> None:
-        frame = self.envs.render(self.render_env)
+        group, index = divmod(self.render_env, self.group_size)
+        frame = self.groups[group].render(index)
         self.image_pub.publish(rgb_image_msg(frame, self.get_clock().now().to_msg(), f'env_{self.render_env}'))
 
 

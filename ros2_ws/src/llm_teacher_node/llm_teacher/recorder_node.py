@@ -1,7 +1,7 @@
 """recorder_node: writes a sample of a training run to an MCAP file (rosbag2 layout) with rosbags.
 
 Records the teacher's suggestions, the training and teacher status and the sim's image as they
-come, and every `step_every`-th step batch with the action batch answering it and, with
+come, and every `step_every`-th step batch (of each env group) with the action batch answering it and, with
 perceptions:=true (train.launch.py sets it where a teacher runs), the perception batch of the same
 seq (step batches are the bulk: 1 in 20 keeps a 300k-frame run near 10 MB). Perceptions are off
 otherwise because subscribing to them makes the sim compute them. Messages are stored as received
@@ -71,7 +71,7 @@ class RecorderNode(Node):
         self.connections = {}
         # seqs of the sampled step batches whose actions (perceptions) are still to come
         self.recorded_seqs = {topic: set() for topic in SAMPLED_WITH_STEPS if topic in topics}
-        self.steps_seen = 0
+        self.steps_seen: dict[int, int] = {}  # env group -> step batches seen
         for topic, message_class in topics.items():
             name = self.resolve_topic_name(topic)
             self.connections[topic] = self.writer.add_connection(name, ros_type_name(message_class), typestore=typestore)
@@ -81,12 +81,12 @@ class RecorderNode(Node):
 
     def on_message(self, topic: str, data: bytes) -> None:
         if topic == 'step_batch':
-            self.steps_seen += 1
-            if self.steps_seen % self.step_every:
+            batch = deserialize_message(data, StepBatch)
+            seen = self.steps_seen[batch.group] = self.steps_seen.get(batch.group, 0) + 1
+            if seen % self.step_every:
                 return
-            seq = deserialize_message(data, StepBatch).seq  # only the sampled ones
             for seqs in self.recorded_seqs.values():
-                seqs.add(seq)
+                seqs.add(batch.seq)
         elif topic in SAMPLED_WITH_STEPS:
             seq = deserialize_message(data, SAMPLED_WITH_STEPS[topic]).seq
             if seq not in self.recorded_seqs[topic]:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from habitat_bridge.messages import index_in_batch
+
 STRIP_FRAMES = 8
 
 
@@ -60,8 +62,9 @@ def suggestion_at(suggestions: list, time_ns: int, env: int = 0) -> str:
     for t, batch in suggestions:
         if t > time_ns:
             break
-        if env < len(batch.suggestions) and batch.suggestions[env].valid:
-            s = batch.suggestions[env]
+        index = index_in_batch(env, batch.group, len(batch.suggestions))
+        if index is not None and batch.suggestions[index].valid:
+            s = batch.suggestions[index]
             best = int(np.argmax(s.option_probs))
             text = f'{s.options[best]} ({s.option_probs[best]:.2f})'
     return text

@@ -78,7 +78,7 @@ class TeacherNode(Node):
         self.answer(*((batch, partner) if isinstance(batch, StepBatch) else (partner, batch)))
 
     def answer(self, step: StepBatch, perceptions: PerceptionBatch) -> None:
-        out = SuggestionBatch(seq=step.seq)
+        out = SuggestionBatch(seq=step.seq, group=step.group)
         out.header.stamp = self.get_clock().now().to_msg()
         for obs, perception in zip(observations_from_msg(step), perceptions_from_msg(perceptions)):
             s = self.teacher.suggest(perception, obs)

@@ -22,6 +22,7 @@ from llm_teacher_msgs.msg import ActionBatch, SuggestionBatch, TeacherStatus, Tr
 from minigrid.core.actions import Actions
 from rclpy.node import Node
 
+from habitat_bridge.messages import index_in_batch
 from habitat_bridge.spin import spin
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA
@@ -33,7 +34,8 @@ BAR_WIDTH = 0.3
 
 def suggestion_text(batch: SuggestionBatch, env: int) -> tuple[str, float]:
     """'go to the yellow key', 0.82: the teacher's most likely option for `env`, or why there is none."""
-    if env >= len(batch.suggestions) or not batch.suggestions[env].valid:
+    env = index_in_batch(env, batch.group, len(batch.suggestions))
+    if env is None or not batch.suggestions[env].valid:
         return 'teacher: no answer yet', 0.0
     suggestion = batch.suggestions[env]
     best = max(range(len(suggestion.options)), key=lambda i: suggestion.option_probs[i])
@@ -87,6 +89,8 @@ class VisualizationNode(Node):
             self.get_logger().info(f'Foxglove WebSocket server on ws://127.0.0.1:{self.server.port}')
 
     def on_suggestions(self, batch: SuggestionBatch) -> None:
+        if index_in_batch(self.env, batch.group, len(batch.suggestions)) is None:
+            return  # the batch of another env group
         text, probability = suggestion_text(batch, self.env)
         marker = Marker(ns='teacher_suggestion', id=0, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
         marker.header.frame_id, marker.header.stamp = 'map', batch.header.stamp
@@ -101,11 +105,14 @@ class VisualizationNode(Node):
     def on_actions(self, batch: ActionBatch) -> None:
         if not batch.action_probs or not batch.actions:
             return
+        env = index_in_batch(self.env, batch.group, len(batch.actions))
+        if env is None:
+            return  # the batch of another env group
         num_actions = len(batch.action_probs) // len(batch.actions)
-        probs = list(batch.action_probs[self.env * num_actions:(self.env + 1) * num_actions])
+        probs = list(batch.action_probs[env * num_actions:(env + 1) * num_actions])
         if probs:
             self.marker_pub.publish(MarkerArray(markers=action_markers(probs, batch.header.stamp)))
-            self.log('actions', {'seq': batch.seq, 'env': self.env, 'action': int(batch.actions[self.env]),
+            self.log('actions', {'seq': batch.seq, 'env': self.env, 'action': int(batch.actions[env]),
                                  'probs': dict(zip(ACTION_NAMES, probs))})
 
     def on_image(self, image: Image) -> None:

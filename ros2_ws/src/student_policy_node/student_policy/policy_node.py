@@ -59,7 +59,7 @@ class PolicyNode(Node):
         obs = observations_from_msg(batch)
         with torch.no_grad():
             actions = choose_actions(self.policy(torch.from_numpy(obs.copy())), self.greedy)
-        out = ActionBatch(seq=batch.seq, actions=actions.astype(np.int32).tolist())
+        out = ActionBatch(seq=batch.seq, group=batch.group, actions=actions.astype(np.int32).tolist())
         out.header.stamp = self.get_clock().now().to_msg()
         self.action_pub.publish(out)
         if 0 <= self.twist_env < len(actions):

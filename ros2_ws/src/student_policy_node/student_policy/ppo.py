@@ -115,7 +115,8 @@ class PPOConfig:
 class PPOLearner:
     """A student policy and its rollout: act on a batch, record what followed, update when full."""
 
-    def __init__(self, config: PPOConfig, obs_shape: tuple[int, ...], num_envs: int, num_actions: int):
+    def __init__(self, config: PPOConfig, obs_shape: tuple[int, ...], num_envs: int, num_actions: int,
+                 num_groups: int = 1):
         self.config = config
         torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
@@ -124,7 +125,7 @@ class PPOLearner:
         if config.compile:
             self.policy.encoder.compile()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
-        self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions)
+        self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions, num_groups)
         self.num_envs, self.num_actions = num_envs, num_actions
         self.frames = self.updates = self.episodes = 0
         self.recent_returns: deque[float] = deque(maxlen=100)
@@ -139,45 +140,51 @@ class PPOLearner:
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, teacher_probs: np.ndarray | None = None,
-            teacher_mask: np.ndarray | None = None) -> np.ndarray:
-        """Sample actions for a batch of observations and store the step (call record() next)."""
+            teacher_mask: np.ndarray | None = None, group: int = 0) -> np.ndarray:
+        """Sample actions for a batch of observations (of env group `group`) and store the step
+        (call record() next)."""
         dist, values = self.policy.distribution(torch.from_numpy(obs))
         actions = dist.sample()
-        s, t = self.storage, self.storage.step
-        s.obs[t] = obs
-        s.actions[t] = actions.numpy()
-        s.logprobs[t] = dist.log_prob(actions).numpy()
-        s.values[t] = values.numpy()
-        s.teacher_mask[t] = 0.0 if teacher_mask is None else teacher_mask
-        if teacher_probs is not None:
-            s.teacher_probs[t] = teacher_probs
-        self.last_probs = dist.probs.numpy()  # for live views
-        return s.actions[t].copy()
-
-    def attach_teacher(self, step: int, probs: np.ndarray, mask: np.ndarray) -> None:
-        """Attach a teacher suggestion that arrived after acting to step `step` of this rollout."""
-        self.storage.teacher_probs[step] = probs
-        self.storage.teacher_mask[step] = mask
-
-    def record(self, rewards: np.ndarray, dones: np.ndarray, success: np.ndarray) -> None:
-        """What followed the last act(): rewards, episode ends, and which ended in success."""
         s = self.storage
-        s.rewards[s.step] = rewards
-        s.dones[s.step] = dones
-        s.step += 1
-        self.frames += self.num_envs
-        self._episode_return += rewards
+        t, envs = s.steps[group], s.columns(group)
+        s.obs[t, envs] = obs
+        s.actions[t, envs] = actions.numpy()
+        s.logprobs[t, envs] = dist.log_prob(actions).numpy()
+        s.values[t, envs] = values.numpy()
+        s.teacher_mask[t, envs] = 0.0 if teacher_mask is None else teacher_mask
+        if teacher_probs is not None:
+            s.teacher_probs[t, envs] = teacher_probs
+        self.last_probs = dist.probs.numpy()  # for live views
+        return s.actions[t, envs].copy()
+
+    def attach_teacher(self, step: int, probs: np.ndarray, mask: np.ndarray, group: int = 0) -> None:
+        """Attach a teacher suggestion that arrived after acting to step `step` of this rollout."""
+        envs = self.storage.columns(group)
+        self.storage.teacher_probs[step, envs] = probs
+        self.storage.teacher_mask[step, envs] = mask
+
+    def record(self, rewards: np.ndarray, dones: np.ndarray, success: np.ndarray, group: int = 0) -> None:
+        """What followed the last act() of env group `group`: rewards, episode ends, and which
+        ended in success."""
+        s = self.storage
+        t, envs = s.steps[group], s.columns(group)
+        s.rewards[t, envs] = rewards
+        s.dones[t, envs] = dones
+        s.steps[group] += 1
+        self.frames += len(rewards)
+        returns = self._episode_return[envs]  # a view: updated in place
+        returns += rewards
         for i in np.flatnonzero(dones):
-            self.recent_returns.append(float(self._episode_return[i]))
+            self.recent_returns.append(float(returns[i]))
             self.recent_success.append(float(success[i]))
-            self._episode_return[i] = 0.0
+            returns[i] = 0.0
             self.episodes += 1
 
     def update(self, next_obs: np.ndarray) -> dict[str, float]:
         """PPO epochs over the full rollout; returns CleanRL-style metrics by TensorBoard tag."""
         cfg, s = self.config, self.storage
         if not s.full:
-            raise RuntimeError(f'update() needs a full rollout, have {s.step} of {s.num_steps} steps')
+            raise RuntimeError(f'update() needs a full rollout, have {s.steps} of {s.num_steps} steps')
         with torch.no_grad():
             _, last_values = self.policy(torch.from_numpy(next_obs))
         advantages, returns = compute_gae(s.rewards, s.values, s.dones, last_values.numpy(), cfg.gamma, cfg.gae_lambda)
@@ -222,7 +229,7 @@ class PPOLearner:
         fps = (self.frames - self._frames_at_last_update) / max(now - self._last_update_time, 1e-9)
         self._last_update_time, self._frames_at_last_update = now, self.frames
         coverage = float(s.teacher_mask.mean())
-        s.step = 0
+        s.steps = [0] * len(s.steps)
         self.updates += 1
         metrics = {f'losses/{k}': float(np.mean(v)) if v else float('nan') for k, v in stats.items()}
         metrics.update({

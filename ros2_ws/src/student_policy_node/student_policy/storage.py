@@ -43,11 +43,16 @@ class Minibatch(NamedTuple):
 
 
 class RolloutStorage:
-    """One rollout of `num_steps` lock-steps of `num_envs` environments."""
+    """One rollout of `num_steps` lock-steps of `num_envs` environments, in `num_groups` equal
+    groups of columns that fill at their own pace (double-buffered sampling)."""
 
-    def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], num_actions: int):
+    def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], num_actions: int,
+                 num_groups: int = 1):
+        if num_groups < 1 or num_envs % num_groups:
+            raise ValueError(f'{num_envs} environments do not split into {num_groups} equal groups')
         shape = (num_steps, num_envs)
         self.num_steps, self.num_envs = num_steps, num_envs
+        self.group_size = num_envs // num_groups
         self.obs = np.zeros(shape + tuple(obs_shape), np.uint8)
         self.actions = np.zeros(shape, np.int64)
         self.logprobs = np.zeros(shape, np.float32)
@@ -56,11 +61,17 @@ class RolloutStorage:
         self.dones = np.zeros(shape, np.float32)
         self.teacher_probs = np.zeros(shape + (num_actions,), np.float32)
         self.teacher_mask = np.zeros(shape, np.float32)
-        self.step = 0
+        self.steps = [0] * num_groups  # per group, the next step to fill
+
+    def columns(self, group: int) -> slice:
+        return slice(group * self.group_size, (group + 1) * self.group_size)
+
+    def group_full(self, group: int) -> bool:
+        return self.steps[group] == self.num_steps
 
     @property
     def full(self) -> bool:
-        return self.step == self.num_steps
+        return all(step == self.num_steps for step in self.steps)
 
     def minibatches(self, advantages: np.ndarray, returns: np.ndarray, minibatch_size: int,
                     rng: np.random.Generator):

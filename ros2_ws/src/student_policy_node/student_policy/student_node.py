@@ -84,62 +84,81 @@ class StudentNode(Node):
         self.create_subscription(TeacherStatus, 'teacher_status', lambda msg: setattr(self, 'teacher_status', msg), QOS_DEPTH)
 
         self.learner: PPOLearner | None = None
-        self.rollout_steps: dict[int, int] = {}  # seq -> step of the current rollout, for late suggestions
+        self.rollout_steps: dict[int, tuple[int, int]] = {}  # seq -> (step, group) in this rollout, for late suggestions
         self.early: dict[int, SuggestionBatch] = {}  # suggestions that beat their step batch here
-        self.last_actions: ActionBatch | None = None
-        self.acted = False  # an action was stored and awaits its reward
+        self.last_seq: dict[int, int] = {}  # group -> seq of the last step batch taken in
+        self.last_actions: dict[int, ActionBatch] = {}  # group -> the actions that answered it
+        self.full: dict[int, StepBatch] = {}  # groups done with this rollout: their next batch waits for the update
         self.done = False
 
     def on_step(self, batch: StepBatch) -> None:
         if self.done:
             return
-        if self.last_actions is not None and batch.seq <= self.last_actions.seq:
-            if batch.seq == self.last_actions.seq:  # the sim resent it: our actions were lost
-                self.action_pub.publish(self.last_actions)
+        group = batch.group
+        if batch.seq <= self.last_seq.get(group, -1):
+            if group in self.last_actions and batch.seq == self.last_actions[group].seq:
+                self.action_pub.publish(self.last_actions[group])  # the sim resent it: our actions were lost
             return
+        self.last_seq[group] = batch.seq
         obs = observations_from_msg(batch)
         if self.learner is None:
-            self.learner = self.make_learner(obs.shape[1:], batch.num_envs, batch.num_actions, encoder_for(batch.obs_encoding))
-        elif self.acted:
+            self.learner = self.make_learner(obs.shape[1:], batch.num_envs * batch.num_groups, batch.num_actions,
+                                             encoder_for(batch.obs_encoding), batch.num_groups)
+        elif group in self.last_actions:
             self.learner.record(np.asarray(batch.rewards, np.float32),
-                                np.logical_or(batch.terminated, batch.truncated), np.asarray(batch.success))
-            self.acted = False
-            if self.learner.storage.full and not self.after_rollout(obs):
+                                np.logical_or(batch.terminated, batch.truncated), np.asarray(batch.success), group)
+            del self.last_actions[group]
+            if self.learner.storage.group_full(group):
+                # With env groups, the first to finish the rollout waits here for the others.
+                self.full[group] = batch
+                if not self.learner.storage.full:
+                    return
+                waiting = [self.full.pop(g) for g in sorted(self.full)]
+                if not self.after_rollout(np.concatenate([observations_from_msg(b) for b in waiting])):
+                    return
+                for waiting_batch in waiting:
+                    self.act(waiting_batch, observations_from_msg(waiting_batch))
                 return
         self.act(batch, obs)
 
     def on_suggestions(self, batch: SuggestionBatch) -> None:
-        step = self.rollout_steps.get(batch.seq)
-        if step is not None:
-            self.learner.attach_teacher(step, *teacher_arrays(batch, self.learner.num_envs, self.learner.num_actions))
-        elif self.last_actions is None or batch.seq > self.last_actions.seq:
+        step_group = self.rollout_steps.get(batch.seq)
+        if step_group is not None:
+            step, group = step_group
+            self.learner.attach_teacher(step, *teacher_arrays(batch, self.learner.storage.group_size,
+                                                              self.learner.num_actions), group)
+        elif batch.seq > min(self.last_seq.values(), default=-1):
             self.early[batch.seq] = batch
 
     def act(self, batch: StepBatch, obs: np.ndarray) -> None:
-        self.rollout_steps[batch.seq] = self.learner.storage.step
-        actions = self.learner.act(obs)
+        group = batch.group
+        self.rollout_steps[batch.seq] = (self.learner.storage.steps[group], group)
+        actions = self.learner.act(obs, group=group)
         early = self.early.pop(batch.seq, None)
-        self.early = {seq: b for seq, b in self.early.items() if seq > batch.seq}
         if early is not None:
             self.on_suggestions(early)
-        self.acted = True
-        self.last_actions = ActionBatch(seq=batch.seq, actions=actions.astype(np.int32).tolist(),
-                                        action_probs=self.learner.last_probs.ravel().tolist())
-        self.last_actions.header.stamp = self.get_clock().now().to_msg()
-        self.action_pub.publish(self.last_actions)
+        oldest = min(self.last_seq.values())
+        self.early = {seq: b for seq, b in self.early.items() if seq > oldest}
+        out = ActionBatch(seq=batch.seq, group=group, actions=actions.astype(np.int32).tolist(),
+                          action_probs=self.learner.last_probs.ravel().tolist())
+        out.header.stamp = self.get_clock().now().to_msg()
+        self.last_actions[group] = out
+        self.action_pub.publish(out)
 
-    def make_learner(self, obs_shape, num_envs: int, num_actions: int, encoder: str) -> PPOLearner:
+    def make_learner(self, obs_shape, num_envs: int, num_actions: int, encoder: str, num_groups: int) -> PPOLearner:
         self.config.encoder = encoder
         path = checkpoint_path(self.run_dir)
         if self.resume and path.exists():
             try:
-                learner = load_learner(path, obs_shape, num_envs, num_actions, config=self.config)
+                learner = load_learner(path, obs_shape, num_envs, num_actions, config=self.config,
+                                       num_groups=num_groups)
             except CheckpointError as err:
                 raise SystemExit(f'student_node: {err}') from err
             self.get_logger().info(f'resumed from {path} at frame {learner.frames}, update {learner.updates}')
             return learner
-        self.get_logger().info(f'new student for {num_envs} envs of observation {tuple(obs_shape)}')
-        return PPOLearner(self.config, tuple(obs_shape), num_envs, num_actions)
+        self.get_logger().info(f'new student for {num_envs} envs ({num_groups} group(s)) of observation '
+                               f'{tuple(obs_shape)}')
+        return PPOLearner(self.config, tuple(obs_shape), num_envs, num_actions, num_groups)
 
     def after_rollout(self, next_obs: np.ndarray) -> bool:
         """Update, publish status, run callbacks; False when training is over."""
