@@ -62,7 +62,8 @@ def suggestion_at(suggestions: list, time_ns: int, env: int = 0) -> str:
     for t, batch in suggestions:
         if t > time_ns:
             break
-        index = index_in_batch(env, batch.group, len(batch.suggestions))
+        # getattr: recordings made before env groups existed have no `group` field (all were group 0)
+        index = index_in_batch(env, getattr(batch, 'group', 0), len(batch.suggestions))
         if index is not None and batch.suggestions[index].valid:
             s = batch.suggestions[index]
             best = int(np.argmax(s.option_probs))
