@@ -53,7 +53,7 @@ class OverDDS:
     """Drives one sim node (topics under /<name>); answers only while running, keeps what came meanwhile."""
 
     def __init__(self, node, executor, name: str, num_groups: int, perceive: bool):
-        self.node, self.executor, self.num_groups = node, executor, num_groups
+        self.executor = executor
         self.publisher = node.create_publisher(ActionBatch, f'/{name}/action_batch', 10)
         node.create_subscription(StepBatch, f'/{name}/step_batch', self.on_batch, 10)
         if perceive:

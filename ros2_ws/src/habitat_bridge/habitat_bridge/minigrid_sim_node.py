@@ -76,9 +76,9 @@ class MiniGridSimNode(Node):
         self.create_timer(republish_s, self.republish_if_unanswered)
         self.seq = -1
         self.rejected = 0
-        self.waiting: dict[int, int] = {}  # seq -> the group whose step batch awaits its actions
+        # seq -> (step batch, perception batch or None) awaiting its actions; kept for resends
+        self.waiting: dict[int, tuple[StepBatch, PerceptionBatch | None]] = {}
         self.answered = [-1] * num_groups  # per group, the last seq stepped
-        self.unsent: dict[int, tuple] = {}  # seq -> (step batch, perception batch or None), for resends
         self.stale_at_last_tick: set[int] = set()
         self.on_reset(ResetEnvs.Request(seed=self.seed), ResetEnvs.Response())
         self.get_logger().info(f'{num_envs} x {task} ({self.observation}) in {num_groups} group(s), '
@@ -97,8 +97,7 @@ class MiniGridSimNode(Node):
         if perceive:
             perceptions = perception_batch_msg(step.perceptions, self.seq, batch.header.stamp)
             self.perception_pub.publish(perceptions)
-        self.waiting[self.seq] = group
-        self.unsent[self.seq] = (batch, perceptions)
+        self.waiting[self.seq] = (batch, perceptions)
 
     def on_actions(self, batch: ActionBatch) -> None:
         if batch.seq in self.answered:
@@ -108,8 +107,7 @@ class MiniGridSimNode(Node):
             self.rejected += 1
             self.get_logger().error(f'rejected action batch: {error}', throttle_duration_sec=1.0)
             return
-        group = self.waiting.pop(batch.seq)
-        del self.unsent[batch.seq]
+        group = self.waiting.pop(batch.seq)[0].group
         self.answered[group] = batch.seq
         self.publish_step(group, lambda envs: envs.step(np.asarray(batch.actions)))
 
@@ -128,7 +126,6 @@ class MiniGridSimNode(Node):
     def on_reset(self, request: ResetEnvs.Request, response: ResetEnvs.Response) -> ResetEnvs.Response:
         # Every group starts over; batches still waiting for actions are void (their answers get rejected).
         self.waiting.clear()
-        self.unsent.clear()
         for group in range(len(self.groups)):
             seed = request.seed + group * self.group_size if request.seed >= 0 else None
             self.publish_step(group, lambda envs: envs.reset(seed))
@@ -138,9 +135,9 @@ class MiniGridSimNode(Node):
 
     def republish_if_unanswered(self) -> None:
         # A subscriber that joined after a step batch would otherwise wait forever for it.
-        stale = set(self.unsent)
+        stale = set(self.waiting)
         for seq in sorted(stale & self.stale_at_last_tick):
-            batch, perceptions = self.unsent[seq]
+            batch, perceptions = self.waiting[seq]
             self.step_pub.publish(batch)
             if perceptions is not None:
                 self.perception_pub.publish(perceptions)
