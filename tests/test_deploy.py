@@ -43,9 +43,11 @@ def test_deploy_node_drives_the_simulator(exported, ros_node):
     launch = load_launch_file(LAUNCH / 'eval.launch.py')
     specs = launch.nodes(resolve_arguments(launch.ARGUMENTS, [f'policy_path:={exported}', 'num_envs:=2']))
     batches, actions, twists = [], [], []
-    ros_node.create_subscription(StepBatch, 'step_batch', batches.append, 10)
-    ros_node.create_subscription(ActionBatch, 'action_batch', actions.append, 10)
-    ros_node.create_subscription(Twist, 'cmd_vel', twists.append, 10)
+    # Deep queues: the sim and the policy run ~1000 batches/s, faster than this node may spin under
+    # load, and a message dropped from one queue but not the other would break the pairing below.
+    ros_node.create_subscription(StepBatch, 'step_batch', batches.append, 1000)
+    ros_node.create_subscription(ActionBatch, 'action_batch', actions.append, 1000)
+    ros_node.create_subscription(Twist, 'cmd_vel', twists.append, 1000)
     with LaunchRunner(specs, log=lambda line: None):
         # Discovery may match each subscription at a different batch: wait for enough of each.
         spin_until(ros_node, lambda: batches and batches[-1].seq >= 50 and len(twists) >= 40 and len(actions) >= 40,
