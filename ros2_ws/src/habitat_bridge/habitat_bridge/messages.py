@@ -54,6 +54,18 @@ def index_in_batch(env: int, group: int, batch_size: int) -> int | None:
     return index if env_group == group else None
 
 
+def top_suggestion(batch: msg.SuggestionBatch, env: int) -> tuple[str, float] | None:
+    """The teacher's most likely option for the sim's environment `env` and its probability, e.g.
+    ('go to the yellow key', 0.82); None when `env` is in another group's batch or has no answer."""
+    # getattr: recordings made before env groups existed have no `group` field (all were group 0)
+    index = index_in_batch(env, getattr(batch, 'group', 0), len(batch.suggestions))
+    if index is None or not batch.suggestions[index].valid:
+        return None
+    suggestion = batch.suggestions[index]
+    best = int(np.argmax(suggestion.option_probs))
+    return suggestion.options[best], float(suggestion.option_probs[best])
+
+
 def observations_from_msg(batch: msg.StepBatch) -> np.ndarray:
     """The uint8 observation tensor (N, *obs_shape) of a step batch, without copying."""
     return np.frombuffer(batch.observations, np.uint8).reshape(batch.num_envs, *batch.obs_shape)

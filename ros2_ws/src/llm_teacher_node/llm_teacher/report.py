@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from habitat_bridge.messages import index_in_batch
+from habitat_bridge.messages import top_suggestion
 
 STRIP_FRAMES = 8
 
@@ -62,12 +62,9 @@ def suggestion_at(suggestions: list, time_ns: int, env: int = 0) -> str:
     for t, batch in suggestions:
         if t > time_ns:
             break
-        # getattr: recordings made before env groups existed have no `group` field (all were group 0)
-        index = index_in_batch(env, getattr(batch, 'group', 0), len(batch.suggestions))
-        if index is not None and batch.suggestions[index].valid:
-            s = batch.suggestions[index]
-            best = int(np.argmax(s.option_probs))
-            text = f'{s.options[best]} ({s.option_probs[best]:.2f})'
+        top = top_suggestion(batch, env)
+        if top is not None:
+            text = f'{top[0]} ({top[1]:.2f})'
     return text
 
 

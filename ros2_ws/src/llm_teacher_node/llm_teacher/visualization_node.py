@@ -22,7 +22,7 @@ from llm_teacher_msgs.msg import ActionBatch, SuggestionBatch, TeacherStatus, Tr
 from minigrid.core.actions import Actions
 from rclpy.node import Node
 
-from habitat_bridge.messages import index_in_batch
+from habitat_bridge.messages import index_in_batch, top_suggestion
 from habitat_bridge.spin import spin
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA
@@ -30,16 +30,6 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 ACTION_NAMES = [a.name for a in Actions]
 BAR_WIDTH = 0.3
-
-
-def suggestion_text(batch: SuggestionBatch, env: int) -> tuple[str, float]:
-    """'go to the yellow key', 0.82: the teacher's most likely option for `env`, or why there is none."""
-    env = index_in_batch(env, batch.group, len(batch.suggestions))
-    if env is None or not batch.suggestions[env].valid:
-        return 'teacher: no answer yet', 0.0
-    suggestion = batch.suggestions[env]
-    best = max(range(len(suggestion.options)), key=lambda i: suggestion.option_probs[i])
-    return suggestion.options[best], float(suggestion.option_probs[best])
 
 
 def action_markers(probs: list[float], stamp, names=ACTION_NAMES) -> list[Marker]:
@@ -91,7 +81,7 @@ class VisualizationNode(Node):
     def on_suggestions(self, batch: SuggestionBatch) -> None:
         if index_in_batch(self.env, batch.group, len(batch.suggestions)) is None:
             return  # the batch of another env group
-        text, probability = suggestion_text(batch, self.env)
+        text, probability = top_suggestion(batch, self.env) or ('teacher: no answer yet', 0.0)
         marker = Marker(ns='teacher_suggestion', id=0, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
         marker.header.frame_id, marker.header.stamp = 'map', batch.header.stamp
         marker.pose.position.z = 1.4
