@@ -12,6 +12,11 @@ stopped. When all jobs are done, OUT holds results.json (every figure), learning
 Arms: `ppo` (teacher weight 0), `llm` (the embedded LLM as teacher; lambda 10 -> 0.1 over
 --decay-frames, as `make train` does; 506880 is the paper's), `expert` (the scripted expert as a one-hot teacher: the upper bound of distillation),
 `teacher` (the LLM teacher acting alone: no learning, evaluated on the students' held-out seeds).
+Ablation arms, not in the default study: `llm_lava_blind` and `teacher_lava_blind`, the same with
+the paper's lava-blind teacher (skills that walk into lava), for LavaDoorKey:
+
+    .venv/bin/python benchmarks/reproduce.py --tasks MiniGrid-LavaDoorKey-v0 \
+        --arms llm_lava_blind teacher_lava_blind --out docs/results/lava-blind
 Success over frames is the rolling success of the last 100 training episodes (sampled actions,
 as the paper plots it); final success is measured on 50 held-out episodes, greedy and sampled.
 """
@@ -30,9 +35,11 @@ import numpy as np
 TASKS = ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-DoorKey-8x8-v0', 'MiniGrid-LavaDoorKey-v0',
          'MiniGrid-ColoredDoorKey-v0', 'MiniGrid-TwoDoor-v0']
 ARMS = ['ppo', 'llm', 'expert', 'teacher']
-TRAINED = ['ppo', 'llm', 'expert']
+ABLATIONS = ['llm_lava_blind', 'teacher_lava_blind']
+TRAINED = ['ppo', 'llm', 'expert', 'llm_lava_blind']
 LABELS = {'ppo': 'PPO alone', 'llm': 'student, LLM teacher', 'expert': 'student, scripted-expert teacher',
-          'teacher': 'LLM teacher alone'}
+          'teacher': 'LLM teacher alone', 'llm_lava_blind': "student, lava-blind LLM teacher (paper's)",
+          'teacher_lava_blind': "lava-blind LLM teacher alone (paper's)"}
 EVAL_SEED = 10_000  # held-out seeds of every final evaluation (training envs use seed, seed + 1, ...)
 
 
@@ -57,15 +64,16 @@ def run_job(job: dict) -> dict:
 
     task, arm, seed, frames, episodes = job['task'], job['arm'], job['seed'], job['frames'], job['episodes']
     start = time.perf_counter()
-    if arm == 'teacher':
+    kind, avoid_lava = arm.removesuffix('_lava_blind'), not arm.endswith('_lava_blind')
+    if kind == 'teacher':
         from llm_teacher.evaluate import act_alone
-        teacher = embedded_teacher()
+        teacher = embedded_teacher(avoid_lava=avoid_lava)
         alone = act_alone(teacher, task, episodes, seed=EVAL_SEED)
         return {**job, 'final_success_sampled': alone['sampled'], 'final_success_greedy': alone['greedy'],
                 'final_return': alone['sampled_return'], 'llm_calls': teacher.counters.llm_calls,
                 'seconds': time.perf_counter() - start}
-    envs = MiniGridVecEnv(task, 16, perceive=arm == 'llm')
-    teacher = embedded_teacher() if arm == 'llm' else None
+    envs = MiniGridVecEnv(task, 16, perceive=kind == 'llm')
+    teacher = embedded_teacher(avoid_lava=avoid_lava) if kind == 'llm' else None
     suggest = (functools.partial(teacher.suggest_batch, num_actions=envs.num_actions) if teacher is not None
                else expert_teacher(envs) if arm == 'expert' else None)
     schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(decay_frames=job['decay_frames'])
@@ -155,7 +163,7 @@ def markdown(tasks: list[str], arms: list[str], table: dict) -> str:
     for task in tasks:
         for arm in arms:
             row = table[f'{task}/{arm}']
-            reached = ('-' if arm == 'teacher' else
+            reached = ('-' if arm not in TRAINED else
                        ', '.join(f'{f // 1000}k' if f is not None else f'not in {row["frames_budget"] // 1000}k'
                                  for f in row['frames_to_0.9']))
             lines.append(f'| {task.removeprefix("MiniGrid-")} | {LABELS[arm]} | {reached} '
@@ -177,8 +185,9 @@ def plot(out: Path, tasks: list[str], arms: list[str], results: list[dict]) -> N
     for ax, task in zip(axes[0], tasks):
         for arm in arms:
             runs = [r for r in results if r['task'] == task and r['arm'] == arm]
-            if arm == 'teacher':
-                ax.axhline(np.mean([r['final_success_sampled'] for r in runs]), color='k', ls='--', label=LABELS[arm])
+            if arm not in TRAINED:  # a teacher alone: its final success as a line
+                ax.axhline(np.mean([r['final_success_sampled'] for r in runs]), color='k' if arm == 'teacher' else 'grey',
+                           ls='--', label=LABELS[arm])
                 continue
             length = min(len(r['curve']) for r in runs)
             frames = np.array([point[0] for point in runs[0]['curve'][:length]])
@@ -198,7 +207,7 @@ def plot(out: Path, tasks: list[str], arms: list[str], results: list[dict]) -> N
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--tasks', nargs='+', default=TASKS)
-    parser.add_argument('--arms', nargs='+', default=ARMS, choices=ARMS)
+    parser.add_argument('--arms', nargs='+', default=ARMS, choices=ARMS + ABLATIONS)
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--frames', type=int, default=400_000, help='training frames per job')
     parser.add_argument('--decay-frames', type=int, default=300_000,

@@ -3,7 +3,8 @@
     pi_T(a|s) = sum_o p(o | text(s)) * pi_o(a|s)
 
 Skills plan on the robot's memory map (cells seen this episode), not on the simulator's state:
-they never step onto a cell that is unseen, a wall, or lava.
+they never step onto a cell that is unseen, a wall, or lava (unless made lava-blind, like the
+paper's teacher, for the ablation that reproduces it).
 """
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ from llm_teacher.options import Option
 NUM_ACTIONS = len(Actions)
 _WALKABLE = [OBJECT_TO_IDX[t] for t in ('empty', 'floor', 'goal')]
 _DROP_ONTO = (OBJECT_TO_IDX['empty'], OBJECT_TO_IDX['floor'])  # MiniGrid drops only onto a free cell
-_DOOR, _OPEN = OBJECT_TO_IDX['door'], STATE_TO_IDX['open']
+_DOOR, _OPEN, _LAVA = OBJECT_TO_IDX['door'], STATE_TO_IDX['open'], OBJECT_TO_IDX['lava']
 
 
-def passable_cells(memory_map: np.ndarray) -> np.ndarray:
-    """Known cells the robot may stand on: floor, goals, open doors, and its own cell."""
+def passable_cells(memory_map: np.ndarray, avoid_lava: bool = True) -> np.ndarray:
+    """Known cells the robot may stand on: floor, goals, open doors, and its own cell (and lava,
+    with avoid_lava False: the paper's teacher, which is never told about lava, walks into it)."""
     cells = memory_map[..., 0]
-    passable = np.isin(cells, _WALKABLE) | ((cells == _DOOR) & (memory_map[..., 2] == _OPEN))
+    walkable = _WALKABLE if avoid_lava else [*_WALKABLE, _LAVA]
+    passable = np.isin(cells, walkable) | ((cells == _DOOR) & (memory_map[..., 2] == _OPEN))
     passable |= memory_map[..., 3] > 0
     return passable
 
@@ -37,9 +40,9 @@ def agent_pose(memory_map: np.ndarray) -> tuple[int, int, int]:
 class SkillContext:
     """One robot's state for running skills: the map, its passable cells, its pose."""
 
-    def __init__(self, memory_map: np.ndarray):
+    def __init__(self, memory_map: np.ndarray, avoid_lava: bool = True):
         self.map = memory_map
-        self.passable = passable_cells(memory_map)
+        self.passable = passable_cells(memory_map, avoid_lava)
         self.pose = agent_pose(memory_map)
         x, y, h = self.pose
         dx, dy = HEADING_VECTORS[h]
@@ -96,13 +99,14 @@ def explore(context: SkillContext) -> int | None:
     return path[0] if path else int(Actions.left)  # facing the frontier already: look around
 
 
-def teacher_policy(option_probs: dict[Option, float], memory_map: np.ndarray, objects) -> np.ndarray:
+def teacher_policy(option_probs: dict[Option, float], memory_map: np.ndarray, objects,
+                   avoid_lava: bool = True) -> np.ndarray:
     """pi_T(a|s): the option distribution pushed through the skills, as (NUM_ACTIONS,) float32.
 
     Options with nothing left to do here give their probability to the others (renormalised);
     if none can act, the robot turns left to look around.
     """
-    context = SkillContext(memory_map)
+    context = SkillContext(memory_map, avoid_lava)
     probs = np.zeros(NUM_ACTIONS, np.float32)
     for option, p in option_probs.items():
         action = skill_action(option, context, objects) if p > 0 else None

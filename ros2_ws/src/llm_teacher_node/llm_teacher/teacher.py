@@ -50,8 +50,10 @@ class TeacherCounters:
 
 class Teacher:
 
-    def __init__(self, planner: Planner, cache: AnswerCache, mediator: Mediator, log_error=print, max_pending: int = 256):
+    def __init__(self, planner: Planner, cache: AnswerCache, mediator: Mediator, log_error=print, max_pending: int = 256,
+                 avoid_lava: bool = True):
         self.planner, self.cache, self.mediator = planner, cache, mediator
+        self.avoid_lava = avoid_lava  # False: the paper's lava-blind skills (an ablation)
         self.source = planner.backend.name
         self.log_error = log_error
         self.counters = TeacherCounters()
@@ -108,7 +110,7 @@ class Teacher:
         """pi_T(a|s): the option distribution through the skills of the perception's task family."""
         if perception.task_family == 'embodied':
             return self.embodied_skills.policy(option_probs, perception)
-        return teacher_policy(option_probs, memory_map, perception.objects)
+        return teacher_policy(option_probs, memory_map, perception.objects, self.avoid_lava)
 
     def option_distribution(self, perception: Perception, options) -> dict[str, float] | None:
         """p(option | text) over `options` (blocking: asks the LLM now if needed); None if it failed."""
@@ -182,10 +184,10 @@ class Teacher:
         self.cache.close()
 
 
-def embedded_teacher(cache_path=None, log_error=print) -> Teacher:
+def embedded_teacher(cache_path=None, log_error=print, avoid_lava: bool = True) -> Teacher:
     """The default teacher: the embedded LLM, scoring options, answers cached in `cache_path`
-    (default: the user's cache directory)."""
+    (default: the user's cache directory); avoid_lava False gives the paper's lava-blind skills."""
     from llm_teacher.backends import TransformersBackend, default_cache_dir
     cache_path = cache_path or default_cache_dir() / 'answers.sqlite'
     return Teacher(Planner(TransformersBackend(), 'score'), AnswerCache(cache_path), Mediator.from_file(),
-                   log_error=log_error)
+                   log_error=log_error, avoid_lava=avoid_lava)

@@ -41,6 +41,7 @@ class TeacherNode(Node):
         samples = p('samples', 10, 'sample mode: answers per prompt')
         cache_path = p('cache_path', str(default_cache_dir() / 'answers.sqlite'), 'Persistent answer cache (SQLite)')
         prompt_file = p('prompt_file', '', 'Prompt template file; empty: the packaged one for the task family')
+        avoid_lava = p('avoid_lava', True, "Grid skills never step into lava; false: the paper's lava-blind teacher")
         try:
             if backend == 'transformers':
                 llm = TransformersBackend(model, device=device)
@@ -49,7 +50,8 @@ class TeacherNode(Node):
             else:
                 raise ValueError(f"backend {backend!r} is not 'transformers' or 'openai'")
             self.teacher = Teacher(Planner(llm, mode, samples), AnswerCache(cache_path), Mediator.from_file(prompt_file or None),
-                                   log_error=lambda text: self.get_logger().error(text, throttle_duration_sec=5.0))
+                                   log_error=lambda text: self.get_logger().error(text, throttle_duration_sec=5.0),
+                                   avoid_lava=avoid_lava)
         except (ValueError, LLMError) as err:
             raise SystemExit(f'teacher_node: {err}') from err
         self.suggestion_pub = self.create_publisher(SuggestionBatch, 'suggestion_batch', QOS_DEPTH)
