@@ -3,9 +3,10 @@
 A driver node answers every step batch at once with random actions (as a policy would, minus
 the network); the in-process loop steps a MiniGridVecEnv with the same kind of actions. Arms:
 
-    in-process                 the baseline
-    sim node, lock-step        one step batch of all envs per step (num_groups 1)
-    sim node, 2 groups         double-buffered: the sim steps one half while the other's actions travel
+    in-process                 the baseline: N envs stepped per call
+    sim node, lock-step        one step batch of all N envs per step (num_groups 1)
+    2 groups of N/2            double-buffered: the sim steps one half while the other's actions travel
+    2 groups of N              the same with 2N envs, so that each batch holds N envs as in-process
 each for a student (step batches only; the goal) and for a teacher too (the driver also subscribes
 to the perception batches, so the sim computes and sends them; in-process computes them too).
 
@@ -95,20 +96,22 @@ def main():
     parser.add_argument('--num-envs', type=int, default=16)
     parser.add_argument('--seconds', type=float, default=60.0, help='total measuring time of each arm')
     args = parser.parse_args()
-    arms = [(f'{consumer}_groups{groups}', groups, perceive)
-            for consumer, perceive in (('student', False), ('teacher', True)) for groups in (1, 2)]
+    layouts = [(1, args.num_envs, 'lock-step'), (2, args.num_envs, f'2 groups of {args.num_envs // 2}'),
+               (2, 2 * args.num_envs, f'2 groups of {args.num_envs}')]  # (num_groups, num_envs, label)
+    arms = [(f'{consumer}_{groups}x{envs // groups}', groups, envs, perceive)
+            for consumer, perceive in (('student', False), ('teacher', True)) for groups, envs, _ in layouts]
     specs = [NodeSpec('habitat_bridge', 'minigrid_sim_node', name,
-                      parameters=[{'task': args.task, 'num_envs': args.num_envs, 'num_groups': groups,
+                      parameters=[{'task': args.task, 'num_envs': envs, 'num_groups': groups,
                                    'render_hz': 0.0, 'republish_period': 1.0}],
                       remappings=[(topic, f'/{name}/{topic}') for topic in
                                   ('step_batch', 'perception_batch', 'action_batch', 'reset_envs')])
-             for name, groups, _ in arms]
+             for name, groups, envs, _ in arms]
     with LaunchRunner(specs, log=lambda line: None):
         rclpy.init()
         node = rclpy.create_node('benchmark_driver')
         executor = make_executor(node.context)
         executor.add_node(node)
-        runners = {name: OverDDS(node, executor, name, groups, perceive) for name, groups, perceive in arms}
+        runners = {name: OverDDS(node, executor, name, groups, perceive) for name, groups, _, perceive in arms}
         runners['student_in_process'] = InProcess(args.task, args.num_envs, perceive=False)
         runners['teacher_in_process'] = InProcess(args.task, args.num_envs, perceive=True)
         deadline = time.monotonic() + 60
@@ -120,7 +123,7 @@ def main():
             runner.run(0.5)  # warm up
         rates = {name: [] for name in runners}
         rounds = max(1, round(args.seconds / WINDOW_S))
-        print(f'{args.task}, {args.num_envs} envs per sim node, {rounds} windows of {WINDOW_S:.0f} s per arm')
+        print(f'{args.task}, {args.num_envs} envs per in-process step, {rounds} windows of {WINDOW_S:.0f} s per arm')
         for i in range(rounds):
             for name, runner in runners.items():
                 rates[name].append(runner.run(WINDOW_S))
@@ -132,11 +135,11 @@ def main():
 
     for consumer, title in (('student', 'a student (step batches)'), ('teacher', 'a teacher too (+ perception batches)')):
         local = rates[f'{consumer}_in_process']
-        print(f'for {consumer}:\n  in-process            {statistics.median(local):9.0f} env-steps/s')
-        for groups, label in ((1, 'lock-step'), (2, '2 groups ')):
-            graph = rates[f'{consumer}_groups{groups}']
+        print(f'for {title}:\n  in-process                     {statistics.median(local):9.0f} env-steps/s')
+        for groups, envs, label in layouts:
+            graph = rates[f'{consumer}_{groups}x{envs // groups}']
             ratio = statistics.median(g / l for g, l in zip(graph, local))
-            print(f'  sim node, {label}   {statistics.median(graph):9.0f} env-steps/s   ratio to in-process {ratio:.2f} '
+            print(f'  sim node, {label:18s}   {statistics.median(graph):9.0f} env-steps/s   ratio to in-process {ratio:.2f} '
                   f'(node overhead {1 / ratio - 1:+.0%} time per step)'
                   + (', goal >= 0.83 (at most +20%)' if consumer == 'student' else ''))
 
