@@ -11,9 +11,9 @@ SCRIPT = Path(__file__).resolve().parent.parent / 'benchmarks' / 'reproduce.py'
 TASK = 'MiniGrid-SimpleDoorKey-v0'
 
 
-def reproduce(out: Path, frames: int = 4096) -> subprocess.CompletedProcess:
+def reproduce(out: Path, frames: int = 4096, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), '--tasks', TASK, '--seeds', '0', '--frames', str(frames),
-                           '--episodes', '4', '--jobs', '2', '--out', str(out)],
+                           '--episodes', '4', '--jobs', '2', '--out', str(out), *extra],
                           capture_output=True, text=True, timeout=600)
 
 
@@ -38,3 +38,13 @@ def test_study_writes_its_results_and_resumes(tmp_path):
 
     other = reproduce(tmp_path, frames=8192)
     assert other.returncode != 0 and 'other settings' in other.stderr
+
+
+@pytest.mark.slow
+def test_the_lava_blind_ablation_is_an_arm_of_its_own(tmp_path):
+    """The paper's lava-blind teacher acting alone: its own arm, label and dashed line."""
+    run = reproduce(tmp_path, 4096, '--tasks', 'MiniGrid-LavaDoorKey-v0', '--arms', 'teacher_lava_blind')
+    assert run.returncode == 0, run.stderr[-3000:]
+    row = json.loads((tmp_path / 'results.json').read_text())['table']['MiniGrid-LavaDoorKey-v0/teacher_lava_blind']
+    assert 0 <= row['final_success_sampled'][0] <= 1
+    assert "| LavaDoorKey-v0 | lava-blind LLM teacher alone (paper's) | - |" in (tmp_path / 'results.md').read_text()
