@@ -23,7 +23,8 @@ EMPTY = OBJECT_TO_IDX['empty']
 IDX_TO_STATE = {idx: name for name, idx in STATE_TO_IDX.items()}
 # Objects the perception reports: what a teacher can ask the robot to go to or avoid.
 REPORTED_TYPES = ('key', 'door', 'ball', 'box', 'goal', 'lava')
-_REPORTED_IDX = np.array([OBJECT_TO_IDX[t] for t in REPORTED_TYPES])
+_REPORTED = np.zeros(256, bool)  # object index -> reported? (a lookup: np.isin cost ~40 us a step)
+_REPORTED[[OBJECT_TO_IDX[t] for t in REPORTED_TYPES]] = True
 
 
 @dataclass
@@ -106,7 +107,7 @@ class MemoryMapObservation(gym.ObservationWrapper):
         ax, ay = (int(v) for v in base.agent_pos)
         forward, right = base.dir_vec, base.right_vec
         objects = []
-        for x, y in zip(*np.nonzero(np.isin(self._memory[..., 0], _REPORTED_IDX))):
+        for x, y in zip(*np.nonzero(_REPORTED[self._memory[..., 0]])):
             dx, dy = int(x) - ax, int(y) - ay
             objects.append(PerceivedObject(
                 type=IDX_TO_OBJECT[self._memory[x, y, 0]],
