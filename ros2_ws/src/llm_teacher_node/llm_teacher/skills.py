@@ -17,17 +17,20 @@ from habitat_bridge.minigrid.planning import HEADING_VECTORS, plan, plan_to
 from llm_teacher.options import Option
 
 NUM_ACTIONS = len(Actions)
-_WALKABLE = [OBJECT_TO_IDX[t] for t in ('empty', 'floor', 'goal')]
+_WALKABLE = np.zeros(256, bool)  # object index -> walkable? (lookups: np.isin is slow on small grids)
+_WALKABLE[[OBJECT_TO_IDX[t] for t in ('empty', 'floor', 'goal')]] = True
+_WALKABLE_LAVA_BLIND = _WALKABLE.copy()
+_WALKABLE_LAVA_BLIND[OBJECT_TO_IDX['lava']] = True
 _DROP_ONTO = (OBJECT_TO_IDX['empty'], OBJECT_TO_IDX['floor'])  # MiniGrid drops only onto a free cell
-_DOOR, _OPEN, _LAVA = OBJECT_TO_IDX['door'], STATE_TO_IDX['open'], OBJECT_TO_IDX['lava']
+_DOOR, _OPEN = OBJECT_TO_IDX['door'], STATE_TO_IDX['open']
 
 
 def passable_cells(memory_map: np.ndarray, avoid_lava: bool = True) -> np.ndarray:
     """Known cells the robot may stand on: floor, goals, open doors, and its own cell (and lava,
     with avoid_lava False: the paper's teacher, which is never told about lava, walks into it)."""
     cells = memory_map[..., 0]
-    walkable = _WALKABLE if avoid_lava else [*_WALKABLE, _LAVA]
-    passable = np.isin(cells, walkable) | ((cells == _DOOR) & (memory_map[..., 2] == _OPEN))
+    walkable = _WALKABLE if avoid_lava else _WALKABLE_LAVA_BLIND
+    passable = walkable[cells] | ((cells == _DOOR) & (memory_map[..., 2] == _OPEN))
     passable |= memory_map[..., 3] > 0
     return passable
 
