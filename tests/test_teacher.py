@@ -302,6 +302,10 @@ def test_evaluation_reports_accuracy_and_act_alone_success(tmp_path, embedded):
     for result in (grounded, ungrounded):
         assert result['situations'] > 10 and 0 <= result['accuracy'] <= 1 and 0 <= result['act_alone_success'] <= 1
         assert 0 <= result['act_alone_success_greedy'] <= 1
+        # every failed greedy episode is accounted for, with the situation it ended in
+        failures = result['greedy_failures']
+        assert sum(f['episodes'] for f in failures) == round((1 - result['act_alone_success_greedy']) * 2)
+        assert all(f['observation'].startswith('You have') and f['top_options'] for f in failures)
     assert grounded['llm_calls'] >= 1 and grounded['llm_errors'] == 0
     teacher.close()
 

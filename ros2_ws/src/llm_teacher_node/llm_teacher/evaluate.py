@@ -3,7 +3,10 @@
 Situations come from the scripted expert's episodes: at each step the right option is the one
 the expert is carrying out (pick up the key, open the door, go to the goal), or explore when the
 robot has not yet seen its target. Accuracy counts the teacher's most likely option against
-that label. Act-alone success runs the teacher's policy pi_T with no student, sampled and greedy.
+that label. Act-alone success runs the teacher's policy pi_T with no student, sampled and greedy;
+where greedy episodes fail, the report lists the situations they ended in and the LLM's top
+options there (the usual cause: a wrong option ranked first, which sampling escapes and argmax
+does not).
 
     python -m llm_teacher.evaluate --task MiniGrid-SimpleDoorKey-v0 --planner-mode score
     python -m llm_teacher.evaluate --backend openai --base-url http://127.0.0.1:8000 --model qwen --planner-mode sample
@@ -12,6 +15,7 @@ that label. Act-alone success runs the teacher's policy pi_T with no student, sa
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 
@@ -24,7 +28,7 @@ from habitat_bridge.minigrid.vector import make_env
 from habitat_bridge.vector import make_vec_env
 from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir
 from llm_teacher.cache import AnswerCache
-from llm_teacher.mediator import Mediator
+from llm_teacher.mediator import Mediator, describe
 from llm_teacher.options import EXPLORE, Option, feasible_options
 from llm_teacher.planner import Planner
 from llm_teacher.teacher import Teacher
@@ -61,11 +65,14 @@ def act_alone(teacher: Teacher, task: str, episodes: int, grounded: bool = True,
     """Success of the teacher acting with no student: sampling pi_T, and taking its most likely action.
 
     Episode k starts from seed + k. Any task: MiniGrid or embodied (MiniWorld-* ids).
-    Returns {'sampled': success rate, 'greedy': success rate, 'sampled_return': mean return}.
+    Returns {'sampled': success rate, 'greedy': success rate, 'sampled_return': mean return,
+    'greedy_failures': where greedy episodes ended unsolved}: a greedy teacher repeats itself, so
+    the situation and option distribution it ends in is usually the one it was stuck in.
     """
     envs = make_vec_env(task, 1)
     rng = np.random.default_rng(seed)
     successes, returns = {'sampled': 0, 'greedy': 0}, []
+    stuck = collections.Counter()
     for mode in successes:
         for episode in range(episodes):
             step = envs.reset(seed=seed + episode)
@@ -83,10 +90,15 @@ def act_alone(teacher: Teacher, task: str, episodes: int, grounded: bool = True,
                     successes[mode] += bool(step.success[0])
                     if mode == 'sampled':
                         returns.append(episode_return)
+                    elif not step.success[0]:
+                        ranked = sorted(distribution.items(), key=lambda item: -item[1])[:3]
+                        stuck[(describe(perception), tuple((t, round(p, 2)) for t, p in ranked))] += 1
                     break
     envs.close()
+    failures = [{'episodes': n, 'observation': text, 'top_options': dict(ranked)}
+                for (text, ranked), n in stuck.most_common()]
     return {'sampled': successes['sampled'] / episodes, 'greedy': successes['greedy'] / episodes,
-            'sampled_return': float(np.mean(returns))}
+            'sampled_return': float(np.mean(returns)), 'greedy_failures': failures}
 
 
 def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: int = 1000) -> dict:
@@ -110,7 +122,7 @@ def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: i
     counters = teacher.counters
     return {'task': task, 'teacher': teacher.source, 'planner_mode': teacher.planner.mode, 'grounded': grounded,
             'accuracy': correct / max(total, 1), 'situations': total, 'act_alone_success': alone['sampled'],
-            'act_alone_success_greedy': alone['greedy'],
+            'act_alone_success_greedy': alone['greedy'], 'greedy_failures': alone['greedy_failures'],
             'episodes': episodes, 'llm_calls': counters.llm_calls, 'llm_errors': counters.llm_errors,
             'parse_failures': counters.parse_failures}
 
