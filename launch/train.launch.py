@@ -8,7 +8,7 @@ Every argument has a default; list them with `ros2 launch llm_teacher train.laun
 """
 from pathlib import Path
 
-from llm_teacher.launch_runner import NodeSpec, launch_description
+from llm_teacher.launch_runner import NodeSpec, flag, launch_description
 
 CONFIG = Path(__file__).resolve().parent.parent / 'config'
 
@@ -28,13 +28,15 @@ ARGUMENTS = {
     'llm_model': ('embedded', "transformers: model directory or 'embedded'; openai: served model name"),
     'llm_url': ('http://127.0.0.1:8000', 'openai backend: server base URL'),
     'planner_mode': ('score', "'score' (option log-likelihoods) or 'sample' (K sampled answers)"),
+    'avoid_lava': ('true', "The teacher's grid skills never step into lava; false: the paper's lava-blind teacher "
+                   '(an ablation)'),
     'record': ('true', 'Record a sample of the run to run_dir/recordings/ (MCAP)'),
     'foxglove_port': ('8765', 'Foxglove WebSocket port of the live view (-1: off, 0: any free port)'),
 }
 
 
 def nodes(args: dict) -> list:
-    plain_ppo = args['plain_ppo'].lower() == 'true'
+    plain_ppo = flag(args, 'plain_ppo')
     graph = [
         NodeSpec('habitat_bridge', 'minigrid_sim_node', 'minigrid_sim_node',
                  parameters=[CONFIG / 'minigrid_sim_node.yaml',
@@ -51,10 +53,11 @@ def nodes(args: dict) -> list:
                               parameters=[CONFIG / 'teacher_node.yaml',
                                           {'backend': args['llm_backend'], 'model': args['llm_model'],
                                            'base_url': args['llm_url'], 'planner_mode': args['planner_mode'],
+                                           'avoid_lava': flag(args, 'avoid_lava'),
                                            'cache_path': str(Path(args['run_dir']) / 'answers.sqlite')}]))
     graph.append(NodeSpec('llm_teacher', 'visualization_node', 'visualization_node',
                           parameters=[{'foxglove_port': int(args['foxglove_port'])}]))
-    if args['record'].lower() == 'true':
+    if flag(args, 'record'):
         graph.append(NodeSpec('llm_teacher', 'recorder_node', 'recorder_node',
                               parameters=[{'run_dir': args['run_dir'], 'perceptions': not plain_ppo}]))
     return graph

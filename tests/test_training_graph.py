@@ -140,11 +140,19 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, ros_node):
 @pytest.mark.parametrize('bad, message', [
     (['num_envs=3'], "is not of the form name:=value"),
     (['colour:=red'], "unknown launch argument 'colour'"),
+    (['avoid_lava:=flase'], "'avoid_lava' must be true or false, not 'flase'"),
 ])
 def test_bad_launch_arguments_are_named(bad, message):
     launch = load_launch_file(LAUNCH)
     with pytest.raises(ValueError, match=message):
-        resolve_arguments(launch.ARGUMENTS, bad)
+        launch.nodes(resolve_arguments(launch.ARGUMENTS, bad))
+
+
+def test_the_lava_blind_teacher_is_a_launch_argument():
+    launch = load_launch_file(LAUNCH)
+    teachers = [next(s for s in launch.nodes(resolve_arguments(launch.ARGUMENTS, given)) if s.executable == 'teacher_node')
+                for given in ([], ['avoid_lava:=false'])]
+    assert [t.parameters[-1]['avoid_lava'] for t in teachers] == [True, False]
 
 
 def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ros_node):

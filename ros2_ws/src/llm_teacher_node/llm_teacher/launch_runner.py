@@ -102,6 +102,14 @@ def resolve_arguments(arguments: dict, given: list[str]) -> dict[str, str]:
     return values
 
 
+def flag(values: dict[str, str], name: str) -> bool:
+    """A true/false launch argument; anything else raises ValueError (a typo must not flip it)."""
+    value = values[name].lower()
+    if value not in ('true', 'false'):
+        raise ValueError(f'launch argument {name!r} must be true or false, not {values[name]!r}')
+    return value == 'true'
+
+
 def executable_path(package: str, executable: str) -> str:
     """Where `ros2 run package executable` would find it: <prefix>/lib/<package>/<executable>."""
     from ament_index_python.packages import PackageNotFoundError, get_package_prefix
