@@ -17,6 +17,9 @@ the paper's lava-blind teacher (skills that walk into lava), for LavaDoorKey:
 
     .venv/bin/python benchmarks/reproduce.py --tasks MiniGrid-LavaDoorKey-v0 \
         --arms llm_lava_blind teacher_lava_blind --out docs/results/lava-blind
+
+--prompt-file runs the LLM arms with a prompt template of one's own (a prompt ablation; its
+text is kept in every job's result, and a study resumes only with the same text).
 Success over frames is the rolling success of the last 100 training episodes (sampled actions,
 as the paper plots it); final success is measured on 50 held-out episodes, greedy and sampled.
 """
@@ -67,13 +70,13 @@ def run_job(job: dict) -> dict:
     kind, avoid_lava = arm.removesuffix('_lava_blind'), not arm.endswith('_lava_blind')
     if kind == 'teacher':
         from llm_teacher.evaluate import act_alone
-        teacher = embedded_teacher(avoid_lava=avoid_lava)
+        teacher = embedded_teacher(avoid_lava=avoid_lava, prompt_file=job.get('prompt_file'))
         alone = act_alone(teacher, task, episodes, seed=EVAL_SEED)
         return {**job, 'final_success_sampled': alone['sampled'], 'final_success_greedy': alone['greedy'],
                 'final_return': alone['sampled_return'], 'llm_calls': teacher.counters.llm_calls,
                 'seconds': time.perf_counter() - start}
     envs = MiniGridVecEnv(task, 16, perceive=kind == 'llm')
-    teacher = embedded_teacher(avoid_lava=avoid_lava) if kind == 'llm' else None
+    teacher = embedded_teacher(avoid_lava=avoid_lava, prompt_file=job.get('prompt_file')) if kind == 'llm' else None
     suggest = (functools.partial(teacher.suggest_batch, num_actions=envs.num_actions) if teacher is not None
                else expert_teacher(envs) if arm == 'expert' else None)
     schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(decay_frames=job['decay_frames'])
@@ -215,6 +218,7 @@ def main():
     parser.add_argument('--episodes', type=int, default=50, help='held-out episodes of each final evaluation')
     parser.add_argument('--jobs', type=int, default=os.cpu_count(), help='jobs run at once (one core each)')
     parser.add_argument('--out', default='runs/reproduce')
+    parser.add_argument('--prompt-file', help="the LLM teacher's prompt template (default: the packaged one)")
     parser.add_argument('--summarise', action='store_true',
                         help='run nothing: write the tables and plots of the jobs done so far (a study in progress)')
     parser.add_argument('--quick', action='store_true',
@@ -227,9 +231,14 @@ def main():
     jobs = [{'task': task, 'arm': arm, 'seed': seed, 'frames': args.frames, 'episodes': args.episodes,
              'decay_frames': args.decay_frames}
             for task in args.tasks for seed in args.seeds for arm in args.arms]
+    if args.prompt_file:
+        if not Path(args.prompt_file).is_file():
+            raise SystemExit(f'prompt file {args.prompt_file} does not exist')
+        prompt = Path(args.prompt_file).read_text()  # the text, not the path: an edited file is another study
+        jobs = [{**job, 'prompt_file': args.prompt_file, 'prompt': prompt} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings
         path = job_path(out, job)
-        if path.exists() and {k: json.loads(path.read_text())[k] for k in job} != job:
+        if path.exists() and {k: json.loads(path.read_text()).get(k) for k in job} != job:
             raise SystemExit(f'{path} holds a result with other settings than this study; '
                              f'choose another --out or delete it')
     todo = [job for job in jobs if not job_path(out, job).exists()]
