@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_teacher.mediator import Mediator
+
 TASKS = ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-DoorKey-8x8-v0', 'MiniGrid-LavaDoorKey-v0',
          'MiniGrid-ColoredDoorKey-v0', 'MiniGrid-TwoDoor-v0']
 ARMS = ['ppo', 'llm', 'expert', 'teacher']
@@ -235,6 +237,10 @@ def main():
         if not Path(args.prompt_file).is_file():
             raise SystemExit(f'prompt file {args.prompt_file} does not exist')
         prompt = Path(args.prompt_file).read_text()  # the text, not the path: an edited file is another study
+        try:
+            Mediator(prompt)  # checks the template's fields now, not in the first job's worker
+        except ValueError as err:
+            raise SystemExit(f'{args.prompt_file}: {err}') from err
         jobs = [{**job, 'prompt_file': args.prompt_file, 'prompt': prompt} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings
         path = job_path(out, job)

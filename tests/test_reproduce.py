@@ -48,3 +48,20 @@ def test_the_lava_blind_ablation_is_an_arm_of_its_own(tmp_path):
     row = json.loads((tmp_path / 'results.json').read_text())['table']['MiniGrid-LavaDoorKey-v0/teacher_lava_blind']
     assert 0 <= row['final_success_sampled'][0] <= 1
     assert "| LavaDoorKey-v0 | lava-blind LLM teacher alone (paper's) | - |" in (tmp_path / 'results.md').read_text()
+
+
+@pytest.mark.slow
+def test_a_prompt_ablation_keeps_its_prompt_and_resumes_only_with_it(tmp_path):
+    from llm_teacher.mediator import PROMPTS
+    prompt = tmp_path / 'prompt.txt'
+    prompt.write_text('Goal: {mission}. Seen: {observation}.')
+    bad = reproduce(tmp_path / 'out', 4096, '--arms', 'teacher', '--prompt-file', str(prompt))
+    assert bad.returncode != 0 and 'prompt.txt: prompt template lacks {options}' in bad.stderr
+    prompt.write_text((PROMPTS / 'gridworld.txt').read_text())  # the packaged text: no new LLM calls
+    run = reproduce(tmp_path / 'out', 4096, '--arms', 'teacher', '--prompt-file', str(prompt))
+    assert run.returncode == 0, run.stderr[-3000:]
+    saved = json.loads((tmp_path / 'out' / 'runs' / TASK / 'teacher-seed0.json').read_text())
+    assert saved['prompt'] == prompt.read_text()
+    prompt.write_text(prompt.read_text() + 'Think first.\n')  # an edited prompt is another study
+    edited = reproduce(tmp_path / 'out', 4096, '--arms', 'teacher', '--prompt-file', str(prompt))
+    assert edited.returncode != 0 and 'other settings' in edited.stderr
