@@ -14,6 +14,7 @@ from ros_helpers import spin_until
 from sensor_msgs.msg import Image
 from websockets.sync.client import connect
 
+from habitat_bridge.messages import top_suggestion
 from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
 from llm_teacher.report import make_report, read_recording, suggestion_at
 from student_policy.checkpoints import read_checkpoint
@@ -176,8 +177,11 @@ def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ro
                    'training_status with teacher coverage above 0.5 (is teacher_node answering?)')
         spin_until(ros_node, lambda: teacher_statuses and teacher_statuses[-1].llm_calls > 0, 60,
                    'teacher_status with an LLM call')
-        # The rendering comes at 2 Hz: let the recorder get frames from after the teacher's first answers
-        # (a fast run could end before one, and the report's strip would show no suggestion).
+        # The report's strip shows env 0 (the rendered one): wait for an answer for it (with a fresh
+        # cache the LLM answers new prompts one by one, and env 0 may wait a while), then for two
+        # frames after it (the rendering comes at 2 Hz) so that the recording holds both.
+        spin_until(ros_node, lambda: any(top_suggestion(batch, 0) for batch in suggestions), 120,
+                   'a suggestion for env 0, the rendered one')
         shown = len(images)
         spin_until(ros_node, lambda: len(images) >= shown + 2, 30, 'two more images from minigrid_sim_node')
     assert any(s.teacher_weight > 9 for s in statuses)
