@@ -72,13 +72,13 @@ def run_job(job: dict) -> dict:
     kind, avoid_lava = arm.removesuffix('_lava_blind'), not arm.endswith('_lava_blind')
     if kind == 'teacher':
         from llm_teacher.evaluate import act_alone
-        teacher = embedded_teacher(avoid_lava=avoid_lava, prompt_file=job.get('prompt_file'))
+        teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt'))
         alone = act_alone(teacher, task, episodes, seed=EVAL_SEED)
         return {**job, 'final_success_sampled': alone['sampled'], 'final_success_greedy': alone['greedy'],
                 'final_return': alone['sampled_return'], 'llm_calls': teacher.counters.llm_calls,
                 'seconds': time.perf_counter() - start}
     envs = MiniGridVecEnv(task, 16, perceive=kind == 'llm')
-    teacher = embedded_teacher(avoid_lava=avoid_lava, prompt_file=job.get('prompt_file')) if kind == 'llm' else None
+    teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt')) if kind == 'llm' else None
     suggest = (functools.partial(teacher.suggest_batch, num_actions=envs.num_actions) if teacher is not None
                else expert_teacher(envs) if arm == 'expert' else None)
     schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(decay_frames=job['decay_frames'])
@@ -142,6 +142,8 @@ def summarise(out: Path, jobs: list[dict]) -> dict:
     for task in tasks:
         for arm in arms:
             runs = [r for r in results if r['task'] == task and r['arm'] == arm]
+            if not runs:  # a study in progress: this arm has no finished seed on this task yet
+                continue
             reached = [frames_to(r['curve'], 0.9) for r in runs] if arm in TRAINED else []
             table[f'{task}/{arm}'] = {
                 'task': task, 'arm': arm, 'seeds': [r['seed'] for r in runs], 'frames_budget': runs[0]['frames'],
@@ -167,7 +169,9 @@ def markdown(tasks: list[str], arms: list[str], table: dict) -> str:
              '| final return (sampled) |', '|---|---|---|---|---|---|']
     for task in tasks:
         for arm in arms:
-            row = table[f'{task}/{arm}']
+            row = table.get(f'{task}/{arm}')
+            if row is None:
+                continue
             reached = ('-' if arm not in TRAINED else
                        ', '.join(f'{f // 1000}k' if f is not None else f'not in {row["frames_budget"] // 1000}k'
                                  for f in row['frames_to_0.9']))
@@ -190,6 +194,8 @@ def plot(out: Path, tasks: list[str], arms: list[str], results: list[dict]) -> N
     for ax, task in zip(axes[0], tasks):
         for arm in arms:
             runs = [r for r in results if r['task'] == task and r['arm'] == arm]
+            if not runs:
+                continue
             if arm not in TRAINED:  # a teacher alone: its final success as a line
                 ax.axhline(np.mean([r['final_success_sampled'] for r in runs]), color='k' if arm == 'teacher' else 'grey',
                            ls='--', label=LABELS[arm])
@@ -241,7 +247,7 @@ def main():
             Mediator(prompt)  # checks the template's fields now, not in the first job's worker
         except ValueError as err:
             raise SystemExit(f'{args.prompt_file}: {err}') from err
-        jobs = [{**job, 'prompt_file': args.prompt_file, 'prompt': prompt} for job in jobs]
+        jobs = [{**job, 'prompt': prompt} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings
         path = job_path(out, job)
         if path.exists() and {k: json.loads(path.read_text()).get(k) for k in job} != job:

@@ -184,11 +184,12 @@ class Teacher:
         self.cache.close()
 
 
-def embedded_teacher(cache_path=None, log_error=print, avoid_lava: bool = True, prompt_file=None) -> Teacher:
+def embedded_teacher(cache_path=None, log_error=print, avoid_lava: bool = True, prompt: str | None = None) -> Teacher:
     """The default teacher: the embedded LLM, scoring options, answers cached in `cache_path`
     (default: the user's cache directory); avoid_lava False gives the paper's lava-blind skills,
-    prompt_file a prompt template of one's own (default: the packaged ones)."""
+    prompt a template of one's own (its text; default: the packaged ones)."""
     from llm_teacher.backends import TransformersBackend, default_cache_dir
     cache_path = cache_path or default_cache_dir() / 'answers.sqlite'
-    return Teacher(Planner(TransformersBackend(), 'score'), AnswerCache(cache_path), Mediator.from_file(prompt_file),
+    mediator = Mediator(prompt) if prompt else Mediator.from_file()
+    return Teacher(Planner(TransformersBackend(), 'score'), AnswerCache(cache_path), mediator,
                    log_error=log_error, avoid_lava=avoid_lava)
