@@ -240,14 +240,11 @@ def main():
              'decay_frames': args.decay_frames}
             for task in args.tasks for seed in args.seeds for arm in args.arms]
     if args.prompt_file:
-        if not Path(args.prompt_file).is_file():
-            raise SystemExit(f'prompt file {args.prompt_file} does not exist')
-        prompt = Path(args.prompt_file).read_text()  # the text, not the path: an edited file is another study
-        try:
-            Mediator(prompt)  # checks the template's fields now, not in the first job's worker
+        try:  # the file and its template's fields are checked now, not in the first job's worker
+            prompt = Mediator.from_file(args.prompt_file).default
         except ValueError as err:
             raise SystemExit(f'{args.prompt_file}: {err}') from err
-        jobs = [{**job, 'prompt': prompt} for job in jobs]
+        jobs = [{**job, 'prompt': prompt} for job in jobs]  # the text, not the path: an edited file is another study
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings
         path = job_path(out, job)
         if path.exists() and {k: json.loads(path.read_text()).get(k) for k in job} != job:

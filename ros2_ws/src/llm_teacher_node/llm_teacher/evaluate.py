@@ -96,8 +96,8 @@ def act_alone(teacher: Teacher, task: str, episodes: int, grounded: bool = True,
                         stuck[(describe(perception), tuple((t, round(p, 2)) for t, p in ranked))] += 1
                     break
     envs.close()
-    failures = [{'episodes': n, 'observation': text, 'top_options': dict(ranked)}
-                for (text, ranked), n in stuck.most_common()]
+    failures = [{'episodes': n, 'observation': text, 'top_options': dict(top)}
+                for (text, top), n in stuck.most_common()]
     return {'sampled': successes['sampled'] / episodes, 'greedy': successes['greedy'] / episodes,
             'sampled_return': float(np.mean(returns)), 'greedy_failures': failures}
 
