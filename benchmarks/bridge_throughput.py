@@ -17,7 +17,7 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', str(10 + os.getpid() % 90))
 
 import rclpy  # noqa: E402
-from habitat_bridge.spin import make_executor  # noqa: E402
+from llm_teacher_common.node import make_executor  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Int32  # noqa: E402

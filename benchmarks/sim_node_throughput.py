@@ -27,7 +27,7 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', str(10 + os.getpid() % 90))
 
 import rclpy  # noqa: E402
-from habitat_bridge.spin import make_executor  # noqa: E402
+from llm_teacher_common.node import make_executor  # noqa: E402
 from llm_teacher_msgs.msg import ActionBatch, PerceptionBatch, StepBatch  # noqa: E402
 
 from habitat_bridge.minigrid.vector import MiniGridVecEnv  # noqa: E402

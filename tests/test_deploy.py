@@ -9,7 +9,7 @@ from geometry_msgs.msg import Twist
 from llm_teacher_msgs.msg import ActionBatch, StepBatch
 from ros_helpers import spin_until
 
-from habitat_bridge.commands import velocity_for_action
+from llm_teacher_common.commands import velocity_for_action
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
 from student_policy.checkpoints import export_policy

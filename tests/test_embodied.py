@@ -15,7 +15,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Int32
 from tf2_msgs.msg import TFMessage
 
-from habitat_bridge.commands import MOTIONS, action_for_velocity, velocity_for_action
+from llm_teacher_common.commands import MOTIONS, action_for_velocity, velocity_for_action
 from habitat_bridge.embodied import sensors
 from habitat_bridge.embodied.expert import EmbodiedExpert
 from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend

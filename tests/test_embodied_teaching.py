@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from habitat_bridge.embodied.expert import segment_distances
-from habitat_bridge.embodied.mapping import FREE, OCCUPIED
-from habitat_bridge.embodied.vector import DEPTH_STEP_M, EmbodiedVecEnv, decode_depth
-from habitat_bridge.minigrid.observation import PerceivedObject, Perception
+from habitat_bridge.embodied.vector import EmbodiedVecEnv
+from llm_teacher_common.camera import DEPTH_STEP_M, decode_depth
+from llm_teacher_common.perception import FREE, OCCUPIED, PerceivedObject, Perception
 from llm_teacher.embodied_skills import EmbodiedSkills
 from llm_teacher.options import EXPLORE, Option, feasible_options
 from llm_teacher.teacher import embedded_teacher

@@ -8,7 +8,7 @@ from llm_teacher_msgs.srv import ResetEnvs
 from ros_helpers import spin_until
 from sensor_msgs.msg import Image
 
-from habitat_bridge.messages import observations_from_msg, perception_from_msg, top_suggestion
+from llm_teacher_common.messages import observations_from_msg, perception_from_msg, top_suggestion
 from habitat_bridge.minigrid.expert import ScriptedExpert
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from llm_teacher.launch_runner import LaunchRunner, NodeSpec, executable_path

@@ -7,6 +7,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from minigrid.core.constants import OBJECT_TO_IDX
 
+from habitat_bridge import register_tasks
 from habitat_bridge.minigrid.expert import ScriptedExpert
 from habitat_bridge.minigrid.observation import UNSEEN, MemoryMapObservation
 from habitat_bridge.minigrid.tasks import MAX_STEPS, TASK_IDS
@@ -14,6 +15,7 @@ from habitat_bridge.minigrid.vector import MiniGridVecEnv, make_env
 
 TASKS = list(TASK_IDS) + ['MiniGrid-DoorKey-8x8-v0']
 PAPER_TASKS = list(TASK_IDS)
+register_tasks()  # for gym.make of the paper's ids below
 
 
 def run_expert(env, seed):

@@ -12,8 +12,8 @@ import pytest
 from llm_teacher_msgs.msg import PerceptionBatch, StepBatch, SuggestionBatch, TeacherStatus
 from ros_helpers import spin_until
 
-from habitat_bridge.messages import perception_batch_msg, step_batch_msg
-from habitat_bridge.minigrid.observation import PerceivedObject, Perception
+from llm_teacher_common.messages import perception_batch_msg, step_batch_msg
+from llm_teacher_common.perception import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from llm_teacher.backends import LLMError, OpenAIBackend, embedded_model_dir
 from llm_teacher.cache import AnswerCache

@@ -5,7 +5,7 @@ import pytest
 from minigrid.core.actions import Actions
 
 from habitat_bridge.minigrid.expert import ScriptedExpert
-from habitat_bridge.minigrid.observation import PerceivedObject, Perception
+from llm_teacher_common.perception import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import make_env
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator, describe

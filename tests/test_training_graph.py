@@ -14,7 +14,7 @@ from ros_helpers import spin_until
 from sensor_msgs.msg import Image
 from websockets.sync.client import connect
 
-from habitat_bridge.messages import top_suggestion
+from llm_teacher_common.messages import top_suggestion
 from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
 from llm_teacher.report import make_report, read_recording, suggestion_at
 from student_policy.checkpoints import read_checkpoint

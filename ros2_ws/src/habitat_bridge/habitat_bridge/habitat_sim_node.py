@@ -15,7 +15,7 @@ stamp:
 
 Commands: `action` (std_msgs/Int32, one discrete action, applied once) and `cmd_vel`
 (geometry_msgs/Twist, held until it is zero or older than cmd_vel_timeout; mapped to the nearest
-discrete motion by habitat_bridge.commands). With no command the robot stands still and the
+discrete motion by llm_teacher_common.commands). With no command the robot stands still and the
 sensors keep publishing.
 """
 from __future__ import annotations
@@ -31,10 +31,10 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Int32
 from tf2_msgs.msg import TFMessage
 
-from habitat_bridge.commands import MOTIONS, action_for_velocity, velocity_for_action
+from llm_teacher_common.commands import MOTIONS, action_for_velocity, velocity_for_action
 from habitat_bridge.embodied import sensors
-from habitat_bridge.messages import occupancy_grid_msg, perception_msg, rgb_image_msg
-from habitat_bridge.spin import parameter, spin
+from llm_teacher_common.messages import occupancy_grid_msg, perception_msg, rgb_image_msg
+from llm_teacher_common.node import parameter, spin
 
 BACKENDS = ('miniworld', 'habitat', 'habitat_lab')
 

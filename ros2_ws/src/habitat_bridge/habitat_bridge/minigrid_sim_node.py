@@ -28,8 +28,8 @@ from llm_teacher_msgs.srv import ResetEnvs
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from habitat_bridge.spin import parameter, spin
-from habitat_bridge.messages import perception_batch_msg, rgb_image_msg, step_batch_msg
+from llm_teacher_common.node import parameter, spin
+from llm_teacher_common.messages import perception_batch_msg, rgb_image_msg, step_batch_msg
 from habitat_bridge.vector import default_observation, make_vec_env
 
 BATCH_QOS_DEPTH = 10

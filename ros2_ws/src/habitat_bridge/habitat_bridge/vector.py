@@ -3,8 +3,6 @@ ids embodied."""
 from __future__ import annotations
 
 
-EMBODIED_OBSERVATIONS = ('rgbd', 'rgb')  # camera rgb + depth as a 4th channel, or rgb alone
-
 
 def is_embodied(task: str) -> bool:
     return task.startswith(('MiniWorld-', 'Habitat-'))

@@ -19,11 +19,10 @@ import math
 
 import numpy as np
 
-from habitat_bridge.embodied.mapping import FREE, OCCUPIED, UNKNOWN, OccupancyGrid
-from habitat_bridge.minigrid.observation import Perception
+from llm_teacher_common.perception import FREE, OCCUPIED, UNKNOWN, OccupancyGrid, Perception
 from llm_teacher.options import Option
 
-# MiniWorld's action indices (habitat_bridge.commands.MOTIONS['miniworld']).
+# MiniWorld's action indices (llm_teacher_common.commands.MOTIONS['miniworld']).
 TURN_LEFT, TURN_RIGHT, FORWARD, BACK, PICKUP, DROP = 0, 1, 2, 3, 4, 5
 NUM_EMBODIED_ACTIONS = 8
 

@@ -24,7 +24,7 @@ import numpy as np
 from minigrid.core.actions import Actions
 
 from habitat_bridge.minigrid.expert import ScriptedExpert
-from habitat_bridge.minigrid.observation import Perception
+from llm_teacher_common.perception import Perception
 from habitat_bridge.minigrid.vector import make_env
 from habitat_bridge.vector import make_vec_env
 from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from habitat_bridge.minigrid.observation import Perception
+from llm_teacher_common.perception import Perception
 from llm_teacher.options import Option, named_in_mission
 
 PROMPTS = Path(__file__).resolve().parent / 'prompts'

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from habitat_bridge.minigrid.observation import PerceivedObject, Perception
+from llm_teacher_common.perception import PerceivedObject, Perception
 
 PICKABLE = ('key', 'ball', 'box', 'cylinder', 'cone')
 GO_TO_TARGETS = ('key', 'ball', 'box', 'door', 'goal', 'cylinder', 'cone')

@@ -20,7 +20,7 @@ from pathlib import Path
 from ament_index_python.packages import get_package_share_directory
 from rclpy.node import Node
 
-from habitat_bridge.spin import spin
+from llm_teacher_common.node import spin
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from habitat_bridge.messages import top_suggestion
+from llm_teacher_common.messages import top_suggestion
 
 STRIP_FRAMES = 8
 

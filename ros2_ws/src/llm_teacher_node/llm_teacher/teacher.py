@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from habitat_bridge.minigrid.observation import Perception
+from llm_teacher_common.perception import Perception
 from llm_teacher.backends import LLMError
 from llm_teacher.cache import AnswerCache
 from llm_teacher.embodied_skills import EmbodiedSkills

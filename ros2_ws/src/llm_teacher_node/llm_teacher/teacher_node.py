@@ -15,8 +15,8 @@ from llm_teacher_msgs.msg import PerceptionBatch, StepBatch, SuggestionBatch, Te
 from llm_teacher_msgs.msg import Suggestion as SuggestionMsg
 from rclpy.node import Node
 
-from habitat_bridge.messages import observations_from_msg, perceptions_from_msg
-from habitat_bridge.spin import parameter, spin
+from llm_teacher_common.messages import observations_from_msg, perceptions_from_msg
+from llm_teacher_common.node import parameter, spin
 from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator

@@ -22,8 +22,8 @@ from llm_teacher_msgs.msg import ActionBatch, SuggestionBatch, TeacherStatus, Tr
 from minigrid.core.actions import Actions
 from rclpy.node import Node
 
-from habitat_bridge.messages import index_in_batch, top_suggestion
-from habitat_bridge.spin import spin
+from llm_teacher_common.messages import index_in_batch, top_suggestion
+from llm_teacher_common.node import spin
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray

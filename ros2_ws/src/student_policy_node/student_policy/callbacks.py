@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from student_policy.checkpoints import export_policy, save_checkpoint, write_atomically
-from student_policy.evaluate import evaluate, load_policy
+from student_policy.evaluate import evaluate
+from student_policy.inference import load_policy
 from student_policy.ppo import PPOLearner
 
 
@@ -31,8 +32,8 @@ def checkpoint_path(run_dir: str | Path) -> Path:
 class CheckpointCallback:
     """Saves the learner every `every` updates and when training reaches its budget, then exports."""
 
-    def __init__(self, run_dir: str | Path, every: int = 10):
-        self.run_dir, self.every = Path(run_dir), every
+    def __init__(self, run_dir: str | Path, every: int = 10, task: str = ''):
+        self.run_dir, self.every, self.task = Path(run_dir), every, task
 
     def __call__(self, learner: PPOLearner, metrics: dict) -> bool:
         finished = learner.frames >= learner.config.total_frames
@@ -41,7 +42,7 @@ class CheckpointCallback:
             config = json.dumps(dataclasses.asdict(learner.config), indent=2).encode()
             write_atomically(self.run_dir / 'config.json', lambda f: f.write(config))
         if finished:
-            export_policy(self.run_dir / 'policy_last.pt', learner)
+            export_policy(self.run_dir / 'policy_last.pt', learner, self.task)
         return True
 
 
@@ -79,7 +80,7 @@ class EvalCallback:
         sampled = evaluate(actor, self.task, self.episodes, greedy=False)
         best = self.best
         if best is None or greedy['success_rate'] >= best['success_rate']:
-            export_policy(self.run_dir / 'policy.pt', learner)
+            export_policy(self.run_dir / 'policy.pt', learner, self.task)
             best = {'frames': learner.frames, 'success_rate': greedy['success_rate'],
                     'mean_return': greedy['mean_return']}
         self.last = {'frames': learner.frames, **greedy, 'success_rate_sampled': sampled['success_rate'],

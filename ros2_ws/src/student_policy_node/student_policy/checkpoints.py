@@ -4,12 +4,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
+from student_policy.inference import INFO_FILE, ONNX_OPSET, PolicyInfo
 from student_policy.networks import ActorCritic
 from student_policy.ppo import PPOConfig, PPOLearner
 
@@ -105,16 +107,30 @@ def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=No
     return learner
 
 
-def export_policy(path: str | Path, learner: PPOLearner) -> Path:
-    """A TorchScript module obs (B, *obs_shape) uint8 -> action logits (B, A), for the deploy node."""
-    # An eager copy: a compiled policy cannot be traced.
+def export_policy(path: str | Path, learner: PPOLearner, task: str = '') -> Path:
+    """The actor, obs (B, *obs_shape) uint8 -> action logits (B, A), for the deploy nodes: TorchScript
+    at `path` and ONNX (opset ONNX_OPSET, dynamic batch) beside it as <name>.onnx with <name>.json,
+    each carrying PolicyInfo (what the policy expects). Each file is written atomically."""
+    # An eager copy on the CPU: a compiled policy cannot be traced.
     policy = ActorCritic(learner.policy.obs_shape, learner.policy.num_actions, encoder=learner.policy.encoder_name)
-    policy.load_state_dict(learner.policy.state_dict())
+    policy.load_state_dict({k: v.cpu() for k, v in learner.policy.state_dict().items()})
     actor = _Actor(policy).eval()
     example = torch.zeros((1,) + learner.policy.obs_shape, dtype=torch.uint8)
+    info = PolicyInfo(learner.policy.obs_shape, learner.policy.num_actions, learner.policy.encoder_name, task)
     with torch.no_grad():
         traced = torch.jit.trace(actor, example)
-    return write_atomically(path, lambda f: torch.jit.save(traced, f))
+    path = Path(path)
+    write_atomically(path.with_suffix('.onnx'), lambda f: _export_onnx(actor, example, f))
+    write_atomically(path.with_suffix('.json'), lambda f: f.write(info.to_json().encode()))
+    return write_atomically(path, lambda f: torch.jit.save(traced, f, _extra_files={INFO_FILE: info.to_json()}))
+
+
+def _export_onnx(actor: torch.nn.Module, example: torch.Tensor, f: BinaryIO) -> None:
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter: the torch.export one needs onnxscript and gives the same graph here.
+        warnings.simplefilter('ignore', DeprecationWarning)
+        torch.onnx.export(actor, (example,), f, dynamo=False, opset_version=ONNX_OPSET, input_names=['obs'],
+                          output_names=['logits'], dynamic_axes={'obs': {0: 'batch'}, 'logits': {0: 'batch'}})
 
 
 class _Actor(torch.nn.Module):

@@ -2,37 +2,19 @@
 
     python -m student_policy.evaluate runs/train/policy.pt --task MiniGrid-SimpleDoorKey-v0 --episodes 100
 
-Evaluates the TorchScript file the deploy node loads, so the figure is that of what ships.
+Evaluates the file a deploy node loads (policy.pt, or policy.onnx), so the figure is that of what ships.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from habitat_bridge.vector import make_vec_env
-
-
-def load_policy(path: str | Path) -> torch.jit.ScriptModule:
-    """The exported policy (obs uint8 batch -> logits); ValueError naming the file if unusable."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f'policy file {path} does not exist (training writes run_dir/policy.pt at its end)')
-    try:
-        return torch.jit.load(str(path), map_location='cpu').eval()
-    except Exception as err:
-        raise ValueError(f'{path} is not an exported student policy ({type(err).__name__}: {err})') from err
-
-
-def choose_actions(logits: torch.Tensor, greedy: bool, generator: torch.Generator | None = None) -> np.ndarray:
-    """The most likely actions, or actions sampled from the policy."""
-    if greedy:
-        return logits.argmax(-1).numpy()
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1).numpy()
+from student_policy.inference import choose_actions, load_policy
 
 
 def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int = 16, greedy: bool = True) -> dict:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from habitat_bridge.vector import EMBODIED_OBSERVATIONS
+from llm_teacher_common.camera import EMBODIED_OBSERVATIONS
 
 # Sizes of the per-channel vocabularies of MiniGrid encodings: object type (11), colour (6),
 # state (3), agent layer (0 or 1 + heading). Rounded up so unexpected codes do not crash.

@@ -18,8 +18,8 @@ import numpy as np
 from llm_teacher_msgs.msg import ActionBatch, StepBatch, SuggestionBatch, TeacherStatus, TrainingStatus
 from rclpy.node import Node
 
-from habitat_bridge.messages import observations_from_msg
-from habitat_bridge.spin import parameter, spin
+from llm_teacher_common.messages import observations_from_msg
+from llm_teacher_common.node import parameter, spin
 from student_policy.callbacks import (CheckpointCallback, EvalCallback, MetricsLogCallback, checkpoint_path,
                                      progress_line)
 from student_policy.checkpoints import CheckpointError, load_learner
@@ -73,7 +73,7 @@ class StudentNode(Node):
         except ValueError as err:
             raise SystemExit(f'student_node: {err}') from err
         self.evaluation = EvalCallback(self.run_dir, task, eval_every, eval_episodes, test_episodes)
-        self.callbacks = [CheckpointCallback(self.run_dir, checkpoint_every), self.evaluation,
+        self.callbacks = [CheckpointCallback(self.run_dir, checkpoint_every, task), self.evaluation,
                           MetricsLogCallback(self.run_dir)]
 
         self.action_pub = self.create_publisher(ActionBatch, 'action_batch', QOS_DEPTH)

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from habitat_bridge.minigrid.observation import Perception
+from llm_teacher_common.perception import Perception
 
 
 @dataclass
@@ -59,7 +59,7 @@ class EmbodiedStep:
 
 class EmbodiedBackend(Protocol):
     action_set: str
-    """key of habitat_bridge.commands.MOTIONS for this simulator's discrete actions."""
+    """key of llm_teacher_common.commands.MOTIONS for this simulator's discrete actions."""
     camera: CameraSpec
     num_actions: int
     step_length: float

@@ -31,7 +31,7 @@ import numpy as np
 
 from habitat_bridge.embodied.backend import CameraSpec, EmbodiedStep, Pose
 from habitat_bridge.embodied.mapping import OccupancyMapper
-from habitat_bridge.minigrid.observation import PerceivedObject, Perception
+from llm_teacher_common.perception import PerceivedObject, Perception
 
 # Object kinds and the primitive template each is built from.
 KINDS = {'ball': 'icosphereSolid', 'box': 'cubeSolid', 'cylinder': 'cylinderSolid', 'cone': 'coneSolid'}

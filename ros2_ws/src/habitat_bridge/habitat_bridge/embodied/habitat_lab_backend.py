@@ -27,7 +27,7 @@ import numpy as np
 from habitat_bridge.embodied.backend import CameraSpec, EmbodiedStep, Pose
 from habitat_bridge.embodied.habitat_backend import DONE, FORWARD, TURN_LEFT, TURN_RIGHT, habitat_to_map, vfov_deg, yaw_of
 from habitat_bridge.embodied.mapping import OccupancyMapper
-from habitat_bridge.minigrid.observation import PerceivedObject, Perception
+from llm_teacher_common.perception import PerceivedObject, Perception
 
 # Task id -> habitat-lab config (its own benchmark configs; the test one uses habitat-test-scenes).
 TASKS = {'Habitat-PointNav-v0': 'benchmark/nav/pointnav/pointnav_habitat_test.yaml'}

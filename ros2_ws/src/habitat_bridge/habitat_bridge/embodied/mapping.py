@@ -11,41 +11,15 @@ planner on it dither. (So an object carried away leaves its old cells occupied.)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from habitat_bridge.embodied.backend import CameraSpec, Pose
+from llm_teacher_common.perception import FREE, OCCUPIED, UNKNOWN, OccupancyGrid
 
-UNKNOWN, FREE, OCCUPIED = -1, 0, 100
 OBSTACLE_BAND = 0.1, 2.0  # m above the floor: a depth point in this band is an obstacle (not floor, not ceiling)
 CARRIED = 1.8, 0.8  # m ahead and to either side where a held object hangs
 MAX_RANGE = 6.0  # m: a column with nothing nearer is free this far
-
-
-@dataclass
-class OccupancyGrid:
-    cells: np.ndarray  # int8 (W, H)
-    origin: tuple[float, float]  # map-frame position of cell [0, 0]'s corner
-    resolution: float  # m per cell
-
-    def cell_of(self, x: float, y: float) -> tuple[int, int]:
-        return int((x - self.origin[0]) // self.resolution), int((y - self.origin[1]) // self.resolution)
-
-    def cropped_to_known(self, margin: int = 2) -> 'OccupancyGrid':
-        """The part of the map round its known cells (and `margin` unknown ones): planning on it
-        gives the same paths at a fraction of the cost."""
-        known = np.argwhere(self.cells != UNKNOWN)
-        if not len(known):
-            return self
-        lo = np.maximum(known.min(axis=0) - margin, 0)
-        hi = np.minimum(known.max(axis=0) + margin + 1, self.cells.shape)
-        origin = (self.origin[0] + lo[0] * self.resolution, self.origin[1] + lo[1] * self.resolution)
-        return OccupancyGrid(self.cells[lo[0]:hi[0], lo[1]:hi[1]], origin, self.resolution)
-
-    def centre_of(self, i, j):
-        return (self.origin[0] + (np.asarray(i) + 0.5) * self.resolution,
-                self.origin[1] + (np.asarray(j) + 0.5) * self.resolution)
 
 
 def obstacle_points(depth: np.ndarray, camera: CameraSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from habitat_bridge.embodied.backend import CameraSpec, EmbodiedStep, Pose
 from habitat_bridge.embodied.mapping import OccupancyMapper
-from habitat_bridge.minigrid.observation import PerceivedObject, Perception
+from llm_teacher_common.perception import PerceivedObject, Perception
 
 Z_NEAR, Z_FAR = 0.04, 100.0  # MiniWorld's projection (render_obs)
 

@@ -4,10 +4,8 @@ process, as training and the teacher see them.
 The same interface as `habitat_bridge.minigrid.vector.MiniGridVecEnv` (reset/step -> VecStep with
 auto-reset and perceptions), so the PPO loop, the teacher and the study run on either.
 
-Observation encoding "rgbd" (uint8, shape (H, W, 4)): the camera's rgb, and depth in channel 3
-quantised to DEPTH_STEP_M (`encode_depth` / `decode_depth`: 0..255 is 0..10.2 m; farther reads
-as 10.2 m). One uint8 tensor keeps rollout storage, StepBatch messages and the exported policy
-the same as for grid worlds. "rgb" drops the depth channel.
+Observations: `llm_teacher_common.camera.camera_observation` of each camera frame, the function a
+deployed robot node builds its observations with.
 """
 from __future__ import annotations
 
@@ -15,19 +13,8 @@ import gymnasium as gym
 import numpy as np
 
 from habitat_bridge.embodied.backend import EmbodiedStep
-from habitat_bridge.minigrid.vector import VecStep
-from habitat_bridge.vector import EMBODIED_OBSERVATIONS
-DEPTH_STEP_M = 0.04
-
-
-def encode_depth(depth: np.ndarray) -> np.ndarray:
-    """Metres (float) -> uint8 steps of DEPTH_STEP_M, saturating at 255."""
-    return np.clip(np.rint(depth / DEPTH_STEP_M), 0, 255).astype(np.uint8)
-
-
-def decode_depth(channel: np.ndarray) -> np.ndarray:
-    """uint8 depth channel -> metres (float32)."""
-    return channel.astype(np.float32) * DEPTH_STEP_M
+from llm_teacher_common.camera import camera_observation, observation_channels
+from llm_teacher_common.steps import VecStep
 
 
 def make_backend(task: str, width: int, height: int, max_episode_steps: int | None = None):
@@ -50,24 +37,20 @@ class EmbodiedVecEnv:
                  max_episode_steps: int | None = None, render_env: int | None = None, perceive: bool = True):
         """render_env and perceive are MiniGridVecEnv's: every robot here renders its camera anyway,
         and builds its map every step (perceive=False only leaves the perceptions out of each step)."""
-        if observation not in EMBODIED_OBSERVATIONS:
-            raise ValueError(f'observation mode {observation!r} is not one of {EMBODIED_OBSERVATIONS}')
+        channels = observation_channels(observation)
         if num_envs < 1:
             raise ValueError(f'num_envs must be at least 1, got {num_envs}')
         self.task, self.num_envs, self.observation, self.perceive = task, num_envs, observation, perceive
         self.envs = [make_backend(task, width, height, max_episode_steps) for _ in range(num_envs)]
         self.camera = self.envs[0].camera
         self.num_actions = self.envs[0].num_actions
-        channels = 4 if observation == 'rgbd' else 3
         self.observation_space = gym.spaces.Box(0, 255, (height, width, channels), np.uint8)
         self._next_episode_id = 0
         self._episode_ids = np.zeros(num_envs, np.uint64)
         self._last: list[EmbodiedStep] = []
 
     def encode(self, step: EmbodiedStep) -> np.ndarray:
-        if self.observation == 'rgb':
-            return step.rgb
-        return np.concatenate([step.rgb, encode_depth(step.depth)[..., None]], axis=-1)
+        return camera_observation(step.rgb, step.depth, self.observation)
 
     def reset(self, seed: int | None = None) -> VecStep:
         self._last = [env.reset(seed=None if seed is None else seed + i) for i, env in enumerate(self.envs)]

@@ -12,11 +12,12 @@ Memory map encoding (uint8, shape (width, height, 4), indexed [x, y]):
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
 from minigrid.core.constants import DIR_TO_VEC, IDX_TO_COLOR, IDX_TO_OBJECT, OBJECT_TO_IDX, STATE_TO_IDX
+
+from llm_teacher_common.perception import PerceivedObject, Perception
 
 UNSEEN = OBJECT_TO_IDX['unseen']
 EMPTY = OBJECT_TO_IDX['empty']
@@ -25,41 +26,6 @@ IDX_TO_STATE = {idx: name for name, idx in STATE_TO_IDX.items()}
 REPORTED_TYPES = ('key', 'door', 'ball', 'box', 'goal', 'lava')
 _REPORTED = np.zeros(256, bool)  # object index -> reported? (a lookup: np.isin cost ~40 us a step)
 _REPORTED[[OBJECT_TO_IDX[t] for t in REPORTED_TYPES]] = True
-
-
-@dataclass
-class PerceivedObject:
-    """One perceived object; forward/left are in cells, in the robot's frame (REP-103)."""
-
-    type: str
-    color: str = ''
-    state: str = ''
-    forward: float = 0.0
-    left: float = 0.0
-    grid_x: int = -1
-    grid_y: int = -1
-    visible: bool = False
-
-    @property
-    def name(self) -> str:
-        """How a person names it: 'yellow key', 'blue door', 'lava'."""
-        return f'{self.color} {self.type}' if self.color and self.type != 'lava' else self.type
-
-
-@dataclass
-class Perception:
-    """What one robot perceives: the mission, objects seen this episode, what it carries, its pose."""
-
-    mission: str
-    objects: list[PerceivedObject] = field(default_factory=list)
-    carrying: PerceivedObject | None = None
-    x: float = 0.0
-    y: float = 0.0
-    heading: float = 0
-    """grid worlds: 0 east, 1 south, 2 west, 3 north; embodied: yaw in radians (REP-103)."""
-    task_family: str = 'gridworld'
-    occupancy: object = None
-    """embodied: the robot's OccupancyGrid (habitat_bridge.embodied.mapping), built from depth."""
 
 
 class MemoryMapObservation(gym.ObservationWrapper):

@@ -6,28 +6,15 @@ share of a MiniGrid step (which is ~0.1 ms).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import gymnasium as gym
 import numpy as np
 
-import habitat_bridge  # noqa: F401  (registers the paper's tasks)
-from habitat_bridge.minigrid.observation import MemoryMapObservation, Perception
+from habitat_bridge.minigrid.observation import MemoryMapObservation
+from habitat_bridge.minigrid.tasks import register_tasks
+from llm_teacher_common.perception import Perception
+from llm_teacher_common.steps import VecStep
 
 OBSERVATION_MODES = ('memory_map', 'egocentric')
-
-
-@dataclass
-class VecStep:
-    """One lock-step of N environments. Arrays have N rows."""
-
-    observations: np.ndarray  # uint8 (N, *obs_shape): after auto-reset, the new episode's first
-    rewards: np.ndarray  # float32
-    terminated: np.ndarray  # bool
-    truncated: np.ndarray  # bool
-    success: np.ndarray  # bool: the episode that ended here succeeded
-    episode_ids: np.ndarray  # uint64: episode each observation belongs to
-    perceptions: list[Perception]  # empty when the vector env was made with perceive=False
 
 
 def make_env(task: str, observation: str = 'memory_map', render: bool = False) -> gym.Env:
@@ -40,6 +27,7 @@ def make_env(task: str, observation: str = 'memory_map', render: bool = False) -
     """
     if observation not in OBSERVATION_MODES:
         raise ValueError(f'observation mode {observation!r} is not one of {OBSERVATION_MODES}')
+    register_tasks()
     if task not in gym.registry:
         known = sorted(k for k in gym.registry if k.startswith('MiniGrid-'))
         raise ValueError(f'unknown task id {task!r}; registered MiniGrid ids are: {", ".join(known)}')

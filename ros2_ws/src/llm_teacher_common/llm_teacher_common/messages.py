@@ -1,4 +1,5 @@
-"""Conversions between the simulators' plain Python results and ROS messages (no rclpy import)."""
+"""Conversions between ROS messages and plain Python / numpy: step, perception and suggestion
+batches, occupancy grids, and camera images (no rclpy import, no simulator)."""
 from __future__ import annotations
 
 import array
@@ -10,9 +11,8 @@ from nav_msgs.msg import OccupancyGrid as OccupancyGridMsg
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from habitat_bridge.embodied.mapping import OccupancyGrid
-from habitat_bridge.minigrid.observation import PerceivedObject, Perception
-from habitat_bridge.minigrid.vector import VecStep
+from llm_teacher_common.perception import OccupancyGrid, PerceivedObject, Perception
+from llm_teacher_common.steps import VecStep
 
 
 def step_batch_msg(step: VecStep, seq: int, stamp: Time, obs_encoding: str, num_actions: int,
@@ -133,3 +133,48 @@ def rgb_image_msg(frame: np.ndarray, stamp: Time, frame_id: str) -> Image:
     height, width = frame.shape[:2]
     return Image(header=Header(stamp=stamp, frame_id=frame_id), height=height, width=width, encoding='rgb8',
                  is_bigendian=0, step=width * 3, data=np.ascontiguousarray(frame, np.uint8).tobytes())
+
+
+RGB_ENCODINGS = {'rgb8': (3, False), 'bgr8': (3, True), 'rgba8': (4, False), 'bgra8': (4, True)}
+DEPTH_ENCODINGS = {'32FC1': (np.float32, 1.0), '16UC1': (np.uint16, 0.001)}  # REP-118: metres; millimetres
+
+
+def _pixels(m: Image, dtype, channels: int) -> np.ndarray:
+    """The (H, W[, C]) pixels of an image, honouring its row stride and byte order."""
+    itemsize = np.dtype(dtype).itemsize
+    row = m.width * channels * itemsize
+    if m.step < row or len(m.data) < m.step * m.height:
+        raise ValueError(f'{m.encoding} image {m.width}x{m.height} has step {m.step} and {len(m.data)} bytes: '
+                         f'too few for its size')
+    rows = np.frombuffer(bytes(m.data), np.uint8, m.step * m.height).reshape(m.height, m.step)[:, :row]
+    dtype = np.dtype(dtype).newbyteorder('>' if m.is_bigendian else '<')
+    pixels = np.ascontiguousarray(rows).view(dtype).astype(dtype.newbyteorder('='))
+    return pixels.reshape(m.height, m.width, channels) if channels > 1 else pixels.reshape(m.height, m.width)
+
+
+def rgb_from_image(m: Image) -> np.ndarray:
+    """(H, W, 3) uint8, red first, of an rgb8, bgr8, rgba8 or bgra8 sensor_msgs/Image.
+
+    :raises ValueError: another encoding, or data too short for the image's size.
+    """
+    if m.encoding not in RGB_ENCODINGS:
+        raise ValueError(f'colour image encoding {m.encoding!r} is not supported; use one of {", ".join(RGB_ENCODINGS)}')
+    channels, reversed_ = RGB_ENCODINGS[m.encoding]
+    pixels = _pixels(m, np.uint8, channels)[..., :3]
+    return np.ascontiguousarray(pixels[..., ::-1] if reversed_ else pixels)
+
+
+def depth_from_image(m: Image) -> np.ndarray:
+    """(H, W) float32 metres of a 32FC1 (metres) or 16UC1 (millimetres) sensor_msgs/Image; a 16UC1
+    0 (no return) becomes NaN, as 32FC1 marks it.
+
+    :raises ValueError: another encoding, or data too short for the image's size.
+    """
+    if m.encoding not in DEPTH_ENCODINGS:
+        raise ValueError(f'depth image encoding {m.encoding!r} is not supported; use one of {", ".join(DEPTH_ENCODINGS)}')
+    dtype, scale = DEPTH_ENCODINGS[m.encoding]
+    raw = _pixels(m, dtype, 1)
+    depth = raw.astype(np.float32) * np.float32(scale)
+    if dtype is np.uint16:
+        depth[raw == 0] = np.nan
+    return depth

@@ -1,0 +1,98 @@
+"""Running an exported student: load it (TorchScript or ONNX), choose actions. Imports only torch
+and numpy (onnxruntime for .onnx files), so a robot runs the policy with nothing of training,
+simulation or the LLM installed.
+
+An export is the actor alone: obs (B, *obs_shape) uint8 -> action logits (B, A). Beside the
+weights it carries what it was trained on (`PolicyInfo`), so a node can refuse a policy that does
+not fit its sensors or its robot before it drives anything.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+INFO_FILE = 'policy.json'  # inside the TorchScript archive (_extra_files); beside an .onnx file as <name>.json
+ONNX_OPSET = 17
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """What an exported policy expects and gives."""
+
+    obs_shape: tuple[int, ...]
+    """(H, W, C) of camera observations, (W, H, C) of grid maps."""
+    num_actions: int
+    encoder: str
+    """'grid' or 'image'."""
+    task: str = ''
+    """the task it was trained on ('' when not recorded)."""
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), 'obs_shape': list(self.obs_shape)})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PolicyInfo:
+        data = json.loads(text)
+        return cls(tuple(data['obs_shape']), int(data['num_actions']), data['encoder'], data.get('task', ''))
+
+
+class Policy:
+    """An exported policy: `policy(obs)` gives action logits (torch, float32) for a uint8 batch."""
+
+    def __init__(self, path: str | Path, device: str = 'cpu'):
+        """:raises ValueError: missing or unusable file, or an unknown suffix, naming the file."""
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ValueError(f'policy file {self.path} does not exist (training writes run_dir/policy.pt '
+                             f'and run_dir/policy.onnx at its end)')
+        self.device = torch.device(device)
+        if self.device.type == 'cuda' and not torch.cuda.is_available():
+            raise ValueError(f'device {device!r} asked for, but torch sees no CUDA device here; use device cpu')
+        if self.path.suffix == '.onnx':
+            self._load_onnx()
+        else:
+            self._load_torchscript()
+
+    def _load_torchscript(self) -> None:
+        extra = {INFO_FILE: ''}
+        try:
+            self._module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=extra).eval()
+        except Exception as err:
+            raise ValueError(f'{self.path} is not an exported student policy ({type(err).__name__}: {err})') from err
+        self.info = PolicyInfo.from_json(extra[INFO_FILE]) if extra[INFO_FILE] else None
+        self._session = None
+
+    def _load_onnx(self) -> None:
+        import onnxruntime  # only for .onnx files: a robot serving TorchScript does not need it
+        try:
+            self._session = onnxruntime.InferenceSession(str(self.path), providers=['CPUExecutionProvider'])
+        except Exception as err:
+            raise ValueError(f'{self.path} is not a usable ONNX policy ({type(err).__name__}: {err})') from err
+        info = self.path.with_suffix('.json')
+        self.info = PolicyInfo.from_json(info.read_text()) if info.is_file() else None
+        self._module = None
+
+    @torch.no_grad()
+    def __call__(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Action logits (B, A) on the CPU of observations (B, *obs_shape) uint8."""
+        if self._session is not None:
+            obs = obs.numpy() if isinstance(obs, torch.Tensor) else obs
+            return torch.from_numpy(self._session.run(None, {'obs': np.ascontiguousarray(obs, np.uint8)})[0])
+        obs = torch.as_tensor(obs).to(self.device)
+        return self._module(obs).float().cpu()
+
+
+def load_policy(path: str | Path, device: str = 'cpu') -> Policy:
+    """The exported policy at `path` (.pt TorchScript or .onnx); ValueError naming the file if unusable."""
+    return Policy(path, device)
+
+
+def choose_actions(logits: torch.Tensor, greedy: bool, generator: torch.Generator | None = None) -> np.ndarray:
+    """The most likely actions, or actions sampled from the policy."""
+    if greedy:
+        return logits.argmax(-1).numpy()
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1).numpy()
