@@ -1,21 +1,37 @@
-"""Deploy the student alone (no LLM, no training) on a robot's topics.
+"""Deploy the student alone (no LLM, no training, no simulator) on a robot's own topics.
 
-    ros2 launch llm_teacher deploy.launch.py policy_path:=runs/train/policy.pt observations:=/robot/step_batch actions:=/robot/action_batch
+    ros2 launch llm_teacher deploy.launch.py policy_path:=runs/train/policy.pt rgb:=/camera/color/image_raw depth:=/camera/depth/image_rect_raw cmd_vel:=/cmd_vel
+
+robot:=true (default) runs robot_policy_node: rgb + depth images in, geometry_msgs/Twist out.
+robot:=false runs policy_node for grid simulators: StepBatch in, ActionBatch out.
 """
 from pathlib import Path
 
-from llm_teacher.launch_runner import NodeSpec, launch_description
+from llm_teacher.launch_runner import NodeSpec, flag, launch_description
 
 CONFIG = Path(__file__).resolve().parent.parent / 'config'
 
 ARGUMENTS = {
-    'policy_path': ('runs/train/policy.pt', 'Exported student policy (TorchScript)'),
-    'observations': ('step_batch', "Topic of the robot's observation batches (llm_teacher_msgs/StepBatch)"),
-    'actions': ('action_batch', 'Topic the actions are published on (llm_teacher_msgs/ActionBatch)'),
+    'policy_path': ('runs/train/policy.pt', 'Exported student policy (TorchScript .pt, or .onnx)'),
+    'robot': ('true', 'true: a camera robot (robot_policy_node); false: a grid simulator (policy_node)'),
+    'rgb': ('camera/image_raw', "The robot's colour image topic (sensor_msgs/Image rgb8/bgr8)"),
+    'depth': ('camera/depth/image_raw', "The robot's depth image topic (sensor_msgs/Image 32FC1 m or 16UC1 mm)"),
+    'cmd_vel': ('cmd_vel', 'Where velocity commands go (geometry_msgs/Twist)'),
+    'control_rate_hz': ('10.0', 'Actions per second; one action is carried out in 1 / rate s'),
+    'device': ('cpu', 'cpu or cuda'),
+    'observations': ('step_batch', 'robot:=false: topic of the observation batches (llm_teacher_msgs/StepBatch)'),
+    'actions': ('action_batch', 'robot:=false: topic the actions go to (llm_teacher_msgs/ActionBatch)'),
 }
 
 
 def nodes(args: dict) -> list:
+    if flag(args, 'robot'):
+        return [NodeSpec('student_policy', 'robot_policy_node', 'robot_policy_node',
+                         parameters=[CONFIG / 'robot_policy_node.yaml',
+                                     {'policy_path': args['policy_path'], 'device': args['device'],
+                                      'control_rate_hz': float(args['control_rate_hz'])}],
+                         remappings=[('camera/image_raw', args['rgb']), ('camera/depth/image_raw', args['depth']),
+                                     ('cmd_vel', args['cmd_vel'])])]
     return [NodeSpec('student_policy', 'policy_node', 'policy_node',
                      parameters=[CONFIG / 'policy_node.yaml', {'policy_path': args['policy_path']}],
                      remappings=[('step_batch', args['observations']), ('action_batch', args['actions'])])]

@@ -75,6 +75,6 @@ def test_action_to_velocity_mapping():
 
 def test_deploy_launch_remaps_to_a_robots_topics():
     launch = load_launch_file(LAUNCH / 'deploy.launch.py')
-    spec, = launch.nodes(resolve_arguments(launch.ARGUMENTS, ['observations:=/robot/obs', 'actions:=/robot/cmd']))
+    spec, = launch.nodes(resolve_arguments(launch.ARGUMENTS, ['robot:=false', 'observations:=/robot/obs', 'actions:=/robot/cmd']))
     assert ('step_batch', '/robot/obs') in spec.remappings and ('action_batch', '/robot/cmd') in spec.remappings
     assert '-r' in spec.ros_args() and 'step_batch:=/robot/obs' in spec.ros_args()
