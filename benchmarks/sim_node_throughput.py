@@ -75,7 +75,7 @@ class OverDDS:
 
     def answer(self, batch: StepBatch) -> None:
         self.envs_stepped += batch.num_envs
-        self.publisher.publish(ActionBatch(seq=batch.seq, group=batch.group,
+        self.publisher.publish(ActionBatch(seq=batch.seq, epoch=batch.epoch, group=batch.group,
                                            actions=self.rng.integers(0, batch.num_actions, batch.num_envs).tolist()))
 
     def run(self, seconds: float) -> float:

@@ -65,7 +65,8 @@ class Driver:
         return spin_until(self.node, found, timeout, f'perception batch {seq} from minigrid_sim_node')
 
     def send(self, seq: int, actions, group: int = 0) -> None:
-        self.actions.publish(ActionBatch(seq=seq, group=group, actions=[int(a) for a in actions]))
+        epoch = self.batches[-1].epoch if self.batches else 0  # answers must name the sim's epoch
+        self.actions.publish(ActionBatch(seq=seq, epoch=epoch, group=group, actions=[int(a) for a in actions]))
 
 
 def test_steps_over_dds_exactly_as_in_process(sim_node, ros_node):

@@ -21,6 +21,7 @@ are not even computed (a plain-PPO graph steps ~1.3 ms faster per batch of 16).
 from __future__ import annotations
 
 import functools
+import secrets
 
 import numpy as np
 from llm_teacher_msgs.msg import ActionBatch, PerceptionBatch, StepBatch
@@ -28,9 +29,9 @@ from llm_teacher_msgs.srv import ResetEnvs
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from llm_teacher_common.node import parameter, spin
-from llm_teacher_common.messages import perception_batch_msg, rgb_image_msg, step_batch_msg
 from habitat_bridge.vector import default_observation, make_vec_env
+from llm_teacher_common.messages import perception_batch_msg, rgb_image_msg, step_batch_msg
+from llm_teacher_common.node import parameter, spin
 
 BATCH_QOS_DEPTH = 10
 
@@ -75,6 +76,7 @@ class MiniGridSimNode(Node):
             self.create_timer(1.0 / render_hz, self.publish_image)
         self.create_timer(republish_s, self.republish_if_unanswered)
         self.seq = -1
+        self.epoch = secrets.randbits(63)  # tells the learner and the teacher that this is a new sim
         self.rejected = 0
         # seq -> (step batch, perception batch or None) awaiting its actions; kept for resends
         self.waiting: dict[int, tuple[StepBatch, PerceptionBatch | None]] = {}
@@ -91,15 +93,20 @@ class MiniGridSimNode(Node):
         step = advance(envs)
         self.seq += 1
         batch = step_batch_msg(step, self.seq, self.get_clock().now().to_msg(), self.observation,
-                               self.num_actions, group=group, num_groups=len(self.groups))
+                               self.num_actions, group=group, num_groups=len(self.groups), epoch=self.epoch)
         self.step_pub.publish(batch)
         perceptions = None
         if perceive:
-            perceptions = perception_batch_msg(step.perceptions, self.seq, batch.header.stamp)
+            perceptions = perception_batch_msg(step.perceptions, self.seq, batch.header.stamp, epoch=self.epoch)
             self.perception_pub.publish(perceptions)
         self.waiting[self.seq] = (batch, perceptions)
 
     def on_actions(self, batch: ActionBatch) -> None:
+        if batch.epoch != self.epoch:
+            self.rejected += 1
+            self.get_logger().warning(f'action batch {batch.seq} answers another sim epoch ({batch.epoch:x}, '
+                                      f'this sim: {self.epoch:x}): ignored', throttle_duration_sec=5.0)
+            return
         if batch.seq in self.answered:
             return  # a repeated answer to a batch already stepped (after our own resend): harmless
         error = self.check_actions(batch)

@@ -16,12 +16,12 @@ from llm_teacher_common.steps import VecStep
 
 
 def step_batch_msg(step: VecStep, seq: int, stamp: Time, obs_encoding: str, num_actions: int,
-                   frame_id: str = 'map', group: int = 0, num_groups: int = 1) -> msg.StepBatch:
+                   frame_id: str = 'map', group: int = 0, num_groups: int = 1, epoch: int = 0) -> msg.StepBatch:
     """Step batch `seq` of env group `group`; its episode ids are made unique across groups."""
     out = msg.StepBatch()
     out.header.stamp = stamp
     out.header.frame_id = frame_id
-    out.seq = seq
+    out.seq, out.epoch = seq, epoch
     out.num_envs = len(step.rewards)
     out.num_actions = num_actions
     out.group, out.num_groups = group, num_groups
@@ -37,9 +37,9 @@ def step_batch_msg(step: VecStep, seq: int, stamp: Time, obs_encoding: str, num_
 
 
 def perception_batch_msg(perceptions: list[Perception], seq: int, stamp: Time,
-                         frame_id: str = 'map') -> msg.PerceptionBatch:
+                         frame_id: str = 'map', epoch: int = 0) -> msg.PerceptionBatch:
     """What the N environments of step batch `seq` perceive (with their maps where they have them)."""
-    out = msg.PerceptionBatch(seq=seq, perceptions=[perception_msg(p) for p in perceptions])
+    out = msg.PerceptionBatch(seq=seq, epoch=epoch, perceptions=[perception_msg(p) for p in perceptions])
     out.header.stamp = stamp
     out.header.frame_id = frame_id
     if perceptions and perceptions[0].occupancy is not None:

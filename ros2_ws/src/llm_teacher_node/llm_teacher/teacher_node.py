@@ -57,37 +57,47 @@ class TeacherNode(Node):
         self.suggestion_pub = self.create_publisher(SuggestionBatch, 'suggestion_batch', QOS_DEPTH)
         self.status_pub = self.create_publisher(TeacherStatus, 'teacher_status', QOS_DEPTH)
         # The sim publishes a step's observations and perceptions apart; each waits here for its pair.
-        self.steps: dict[int, StepBatch] = {}
-        self.perceptions: dict[int, PerceptionBatch] = {}
+        self.steps: dict[tuple[int, int], StepBatch] = {}  # by (epoch, seq)
+        self.perceptions: dict[tuple[int, int], PerceptionBatch] = {}
         self.create_subscription(StepBatch, 'step_batch', lambda b: self.on_batch(b, self.steps, self.perceptions),
                                  QOS_DEPTH)
         self.create_subscription(PerceptionBatch, 'perception_batch',
                                  lambda b: self.on_batch(b, self.perceptions, self.steps), QOS_DEPTH)
         self.create_timer(1.0, self.publish_status)
-        self.last_seq = -1
+        self.last_key = (0, -1)
+        self.rejected = 0
         self.get_logger().info(f'teacher {self.teacher.source} ({mode}), cache {cache_path}')
 
     def on_batch(self, batch: StepBatch | PerceptionBatch, mine: dict, other: dict) -> None:
-        if batch.seq == self.last_seq:
+        key = (batch.epoch, batch.seq)  # a restarted sim counts seq from 0 again, in a new epoch
+        if key == self.last_key:
             return  # a resend of the batch just answered
-        partner = other.pop(batch.seq, None)
+        partner = other.pop(key, None)
         if partner is None:
-            mine[batch.seq] = batch
+            mine[key] = batch
             while len(mine) > QOS_DEPTH:  # its pair was lost (or the sim restarted its seq)
                 mine.pop(next(iter(mine)))
             return
-        self.last_seq = batch.seq
+        self.last_key = key
         self.answer(*((batch, partner) if isinstance(batch, StepBatch) else (partner, batch)))
 
     def answer(self, step: StepBatch, perceptions: PerceptionBatch) -> None:
-        out = SuggestionBatch(seq=step.seq, group=step.group)
+        out = SuggestionBatch(seq=step.seq, epoch=step.epoch, group=step.group)
         out.header.stamp = self.get_clock().now().to_msg()
-        for obs, perception in zip(observations_from_msg(step), perceptions_from_msg(perceptions)):
-            s = self.teacher.suggest(perception, obs)
-            out.suggestions.append(SuggestionMsg(
-                valid=s.valid, options=s.options, option_probs=s.option_probs,
-                action_probs=np.asarray(s.action_probs, np.float32).tolist(), source=self.teacher.source,
-                cache_hit=s.cache_hit, latency_ms=s.latency_ms))
+        try:
+            observations, perceived = observations_from_msg(step), perceptions_from_msg(perceptions)
+            if len(perceived) != len(observations):
+                raise ValueError(f'{len(perceived)} perceptions for {len(observations)} environments')
+            for obs, perception in zip(observations, perceived):
+                s = self.teacher.suggest(perception, obs)
+                out.suggestions.append(SuggestionMsg(
+                    valid=s.valid, options=s.options, option_probs=s.option_probs,
+                    action_probs=np.asarray(s.action_probs, np.float32).tolist(), source=self.teacher.source,
+                    cache_hit=s.cache_hit, latency_ms=s.latency_ms))
+        except (ValueError, KeyError, IndexError) as err:  # nothing on the domain may crash the teacher
+            self.rejected += 1
+            self.get_logger().error(f'step batch {step.seq} not answered: {err}', throttle_duration_sec=5.0)
+            return
         self.suggestion_pub.publish(out)
 
     def publish_status(self) -> None:

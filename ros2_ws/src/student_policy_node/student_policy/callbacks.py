@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
-from student_policy.checkpoints import export_policy, save_checkpoint, write_atomically
+from student_policy.checkpoints import CheckpointError, export_policy, save_checkpoint, write_atomically
 from student_policy.evaluate import evaluate
 from student_policy.inference import load_policy
 from student_policy.ppo import PPOLearner
@@ -38,7 +39,11 @@ class CheckpointCallback:
     def __call__(self, learner: PPOLearner, metrics: dict) -> bool:
         finished = learner.frames >= learner.config.total_frames
         if finished or learner.updates % self.every == 0:
-            save_checkpoint(checkpoint_path(self.run_dir), learner)
+            try:
+                save_checkpoint(checkpoint_path(self.run_dir), learner)
+            except CheckpointError as err:  # non-finite weights: keep the last good checkpoint, train on
+                print(f'checkpoint: {err}', file=sys.stderr, flush=True)
+                return True
             config = json.dumps(dataclasses.asdict(learner.config), indent=2).encode()
             write_atomically(self.run_dir / 'config.json', lambda f: f.write(config))
         if finished:

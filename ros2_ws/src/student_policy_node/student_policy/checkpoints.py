@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -44,8 +45,15 @@ def save_checkpoint(path: str | Path, learner: PPOLearner) -> Path:
     """Write model, optimiser, counters, config and RNG states to `path` atomically.
 
     The file is written next to `path` and renamed over it, so a crash mid-write leaves the
-    previous checkpoint intact.
+    previous checkpoint intact. It holds tensors and plain Python values only, so it loads with
+    torch.load(weights_only=True): a checkpoint file from elsewhere cannot run code.
+
+    :raises CheckpointError: the model holds non-finite weights (the previous checkpoint is kept).
     """
+    broken = [name for name, value in learner.policy.state_dict().items() if not torch.isfinite(value).all()]
+    if broken:
+        raise CheckpointError(f'not saving {path}: non-finite weights in {", ".join(broken[:3])}; '
+                              f'the previous checkpoint is kept')
     state = {
         'format': FORMAT,
         'config': dataclasses.asdict(learner.config),
@@ -68,7 +76,11 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f'checkpoint {path} does not exist')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=False)
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f'{path} holds Python objects that a safe load refuses (a checkpoint of an older '
+                              f'version, or not one of ours): {str(err).splitlines()[0]}. Start afresh in another '
+                              f'run directory, or delete it') from err
     except Exception as err:
         raise CheckpointError(f'checkpoint {path} is unreadable or corrupt ({type(err).__name__}: {err}); '
                               f'delete it to start afresh, or resume from another checkpoint') from err

@@ -58,7 +58,7 @@ class PolicyNode(Node):
     def on_step(self, batch: StepBatch) -> None:
         obs = observations_from_msg(batch)
         actions = choose_actions(self.policy(obs), self.greedy)
-        out = ActionBatch(seq=batch.seq, group=batch.group, actions=actions.astype(np.int32).tolist())
+        out = ActionBatch(seq=batch.seq, epoch=batch.epoch, group=batch.group, actions=actions.astype(np.int32).tolist())
         out.header.stamp = self.get_clock().now().to_msg()
         self.action_pub.publish(out)
         if 0 <= self.twist_env < len(actions):

@@ -8,6 +8,7 @@ for tests and benchmarks) or by the student node, one step batch at a time, thro
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from student_policy.lockstep import LockstepLearner, StepIn
 from student_policy.networks import ActorCritic
 from student_policy.storage import RolloutStorage, compute_gae
 
@@ -128,6 +130,7 @@ class PPOLearner:
         self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions, num_groups)
         self.num_envs, self.num_actions = num_envs, num_actions
         self.frames = self.updates = self.episodes = 0
+        self.skipped_steps = 0  # gradient steps skipped for a non-finite loss or gradient
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.recent_success: deque[float] = deque(maxlen=100)
         self._episode_return = np.zeros(num_envs, np.float32)
@@ -180,6 +183,13 @@ class PPOLearner:
             returns[i] = 0.0
             self.episodes += 1
 
+    def drop_group_rollout(self, group: int) -> None:
+        """Forget env group `group`'s rows of this rollout and its unfinished episodes (its simulator
+        restarted: what follows does not continue them)."""
+        self.storage.steps[group] = 0
+        self.storage.teacher_mask[:, self.storage.columns(group)] = 0.0
+        self._episode_return[self.storage.columns(group)] = 0.0
+
     def update(self, next_obs: np.ndarray) -> dict[str, float]:
         """PPO epochs over the full rollout; returns CleanRL-style metrics by TensorBoard tag."""
         cfg, s = self.config, self.storage
@@ -193,6 +203,7 @@ class PPOLearner:
         for group in self.optimizer.param_groups:
             group['lr'] = max(learning_rate, 0.0)
         stats = {k: [] for k in ('policy_loss', 'value_loss', 'entropy', 'distill_loss', 'approx_kl', 'clipfrac')}
+        skipped = 0
         kl_limit = 1.5 * cfg.target_kl if cfg.target_kl is not None and weight == 0 else float('inf')
         minibatches = (mb for _ in range(cfg.update_epochs)
                        for mb in s.minibatches(advantages, returns, cfg.minibatch_size, self.rng))
@@ -217,7 +228,10 @@ class PPOLearner:
             loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy + weight * distill_loss
             self.optimizer.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                skipped += 1  # one bad sample must not put NaN into every weight
+                continue
             self.optimizer.step()
             stats['clipfrac'].append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item())
             for name, value in (('policy_loss', policy_loss), ('value_loss', value_loss),
@@ -230,10 +244,12 @@ class PPOLearner:
         self._last_update_time, self._frames_at_last_update = now, self.frames
         coverage = float(s.teacher_mask.mean())
         s.steps = [0] * len(s.steps)
+        self.skipped_steps += skipped
         self.updates += 1
         metrics = {f'losses/{k}': float(np.mean(v)) if v else float('nan') for k, v in stats.items()}
         metrics.update({
             'losses/gradient_steps': len(stats['policy_loss']),
+            'losses/skipped_steps': skipped,
             'losses/explained_variance': float(explained),
             'charts/SPS': fps,
             'charts/episodic_return': float(np.mean(self.recent_returns)) if self.recent_returns else 0.0,
@@ -246,22 +262,29 @@ class PPOLearner:
 
 
 def train(config: PPOConfig, envs, teacher=None, callbacks=(), learner: PPOLearner | None = None) -> PPOLearner:
-    """Train in-process on a `MiniGridVecEnv`-like `envs` until `config.total_frames`.
+    """Train in-process on a `MiniGridVecEnv`-like `envs` until `config.total_frames`, through the
+    same lock-step loop the student node runs (`student_policy.lockstep.LockstepLearner`).
 
     :param teacher: optional callable(VecStep) -> (probs (N, A) float32, mask (N,) bool): the
         teacher's action distribution for the states of that step, and where it has one.
     :param callbacks: callables(learner, metrics) -> bool run after each update; False stops training.
     :param learner: continue this learner (e.g. restored from a checkpoint) instead of a new one.
     """
-    learner = learner or PPOLearner(config, envs.observation_space.shape, envs.num_envs, envs.num_actions)
-    step = envs.reset(seed=config.seed + learner.updates * envs.num_envs)
-    while learner.frames < config.total_frames:
-        for _ in range(config.num_steps):
-            probs, mask = teacher(step) if teacher is not None else (None, None)
-            actions = learner.act(step.observations, probs, mask)
-            step = envs.step(actions)
-            learner.record(step.rewards, step.terminated | step.truncated, step.success)
-        metrics = learner.update(step.observations)
-        if not all([callback(learner, metrics) for callback in callbacks]):
+    if learner is not None and learner.frames >= config.total_frames:
+        return learner
+    loop = LockstepLearner(
+        lambda obs_shape, num_envs, num_actions, *_: learner or PPOLearner(config, obs_shape, num_envs, num_actions),
+        lambda trained, metrics: all([callback(trained, metrics) for callback in callbacks]))
+    step = envs.reset(seed=config.seed + (learner.updates if learner else 0) * envs.num_envs)
+    for seq in itertools.count():
+        answers = loop.on_step(StepIn(seq, step.observations, step.rewards, step.terminated, step.truncated,
+                                      step.success, envs.num_actions, encoder=config.encoder))
+        if not answers:
+            if not loop.done:
+                raise RuntimeError(loop.counters.last_error)
             break
-    return learner
+        if teacher is not None:
+            probs, mask = teacher(step)
+            loop.on_suggestions(0, seq, 0, probs, mask.astype(np.float32))
+        step = envs.step(answers[0].actions)
+    return loop.learner

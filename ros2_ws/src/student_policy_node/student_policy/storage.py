@@ -51,7 +51,7 @@ class RolloutStorage:
         if num_groups < 1 or num_envs % num_groups:
             raise ValueError(f'{num_envs} environments do not split into {num_groups} equal groups')
         shape = (num_steps, num_envs)
-        self.num_steps, self.num_envs = num_steps, num_envs
+        self.num_steps, self.num_envs, self.num_groups = num_steps, num_envs, num_groups
         self.group_size = num_envs // num_groups
         self.obs = np.zeros(shape + tuple(obs_shape), np.uint8)
         self.actions = np.zeros(shape, np.int64)

@@ -23,22 +23,11 @@ from llm_teacher_common.node import parameter, spin
 from student_policy.callbacks import (CheckpointCallback, EvalCallback, MetricsLogCallback, checkpoint_path,
                                      progress_line)
 from student_policy.checkpoints import CheckpointError, load_learner
+from student_policy.lockstep import LockstepLearner, StepIn, suggestion_arrays
 from student_policy.networks import encoder_for
 from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule
 
 QOS_DEPTH = 10
-
-
-def teacher_arrays(batch: SuggestionBatch | None, num_envs: int, num_actions: int):
-    """(probs (N, A), mask (N,)) from a suggestion batch; mask 0 where it has no valid suggestion."""
-    probs = np.zeros((num_envs, num_actions), np.float32)
-    mask = np.zeros(num_envs, np.float32)
-    if batch is not None:
-        for i, suggestion in enumerate(batch.suggestions[:num_envs]):
-            if suggestion.valid and len(suggestion.action_probs) == num_actions:
-                probs[i] = suggestion.action_probs
-                mask[i] = 1.0
-    return probs, mask
 
 
 class StudentNode(Node):
@@ -83,67 +72,40 @@ class StudentNode(Node):
         self.teacher_status: TeacherStatus | None = None  # for the progress line
         self.create_subscription(TeacherStatus, 'teacher_status', lambda msg: setattr(self, 'teacher_status', msg), QOS_DEPTH)
 
-        self.learner: PPOLearner | None = None
-        self.rollout_steps: dict[int, tuple[int, int]] = {}  # seq -> (step, group) in this rollout, for late suggestions
-        self.early: dict[int, SuggestionBatch] = {}  # suggestions that beat their step batch here
-        self.last_seq: dict[int, int] = {}  # group -> seq of the last step batch taken in
-        self.last_actions: dict[int, ActionBatch] = {}  # group -> the actions that answered it
-        self.full: dict[int, StepBatch] = {}  # groups done with this rollout: their next batch waits for the update
-        self.done = False
+        self.loop = LockstepLearner(self.make_learner, self.after_update,
+                                    log=lambda text: self.get_logger().warning(text, throttle_duration_sec=1.0))
+
+    @property
+    def done(self) -> bool:
+        return self.loop.done
 
     def on_step(self, batch: StepBatch) -> None:
-        if self.done:
+        try:
+            step = StepIn(batch.seq, observations_from_msg(batch), np.asarray(batch.rewards, np.float32),
+                          np.asarray(batch.terminated, bool), np.asarray(batch.truncated, bool),
+                          np.asarray(batch.success, bool), batch.num_actions, batch.group, batch.num_groups,
+                          batch.epoch, encoder_for(batch.obs_encoding))
+        except ValueError as err:  # observation bytes that do not fill num_envs x obs_shape
+            self.loop.counters.rejected_steps += 1
+            self.get_logger().warning(f'step batch {batch.seq} refused: {err}', throttle_duration_sec=1.0)
             return
-        group = batch.group
-        if batch.seq <= self.last_seq.get(group, -1):
-            if group in self.last_actions and batch.seq == self.last_actions[group].seq:
-                self.action_pub.publish(self.last_actions[group])  # the sim resent it: our actions were lost
-            return
-        self.last_seq[group] = batch.seq
-        obs = observations_from_msg(batch)
-        if self.learner is None:
-            self.learner = self.make_learner(obs.shape[1:], batch.num_envs * batch.num_groups, batch.num_actions,
-                                             encoder_for(batch.obs_encoding), batch.num_groups)
-        elif group in self.last_actions:
-            self.learner.record(np.asarray(batch.rewards, np.float32),
-                                np.logical_or(batch.terminated, batch.truncated), np.asarray(batch.success), group)
-            del self.last_actions[group]
-            if self.learner.storage.group_full(group):
-                # With env groups, the first to finish the rollout waits here for the others.
-                self.full[group] = batch
-                if not self.learner.storage.full:
-                    return
-                waiting = [self.full.pop(g) for g in sorted(self.full)]
-                if not self.after_rollout(np.concatenate([observations_from_msg(b) for b in waiting])):
-                    return
-                for waiting_batch in waiting:
-                    self.act(waiting_batch, observations_from_msg(waiting_batch))
-                return
-        self.act(batch, obs)
+        for answer in self.loop.on_step(step):
+            out = ActionBatch(seq=answer.seq, group=answer.group, epoch=answer.epoch,
+                              actions=answer.actions.astype(np.int32).tolist(), action_probs=answer.probs.ravel().tolist())
+            out.header.stamp = self.get_clock().now().to_msg()
+            self.action_pub.publish(out)
 
     def on_suggestions(self, batch: SuggestionBatch) -> None:
-        step_group = self.rollout_steps.get(batch.seq)
-        if step_group is not None:
-            step, group = step_group
-            self.learner.attach_teacher(step, *teacher_arrays(batch, self.learner.storage.group_size,
-                                                              self.learner.num_actions), group)
-        elif batch.seq > min(self.last_seq.values(), default=-1):
-            self.early[batch.seq] = batch
-
-    def act(self, batch: StepBatch, obs: np.ndarray) -> None:
-        group = batch.group
-        self.rollout_steps[batch.seq] = (self.learner.storage.steps[group], group)
-        actions = self.learner.act(obs, group=group)
-        early = self.early.pop(batch.seq, None)
-        if early is not None:
-            self.on_suggestions(early)
-        oldest = min(self.last_seq.values())
-        self.early = {seq: b for seq, b in self.early.items() if seq > oldest}
-        out = ActionBatch(seq=batch.seq, group=group, actions=actions.astype(np.int32).tolist(),
-                          action_probs=self.learner.last_probs.ravel().tolist())
-        out.header.stamp = self.get_clock().now().to_msg()
-        self.last_actions[group] = out
-        self.action_pub.publish(out)
+        if self.loop.learner is None:
+            return
+        s = batch.suggestions
+        probs, mask, invalid = suggestion_arrays([x.action_probs for x in s], [x.valid for x in s],
+                                                 self.loop.learner.num_actions)
+        if invalid:
+            self.loop.counters.invalid_suggestions += invalid
+            self.get_logger().warning(f'{invalid} suggestion(s) of batch {batch.seq} from {s[0].source!r} are not '
+                                      f'distributions over the actions: ignored', throttle_duration_sec=5.0)
+        self.loop.on_suggestions(batch.epoch, batch.seq, batch.group, probs, mask)
 
     def make_learner(self, obs_shape, num_envs: int, num_actions: int, encoder: str, num_groups: int) -> PPOLearner:
         self.config.encoder = encoder
@@ -160,11 +122,12 @@ class StudentNode(Node):
                                f'{tuple(obs_shape)}')
         return PPOLearner(self.config, tuple(obs_shape), num_envs, num_actions, num_groups)
 
-    def after_rollout(self, next_obs: np.ndarray) -> bool:
-        """Update, publish status, run callbacks; False when training is over."""
-        learner = self.learner
-        metrics = learner.update(next_obs)
-        self.rollout_steps.clear()  # suggestions for the used rollout come too late now
+    def after_update(self, learner: PPOLearner, metrics: dict) -> bool:
+        """Callbacks, status and the progress line after each update; False when training is over."""
+        if self.teacher_status is not None:
+            metrics.update({'teacher/llm_calls': self.teacher_status.llm_calls,
+                            'teacher/cache_hits': self.teacher_status.cache_hits,
+                            'teacher/mean_latency_ms': self.teacher_status.mean_latency_ms})
         keep_going = all([callback(learner, metrics) for callback in self.callbacks])
         self.status_pub.publish(self.status_msg(metrics))
         line = progress_line(learner, metrics)
@@ -173,19 +136,20 @@ class StudentNode(Node):
         self.get_logger().info(line)
         if learner.frames >= self.config.total_frames or not keep_going:
             self.get_logger().info(f'training done at frame {learner.frames}: {self.evaluation.summary()}')
-            self.done = True
             return False
         return True
 
     def status_msg(self, metrics: dict) -> TrainingStatus:
-        learner = self.learner
+        learner = self.loop.learner
         msg = TrainingStatus(
             frames=learner.frames, updates=learner.updates, episodes=learner.episodes,
             fps=metrics['charts/SPS'], mean_return=metrics['charts/episodic_return'],
             success_rate=metrics['charts/success_rate'], teacher_weight=metrics['teacher/weight'],
             teacher_coverage=metrics['teacher/coverage'], policy_loss=metrics['losses/policy_loss'],
             value_loss=metrics['losses/value_loss'], entropy=metrics['losses/entropy'],
-            distill_loss=metrics['losses/distill_loss'])
+            distill_loss=metrics['losses/distill_loss'], sim_restarts=self.loop.counters.restarts,
+            rejected_step_batches=self.loop.counters.rejected_steps,
+            invalid_suggestions=self.loop.counters.invalid_suggestions, skipped_gradient_steps=learner.skipped_steps)
         msg.header.stamp = self.get_clock().now().to_msg()
         return msg
 

@@ -1,0 +1,163 @@
+"""The deployed student on a stand-in robot: closed-loop success through the topics vs in-process on
+the same seeds, and the latency from a sensor stamp to the velocity command.
+
+    .venv/bin/python benchmarks/robot_deploy.py --policy runs/gotoobject/policy.pt --episodes 50
+
+habitat_sim_node (MiniWorld-GoToObject-v0) is the robot: it is driven only through cmd_vel, and
+episode k starts from seed SEED + k. robot_policy_node drives it from camera/image_raw and
+camera/depth/image_raw. In-process, the same exported policy acts on the same seeds with the
+same rules (greedy, motion actions only). A --policy that does not exist is trained first (PPO
+distilling the privileged scripted expert, --train-frames frames) and exported there.
+Success is measured at --rate-hz (fast, so 50 episodes fit in minutes); latency at 10 Hz.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
+
+import rclpy  # noqa: E402
+from llm_teacher_msgs.msg import ActionBatch  # noqa: E402
+from rclpy.time import Time  # noqa: E402
+
+from habitat_bridge.embodied.vector import EmbodiedVecEnv  # noqa: E402
+from llm_teacher.launch_runner import LaunchRunner, NodeSpec, executable_path  # noqa: E402
+from llm_teacher_common.node import make_executor  # noqa: E402
+from student_policy.inference import load_policy  # noqa: E402
+from student_policy.robot_control import motion_mask  # noqa: E402
+
+TASK = 'MiniWorld-GoToObject-v0'
+SEED = 30_000  # not a training or evaluation seed of any run
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
+def train_student(path: Path, frames: int) -> None:
+    """PPO with the privileged expert as a one-hot teacher (weight decaying to 0.1): a quick
+    camera policy for this benchmark, exported to `path`."""
+    from habitat_bridge.embodied.expert import EmbodiedExpert
+    from student_policy.checkpoints import export_policy
+    from student_policy.ppo import PPOConfig, TeacherSchedule, train
+    envs = EmbodiedVecEnv(TASK, 8, perceive=False)
+    experts = [EmbodiedExpert() for _ in envs.envs]
+
+    def teacher(step):
+        probs = np.zeros((envs.num_envs, envs.num_actions), np.float32)
+        for i, (expert, env) in enumerate(zip(experts, envs.envs)):
+            probs[i, expert.act(env.world)] = 1.0
+        return probs, np.ones(envs.num_envs, bool)
+
+    def progress(learner, metrics):
+        print(f'train: {learner.frames} frames, success {metrics["charts/success_rate"]:.2f}, '
+              f'{metrics["charts/SPS"]:.0f} fps', flush=True)
+        if learner.updates % 10 == 0:
+            export_policy(path, learner, TASK)
+        return True
+    config = PPOConfig(encoder='image', total_frames=frames, num_steps=64, minibatch_size=128, learning_rate=5e-4,
+                       teacher=TeacherSchedule(initial=1.0, final=0.1, decay_frames=frames // 2, off_frames=10**9))
+    learner = train(config, envs, teacher=teacher, callbacks=[progress])
+    export_policy(path, learner, TASK)
+    envs.close()
+
+
+def in_process(path: Path, episodes: int) -> list[bool]:
+    """Success of each seeded episode with the robot node's rules: greedy over motion actions."""
+    policy, mask = load_policy(path), torch.from_numpy(motion_mask('miniworld', 8))
+    envs = EmbodiedVecEnv(TASK, 1, perceive=False)
+    results = []
+    for k in range(episodes):
+        step = envs.reset(seed=SEED + k)
+        while True:
+            action = int(policy(step.observations)[0].masked_fill(~mask, float('-inf')).argmax())
+            step = envs.step(np.array([action]))
+            if step.terminated[0] or step.truncated[0]:
+                results.append(bool(step.success[0]))
+                break
+    envs.close()
+    return results
+
+
+def through_topics(path: Path, episodes: int, rate_hz: float, seconds: float | None = None) -> dict:
+    """Run sim + robot node; success per episode from the sim's log (reward > 0), and latencies."""
+    ended, logs = [], []
+
+    def log(line):
+        logs.append(line)
+        found = re.search(r'episode (\d+) ended \(reward (-?[\d.]+)\)', line)
+        if found:
+            ended.append(float(found.group(2)) > 0)
+    sim = NodeSpec('habitat_bridge', 'habitat_sim_node', 'habitat_sim_node',
+                   parameters=[{'env': TASK, 'rate_hz': rate_hz, 'seed': SEED}])
+    robot = NodeSpec('student_policy', 'robot_policy_node', 'robot_policy_node',
+                     parameters=[{'policy_path': str(path), 'control_rate_hz': rate_hz, 'greedy': True,
+                                  'max_linear': 100.0, 'max_angular': 100.0}])
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node('robot_deploy_benchmark', context=context)
+    latencies = []
+    node.create_subscription(ActionBatch, 'policy_action', lambda m: latencies.append(
+        (node.get_clock().now().nanoseconds - Time.from_msg(m.header.stamp).nanoseconds) / 1e6), 100)
+    executor = make_executor(context)
+    executor.add_node(node)
+    start = time.monotonic()
+    with LaunchRunner([sim, robot], log=log):
+        while len(ended) < episodes and (seconds is None or time.monotonic() - start < seconds):
+            executor.spin_once(timeout_sec=0.1)
+    node.destroy_node()
+    rclpy.shutdown(context=context)
+    return {'success': ended[:episodes], 'latency_ms': latencies[10:]}  # the first ones include discovery
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--policy', type=Path, default=Path('runs/robot_deploy/policy.pt'))
+    parser.add_argument('--train-frames', type=int, default=60_000)
+    parser.add_argument('--episodes', type=int, default=50)
+    parser.add_argument('--rate-hz', type=float, default=20.0, help='sim and control rate of the success run')
+    parser.add_argument('--latency-seconds', type=float, default=60.0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    executable_path('student_policy', 'robot_policy_node')  # fails early with a clear message if not built
+    if not args.policy.exists():
+        train_student(args.policy, args.train_frames)
+    local = in_process(args.policy, args.episodes)
+    print(f'in-process: {sum(local)}/{len(local)} episodes succeeded', flush=True)
+    closed = through_topics(args.policy, args.episodes, args.rate_hz)['success']
+    print(f'through the topics at {args.rate_hz:g} Hz: {sum(closed)}/{len(closed)} episodes succeeded', flush=True)
+    latency = np.array(through_topics(args.policy, 10**9, 10.0, args.latency_seconds)['latency_ms'])
+    agree = sum(a == b for a, b in zip(local, closed))
+    result = {
+        'task': TASK, 'policy': str(args.policy), 'episodes': len(closed), 'seeds': [SEED, SEED + args.episodes - 1],
+        'in_process': {'success_rate': float(np.mean(local)), 'interval95': wilson(sum(local), len(local))},
+        'through_topics': {'success_rate': float(np.mean(closed)), 'interval95': wilson(sum(closed), len(closed)),
+                           'rate_hz': args.rate_hz},
+        'same_outcome_episodes': agree,
+        'latency_ms_at_10hz': {'samples': len(latency), 'p50': float(np.percentile(latency, 50)),
+                               'p99': float(np.percentile(latency, 99)), 'max': float(latency.max())},
+        'python': sys.version.split()[0], 'torch': torch.__version__,
+        'cpu': subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip() + ' cores',
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == '__main__':
+    main()
