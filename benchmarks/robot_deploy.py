@@ -52,8 +52,9 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def train_student(path: Path, frames: int) -> None:
-    """PPO with the privileged expert as a one-hot teacher (weight decaying to 0.1): a quick
-    camera policy for this benchmark, exported to `path`."""
+    """PPO with the privileged expert as a one-hot teacher at a constant weight of 10 (the
+    distillation term dominates: imitation on the student's own states, as DAgger): a quick camera
+    policy for this benchmark, exported to `path`."""
     from habitat_bridge.embodied.expert import EmbodiedExpert
     from student_policy.checkpoints import export_policy
     from student_policy.ppo import PPOConfig, TeacherSchedule, train
@@ -73,7 +74,7 @@ def train_student(path: Path, frames: int) -> None:
             export_policy(path, learner, TASK)
         return True
     config = PPOConfig(encoder='image', total_frames=frames, num_steps=64, minibatch_size=128, learning_rate=5e-4,
-                       teacher=TeacherSchedule(initial=1.0, final=0.1, decay_frames=frames // 2, off_frames=10**9))
+                       teacher=TeacherSchedule(initial=10.0, final=10.0, decay_frames=1, off_frames=10**9))
     learner = train(config, envs, teacher=teacher, callbacks=[progress])
     export_policy(path, learner, TASK)
     envs.close()
@@ -130,7 +131,7 @@ def through_topics(path: Path, episodes: int, rate_hz: float, seconds: float | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--policy', type=Path, default=Path('runs/robot_deploy/policy.pt'))
-    parser.add_argument('--train-frames', type=int, default=60_000)
+    parser.add_argument('--train-frames', type=int, default=100_000)
     parser.add_argument('--episodes', type=int, default=50)
     parser.add_argument('--rate-hz', type=float, default=20.0, help='sim and control rate of the success run')
     parser.add_argument('--latency-seconds', type=float, default=60.0)

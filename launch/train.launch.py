@@ -4,15 +4,23 @@
     ros2 launch llm_teacher train.launch.py task:=MiniWorld-GoToObject-v0 num_envs:=8   # from camera images
     python -m llm_teacher.launch_runner train.launch.py task:=MiniGrid-LavaDoorKey-v0   # without ROS 2 launch
 
+Across machines (DDS is the transport; README "Training across machines"): each host starts the roles
+it plays, and each sim or teacher host the env groups it serves:
+
+    ros2 launch llm_teacher train.launch.py roles:=learner num_envs:=32 num_groups:=2      # the GPU host
+    ros2 launch llm_teacher train.launch.py roles:=sim,teacher groups:=0 num_envs:=32 num_groups:=2
+    ros2 launch llm_teacher train.launch.py roles:=sim,teacher groups:=1 num_envs:=32 num_groups:=2
+
 Every argument has a default; list them with `ros2 launch llm_teacher train.launch.py --show-args`.
 """
 from pathlib import Path
 
-from llm_teacher.launch_runner import NodeSpec, flag, launch_description
+from llm_teacher.launch_runner import NodeSpec, flag, launch_description, yaml_parameters
 
 CONFIG = Path(__file__).resolve().parent.parent / 'config'
 
 PLAIN_PPO = {'teacher_initial': 0.0, 'teacher_final': 0.0}
+ROLES = {'sim', 'teacher', 'learner'}
 
 ARGUMENTS = {
     'task': ('MiniGrid-SimpleDoorKey-v0', 'MiniGrid task id (the paper tasks or any standard one), or a MiniWorld id '
@@ -30,6 +38,9 @@ ARGUMENTS = {
     'planner_mode': ('score', "'score' (option log-likelihoods) or 'sample' (K sampled answers)"),
     'avoid_lava': ('true', "The teacher's grid skills never step into lava; false: the paper's lava-blind teacher "
                    '(an ablation)'),
+    'roles': ('sim,teacher,learner', 'What this launch starts: any of sim, teacher (the LLM teacher node) and learner '
+              '(student, visualisation, recorder), comma-separated; other hosts start the rest'),
+    'groups': ('', "Env groups the sim and teacher started here serve, e.g. '0' or '1,3'; '' all (one host)"),
     'record': ('true', 'Record a sample of the run to run_dir/recordings/ (MCAP)'),
     'foxglove_port': ('8765', 'Foxglove WebSocket port of the live view (-1: off, 0: any free port)'),
 }
@@ -37,30 +48,45 @@ ARGUMENTS = {
 
 def nodes(args: dict) -> list:
     plain_ppo = flag(args, 'plain_ppo')
-    graph = [
-        NodeSpec('habitat_bridge', 'minigrid_sim_node', 'minigrid_sim_node',
-                 parameters=[CONFIG / 'minigrid_sim_node.yaml',
-                             {'task': args['task'], 'num_envs': int(args['num_envs']), 'num_groups': int(args['num_groups']),
-                              'seed': int(args['seed'])}]),
-        NodeSpec('student_policy', 'student_node', 'student_node',
-                 parameters=[CONFIG / 'student_node.yaml',
-                             {'run_dir': args['run_dir'], 'total_frames': int(args['total_frames']),
-                              'seed': int(args['seed']), 'task': args['task']},
-                             PLAIN_PPO if plain_ppo else {}]),
-    ]
-    if not plain_ppo:
-        graph.append(NodeSpec('llm_teacher', 'teacher_node', 'teacher_node',
-                              parameters=[CONFIG / 'teacher_node.yaml',
+    roles = {role.strip() for role in args['roles'].split(',')}
+    if not roles or not roles <= ROLES:
+        raise ValueError(f"roles {args['roles']!r}: choose among {', '.join(sorted(ROLES))}, comma-separated")
+    # Several sims and teachers on one ROS graph need their own node names (and services).
+    suffix = '_' + args['groups'].replace(',', '_') if args['groups'] else ''
+    graph = []
+    if 'sim' in roles:
+        graph.append(NodeSpec('habitat_bridge', 'minigrid_sim_node', 'minigrid_sim_node' + suffix,
+                              parameters=[config('minigrid_sim_node', suffix),
+                                          {'task': args['task'], 'num_envs': int(args['num_envs']),
+                                           'num_groups': int(args['num_groups']), 'seed': int(args['seed']),
+                                           'groups': args['groups']}]))
+    if 'learner' in roles:
+        graph.append(NodeSpec('student_policy', 'student_node', 'student_node',
+                              parameters=[config('student_node'),
+                                          {'run_dir': args['run_dir'], 'total_frames': int(args['total_frames']),
+                                           'seed': int(args['seed']), 'task': args['task']},
+                                          PLAIN_PPO if plain_ppo else {}]))
+    if 'teacher' in roles and not plain_ppo:
+        graph.append(NodeSpec('llm_teacher', 'teacher_node', 'teacher_node' + suffix,
+                              parameters=[config('teacher_node', suffix),
                                           {'backend': args['llm_backend'], 'model': args['llm_model'],
                                            'base_url': args['llm_url'], 'planner_mode': args['planner_mode'],
-                                           'avoid_lava': flag(args, 'avoid_lava'),
+                                           'avoid_lava': flag(args, 'avoid_lava'), 'groups': args['groups'],
                                            'cache_path': str(Path(args['run_dir']) / 'answers.sqlite')}]))
-    graph.append(NodeSpec('llm_teacher', 'visualization_node', 'visualization_node',
-                          parameters=[{'foxglove_port': int(args['foxglove_port'])}]))
-    if flag(args, 'record'):
-        graph.append(NodeSpec('llm_teacher', 'recorder_node', 'recorder_node',
-                              parameters=[{'run_dir': args['run_dir'], 'perceptions': not plain_ppo}]))
+    if 'learner' in roles:
+        graph.append(NodeSpec('llm_teacher', 'visualization_node', 'visualization_node',
+                              parameters=[config('visualization_node'), {'foxglove_port': int(args['foxglove_port'])}]))
+        if flag(args, 'record'):
+            graph.append(NodeSpec('llm_teacher', 'recorder_node', 'recorder_node',
+                                  parameters=[config('recorder_node'),
+                                              {'run_dir': args['run_dir'], 'perceptions': not plain_ppo}]))
     return graph
+
+
+def config(node: str, suffix: str = ''):
+    """config/<node>.yaml; for a node renamed with `suffix`, its values (the file names the node)."""
+    path = CONFIG / f'{node}.yaml'
+    return yaml_parameters(path, node) if suffix else path
 
 
 def generate_launch_description():

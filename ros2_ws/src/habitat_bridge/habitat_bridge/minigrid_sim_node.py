@@ -12,6 +12,10 @@ batch says which group it is): the sim steps one group while the policy acts on 
 neither waits for the other nor for the DDS round trip (double-buffered sampling, as in
 Sample Factory).
 
+Scale-out: several sim processes (one per host) may share one training run, each hosting some of
+the groups (`groups`, e.g. '0' on one host and '1' on another, both with the same num_envs and
+num_groups): a sim steps only its own groups and ignores action batches for the others.
+
 Perceptions travel apart so that the student, which never reads them, does not wait for their
 conversion: the sim publishes them while the student computes its actions. With no teacher they
 are not even computed (a plain-PPO graph steps ~1.3 ms faster per batch of 16).
@@ -31,7 +35,7 @@ from sensor_msgs.msg import Image
 
 from habitat_bridge.vector import default_observation, make_vec_env
 from llm_teacher_common.messages import perception_batch_msg, rgb_image_msg, step_batch_msg
-from llm_teacher_common.node import parameter, spin
+from llm_teacher_common.node import group_list, parameter, spin
 
 BATCH_QOS_DEPTH = 10
 
@@ -50,29 +54,36 @@ class MiniGridSimNode(Node):
         self.render_env = param('render_env', 0, 'Which environment `image` shows')
         num_groups = param('num_groups', 1, 'Env groups in flight (num_envs / num_groups per step batch): with 2 the '
                            'sim steps one group while the policy acts on the other (double-buffered sampling)')
+        groups = param('groups', '', "Env groups this process hosts, e.g. '0' or '1,2' (several sim processes, one "
+                       "per host, share a run); '' all of them")
         republish_s = param('republish_period', 1.0, 'Resend a step batch when unanswered this long (s)')
         if num_groups < 1 or num_envs % num_groups:
             raise SystemExit(f'minigrid_sim_node: num_groups {num_groups} does not divide num_envs {num_envs} '
                              'into equal groups')
+        try:
+            owned = group_list(groups, num_groups)
+        except ValueError as err:
+            raise SystemExit(f'minigrid_sim_node: {err}') from err
+        self.num_groups = num_groups
         if not 0 <= self.render_env < num_envs:
             raise SystemExit(f'minigrid_sim_node: render_env {self.render_env} is not in 0..{num_envs - 1}')
         self.group_size = num_envs // num_groups
         render_group, render_index = divmod(self.render_env, self.group_size)
         try:
-            self.groups = [make_vec_env(task, self.group_size, self.observation,
-                                        render_env=render_index if render_hz > 0 and g == render_group else None)
-                           for g in range(num_groups)]
+            self.groups = {g: make_vec_env(task, self.group_size, self.observation,
+                                           render_env=render_index if render_hz > 0 and g == render_group else None)
+                           for g in owned}
             self.observation = self.observation or default_observation(task)
         except ValueError as err:
             raise SystemExit(f'minigrid_sim_node: {err}') from err
-        self.num_actions = self.groups[0].num_actions
+        self.num_actions = self.groups[owned[0]].num_actions
 
         self.step_pub = self.create_publisher(StepBatch, 'step_batch', BATCH_QOS_DEPTH)
         self.perception_pub = self.create_publisher(PerceptionBatch, 'perception_batch', BATCH_QOS_DEPTH)
         self.image_pub = self.create_publisher(Image, 'image', 1)
         self.create_subscription(ActionBatch, 'action_batch', self.on_actions, BATCH_QOS_DEPTH)
         self.create_service(ResetEnvs, 'reset_envs', self.on_reset)
-        if render_hz > 0:
+        if render_hz > 0 and render_group in self.groups:
             self.create_timer(1.0 / render_hz, self.publish_image)
         self.create_timer(republish_s, self.republish_if_unanswered)
         self.seq = -1
@@ -83,8 +94,8 @@ class MiniGridSimNode(Node):
         self.answered = [-1] * num_groups  # per group, the last seq stepped
         self.stale_at_last_tick: set[int] = set()
         self.on_reset(ResetEnvs.Request(seed=self.seed), ResetEnvs.Response())
-        self.get_logger().info(f'{num_envs} x {task} ({self.observation}) in {num_groups} group(s), '
-                               f'{self.num_actions} actions')
+        self.get_logger().info(f'{num_envs} x {task} ({self.observation}) in {num_groups} group(s), hosting '
+                               f'group(s) {owned} here, {self.num_actions} actions, epoch {self.epoch:x}')
 
     def publish_step(self, group: int, advance) -> None:
         """Step or reset env group `group` (`advance()`), publish its step batch, then its perceptions."""
@@ -93,7 +104,7 @@ class MiniGridSimNode(Node):
         step = advance(envs)
         self.seq += 1
         batch = step_batch_msg(step, self.seq, self.get_clock().now().to_msg(), self.observation,
-                               self.num_actions, group=group, num_groups=len(self.groups), epoch=self.epoch)
+                               self.num_actions, group=group, num_groups=self.num_groups, epoch=self.epoch)
         self.step_pub.publish(batch)
         perceptions = None
         if perceive:
@@ -102,6 +113,8 @@ class MiniGridSimNode(Node):
         self.waiting[self.seq] = (batch, perceptions)
 
     def on_actions(self, batch: ActionBatch) -> None:
+        if batch.group not in self.groups:
+            return  # a group another sim process hosts
         if batch.epoch != self.epoch:
             self.rejected += 1
             self.get_logger().warning(f'action batch {batch.seq} answers another sim epoch ({batch.epoch:x}, '
@@ -133,7 +146,7 @@ class MiniGridSimNode(Node):
     def on_reset(self, request: ResetEnvs.Request, response: ResetEnvs.Response) -> ResetEnvs.Response:
         # Every group starts over; batches still waiting for actions are void (their answers get rejected).
         self.waiting.clear()
-        for group in range(len(self.groups)):
+        for group in self.groups:
             seed = request.seed + group * self.group_size if request.seed >= 0 else None
             self.publish_step(group, lambda envs: envs.reset(seed))
         response.success, response.seq = True, self.seq

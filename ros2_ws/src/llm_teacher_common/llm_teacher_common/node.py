@@ -45,6 +45,22 @@ def spin(node_class, args=None) -> None:
         rclpy.try_shutdown()
 
 
+def group_list(text: str, num_groups: int) -> list[int]:
+    """The env groups a node serves, from a parameter like '1' or '0,2' ('' is all of 0..num_groups-1).
+
+    :raises ValueError: not a comma-separated list of group numbers below num_groups.
+    """
+    if not text.strip():
+        return list(range(num_groups))
+    try:
+        groups = sorted({int(part) for part in text.split(',')})
+    except ValueError:
+        raise ValueError(f"groups {text!r} is not a comma-separated list of env group numbers, like '0' or '0,1'") from None
+    if groups[0] < 0 or groups[-1] >= num_groups:
+        raise ValueError(f'groups {text!r}: env groups are 0..{num_groups - 1}')
+    return groups
+
+
 def parameter(node, name: str, default, description: str):
     """Declare a parameter with dynamic typing, then cast to the default's type, so that
     `-p rate_hz:=2` works where 2.0 is the default."""

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+import yaml
+
 SHUTDOWN_GRACE_S = 10.0
 
 
@@ -76,6 +78,12 @@ def launch_description(arguments: dict, nodes):
     declared = [DeclareLaunchArgument(name, default_value=str(default), description=description)
                 for name, (default, description) in arguments.items()]
     return LaunchDescription(declared + [OpaqueFunction(function=make_nodes)])
+
+
+def yaml_parameters(path: str | Path, node: str) -> dict:
+    """The `<node>: ros__parameters:` values of a parameter file, as a dict (for a node started
+    under another name, which the file's key would not match)."""
+    return dict(yaml.safe_load(Path(path).read_text())[node]['ros__parameters'])
 
 
 def load_launch_file(path: str | Path) -> ModuleType:

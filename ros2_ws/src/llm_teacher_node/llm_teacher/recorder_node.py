@@ -14,13 +14,14 @@ Ctrl-C or SIGTERM, and an MCAP cut short by a kill still reads up to its last ch
 """
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
 from rclpy.node import Node
 
-from llm_teacher_common.node import spin
+from llm_teacher_common.node import parameter, spin
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -58,12 +59,16 @@ class RecorderNode(Node):
 
     def __init__(self):
         super().__init__('recorder_node')
-        run_dir = self.declare_parameter('run_dir', 'runs/train').value
-        self.step_every = max(1, int(self.declare_parameter('step_every', 20).value))
+        run_dir = parameter(self, 'run_dir', 'runs/train', 'Recordings go to run_dir/recordings/<date-time>/')
+        self.step_every = max(1, parameter(self, 'step_every', 20, 'Record every this many-th step batch (and its actions)'))
         topics = dict(TOPICS)
-        if not self.declare_parameter('perceptions', False).value:
+        if not parameter(self, 'perceptions', False, 'Also record the perception batches (what the teacher reads)'):
             del topics['perception_batch']
         self.path = Path(run_dir) / 'recordings' / time.strftime('%Y%m%d-%H%M%S')
+        for restart in itertools.count(2):  # a recorder restarted within the second starts its own recording
+            if not self.path.exists():
+                break
+            self.path = self.path.with_name(f'{time.strftime("%Y%m%d-%H%M%S")}-{restart}')
         self.path.parent.mkdir(parents=True, exist_ok=True)
         typestore = typestore_with_project_messages()
         self.writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)

@@ -16,7 +16,7 @@ from llm_teacher_msgs.msg import Suggestion as SuggestionMsg
 from rclpy.node import Node
 
 from llm_teacher_common.messages import observations_from_msg, perceptions_from_msg
-from llm_teacher_common.node import parameter, spin
+from llm_teacher_common.node import group_list, parameter, spin
 from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator
@@ -39,10 +39,14 @@ class TeacherNode(Node):
         device = p('device', 'cpu', "transformers backend: 'cpu' or 'cuda'")
         mode = p('planner_mode', 'score', "'score' (option log-likelihoods) or 'sample' (K answers, the paper's)")
         samples = p('samples', 10, 'sample mode: answers per prompt')
-        cache_path = p('cache_path', str(default_cache_dir() / 'answers.sqlite'), 'Persistent answer cache (SQLite)')
+        cache_path = p('cache_path', '', "Persistent answer cache (SQLite); '' the user's cache directory") or str(
+            default_cache_dir() / 'answers.sqlite')
         prompt_file = p('prompt_file', '', 'Prompt template file; empty: the packaged one for the task family')
+        groups = p('groups', '', "Env groups this teacher answers, e.g. '0' or '1,3' (several teachers share a run's "
+                   "load); '' every group")
         avoid_lava = p('avoid_lava', True, "Grid skills never step into lava; false: the paper's lava-blind teacher")
         try:
+            self.groups = set(group_list(groups, 1 << 16)) if groups else None
             if backend == 'transformers':
                 llm = TransformersBackend(model, device=device)
             elif backend == 'openai':
@@ -69,6 +73,8 @@ class TeacherNode(Node):
         self.get_logger().info(f'teacher {self.teacher.source} ({mode}), cache {cache_path}')
 
     def on_batch(self, batch: StepBatch | PerceptionBatch, mine: dict, other: dict) -> None:
+        if self.groups is not None and isinstance(batch, StepBatch) and batch.group not in self.groups:
+            return  # another teacher's group (its perceptions age out of `perceptions` below)
         key = (batch.epoch, batch.seq)  # a restarted sim counts seq from 0 again, in a new epoch
         if key == self.last_key:
             return  # a resend of the batch just answered

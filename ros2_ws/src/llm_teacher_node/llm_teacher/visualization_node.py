@@ -23,7 +23,7 @@ from minigrid.core.actions import Actions
 from rclpy.node import Node
 
 from llm_teacher_common.messages import index_in_batch, top_suggestion
-from llm_teacher_common.node import spin
+from llm_teacher_common.node import parameter, spin
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
@@ -58,8 +58,8 @@ class VisualizationNode(Node):
 
     def __init__(self):
         super().__init__('visualization_node')
-        self.env = int(self.declare_parameter('env', 0).value)
-        port = int(self.declare_parameter('foxglove_port', 8765).value)
+        self.env = parameter(self, 'env', 0, 'The environment whose suggestions and actions are shown')
+        port = parameter(self, 'foxglove_port', 8765, 'Foxglove WebSocket port on 127.0.0.1 (-1: off, 0: any free port)')
         self.marker_pub = self.create_publisher(MarkerArray, 'teacher_markers', 10)
         self.create_subscription(SuggestionBatch, 'suggestion_batch', self.on_suggestions, 10)
         self.create_subscription(ActionBatch, 'action_batch', self.on_actions, 10)

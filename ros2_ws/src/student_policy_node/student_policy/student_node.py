@@ -47,7 +47,7 @@ class StudentNode(Node):
                 total_frames=p('total_frames', 1_000_000, 'Environment frames to train for'),
                 num_steps=p('num_steps', 128, 'Lock-steps per rollout'),
                 learning_rate=p('learning_rate', 1e-3, 'Adam learning rate'),
-                anneal_lr=p('anneal_lr', False, 'Decay the learning rate linearly to 0 at total_frames'),
+                anneal_lr=p('anneal_lr', True, 'Decay the learning rate linearly to 0 at total_frames'),
                 ent_coef=p('ent_coef', 0.001, 'Entropy bonus'),
                 update_epochs=p('update_epochs', 4, 'PPO epochs per rollout'),
                 minibatch_size=p('minibatch_size', 256, 'Samples per gradient step'),
@@ -55,7 +55,7 @@ class StudentNode(Node):
                 teacher=TeacherSchedule(
                     initial=p('teacher_initial', 10.0, 'Teacher weight at frame 0 (0 with teacher_final 0: plain PPO)'),
                     final=p('teacher_final', 0.1, 'Teacher weight floor'),
-                    decay_frames=p('teacher_decay_frames', 506_880, 'Frames of linear decay to the floor'),
+                    decay_frames=p('teacher_decay_frames', 300_000, 'Frames of linear decay to the floor'),
                     off_frames=p('teacher_off_frames', 768_000, 'Frame from which the teacher term is off'),
                 ),
             )
