@@ -60,7 +60,9 @@ def _die_with_parent() -> None:
 
 
 def _yaml_scalar(value) -> str:
-    return ('true' if value else 'false') if isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    return "''" if value == '' else str(value)  # -p name:= (nothing) is a parse error in rcl
 
 
 def launch_description(arguments: dict, nodes):
