@@ -8,11 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from llm_teacher_msgs.msg import StepBatch, Suggestion, SuggestionBatch, TrainingStatus
+from llm_teacher_msgs.msg import (ActionBatch, PerceptionBatch, StepBatch, Suggestion, SuggestionBatch, TeacherStatus,
+                                  TrainingStatus)
 from ros_helpers import spin_until
 
 from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
+from llm_teacher.report import read_recording
 from student_policy.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
+from student_policy.evaluate import evaluate
+from student_policy.inference import load_policy
 from student_policy.lockstep import LockstepLearner, StepIn, suggestion_arrays
 from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule
 
@@ -110,44 +114,73 @@ def test_checkpoints_load_without_running_code(tmp_path):
 LAUNCH = Path(__file__).resolve().parent.parent / 'launch' / 'train.launch.py'
 
 
+def restart_times(ros_node, statuses, graph, runners, name, logs) -> float:
+    """SIGKILL node `name`, start it again; seconds from the kill to the next PPO update after it."""
+    process = runners.get(name, graph).processes[name]
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    killed_at, updates = time.monotonic(), statuses[-1].updates if statuses else 0
+    runners[name] = LaunchRunner([next(s for s in graph.specs if s.name == name)], log=logs.append)
+    runners[name].start()
+    spin_until(ros_node, lambda: statuses and statuses[-1].updates > updates, 120, f'a PPO update after {name} restarted')
+    return time.monotonic() - killed_at
+
+
 @pytest.mark.slow
-def test_the_graph_survives_a_killed_simulator_and_malformed_messages(tmp_path, ros_node):
-    """sim + student (plain PPO, 4 envs, rollouts of 128 frames): SIGKILL the sim and start it again,
-    publish a NaN suggestion batch and a torn step batch: the student trains on to its budget and
-    counts each fault in TrainingStatus."""
+def test_the_graph_survives_killed_nodes_and_malformed_messages(tmp_path, ros_node):
+    """The whole training graph (4 envs, rollouts of 128 frames, the embedded LLM teacher): every
+    message type published malformed into it, and sim, teacher, student and recorder each SIGKILLed
+    and started again in turn. Training reaches its budget, counting each fault in TrainingStatus;
+    the exported policy evaluates; the checkpoint and the last recording read back."""
     launch = load_launch_file(LAUNCH)
-    args = resolve_arguments(launch.ARGUMENTS, [f'run_dir:={tmp_path}', 'total_frames:=3072', 'num_envs:=4',
-                                                'plain_ppo:=true', 'foxglove_port:=-1', 'record:=false'])
-    specs = [s for s in launch.nodes(args) if s.executable in ('minigrid_sim_node', 'student_node')]
+    args = resolve_arguments(launch.ARGUMENTS, [f'run_dir:={tmp_path}', 'total_frames:=6400', 'num_envs:=4',
+                                                'foxglove_port:=-1'])
+    specs = launch.nodes(args)
     student = next(s for s in specs if s.executable == 'student_node')
     student.parameters.append({'num_steps': 32, 'checkpoint_every': 1, 'eval_every': 1000, 'eval_episodes': 2,
                                'test_episodes': 2})
-    sim = next(s for s in specs if s.executable == 'minigrid_sim_node')
-    statuses, logs = [], []
+    statuses, logs, runners = [], [], {}
     ros_node.create_subscription(TrainingStatus, 'training_status', statuses.append, 100)
-    suggestions = ros_node.create_publisher(SuggestionBatch, 'suggestion_batch', 10)
-    steps = ros_node.create_publisher(StepBatch, 'step_batch', 10)
-    restarted = LaunchRunner([sim], log=logs.append)  # the sim again, after the first one is killed
+    publishers = {kind: ros_node.create_publisher(kind, topic, 10) for kind, topic in (
+        (StepBatch, 'step_batch'), (PerceptionBatch, 'perception_batch'), (ActionBatch, 'action_batch'),
+        (SuggestionBatch, 'suggestion_batch'), (TrainingStatus, 'training_status'), (TeacherStatus, 'teacher_status'))}
+    nan = float('nan')
+    malformed = [
+        StepBatch(seq=10**9, epoch=7, num_envs=4, num_actions=7, num_groups=1, obs_shape=[10, 10, 4],
+                  obs_encoding='memory_map', observations=b'\x00' * 17, rewards=[0.0] * 4, terminated=[False] * 4,
+                  truncated=[False] * 4, success=[False] * 4),
+        PerceptionBatch(seq=10**9, epoch=7),  # pairs with the torn step batch: no perceptions for 4 envs
+        ActionBatch(seq=0, actions=[99, -1]),
+        TrainingStatus(frames=1, fps=nan, success_rate=nan),
+        TeacherStatus(mean_latency_ms=nan),
+    ] + [SuggestionBatch(seq=seq, suggestions=[Suggestion(valid=True, action_probs=[nan] * 7)] * 4)
+         for seq in range(0, 7000, 20)]
+    times = {}
     try:
         with LaunchRunner(specs, log=logs.append) as graph:
-            spin_until(ros_node, lambda: statuses and statuses[-1].frames >= 512, 120, 'four updates before the faults')
-            for seq in range(0, 4000, 50):  # a NaN "valid" suggestion for whatever seq comes
-                suggestions.publish(SuggestionBatch(seq=seq, suggestions=[Suggestion(valid=True, action_probs=[float('nan')] * 7)] * 4))
-            steps.publish(StepBatch(seq=10**9, num_envs=4, num_actions=7, num_groups=1, obs_shape=[10, 10, 4],
-                                    obs_encoding='memory_map', observations=b'\x00' * 17, rewards=[0.0] * 4,
-                                    terminated=[False] * 4, truncated=[False] * 4, success=[False] * 4))
-            os.killpg(graph.processes[sim.name].pid, signal.SIGKILL)
-            killed_at, frames_at_kill = time.monotonic(), statuses[-1].frames
-            restarted.start()
-            spin_until(ros_node, lambda: statuses[-1].sim_restarts >= 1 and statuses[-1].frames > frames_at_kill, 120,
-                       'an update after the simulator restarted')
-            print(f'restart -> next PPO update: {time.monotonic() - killed_at:.1f} s')
-            spin_until(ros_node, lambda: statuses[-1].frames >= 3072, 180, 'training to its budget')
+            spin_until(ros_node, lambda: statuses and statuses[-1].frames >= 512, 180, 'four updates before the faults')
+            for message in malformed:
+                publishers[type(message)].publish(message)
+            for name in ('minigrid_sim_node', 'teacher_node', 'student_node', 'recorder_node'):
+                if name == 'student_node':
+                    before_student_restart = statuses[-1]  # the counters are those of one student process
+                times[name] = restart_times(ros_node, statuses, graph, runners, name, logs)
+            spin_until(ros_node, lambda: statuses[-1].frames >= 6400, 300, 'training to its budget')
+            alive = [name for name, p in {**graph.processes, **{n: r.processes[n] for n, r in runners.items()}}.items()
+                     if p.poll() is None and name != 'student_node']
     finally:
-        restarted.stop()
-    last = statuses[-1]
-    assert last.sim_restarts == 1 and last.rejected_step_batches >= 1, (last, logs[-20:])
-    assert last.invalid_suggestions >= 1 and last.skipped_gradient_steps == 0 and np.isfinite(last.policy_loss)
-    # frames count what the envs stepped, the rows dropped at the restart included
-    assert read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')['counters']['frames'] >= 3072
+        for runner in runners.values():
+            runner.stop()
+    print('seconds from SIGKILL to the next PPO update:', {k: round(v, 1) for k, v in times.items()})
+    assert sorted(alive) == sorted(['minigrid_sim_node', 'teacher_node', 'recorder_node', 'visualization_node']), logs[-30:]
+    counted = before_student_restart
+    assert counted.sim_restarts == 1 and counted.rejected_step_batches >= 1 and counted.invalid_suggestions >= 1, counted
+    assert counted.skipped_gradient_steps == 0 and np.isfinite(statuses[-1].policy_loss)
     assert any('the simulator restarted' in line for line in logs)
+    assert any('resumed from' in line for line in logs)  # the restarted student went on from its checkpoint
+    # frames count what the envs stepped, the rows dropped at the restart included
+    assert read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')['counters']['frames'] >= 6400
+    result = evaluate(load_policy(tmp_path / 'policy.pt'), 'MiniGrid-SimpleDoorKey-v0', episodes=4)
+    assert result['episodes'] == 4
+    recording = read_recording(tmp_path)
+    assert recording.get('/step_batch') and recording.get('/action_batch')

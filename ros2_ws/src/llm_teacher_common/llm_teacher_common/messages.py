@@ -62,7 +62,10 @@ def top_suggestion(batch: msg.SuggestionBatch, env: int) -> tuple[str, float] | 
     if index is None or not batch.suggestions[index].valid:
         return None
     suggestion = batch.suggestions[index]
-    best = int(np.argmax(suggestion.option_probs))
+    probs = np.asarray(suggestion.option_probs, np.float64)
+    if not len(probs) or len(probs) != len(suggestion.options) or not np.isfinite(probs).all():
+        return None  # malformed: nothing to show
+    best = int(np.argmax(probs))
     return suggestion.options[best], float(suggestion.option_probs[best])
 
 
