@@ -6,7 +6,8 @@ the same seeds, and the latency from a sensor stamp to the velocity command.
 habitat_sim_node (MiniWorld-GoToObject-v0) is the robot: it is driven only through cmd_vel, and
 episode k starts from seed SEED + k. robot_policy_node drives it from camera/image_raw and
 camera/depth/image_raw. In-process, the same exported policy acts on the same seeds with the
-same rules (greedy, motion actions only). A --policy that does not exist is trained first (PPO
+same rules (student_policy.robot_control.CameraPolicy: motion actions only; greedy, or --sample
+from the node's seeded generator). A --policy that does not exist is trained first (PPO
 distilling the privileged scripted expert, --train-frames frames) and exported there.
 Success is measured at --rate-hz (fast, so 50 episodes fit in minutes); latency at 10 Hz.
 """
@@ -35,7 +36,7 @@ from habitat_bridge.embodied.vector import EmbodiedVecEnv  # noqa: E402
 from llm_teacher.launch_runner import LaunchRunner, NodeSpec, executable_path  # noqa: E402
 from llm_teacher_common.node import make_executor  # noqa: E402
 from student_policy.inference import load_policy  # noqa: E402
-from student_policy.robot_control import motion_mask  # noqa: E402
+from student_policy.robot_control import CameraPolicy  # noqa: E402
 
 TASK = 'MiniWorld-GoToObject-v0'
 SEED = 30_000  # not a training or evaluation seed of any run
@@ -80,15 +81,16 @@ def train_student(path: Path, frames: int) -> None:
     envs.close()
 
 
-def in_process(path: Path, episodes: int) -> list[bool]:
-    """Success of each seeded episode with the robot node's rules: greedy over motion actions."""
-    policy, mask = load_policy(path), torch.from_numpy(motion_mask('miniworld', 8))
+def in_process(path: Path, episodes: int, greedy: bool) -> list[bool]:
+    """Success of each seeded episode, acting as the robot node does (CameraPolicy: motion actions
+    only; sampled actions come from one generator of the node's seed, episode after episode)."""
+    controller = CameraPolicy(load_policy(path), greedy=greedy)
     envs = EmbodiedVecEnv(TASK, 1, perceive=False)
     results = []
     for k in range(episodes):
         step = envs.reset(seed=SEED + k)
         while True:
-            action = int(policy(step.observations)[0].masked_fill(~mask, float('-inf')).argmax())
+            action, _ = controller.act(step.observations[0])
             step = envs.step(np.array([action]))
             if step.terminated[0] or step.truncated[0]:
                 results.append(bool(step.success[0]))
@@ -97,7 +99,7 @@ def in_process(path: Path, episodes: int) -> list[bool]:
     return results
 
 
-def through_topics(path: Path, episodes: int, rate_hz: float, seconds: float | None = None) -> dict:
+def through_topics(path: Path, episodes: int, rate_hz: float, greedy: bool, seconds: float | None = None) -> dict:
     """Run sim + robot node; success per episode from the sim's log (reward > 0), and latencies."""
     ended, logs = [], []
 
@@ -109,7 +111,7 @@ def through_topics(path: Path, episodes: int, rate_hz: float, seconds: float | N
     sim = NodeSpec('habitat_bridge', 'habitat_sim_node', 'habitat_sim_node',
                    parameters=[{'env': TASK, 'rate_hz': rate_hz, 'seed': SEED}])
     robot = NodeSpec('student_policy', 'robot_policy_node', 'robot_policy_node',
-                     parameters=[{'policy_path': str(path), 'control_rate_hz': rate_hz, 'greedy': True,
+                     parameters=[{'policy_path': str(path), 'control_rate_hz': rate_hz, 'greedy': greedy,
                                   'max_linear': 100.0, 'max_angular': 100.0}])
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -135,19 +137,21 @@ def main() -> None:
     parser.add_argument('--episodes', type=int, default=50)
     parser.add_argument('--rate-hz', type=float, default=20.0, help='sim and control rate of the success run')
     parser.add_argument('--latency-seconds', type=float, default=60.0)
+    parser.add_argument('--sample', action='store_true', help='sampled actions (seeded) instead of greedy')
     args = parser.parse_args()
     torch.set_num_threads(1)
     executable_path('student_policy', 'robot_policy_node')  # fails early with a clear message if not built
     if not args.policy.exists():
         train_student(args.policy, args.train_frames)
-    local = in_process(args.policy, args.episodes)
+    greedy = not args.sample
+    local = in_process(args.policy, args.episodes, greedy)
     print(f'in-process: {sum(local)}/{len(local)} episodes succeeded', flush=True)
-    closed = through_topics(args.policy, args.episodes, args.rate_hz)['success']
+    closed = through_topics(args.policy, args.episodes, args.rate_hz, greedy)['success']
     print(f'through the topics at {args.rate_hz:g} Hz: {sum(closed)}/{len(closed)} episodes succeeded', flush=True)
-    latency = np.array(through_topics(args.policy, 10**9, 10.0, args.latency_seconds)['latency_ms'])
+    latency = np.array(through_topics(args.policy, 10**9, 10.0, greedy, args.latency_seconds)['latency_ms'])
     agree = sum(a == b for a, b in zip(local, closed))
     result = {
-        'task': TASK, 'policy': str(args.policy), 'episodes': len(closed), 'seeds': [SEED, SEED + args.episodes - 1],
+        'task': TASK, 'policy': str(args.policy), 'actions': 'greedy' if greedy else 'sampled', 'episodes': len(closed), 'seeds': [SEED, SEED + args.episodes - 1],
         'in_process': {'success_rate': float(np.mean(local)), 'interval95': wilson(sum(local), len(local))},
         'through_topics': {'success_rate': float(np.mean(closed)), 'interval95': wilson(sum(closed), len(closed)),
                            'rate_hz': args.rate_hz},
