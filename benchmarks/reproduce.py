@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_teacher.mediator import Mediator
+from llm_teacher_common.stats import wilson_interval
 
 TASKS = ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-DoorKey-8x8-v0', 'MiniGrid-LavaDoorKey-v0',
          'MiniGrid-ColoredDoorKey-v0', 'MiniGrid-TwoDoor-v0']
@@ -164,6 +165,12 @@ def _mean_spread(values: list[float]) -> str:
     return f'{np.mean(values):.2f}' + (f' ({min(values):.2f}-{max(values):.2f})' if len(values) > 1 else '')
 
 
+def _rate_with_interval(rates: list[float], episodes: int) -> str:
+    """Mean over seeds, per-seed range, and the 95% Wilson interval of all seeds' episodes pooled."""
+    low, high = wilson_interval(round(sum(rates) * episodes), episodes * len(rates))
+    return f'{_mean_spread(rates)} [{low:.2f}, {high:.2f}]'
+
+
 def markdown(tasks: list[str], arms: list[str], table: dict) -> str:
     lines = ['| task | arm | frames to 0.9 success (per seed) | final success, greedy | final success, sampled '
              '| final return (sampled) |', '|---|---|---|---|---|---|']
@@ -176,12 +183,15 @@ def markdown(tasks: list[str], arms: list[str], table: dict) -> str:
                        ', '.join(f'{f // 1000}k' if f is not None else f'not in {row["frames_budget"] // 1000}k'
                                  for f in row['frames_to_0.9']))
             lines.append(f'| {task.removeprefix("MiniGrid-")} | {LABELS[arm]} | {reached} '
-                         f'| {_mean_spread(row["final_success_greedy"])} '
-                         f'| {_mean_spread(row["final_success_sampled"])} | {_mean_spread(row["final_return"])} |')
+                         f'| {_rate_with_interval(row["final_success_greedy"], row["episodes"])} '
+                         f'| {_rate_with_interval(row["final_success_sampled"], row["episodes"])} '
+                         f'| {_mean_spread(row["final_return"])} |')
     first = next(iter(table.values()))
     return '\n'.join(lines) + (
         f'\n\nFrames to 0.9: where the rolling success (last 100 training episodes) reaches 0.9 and stays '
-        f'at 0.8 or more. Mean over seeds {first["seeds"]} (min-max in brackets); {first["frames_budget"]} training frames per '
+        f'at 0.8 or more. Mean over seeds {first["seeds"]} (min-max in round brackets; in square brackets the 95% '
+        f'Wilson interval of the {len(first["seeds"])} x {first["episodes"]} held-out episodes pooled); '
+        f'{first["frames_budget"]} training frames per '
         f'run, teacher weight 10 -> 0.1 over {first["decay_frames"]} frames; success over {first["episodes"]} '
         f'held-out episodes.\n')
 

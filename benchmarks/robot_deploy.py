@@ -35,21 +35,12 @@ from rclpy.time import Time  # noqa: E402
 from habitat_bridge.embodied.vector import EmbodiedVecEnv  # noqa: E402
 from llm_teacher.launch_runner import LaunchRunner, NodeSpec, executable_path  # noqa: E402
 from llm_teacher_common.node import make_executor  # noqa: E402
+from llm_teacher_common.stats import wilson_interval  # noqa: E402
 from student_policy.inference import load_policy  # noqa: E402
 from student_policy.robot_control import CameraPolicy  # noqa: E402
 
 TASK = 'MiniWorld-GoToObject-v0'
 SEED = 30_000  # not a training or evaluation seed of any run
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(centre - half), float(centre + half)
 
 
 def train_student(path: Path, frames: int) -> None:
@@ -152,8 +143,8 @@ def main() -> None:
     agree = sum(a == b for a, b in zip(local, closed))
     result = {
         'task': TASK, 'policy': str(args.policy), 'actions': 'greedy' if greedy else 'sampled', 'episodes': len(closed), 'seeds': [SEED, SEED + args.episodes - 1],
-        'in_process': {'success_rate': float(np.mean(local)), 'interval95': wilson(sum(local), len(local))},
-        'through_topics': {'success_rate': float(np.mean(closed)), 'interval95': wilson(sum(closed), len(closed)),
+        'in_process': {'success_rate': float(np.mean(local)), 'interval95': wilson_interval(sum(local), len(local))},
+        'through_topics': {'success_rate': float(np.mean(closed)), 'interval95': wilson_interval(sum(closed), len(closed)),
                            'rate_hz': args.rate_hz},
         'same_outcome_episodes': agree,
         'latency_ms_at_10hz': {'samples': len(latency), 'p50': float(np.percentile(latency, 50)),

@@ -71,7 +71,7 @@ def test_student_and_sim_train_across_processes(tmp_path, ros_node):
     # policy.pt is the best greedy evaluation (a tie goes to the later one), tested on other seeds.
     assert final['best']['frames'] == 3 * ROLLOUT or final['best']['success_rate'] > final['success_rate']
     assert final['test']['episodes'] == 4 and final['test']['seed'] != 10_000
-    assert any('training done at frame 384: policy' in line and 'unseen episodes: greedy success' in line
+    assert any('training done at frame 384: policy' in line and 'tested on unseen seeds 20000+: greedy success' in line
                for line in logs)
     assert read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')['counters']['frames'] == 3 * ROLLOUT
 

@@ -25,6 +25,7 @@ from minigrid.core.actions import Actions
 
 from habitat_bridge.minigrid.expert import ScriptedExpert
 from llm_teacher_common.perception import Perception
+from llm_teacher_common.stats import wilson_interval
 from habitat_bridge.minigrid.vector import make_env
 from habitat_bridge.vector import make_vec_env
 from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir
@@ -99,6 +100,8 @@ def act_alone(teacher: Teacher, task: str, episodes: int, grounded: bool = True,
     failures = [{'episodes': n, 'observation': text, 'top_options': dict(top)}
                 for (text, top), n in stuck.most_common()]
     return {'sampled': successes['sampled'] / episodes, 'greedy': successes['greedy'] / episodes,
+            'episodes': episodes, 'sampled_interval95': wilson_interval(successes['sampled'], episodes),
+            'greedy_interval95': wilson_interval(successes['greedy'], episodes),
             'sampled_return': float(np.mean(returns)), 'greedy_failures': failures}
 
 

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from llm_teacher_common.stats import rate_text
 from student_policy.checkpoints import CheckpointError, export_policy, save_checkpoint, write_atomically
 from student_policy.evaluate import evaluate
 from student_policy.inference import load_policy
@@ -93,7 +94,8 @@ class EvalCallback:
         if finished:
             test = evaluate(load_policy(self.run_dir / 'policy.pt'), self.task, self.test_episodes, self.TEST_SEED)
             self.last['test'] = {'episodes': self.test_episodes, 'seed': self.TEST_SEED,
-                                 'success_rate': test['success_rate'], 'mean_return': test['mean_return']}
+                                 'success_rate': test['success_rate'], 'interval95': test['interval95'],
+                                 'mean_return': test['mean_return']}
         metrics['eval/success_rate'] = greedy['success_rate']
         metrics['eval/mean_return'] = greedy['mean_return']
         metrics['eval/success_rate_sampled'] = sampled['success_rate']
@@ -105,15 +107,17 @@ class EvalCallback:
         """The end-of-training line: the shipped policy's test figure, and where it came from."""
         if self.last is None:
             return 'training stopped before any evaluation'
-        last = (f'last evaluation at frame {self.last["frames"]}: greedy {self.last["success_rate"]:.2f}, '
-                f'sampled {self.last["success_rate_sampled"]:.2f} over {self.last["episodes"]} episodes')
+        n = self.last['episodes']
+        last = (f'last evaluation at frame {self.last["frames"]}: greedy '
+                f'{rate_text(round(self.last["success_rate"] * n), n)}, sampled {self.last["success_rate_sampled"]:.2f}')
         test = self.last.get('test')
         if test is None:
             return last
+        wins = round(test['success_rate'] * test['episodes'])
         return (f'policy {self.run_dir / "policy.pt"} (best greedy evaluation, frame {self.best["frames"]}: '
-                f'{self.best["success_rate"]:.2f}) tested on {test["episodes"]} unseen episodes: greedy success '
-                f'{test["success_rate"]:.2f}, mean return {test["mean_return"]:.3f}; {last}; '
-                f'curve {self.run_dir / "learning_curve.png"}')
+                f'{self.best["success_rate"]:.2f}, chosen on seeds 10000+) tested on unseen seeds {test["seed"]}+: '
+                f'greedy success {rate_text(wins, test["episodes"])} (95% interval), mean return '
+                f'{test["mean_return"]:.3f}; {last}; curve {self.run_dir / "learning_curve.png"}')
 
 
 def plot_learning_curve(run_dir: str | Path) -> Path:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from habitat_bridge.vector import make_vec_env
+from llm_teacher_common.stats import wilson_interval
 from student_policy.inference import choose_actions, load_policy
 
 
@@ -33,8 +34,9 @@ def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int
                 returns.append(float(episode_return[i]))
                 successes.append(bool(step.success[i]))
                 episode_return[i] = 0.0
-    return {'task': task, 'episodes': episodes, 'greedy': greedy, 'success_rate': float(np.mean(successes[:episodes])),
-            'mean_return': float(np.mean(returns[:episodes]))}
+    wins = int(np.sum(successes[:episodes]))
+    return {'task': task, 'episodes': episodes, 'greedy': greedy, 'success_rate': wins / episodes,
+            'interval95': wilson_interval(wins, episodes), 'mean_return': float(np.mean(returns[:episodes]))}
 
 
 def main(argv=None) -> int:
