@@ -10,6 +10,7 @@ from sensor_msgs.msg import Image
 
 from llm_teacher_common.messages import observations_from_msg, perception_from_msg, top_suggestion
 from habitat_bridge.minigrid.expert import ScriptedExpert
+from habitat_bridge.lockstep import LockstepSim, Verdict
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from llm_teacher.launch_runner import LaunchRunner, NodeSpec, executable_path
 
@@ -189,3 +190,23 @@ def test_the_top_suggestion_of_an_env_is_read_from_its_own_groups_batch():
     assert top_suggestion(batch, 3) == ('go to the red key', pytest.approx(0.7))
     assert top_suggestion(batch, 2) is None  # no answer (yet) for that env
     assert top_suggestion(batch, 1) is None  # env 1 is in group 0's batches
+
+
+def test_sim_protocol_steps_each_waiting_batch_once_and_resends_unanswered_ones():
+    """habitat_bridge.lockstep.LockstepSim without DDS: what minigrid_sim_node steps, refuses and resends."""
+    sim = LockstepSim(groups=[0, 1], group_size=2, num_actions=7, epoch=5)
+    first, second = sim.publish(0, 'batch a'), sim.publish(1, 'batch b')
+    assert (first, second) == (0, 1) and sim.next_seq() == 2
+    assert sim.take(5, 0, 2, [0, 1])[0] is Verdict.IGNORE  # group 2 is another sim's
+    for args, why in (((4, 0, 0, [0, 1]), 'another sim epoch'), ((5, 9, 0, [0, 1]), 'stale or from the future'),
+                      ((5, 1, 0, [0, 1]), 'is a batch of group 1'), ((5, 0, 0, [0]), '1 actions for 2'),
+                      ((5, 0, 0, [0, 7]), 'out of range')):
+        verdict, text = sim.take(*args)
+        assert verdict is Verdict.REJECT and why in text
+    assert sim.rejected == 5
+    assert sim.due_for_resend() == []  # first tick: just noted as unanswered
+    assert sim.take(5, 0, 0, [0, 6])[0] is Verdict.STEP
+    assert sim.take(5, 0, 0, [0, 6])[0] is Verdict.IGNORE  # repeated after a resend: harmless
+    assert sim.due_for_resend() == ['batch b']  # unanswered across two ticks
+    sim.reset()
+    assert sim.take(5, 1, 1, [0, 0])[0] is Verdict.REJECT  # void after a reset

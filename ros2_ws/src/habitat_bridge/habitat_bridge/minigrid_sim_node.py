@@ -33,6 +33,7 @@ from llm_teacher_msgs.srv import ResetEnvs
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
+from habitat_bridge.lockstep import LockstepSim, Verdict
 from habitat_bridge.vector import default_observation, make_vec_env
 from llm_teacher_common.messages import perception_batch_msg, rgb_image_msg, step_batch_msg
 from llm_teacher_common.node import group_list, parameter, spin
@@ -86,82 +87,49 @@ class MiniGridSimNode(Node):
         if render_hz > 0 and render_group in self.groups:
             self.create_timer(1.0 / render_hz, self.publish_image)
         self.create_timer(republish_s, self.republish_if_unanswered)
-        self.seq = -1
-        self.epoch = secrets.randbits(63)  # tells the learner and the teacher that this is a new sim
-        self.rejected = 0
-        # seq -> (step batch, perception batch or None) awaiting its actions; kept for resends
-        self.waiting: dict[int, tuple[StepBatch, PerceptionBatch | None]] = {}
-        self.answered = [-1] * num_groups  # per group, the last seq stepped
-        self.stale_at_last_tick: set[int] = set()
+        # A random epoch per process start tells the learner and the teacher that this is a new sim.
+        self.protocol = LockstepSim(owned, self.group_size, self.num_actions, epoch=secrets.randbits(63))
         self.on_reset(ResetEnvs.Request(seed=self.seed), ResetEnvs.Response())
         self.get_logger().info(f'{num_envs} x {task} ({self.observation}) in {num_groups} group(s), hosting '
-                               f'group(s) {owned} here, {self.num_actions} actions, epoch {self.epoch:x}')
+                               f'group(s) {owned} here, {self.num_actions} actions, epoch {self.protocol.epoch:x}')
 
     def publish_step(self, group: int, advance) -> None:
         """Step or reset env group `group` (`advance()`), publish its step batch, then its perceptions."""
         envs = self.groups[group]
         perceive = envs.perceive = self.perception_pub.get_subscription_count() > 0
         step = advance(envs)
-        self.seq += 1
-        batch = step_batch_msg(step, self.seq, self.get_clock().now().to_msg(), self.observation,
-                               self.num_actions, group=group, num_groups=self.num_groups, epoch=self.epoch)
+        seq, epoch = self.protocol.next_seq(), self.protocol.epoch
+        batch = step_batch_msg(step, seq, self.get_clock().now().to_msg(), self.observation,
+                               self.num_actions, group=group, num_groups=self.num_groups, epoch=epoch)
         self.step_pub.publish(batch)
         perceptions = None
         if perceive:
-            perceptions = perception_batch_msg(step.perceptions, self.seq, batch.header.stamp, epoch=self.epoch)
+            perceptions = perception_batch_msg(step.perceptions, seq, batch.header.stamp, epoch=epoch)
             self.perception_pub.publish(perceptions)
-        self.waiting[self.seq] = (batch, perceptions)
+        self.protocol.publish(group, (batch, perceptions))
 
     def on_actions(self, batch: ActionBatch) -> None:
-        if batch.group not in self.groups:
-            return  # a group another sim process hosts
-        if batch.epoch != self.epoch:
-            self.rejected += 1
-            self.get_logger().warning(f'action batch {batch.seq} answers another sim epoch ({batch.epoch:x}, '
-                                      f'this sim: {self.epoch:x}): ignored', throttle_duration_sec=5.0)
-            return
-        if batch.seq in self.answered:
-            return  # a repeated answer to a batch already stepped (after our own resend): harmless
-        error = self.check_actions(batch)
-        if error:
-            self.rejected += 1
-            self.get_logger().error(f'rejected action batch: {error}', throttle_duration_sec=1.0)
-            return
-        group = self.waiting.pop(batch.seq)[0].group
-        self.answered[group] = batch.seq
-        self.publish_step(group, lambda envs: envs.step(np.asarray(batch.actions)))
-
-    def check_actions(self, batch: ActionBatch) -> str | None:
-        """Why `batch` must not be stepped, or None when it is good."""
-        if batch.seq not in self.waiting:
-            return (f'seq {batch.seq} does not answer a waiting step batch '
-                    f'({sorted(self.waiting)}): stale or from the future')
-        if len(batch.actions) != self.group_size:
-            return f'{len(batch.actions)} actions for {self.group_size} environments'
-        bad = [a for a in batch.actions if not 0 <= a < self.num_actions]
-        if bad:
-            return f'actions {bad[:5]} out of range 0..{self.num_actions - 1}'
-        return None
+        verdict, why = self.protocol.take(batch.epoch, batch.seq, batch.group, batch.actions)
+        if verdict is Verdict.REJECT:
+            self.get_logger().error(f'rejected action batch {batch.seq}: {why}', throttle_duration_sec=1.0)
+        elif verdict is Verdict.STEP:
+            self.publish_step(batch.group, lambda envs: envs.step(np.asarray(batch.actions)))
 
     def on_reset(self, request: ResetEnvs.Request, response: ResetEnvs.Response) -> ResetEnvs.Response:
-        # Every group starts over; batches still waiting for actions are void (their answers get rejected).
-        self.waiting.clear()
+        self.protocol.reset()
         for group in self.groups:
             seed = request.seed + group * self.group_size if request.seed >= 0 else None
             self.publish_step(group, lambda envs: envs.reset(seed))
-        response.success, response.seq = True, self.seq
+        response.success, response.seq = True, self.protocol.seq
         response.message = f'reset {len(self.groups) * self.group_size} environments'
         return response
 
     def republish_if_unanswered(self) -> None:
         # A subscriber that joined after a step batch would otherwise wait forever for it.
-        stale = set(self.waiting)
-        for seq in sorted(stale & self.stale_at_last_tick):
-            batch, perceptions = self.waiting[seq]
+        for batch, perceptions in self.protocol.due_for_resend():
             self.step_pub.publish(batch)
             if perceptions is not None:
                 self.perception_pub.publish(perceptions)
-        self.stale_at_last_tick = stale
 
     def publish_image(self) -> None:
         group, index = divmod(self.render_env, self.group_size)
