@@ -1,9 +1,12 @@
 """The student's learning code in-process: GAE, teacher schedule, checkpoints, and that PPO learns."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
+from student_policy.callbacks import EvalCallback
 from student_policy.checkpoints import CheckpointError, load_learner, save_checkpoint
 from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule, train
 from student_policy.storage import compute_gae
@@ -153,3 +156,22 @@ def test_plain_ppo_solves_doorkey_5x5_within_100k_frames():
     returns = []
     train(config, envs, callbacks=[lambda learner, m: returns.append(m['charts/episodic_return']) or True])
     assert max(returns[-5:]) > 0.9, f'mean return over the last updates: {returns[-5:]}'
+
+
+def test_background_evaluation_lands_at_a_later_update_with_its_own_frames(tmp_path):
+    """The student node's evaluation runs on a worker thread: training goes on, and the result is
+    recorded (and policy.pt exported) with the frame of the weights it evaluated."""
+    envs = MiniGridVecEnv('MiniGrid-SimpleDoorKey-v0', 2)
+    evaluation = EvalCallback(tmp_path, 'MiniGrid-SimpleDoorKey-v0', every=1, episodes=2, test_episodes=2, background=True)
+    seen = []
+
+    def watch(learner, metrics):
+        seen.append((learner.frames, metrics.get('eval/frames')))
+        return True
+    train(PPOConfig(total_frames=64 * 6, num_steps=32, minibatch_size=32, teacher=PLAIN), envs,
+          callbacks=[evaluation, watch])
+    landed = [(frames, evaluated) for frames, evaluated in seen if evaluated is not None]
+    assert landed[-1] == (384, 384)  # the final evaluation runs in the foreground
+    assert any(evaluated < frames for frames, evaluated in landed[:-1]), seen  # earlier ones landed later
+    final = json.loads((tmp_path / 'eval.json').read_text())
+    assert final['test']['episodes'] == 2 and (tmp_path / 'policy.pt').is_file()

@@ -11,20 +11,30 @@ import csv
 import dataclasses
 import json
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+
 from llm_teacher_common.stats import rate_text
-from student_policy.checkpoints import CheckpointError, export_policy, save_checkpoint, write_atomically
+from student_policy.checkpoints import CheckpointError, eager_copy, export_policy, save_checkpoint, write_atomically
 from student_policy.evaluate import evaluate
 from student_policy.inference import load_policy
+from student_policy.networks import ActorCritic
 from student_policy.ppo import PPOLearner
+
+
+class _Weights:  # what export_policy reads of a learner
+    def __init__(self, policy: ActorCritic):
+        self.policy = policy
 
 
 # Columns of progress.csv: fixed, so that rows with and without an evaluation line up.
 CSV_FIELDS = ['frames', 'updates', 'episodes', 'charts/SPS', 'charts/episodic_return', 'charts/success_rate',
               'charts/learning_rate', 'teacher/weight', 'teacher/coverage', 'losses/policy_loss', 'losses/value_loss',
               'losses/entropy', 'losses/distill_loss', 'losses/approx_kl', 'losses/clipfrac',
-              'losses/explained_variance', 'eval/success_rate', 'eval/mean_return', 'eval/success_rate_sampled']
+              'losses/explained_variance', 'eval/success_rate', 'eval/mean_return', 'eval/success_rate_sampled',
+              'eval/frames']
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
@@ -55,22 +65,31 @@ class CheckpointCallback:
 class EvalCallback:
     """Success of the student on held-out seeds, greedy and sampled, every `every` updates and at the end.
 
-    Adds eval/success_rate, eval/mean_return (greedy) and eval/success_rate_sampled to the metrics
-    (run it before the loggers) and writes the results to run_dir/eval.json. Like SB3's
-    EvalCallback it keeps the best: policy.pt is exported whenever greedy success reaches a new
-    best (a tie goes to the later, longer-trained policy), because greedy success swings between
-    evaluations even late in training. The best was chosen on the evaluation seeds, so at the end
-    policy.pt is tested on `test_episodes` other seeds: that figure is unbiased and is the one to quote.
+    Adds eval/success_rate, eval/mean_return (greedy), eval/success_rate_sampled and eval/frames
+    (the frame of the evaluated weights) to the metrics (run it before the loggers) and writes the
+    results to run_dir/eval.json. Like SB3's EvalCallback it keeps the best: policy.pt is exported
+    whenever greedy success reaches a new best (a tie goes to the later, longer-trained policy),
+    because greedy success swings between evaluations even late in training. The best was chosen
+    on the evaluation seeds (10_000 + i), so at the end policy.pt is tested on `test_episodes` other
+    seeds (20_000 + i): that figure is unbiased and is the one to quote.
+
+    :param background: evaluate a copy of the weights on a worker thread while training goes on
+        (the student node: its executor keeps answering the simulator); results land at a later
+        update. At most one evaluation runs at a time (a due one is skipped while another runs);
+        the final one and the test run in the foreground.
     """
 
     TEST_SEED = 20_000  # evaluation episodes start at seed 10_000, training at the run's seed
 
-    def __init__(self, run_dir: str | Path, task: str, every: int = 25, episodes: int = 50, test_episodes: int = 100):
+    def __init__(self, run_dir: str | Path, task: str, every: int = 25, episodes: int = 50, test_episodes: int = 100,
+                 background: bool = False):
         self.run_dir, self.task, self.every, self.episodes = Path(run_dir), task, every, episodes
         self.test_episodes = test_episodes
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / 'eval.json'
         self.last: dict | None = json.loads(self.path.read_text()) if self.path.exists() else None  # on resume
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='evaluation') if background else None
+        self.pending: tuple[Future, int, ActorCritic] | None = None  # (result, frames, weights) in flight
 
     @property
     def best(self) -> dict | None:
@@ -79,29 +98,50 @@ class EvalCallback:
 
     def __call__(self, learner: PPOLearner, metrics: dict) -> bool:
         finished = learner.frames >= learner.config.total_frames
+        if self.pending is not None and (self.pending[0].done() or finished):
+            self.record(*self.pending, metrics)
+            self.pending = None
         if not finished and learner.updates % self.every != 0:
             return True
-        actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits, as the exported policy)
-        greedy = evaluate(actor, self.task, self.episodes)
-        sampled = evaluate(actor, self.task, self.episodes, greedy=False)
-        best = self.best
-        if best is None or greedy['success_rate'] >= best['success_rate']:
-            export_policy(self.run_dir / 'policy.pt', learner, self.task)
-            best = {'frames': learner.frames, 'success_rate': greedy['success_rate'],
-                    'mean_return': greedy['mean_return']}
-        self.last = {'frames': learner.frames, **greedy, 'success_rate_sampled': sampled['success_rate'],
-                     'mean_return_sampled': sampled['mean_return'], 'best': best}
+        snapshot = eager_copy(learner.policy)
+        if self.worker is not None and not finished:
+            if self.pending is None:
+                self.pending = (self.worker.submit(self.run, snapshot), learner.frames, snapshot)
+            return True
+        self.record(self.run(snapshot), learner.frames, snapshot, metrics)
         if finished:
             test = evaluate(load_policy(self.run_dir / 'policy.pt'), self.task, self.test_episodes, self.TEST_SEED)
             self.last['test'] = {'episodes': self.test_episodes, 'seed': self.TEST_SEED,
                                  'success_rate': test['success_rate'], 'interval95': test['interval95'],
                                  'mean_return': test['mean_return']}
-        metrics['eval/success_rate'] = greedy['success_rate']
-        metrics['eval/mean_return'] = greedy['mean_return']
-        metrics['eval/success_rate_sampled'] = sampled['success_rate']
+            self.save()
+            if self.worker is not None:
+                self.worker.shutdown()
+        return True
+
+    def run(self, policy: ActorCritic) -> tuple[dict, dict]:
+        """Greedy and sampled evaluation of `policy` (on the worker thread, or here)."""
+        with torch.no_grad():
+            actor = lambda obs: policy(obs)[0]  # noqa: E731  (logits, as the exported policy)
+            return evaluate(actor, self.task, self.episodes), evaluate(actor, self.task, self.episodes, greedy=False)
+
+    def record(self, results, frames: int, policy: ActorCritic, metrics: dict) -> None:
+        """Keep an evaluation's results (export policy.pt if it is the best) and add them to `metrics`."""
+        greedy, sampled = results.result() if isinstance(results, Future) else results
+        best = self.best
+        if best is None or greedy['success_rate'] >= best['success_rate']:
+            export_policy(self.run_dir / 'policy.pt', _Weights(policy), self.task)
+            best = {'frames': frames, 'success_rate': greedy['success_rate'], 'mean_return': greedy['mean_return']}
+        self.last = {'frames': frames, **greedy, 'success_rate_sampled': sampled['success_rate'],
+                     'interval95_sampled': sampled['interval95'], 'mean_return_sampled': sampled['mean_return'],
+                     'best': best}
+        metrics.update({'eval/success_rate': greedy['success_rate'], 'eval/mean_return': greedy['mean_return'],
+                        'eval/success_rate_sampled': sampled['success_rate'], 'eval/frames': frames})
+        self.save()
+
+    def save(self) -> None:
         result = json.dumps(self.last, indent=2).encode()  # read live by the progress line and the report
         write_atomically(self.path, lambda f: f.write(result))
-        return True
 
     def summary(self) -> str:
         """The end-of-training line: the shipped policy's test figure, and where it came from."""
@@ -132,7 +172,8 @@ def plot_learning_curve(run_dir: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(frames, [float(r['charts/success_rate']) for r in rows], label='success (training, sampled)')
     for column, label in (('eval/success_rate', 'greedy'), ('eval/success_rate_sampled', 'sampled')):
-        evals = [(int(r['frames']), float(r[column])) for r in rows if r.get(column)]
+        # eval/frames: the frame of the evaluated weights (a background evaluation lands later)
+        evals = [(int(float(r.get('eval/frames') or r['frames'])), float(r[column])) for r in rows if r.get(column)]
         if evals:
             ax.plot(*zip(*evals), 'o-', label=f'success ({label}, held-out seeds)')
     ax.set_xlabel('environment frames')
@@ -168,8 +209,9 @@ class MetricsLogCallback:
         self.writer.flush()
         row = {'frames': learner.frames, 'updates': learner.updates, 'episodes': learner.episodes, **metrics}
         new = not self.csv_path.exists()
+        fields = CSV_FIELDS if new else self.csv_path.open().readline().strip().split(',')  # a resumed run's columns
         with self.csv_path.open('a', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction='ignore')
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
             if new:
                 writer.writeheader()
             writer.writerow(row)

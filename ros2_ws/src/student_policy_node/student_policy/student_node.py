@@ -61,7 +61,7 @@ class StudentNode(Node):
             )
         except ValueError as err:
             raise SystemExit(f'student_node: {err}') from err
-        self.evaluation = EvalCallback(self.run_dir, task, eval_every, eval_episodes, test_episodes)
+        self.evaluation = EvalCallback(self.run_dir, task, eval_every, eval_episodes, test_episodes, background=True)
         self.callbacks = [CheckpointCallback(self.run_dir, checkpoint_every, task), self.evaluation,
                           MetricsLogCallback(self.run_dir)]
 
