@@ -75,7 +75,8 @@ def nodes(args: dict) -> list:
                                            'cache_path': str(Path(args['run_dir']) / 'answers.sqlite')}]))
     if 'learner' in roles:
         graph.append(NodeSpec('llm_teacher', 'visualization_node', 'visualization_node',
-                              parameters=[config('visualization_node'), {'foxglove_port': int(args['foxglove_port'])}]))
+                              parameters=[config('visualization_node'), {'foxglove_port': int(args['foxglove_port']),
+                                                                     'task': args['task']}]))
         if flag(args, 'record'):
             graph.append(NodeSpec('llm_teacher', 'recorder_node', 'recorder_node',
                                   parameters=[config('recorder_node'),

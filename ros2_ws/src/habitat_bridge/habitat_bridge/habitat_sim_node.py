@@ -33,24 +33,9 @@ from tf2_msgs.msg import TFMessage
 
 from llm_teacher_common.commands import MOTIONS, action_for_velocity, velocity_for_action
 from habitat_bridge.embodied import sensors
+from habitat_bridge.embodied.backend import BACKENDS, make_backend
 from llm_teacher_common.messages import occupancy_grid_msg, perception_msg, rgb_image_msg
 from llm_teacher_common.node import parameter, spin
-
-BACKENDS = ('miniworld', 'habitat', 'habitat_lab')
-
-
-def make_backend(name: str, env: str, width: int, height: int, scene: str = '', config: str = ''):
-    if name == 'miniworld':
-        from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend
-        return MiniWorldBackend(env, width, height)
-    if name == 'habitat':
-        from habitat_bridge.embodied.habitat_backend import HabitatSimBackend
-        return HabitatSimBackend(env, width, height, scene=scene or None)
-    if name == 'habitat_lab':
-        from habitat_bridge.embodied.habitat_lab_backend import HabitatLabBackend
-        return HabitatLabBackend(env, width, height, config_path=config or None)
-    raise ValueError(f'unknown backend {name!r}; available: {", ".join(BACKENDS)}')
-
 
 class HabitatSimNode(Node):
     def __init__(self):
@@ -67,7 +52,7 @@ class HabitatSimNode(Node):
         if rate_hz <= 0:
             raise SystemExit(f'habitat_sim_node: rate_hz must be > 0, got {rate_hz}')
         try:
-            self.sim = make_backend(backend, env, width, height, scene, config)
+            self.sim = make_backend(env, width, height, backend=backend, scene=scene, config=config)
         except (ValueError, RuntimeError) as err:
             raise SystemExit(f'habitat_sim_node: {err}') from err
         self.period = 1.0 / rate_hz

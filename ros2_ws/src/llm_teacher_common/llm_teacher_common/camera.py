@@ -11,7 +11,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-EMBODIED_OBSERVATIONS = ('rgbd', 'rgb')  # camera rgb + depth as a 4th channel, or rgb alone
+from llm_teacher_common.families import FAMILIES
+
+EMBODIED_OBSERVATIONS = FAMILIES['embodied'].observations  # camera rgb + depth as a 4th channel, or rgb alone
 DEPTH_STEP_M = 0.04
 FAR = 255
 

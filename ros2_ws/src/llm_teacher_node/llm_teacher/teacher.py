@@ -66,7 +66,13 @@ class Teacher:
         self._unanswerable: set[str] = set()
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='llm')
-        self.embodied_skills = EmbodiedSkills()
+        embodied = EmbodiedSkills()
+        # The option skills of each task family (llm_teacher_common.families): option -> pi_T(a|s).
+        self.skills = {
+            'gridworld': lambda options, perception, grid: teacher_policy(options, grid, perception.objects,
+                                                                          self.avoid_lava),
+            'embodied': lambda options, perception, _: embodied.policy(options, perception),
+        }
 
     @property
     def pending(self) -> int:
@@ -108,9 +114,7 @@ class Teacher:
 
     def policy(self, option_probs: dict, perception: Perception, memory_map: np.ndarray) -> np.ndarray:
         """pi_T(a|s): the option distribution through the skills of the perception's task family."""
-        if perception.task_family == 'embodied':
-            return self.embodied_skills.policy(option_probs, perception)
-        return teacher_policy(option_probs, memory_map, perception.objects, self.avoid_lava)
+        return self.skills[perception.task_family](option_probs, perception, memory_map)
 
     def option_distribution(self, perception: Perception, options) -> dict[str, float] | None:
         """p(option | text) over `options` (blocking: asks the LLM now if needed); None if it failed."""

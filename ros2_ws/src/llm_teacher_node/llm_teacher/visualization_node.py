@@ -19,20 +19,19 @@ from foxglove.channels import RawImageChannel
 from foxglove.messages import RawImage, Timestamp
 from geometry_msgs.msg import Point
 from llm_teacher_msgs.msg import ActionBatch, SuggestionBatch, TeacherStatus, TrainingStatus
-from minigrid.core.actions import Actions
 from rclpy.node import Node
 
+from llm_teacher_common.families import family_of_task
 from llm_teacher_common.messages import index_in_batch, top_suggestion
 from llm_teacher_common.node import parameter, spin
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-ACTION_NAMES = [a.name for a in Actions]
 BAR_WIDTH = 0.3
 
 
-def action_markers(probs: list[float], stamp, names=ACTION_NAMES) -> list[Marker]:
+def action_markers(probs: list[float], stamp, names: tuple[str, ...]) -> list[Marker]:
     """One bar (CUBE, height = probability) and one label per action, side by side along y."""
     markers = []
     for i, p in enumerate(probs):
@@ -59,6 +58,8 @@ class VisualizationNode(Node):
     def __init__(self):
         super().__init__('visualization_node')
         self.env = parameter(self, 'env', 0, 'The environment whose suggestions and actions are shown')
+        task = parameter(self, 'task', 'MiniGrid-SimpleDoorKey-v0', "The run's task: its family names the actions")
+        self.action_names = family_of_task(task).action_names
         port = parameter(self, 'foxglove_port', 8765, 'Foxglove WebSocket port on 127.0.0.1 (-1: off, 0: any free port)')
         self.marker_pub = self.create_publisher(MarkerArray, 'teacher_markers', 10)
         self.create_subscription(SuggestionBatch, 'suggestion_batch', self.on_suggestions, 10)
@@ -101,9 +102,9 @@ class VisualizationNode(Node):
         num_actions = len(batch.action_probs) // len(batch.actions)
         probs = list(batch.action_probs[env * num_actions:(env + 1) * num_actions])
         if probs:
-            self.marker_pub.publish(MarkerArray(markers=action_markers(probs, batch.header.stamp)))
+            self.marker_pub.publish(MarkerArray(markers=action_markers(probs, batch.header.stamp, self.action_names)))
             self.log('actions', {'seq': batch.seq, 'env': self.env, 'action': int(batch.actions[env]),
-                                 'probs': dict(zip(ACTION_NAMES, probs))})
+                                 'probs': dict(zip(self.action_names, probs))})
 
     def on_image(self, image: Image) -> None:
         if self.server is not None:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from llm_teacher_common.camera import EMBODIED_OBSERVATIONS
+from llm_teacher_common.families import family_of_observation
 
 # Sizes of the per-channel vocabularies of MiniGrid encodings: object type (11), colour (6),
 # state (3), agent layer (0 or 1 + heading). Rounded up so unexpected codes do not crash.
@@ -72,7 +72,7 @@ ENCODERS = {'grid': GridEncoder, 'image': ImageEncoder}
 
 def encoder_for(obs_encoding: str) -> str:
     """The encoder of a simulator's observation encoding (StepBatch.obs_encoding)."""
-    return 'image' if obs_encoding in EMBODIED_OBSERVATIONS else 'grid'
+    return family_of_observation(obs_encoding).encoder
 
 
 class ActorCritic(nn.Module):

@@ -11,8 +11,8 @@ import numpy as np
 
 from habitat_bridge.minigrid.observation import MemoryMapObservation
 from habitat_bridge.minigrid.tasks import register_tasks
+from habitat_bridge.vector import VectorEnv
 from llm_teacher_common.perception import Perception
-from llm_teacher_common.steps import VecStep
 
 OBSERVATION_MODES = ('memory_map', 'egocentric')
 
@@ -60,8 +60,8 @@ class _Egocentric(gym.ObservationWrapper):
         return self.env.last_view
 
 
-class MiniGridVecEnv:
-    """N environments of one task; `reset(seed)` seeds env i with seed + i.
+class MiniGridVecEnv(VectorEnv):
+    """N environments of one MiniGrid task (see habitat_bridge.vector.VectorEnv).
 
     perceive=False leaves the perception lists out of each step (a fifth of the step's cost):
     for training without a teacher and for evaluation.
@@ -69,50 +69,22 @@ class MiniGridVecEnv:
 
     def __init__(self, task: str, num_envs: int, observation: str = 'memory_map',
                  render_env: int | None = None, perceive: bool = True):
-        if num_envs < 1:
-            raise ValueError(f'num_envs must be at least 1, got {num_envs}')
-        self.task, self.num_envs, self.perceive = task, num_envs, perceive
+        super().__init__(num_envs, perceive)
+        self.task = task
         self.envs = [make_env(task, observation, render=(i == render_env)) for i in range(num_envs)]
         self.observation_space = self.envs[0].observation_space
         self.num_actions = int(self.envs[0].action_space.n)
-        self._next_episode_id = 0
-        self._episode_ids = np.zeros(num_envs, np.uint64)
 
-    def reset(self, seed: int | None = None) -> VecStep:
-        """Start a new episode everywhere: env i with seed + i, or its own random stream if None."""
-        obs = [env.reset(seed=None if seed is None else seed + i)[0] for i, env in enumerate(self.envs)]
-        for i in range(self.num_envs):
-            self._episode_ids[i] = self._new_episode_id()
-        zeros = np.zeros(self.num_envs, bool)
-        return VecStep(np.stack(obs), np.zeros(self.num_envs, np.float32), zeros, zeros.copy(),
-                       zeros.copy(), self._episode_ids.copy(), self.perceptions())
+    def _reset_one(self, i: int, seed: int | None) -> np.ndarray:
+        return self.envs[i].reset(seed=seed)[0]
 
-    def step(self, actions: np.ndarray) -> VecStep:
-        """Step every env with its action; an env whose episode ends is reset in the same step."""
-        n = self.num_envs
-        obs = [None] * n
-        rewards = np.zeros(n, np.float32)
-        terminated, truncated, success = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
-        for i, env in enumerate(self.envs):
-            obs[i], rewards[i], terminated[i], truncated[i], info = env.step(int(actions[i]))
-            success[i] = info['success']
-            if terminated[i] or truncated[i]:
-                obs[i], _ = env.reset()
-                self._episode_ids[i] = self._new_episode_id()
-        return VecStep(np.stack(obs), rewards, terminated, truncated, success,
-                       self._episode_ids.copy(), self.perceptions())
+    def _step_one(self, i: int, action: int):
+        obs, reward, terminated, truncated, info = self.envs[i].step(action)
+        return obs, reward, terminated, truncated, info['success']
 
-    def perceptions(self) -> list[Perception]:
-        return [env.perception() for env in self.envs] if self.perceive else []
+    def _perception(self, i: int) -> Perception:
+        return self.envs[i].perception()
 
     def render(self, index: int = 0) -> np.ndarray:
         """RGB frame (H, W, 3) of env `index` (created with render_env=index)."""
         return self.envs[index].render()
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
-
-    def _new_episode_id(self) -> int:
-        self._next_episode_id += 1
-        return self._next_episode_id
