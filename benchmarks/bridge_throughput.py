@@ -1,4 +1,4 @@
-"""Simulator steps/s of habitat_sim_node (rgb + depth over DDS) vs the same backend stepped in-process.
+"""Simulator steps/s of robot_sim_node (rgb + depth over DDS) vs the same backend stepped in-process.
 
 Closed loop, as a controller would drive it: a driver node subscribes to the rgb, depth and
 odometry topics and answers every odometry message with the next action (a turn, which always
@@ -41,7 +41,7 @@ def in_process(env: str, size: int, seconds: float) -> float:
 
 
 def over_dds(env: str, size: int, seconds: float) -> float:
-    spec = NodeSpec('habitat_bridge', 'habitat_sim_node', 'habitat_sim_node',
+    spec = NodeSpec('habitat_bridge', 'robot_sim_node', 'robot_sim_node',
                     parameters=[{'env': env, 'width': size, 'height': size, 'rate_hz': 2000.0}])
     with LaunchRunner([spec], log=lambda line: None):
         rclpy.init()
@@ -63,7 +63,7 @@ def over_dds(env: str, size: int, seconds: float) -> float:
         while counts['stepped'] < 20 or counts['depth'] < 20:  # warm up: discovery done, images flowing
             executor.spin_once(timeout_sec=0.1)
             if time.monotonic() > deadline:
-                sys.exit('benchmark: habitat_sim_node did not step within 60 s')
+                sys.exit('benchmark: robot_sim_node did not step within 60 s')
         first, start = dict(counts), time.perf_counter()
         while time.perf_counter() - start < seconds:
             executor.spin_once(timeout_sec=0.1)

@@ -3,7 +3,7 @@ the same seeds, and the latency from a sensor stamp to the velocity command.
 
     .venv/bin/python benchmarks/robot_deploy.py --policy runs/gotoobject/policy.pt --episodes 50
 
-habitat_sim_node (MiniWorld-GoToObject-v0) is the robot: it is driven only through cmd_vel, and
+robot_sim_node (MiniWorld-GoToObject-v0) is the robot: it is driven only through cmd_vel, and
 episode k starts from seed SEED + k. robot_policy_node drives it from camera/image_raw and
 camera/depth/image_raw. In-process, the same exported policy acts on the same seeds with the
 same rules (student_policy.robot_control.CameraPolicy: motion actions only; greedy, or --sample
@@ -99,7 +99,7 @@ def through_topics(path: Path, episodes: int, rate_hz: float, greedy: bool, seco
         found = re.search(r'episode (\d+) ended \(reward (-?[\d.]+)\)', line)
         if found:
             ended.append(float(found.group(2)) > 0)
-    sim = NodeSpec('habitat_bridge', 'habitat_sim_node', 'habitat_sim_node',
+    sim = NodeSpec('habitat_bridge', 'robot_sim_node', 'robot_sim_node',
                    parameters=[{'env': TASK, 'rate_hz': rate_hz, 'seed': SEED}])
     robot = NodeSpec('student_policy', 'robot_policy_node', 'robot_policy_node',
                      parameters=[{'policy_path': str(path), 'control_rate_hz': rate_hz, 'greedy': greedy,

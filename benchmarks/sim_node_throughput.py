@@ -1,4 +1,4 @@
-"""Env-steps/s of minigrid_sim_node over DDS vs the same environments stepped in-process.
+"""Env-steps/s of batch_sim_node over DDS vs the same environments stepped in-process.
 
 A driver node answers every step batch at once with random actions (as a policy would, minus
 the network); the in-process loop steps a MiniGridVecEnv with the same kind of actions. Arms:
@@ -100,7 +100,7 @@ def main():
                (2, 2 * args.num_envs, f'2 groups of {args.num_envs}')]  # (num_groups, num_envs, label)
     arms = [(f'{consumer}_{groups}x{envs // groups}', groups, envs, perceive)
             for consumer, perceive in (('student', False), ('teacher', True)) for groups, envs, _ in layouts]
-    specs = [NodeSpec('habitat_bridge', 'minigrid_sim_node', name,
+    specs = [NodeSpec('habitat_bridge', 'batch_sim_node', name,
                       parameters=[{'task': args.task, 'num_envs': envs, 'num_groups': groups,
                                    'render_hz': 0.0, 'republish_period': 1.0}],
                       remappings=[(topic, f'/{name}/{topic}') for topic in
@@ -118,7 +118,7 @@ def main():
         while any(not r.waiting for r in runners.values() if isinstance(r, OverDDS)):  # all sims up, discovered
             executor.spin_once(timeout_sec=0.1)
             if time.monotonic() > deadline:
-                sys.exit('benchmark: a minigrid_sim_node sent no step batch within 60 s')
+                sys.exit('benchmark: a batch_sim_node sent no step batch within 60 s')
         for runner in runners.values():
             runner.run(0.5)  # warm up
         rates = {name: [] for name in runners}

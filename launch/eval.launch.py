@@ -21,8 +21,8 @@ ARGUMENTS = {
 
 def nodes(args: dict) -> list:
     return [
-        NodeSpec('habitat_bridge', 'minigrid_sim_node', 'minigrid_sim_node',
-                 parameters=[CONFIG / 'minigrid_sim_node.yaml',
+        NodeSpec('habitat_bridge', 'batch_sim_node', 'batch_sim_node',
+                 parameters=[CONFIG / 'batch_sim_node.yaml',
                              {'task': args['task'], 'num_envs': int(args['num_envs']), 'seed': int(args['seed'])}]),
         NodeSpec('student_policy', 'policy_node', 'policy_node',
                  parameters=[CONFIG / 'policy_node.yaml', {'policy_path': args['policy_path']}]),

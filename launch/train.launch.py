@@ -55,8 +55,8 @@ def nodes(args: dict) -> list:
     suffix = '_' + args['groups'].replace(',', '_') if args['groups'] else ''
     graph = []
     if 'sim' in roles:
-        graph.append(NodeSpec('habitat_bridge', 'minigrid_sim_node', 'minigrid_sim_node' + suffix,
-                              parameters=[config('minigrid_sim_node', suffix),
+        graph.append(NodeSpec('habitat_bridge', 'batch_sim_node', 'batch_sim_node' + suffix,
+                              parameters=[config('batch_sim_node', suffix),
                                           {'task': args['task'], 'num_envs': int(args['num_envs']),
                                            'num_groups': int(args['num_groups']), 'seed': int(args['seed']),
                                            'groups': args['groups']}]))

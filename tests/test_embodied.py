@@ -1,4 +1,4 @@
-"""The embodied bridge on MiniWorld: sensor geometry as plain functions, then habitat_sim_node
+"""The embodied bridge on MiniWorld: sensor geometry as plain functions, then robot_sim_node
 as a separate process publishing a robot's standard topics over DDS."""
 import math
 import time
@@ -111,7 +111,7 @@ def test_unknown_environment_is_a_clear_error():
 
 @pytest.fixture(scope='module')
 def sim_node():
-    spec = NodeSpec('habitat_bridge', 'habitat_sim_node', 'habitat_sim_node',
+    spec = NodeSpec('habitat_bridge', 'robot_sim_node', 'robot_sim_node',
                     parameters=[{'env': ENV, 'width': 64, 'height': 48, 'rate_hz': 10.0, 'seed': 2}])
     logs = []
     with LaunchRunner([spec], log=logs.append) as runner:
@@ -128,7 +128,7 @@ def test_node_publishes_a_robots_topics(sim_node, ros_node):
         ros_node.create_subscription(kind, topic, got[name].append, 50)
     latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     ros_node.create_subscription(TFMessage, '/tf_static', got['tf_static'].append, latched)
-    spin_until(ros_node, lambda: len(got['rgb']) >= 5, 60, 'camera images from habitat_sim_node')
+    spin_until(ros_node, lambda: len(got['rgb']) >= 5, 60, 'camera images from robot_sim_node')
     got['rgb'].clear()
     deadline = time.monotonic() + 2.0
     spin_until(ros_node, lambda: time.monotonic() > deadline, 5, 'two seconds')
@@ -159,7 +159,7 @@ def test_node_publishes_a_robots_topics(sim_node, ros_node):
 def test_node_drives_with_cmd_vel_and_actions(sim_node, ros_node):
     odoms = []
     ros_node.create_subscription(Odometry, 'odom', odoms.append, 50)
-    spin_until(ros_node, lambda: odoms, 60, 'odometry from habitat_sim_node')
+    spin_until(ros_node, lambda: odoms, 60, 'odometry from robot_sim_node')
     yaw = lambda o: 2 * math.atan2(o.pose.pose.orientation.z, o.pose.pose.orientation.w)  # noqa: E731
     start = odoms[-1]
     turn = ros_node.create_publisher(Int32, 'action', 10)

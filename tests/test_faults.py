@@ -161,7 +161,7 @@ def test_the_graph_survives_killed_nodes_and_malformed_messages(tmp_path, ros_no
             spin_until(ros_node, lambda: statuses and statuses[-1].frames >= 512, 180, 'four updates before the faults')
             for message in malformed:
                 publishers[type(message)].publish(message)
-            for name in ('minigrid_sim_node', 'teacher_node', 'student_node', 'recorder_node'):
+            for name in ('batch_sim_node', 'teacher_node', 'student_node', 'recorder_node'):
                 if name == 'student_node':
                     before_student_restart = statuses[-1]  # the counters are those of one student process
                 times[name] = restart_times(ros_node, statuses, graph, runners, name, logs)
@@ -172,7 +172,7 @@ def test_the_graph_survives_killed_nodes_and_malformed_messages(tmp_path, ros_no
         for runner in runners.values():
             runner.stop()
     print('seconds from SIGKILL to the next PPO update:', {k: round(v, 1) for k, v in times.items()})
-    assert sorted(alive) == sorted(['minigrid_sim_node', 'teacher_node', 'recorder_node', 'visualization_node']), logs[-30:]
+    assert sorted(alive) == sorted(['batch_sim_node', 'teacher_node', 'recorder_node', 'visualization_node']), logs[-30:]
     counted = before_student_restart
     assert counted.sim_restarts == 1 and counted.rejected_step_batches >= 1 and counted.invalid_suggestions >= 1, counted
     assert counted.skipped_gradient_steps == 0 and np.isfinite(statuses[-1].policy_loss)

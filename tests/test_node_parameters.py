@@ -15,7 +15,7 @@ from student_policy.checkpoints import export_policy
 from student_policy.networks import ActorCritic
 
 CONFIG = Path(__file__).resolve().parent.parent / 'config'
-NODES = {'minigrid_sim_node': 'habitat_bridge', 'habitat_sim_node': 'habitat_bridge', 'teacher_node': 'llm_teacher',
+NODES = {'batch_sim_node': 'habitat_bridge', 'robot_sim_node': 'habitat_bridge', 'teacher_node': 'llm_teacher',
          'recorder_node': 'llm_teacher', 'visualization_node': 'llm_teacher', 'student_node': 'student_policy',
          'policy_node': 'student_policy', 'robot_policy_node': 'student_policy'}
 ROS_OWN = {'use_sim_time', 'start_type_description_service'}  # every rclpy node declares these

@@ -1,5 +1,5 @@
 """The student on a robot: its own camera topics in, cmd_vel out, with no simulator, LLM or training
-library importable; the stand-in robot is habitat_sim_node (MiniWorld) driven only through cmd_vel."""
+library importable; the stand-in robot is robot_sim_node (MiniWorld) driven only through cmd_vel."""
 import re
 import subprocess
 import sys
@@ -164,7 +164,7 @@ def test_robot_node_stops_the_robot_on_stale_sensors_and_on_shutdown(exported, r
 
 @pytest.mark.slow
 def test_closed_loop_actions_through_the_topics_equal_in_process_greedy_actions(exported, ros_node, tmp_path):
-    """habitat_sim_node is the robot (cmd_vel only); for more than a whole episode (GoToObject ends by
+    """robot_sim_node is the robot (cmd_vel only); for more than a whole episode (GoToObject ends by
     400 steps), each action the node took equals the in-process greedy action on the same frames."""
     frames = {'rgb': {}, 'depth': {}}
     actions, twists = [], []
@@ -172,7 +172,7 @@ def test_closed_loop_actions_through_the_topics_equal_in_process_greedy_actions(
     ros_node.create_subscription(Image, 'camera/depth/image_raw', lambda m: frames['depth'].__setitem__(Time.from_msg(m.header.stamp).nanoseconds, m), 1000)
     ros_node.create_subscription(ActionBatch, 'policy_action', actions.append, 1000)
     ros_node.create_subscription(Twist, 'cmd_vel', twists.append, 1000)
-    sim = NodeSpec('habitat_bridge', 'habitat_sim_node', 'habitat_sim_node',
+    sim = NodeSpec('habitat_bridge', 'robot_sim_node', 'robot_sim_node',
                    parameters=[{'env': TASK, 'rate_hz': 20.0, 'seed': 7}])
     logs = []
     with open(tmp_path / 'robot.log', 'w') as log, LaunchRunner([sim], log=logs.append):

@@ -26,7 +26,7 @@ def host(run_dir, roles: str, groups: str = '') -> list:
 
 def test_roles_and_groups_name_the_nodes_of_each_host(tmp_path):
     names = [s.name for s in host(tmp_path, 'sim,teacher', '1')]
-    assert names == ['minigrid_sim_node_1', 'teacher_node_1']
+    assert names == ['batch_sim_node_1', 'teacher_node_1']
     sim = host(tmp_path, 'sim', '0,1')[0]
     assert {'groups': '0,1'}.items() <= sim.parameters[-1].items() and isinstance(sim.parameters[0], dict)
     assert [s.executable for s in host(tmp_path, 'learner')] == ['student_node', 'visualization_node']
@@ -53,4 +53,4 @@ def test_two_sims_and_two_teachers_feed_one_learner(tmp_path, ros_node):
     # One sim process per group (each has its own epoch), each group answered by its own teacher.
     assert len(suggested[0]) == len(suggested[1]) == 1 and suggested[0] != suggested[1]
     for group in ('0', '1'):
-        assert any(f'[minigrid_sim_node_{group}]' in line and f'hosting group(s) [{group}]' in line for line in logs)
+        assert any(f'[batch_sim_node_{group}]' in line and f'hosting group(s) [{group}]' in line for line in logs)

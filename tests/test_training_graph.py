@@ -162,7 +162,7 @@ def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ro
     args = resolve_arguments(launch.ARGUMENTS, [f'run_dir:={tmp_path}', f'total_frames:={400 * ROLLOUT}',
                                                 f'num_envs:={NUM_ENVS}', 'foxglove_port:=-1'])
     specs = launch.nodes(args)
-    assert [s.executable for s in specs] == ['minigrid_sim_node', 'student_node', 'teacher_node', 'visualization_node',
+    assert [s.executable for s in specs] == ['batch_sim_node', 'student_node', 'teacher_node', 'visualization_node',
                                              'recorder_node']
     specs[1].parameters.append({'num_steps': NUM_STEPS})
     assert specs[2].parameters[-1]['cache_path'] == str(tmp_path / 'answers.sqlite')  # the run keeps its answers
@@ -183,7 +183,7 @@ def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ro
         spin_until(ros_node, lambda: any(top_suggestion(batch, 0) for batch in suggestions), 120,
                    'a suggestion for env 0, the rendered one')
         shown = len(images)
-        spin_until(ros_node, lambda: len(images) >= shown + 2, 30, 'two more images from minigrid_sim_node')
+        spin_until(ros_node, lambda: len(images) >= shown + 2, 30, 'two more images from batch_sim_node')
     assert any(s.teacher_weight > 9 for s in statuses)
     valid = [s for batch in suggestions for s in batch.suggestions if s.valid]
     assert valid, '\n'.join(logs[-30:])

@@ -12,7 +12,7 @@ from llm_teacher.launch_runner import executable_path
 SRC = Path(__file__).resolve().parent.parent / 'ros2_ws' / 'src'
 PYTHON_PACKAGES = {'llm_teacher_node': 'llm_teacher', 'student_policy_node': 'student_policy',
                    'habitat_bridge': 'habitat_bridge', 'llm_teacher_common': 'llm_teacher_common'}
-EXECUTABLES = [('habitat_bridge', 'minigrid_sim_node'), ('habitat_bridge', 'habitat_sim_node'),
+EXECUTABLES = [('habitat_bridge', 'batch_sim_node'), ('habitat_bridge', 'robot_sim_node'),
                ('student_policy', 'student_node'), ('student_policy', 'policy_node'),
                ('student_policy', 'robot_policy_node'), ('llm_teacher', 'teacher_node'),
                ('llm_teacher', 'recorder_node'), ('llm_teacher', 'visualization_node'),

@@ -22,8 +22,8 @@ setup(
     zip_safe=True,
     entry_points={
         'console_scripts': [
-            'minigrid_sim_node = habitat_bridge.minigrid_sim_node:main',
-            'habitat_sim_node = habitat_bridge.habitat_sim_node:main',
+            'batch_sim_node = habitat_bridge.batch_sim_node:main',
+            'robot_sim_node = habitat_bridge.robot_sim_node:main',
         ],
     },
 )

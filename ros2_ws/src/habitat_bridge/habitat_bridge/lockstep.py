@@ -1,4 +1,4 @@
-"""The simulator side of the lock-step protocol, as a plain class (no rclpy); minigrid_sim_node is
+"""The simulator side of the lock-step protocol, as a plain class (no rclpy); batch_sim_node is
 the ROS shell around it.
 
 Each step batch gets the next seq and waits for the action batch that answers it; one answer

@@ -1,4 +1,4 @@
-"""minigrid_sim_node as a separate process over DDS, checked against the same envs stepped in-process."""
+"""batch_sim_node as a separate process over DDS, checked against the same envs stepped in-process."""
 import subprocess
 
 import numpy as np
@@ -19,7 +19,7 @@ TASK, NUM_ENVS, SEED = 'MiniGrid-SimpleDoorKey-v0', 8, 5
 
 @pytest.fixture(scope='module')
 def sim_node():
-    spec = NodeSpec('habitat_bridge', 'minigrid_sim_node', 'minigrid_sim_node',
+    spec = NodeSpec('habitat_bridge', 'batch_sim_node', 'batch_sim_node',
                     parameters=[{'task': TASK, 'num_envs': NUM_ENVS, 'seed': SEED, 'render_hz': 5.0}])
     logs = []
     with LaunchRunner([spec], log=logs.append) as runner:
@@ -42,7 +42,7 @@ class Driver:
         self.reset_client = node.create_client(ResetEnvs, f'{prefix}reset_envs')
 
     def reset(self, seed: int) -> StepBatch:
-        spin_until(self.node, self.reset_client.service_is_ready, 30, 'reset_envs service from minigrid_sim_node')
+        spin_until(self.node, self.reset_client.service_is_ready, 30, 'reset_envs service from batch_sim_node')
         # A service can be 'ready' before the server has matched our response reader, and DDS then drops
         # the answer (seen in CI under load); a reset with a seed is idempotent, so ask again. The same
         # when the sim had not yet matched our perception subscription: it perceives only for subscribers.
@@ -59,11 +59,11 @@ class Driver:
 
     def batch(self, seq: int, timeout: float = 10) -> StepBatch:
         found = lambda: next((b for b in self.batches if b.seq == seq), None)  # noqa: E731
-        return spin_until(self.node, found, timeout, f'step batch {seq} from minigrid_sim_node')
+        return spin_until(self.node, found, timeout, f'step batch {seq} from batch_sim_node')
 
     def perception_batch(self, seq: int, timeout: float = 10) -> PerceptionBatch:
         found = lambda: next((b for b in self.perceptions if b.seq == seq), None)  # noqa: E731
-        return spin_until(self.node, found, timeout, f'perception batch {seq} from minigrid_sim_node')
+        return spin_until(self.node, found, timeout, f'perception batch {seq} from batch_sim_node')
 
     def send(self, seq: int, actions, group: int = 0) -> None:
         epoch = self.batches[-1].epoch if self.batches else 0  # answers must name the sim's epoch
@@ -120,7 +120,7 @@ def test_malformed_action_batches_are_rejected_and_the_node_lives_on(sim_node, r
         driver.batch(batch.seq + 1, timeout=2)
     driver.send(batch.seq, [2] * NUM_ENVS)
     assert driver.batch(batch.seq + 1).seq == batch.seq + 1
-    assert sim_node.processes['minigrid_sim_node'].poll() is None
+    assert sim_node.processes['batch_sim_node'].poll() is None
 
 
 def test_env_groups_step_each_on_its_own_actions_as_in_process(ros_node):
@@ -128,7 +128,7 @@ def test_env_groups_step_each_on_its_own_actions_as_in_process(ros_node):
     only when its own actions come, exactly as two in-process halves."""
     half = NUM_ENVS // 2
     topics = ('step_batch', 'perception_batch', 'action_batch', 'reset_envs', 'image')
-    spec = NodeSpec('habitat_bridge', 'minigrid_sim_node', 'grouped_sim',
+    spec = NodeSpec('habitat_bridge', 'batch_sim_node', 'grouped_sim',
                     parameters=[{'task': TASK, 'num_envs': NUM_ENVS, 'num_groups': 2, 'seed': SEED, 'render_hz': 0.0}],
                     remappings=[(topic, f'/grouped/{topic}') for topic in topics])
     with LaunchRunner([spec], log=lambda line: None) as runner:
@@ -168,14 +168,14 @@ def test_reset_with_a_seed_gives_that_seeds_layouts(sim_node, ros_node):
 
 def test_publishes_an_rgb_image_of_one_env(sim_node, ros_node):
     driver = Driver(ros_node)
-    image = spin_until(ros_node, lambda: driver.images and driver.images[-1], 10, 'image from minigrid_sim_node')
+    image = spin_until(ros_node, lambda: driver.images and driver.images[-1], 10, 'image from batch_sim_node')
     assert image.encoding == 'rgb8' and image.step == 3 * image.width
     assert len(image.data) == image.height * image.step and image.height > 0
     assert image.header.frame_id == 'env_0'
 
 
 def test_an_unknown_task_id_stops_the_node_with_a_clear_error():
-    command = [executable_path('habitat_bridge', 'minigrid_sim_node'), '--ros-args', '-p', 'task:=MiniGrid-Nope-v0']
+    command = [executable_path('habitat_bridge', 'batch_sim_node'), '--ros-args', '-p', 'task:=MiniGrid-Nope-v0']
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "unknown task id 'MiniGrid-Nope-v0'" in result.stderr + result.stdout, result.stderr
@@ -193,7 +193,7 @@ def test_the_top_suggestion_of_an_env_is_read_from_its_own_groups_batch():
 
 
 def test_sim_protocol_steps_each_waiting_batch_once_and_resends_unanswered_ones():
-    """habitat_bridge.lockstep.LockstepSim without DDS: what minigrid_sim_node steps, refuses and resends."""
+    """habitat_bridge.lockstep.LockstepSim without DDS: what batch_sim_node steps, refuses and resends."""
     sim = LockstepSim(groups=[0, 1], group_size=2, num_actions=7, epoch=5)
     first, second = sim.publish(0, 'batch a'), sim.publish(1, 'batch b')
     assert (first, second) == (0, 1) and sim.next_seq() == 2

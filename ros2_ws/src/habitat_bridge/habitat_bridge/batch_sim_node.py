@@ -1,4 +1,5 @@
-"""minigrid_sim_node: N headless environments stepped in lock-step over ROS 2: MiniGrid tasks, or
+"""batch_sim_node: the training simulator. N headless environments stepped in lock-step over ROS 2, as
+fast as the learner answers: MiniGrid tasks, or
 MiniWorld robots (MiniWorld-* task ids: camera rgb + depth observations, perception with the
 robot's occupancy map) for training from images.
 
@@ -20,7 +21,7 @@ Perceptions travel apart so that the student, which never reads them, does not w
 conversion: the sim publishes them while the student computes its actions. With no teacher they
 are not even computed (a plain-PPO graph steps ~1.3 ms faster per batch of 16).
 
-    ros2 run habitat_bridge minigrid_sim_node --ros-args -p task:=MiniGrid-LavaDoorKey-v0 -p num_envs:=8
+    ros2 run habitat_bridge batch_sim_node --ros-args -p task:=MiniGrid-LavaDoorKey-v0 -p num_envs:=8
 """
 from __future__ import annotations
 
@@ -41,10 +42,10 @@ from llm_teacher_common.node import group_list, parameter, spin
 BATCH_QOS_DEPTH = 10
 
 
-class MiniGridSimNode(Node):
+class BatchSimNode(Node):
 
     def __init__(self):
-        super().__init__('minigrid_sim_node')
+        super().__init__('batch_sim_node')
         param = functools.partial(parameter, self)
         task = param('task', 'MiniGrid-SimpleDoorKey-v0', 'Registered MiniGrid id (the paper tasks or any standard one)')
         num_envs = param('num_envs', 16, 'Environments, stepped in lock-step (per group, see num_groups)')
@@ -59,15 +60,15 @@ class MiniGridSimNode(Node):
                        "per host, share a run); '' all of them")
         republish_s = param('republish_period', 1.0, 'Resend a step batch when unanswered this long (s)')
         if num_groups < 1 or num_envs % num_groups:
-            raise SystemExit(f'minigrid_sim_node: num_groups {num_groups} does not divide num_envs {num_envs} '
+            raise SystemExit(f'batch_sim_node: num_groups {num_groups} does not divide num_envs {num_envs} '
                              'into equal groups')
         try:
             owned = group_list(groups, num_groups)
         except ValueError as err:
-            raise SystemExit(f'minigrid_sim_node: {err}') from err
+            raise SystemExit(f'batch_sim_node: {err}') from err
         self.num_groups = num_groups
         if not 0 <= self.render_env < num_envs:
-            raise SystemExit(f'minigrid_sim_node: render_env {self.render_env} is not in 0..{num_envs - 1}')
+            raise SystemExit(f'batch_sim_node: render_env {self.render_env} is not in 0..{num_envs - 1}')
         self.group_size = num_envs // num_groups
         render_group, render_index = divmod(self.render_env, self.group_size)
         try:
@@ -76,7 +77,7 @@ class MiniGridSimNode(Node):
                            for g in owned}
             self.observation = self.observation or default_observation(task)
         except ValueError as err:
-            raise SystemExit(f'minigrid_sim_node: {err}') from err
+            raise SystemExit(f'batch_sim_node: {err}') from err
         self.num_actions = self.groups[owned[0]].num_actions
 
         self.step_pub = self.create_publisher(StepBatch, 'step_batch', BATCH_QOS_DEPTH)
@@ -138,7 +139,7 @@ class MiniGridSimNode(Node):
 
 
 def main(args=None):
-    spin(MiniGridSimNode, args)
+    spin(BatchSimNode, args)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
-"""habitat_sim_node: an embodied simulator as a robot's standard ROS 2 topics.
+"""robot_sim_node: one simulated robot in real time, on a robot's standard ROS 2 topics (the stand-in
+robot for deploying and for viewing).
 
 Backends: 'miniworld' (MiniWorld 2.1, CPU, headless), 'habitat' (habitat-sim 0.3, where it is
 installed: env Habitat-GoToObject-v0 or Habitat-PutNext-v0) and 'habitat_lab' (habitat-lab's
@@ -37,9 +38,9 @@ from habitat_bridge.embodied.backend import BACKENDS, make_backend
 from llm_teacher_common.messages import occupancy_grid_msg, perception_msg, rgb_image_msg
 from llm_teacher_common.node import parameter, spin
 
-class HabitatSimNode(Node):
+class RobotSimNode(Node):
     def __init__(self):
-        super().__init__('habitat_sim_node')
+        super().__init__('robot_sim_node')
         backend = parameter(self, 'backend', 'miniworld', f'Simulator: {", ".join(BACKENDS)}')
         env = parameter(self, 'env', 'MiniWorld-PutNext-v0', 'Environment id of the backend')
         width = parameter(self, 'width', 64, 'Camera width in pixels')
@@ -50,11 +51,11 @@ class HabitatSimNode(Node):
         self.seed = parameter(self, 'seed', 0, 'Seed of the first episode; each next episode adds 1')
         self.cmd_vel_timeout = parameter(self, 'cmd_vel_timeout', 0.5, 'A cmd_vel older than this (s) stops the robot')
         if rate_hz <= 0:
-            raise SystemExit(f'habitat_sim_node: rate_hz must be > 0, got {rate_hz}')
+            raise SystemExit(f'robot_sim_node: rate_hz must be > 0, got {rate_hz}')
         try:
             self.sim = make_backend(env, width, height, backend=backend, scene=scene, config=config)
         except (ValueError, RuntimeError) as err:
-            raise SystemExit(f'habitat_sim_node: {err}') from err
+            raise SystemExit(f'robot_sim_node: {err}') from err
         self.period = 1.0 / rate_hz
         self.rgb_pub = self.create_publisher(Image, 'camera/image_raw', 2)
         self.depth_pub = self.create_publisher(Image, 'camera/depth/image_raw', 2)
@@ -126,7 +127,7 @@ class HabitatSimNode(Node):
 
 
 def main(args=None):
-    spin(HabitatSimNode, args)
+    spin(RobotSimNode, args)
 
 
 if __name__ == '__main__':
