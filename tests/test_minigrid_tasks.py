@@ -12,6 +12,8 @@ from habitat_bridge.minigrid.expert import ScriptedExpert
 from habitat_bridge.minigrid.observation import UNSEEN, MemoryMapObservation
 from habitat_bridge.minigrid.tasks import MAX_STEPS, TASK_IDS
 from habitat_bridge.minigrid.vector import MiniGridVecEnv, make_env
+from habitat_bridge.vector import make_vec_env
+from llm_teacher_common.families import family_of_task
 
 TASKS = list(TASK_IDS) + ['MiniGrid-DoorKey-8x8-v0']
 PAPER_TASKS = list(TASK_IDS)
@@ -199,3 +201,27 @@ def test_egocentric_mode_is_the_agent_view():
     assert obs.shape == (3, 3, 3)
     assert np.array_equal(obs, env.unwrapped.gen_obs()['image'])
     assert isinstance(env.env, MemoryMapObservation) and env.perception().mission
+
+
+EVERY_TASK = TASKS + ['MiniWorld-GoToObject-v0', 'MiniWorld-PutNext-v0']
+
+
+@pytest.mark.parametrize('task', EVERY_TASK)
+def test_every_task_keeps_the_vector_env_contract(task):
+    """Every registered id, MiniWorld included, through make_vec_env: its family's observation,
+    same seed same episode, auto-reset with new episode ids, perceptions of its family."""
+    family = family_of_task(task)
+    runs = []
+    for _ in range(2):
+        envs = make_vec_env(task, 2)
+        steps = [envs.reset(seed=3)]
+        rng = np.random.default_rng(0)
+        steps += [envs.step(rng.integers(0, envs.num_actions, 2)) for _ in range(10)]
+        envs.close()
+        runs.append(steps)
+    first = runs[0][0]
+    assert first.observations.dtype == np.uint8 and first.observations.shape[1:] == envs.observation_space.shape
+    assert envs.num_actions == len(family.action_names)
+    assert all(np.array_equal(a.observations, b.observations) for a, b in zip(*runs))  # seeded
+    assert {p.task_family for p in first.perceptions} == {family.name}
+    assert len(set(first.episode_ids)) == 2

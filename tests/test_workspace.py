@@ -1,4 +1,5 @@
 """The workspace as installed by `make setup`: metadata agrees, imports work, executables are where ros2 run looks."""
+import ast
 import subprocess
 import sys
 from importlib.metadata import version
@@ -48,3 +49,29 @@ def test_launch_cli_lists_arguments_and_rejects_unknown_ones():
     bad = subprocess.run([sys.executable, '-m', 'llm_teacher.launch_runner', 'train.launch.py', 'tsak:=x'],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown launch argument 'tsak'" in bad.stderr
+
+
+# What a Python import needs, as the rosdep key package.xml declares ('-pip' keys: PyPI-only
+# packages, rosdep's convention). habitat and habitat_sim install from conda only: optional.
+ROSDEP_KEYS = {'numpy': 'python3-numpy', 'cv2': 'python3-opencv', 'yaml': 'python3-yaml', 'torch': 'python3-torch',
+               'matplotlib': 'python3-matplotlib', 'pyglet': 'python3-pyglet', 'gymnasium': 'python3-gymnasium-pip',
+               'minigrid': 'python3-minigrid-pip', 'miniworld': 'python3-miniworld-pip',
+               'transformers': 'python3-transformers-pip', 'rosbags': 'python3-rosbags-pip',
+               'mcap_ros2': 'python3-mcap-ros2-support-pip', 'foxglove': 'python3-foxglove-sdk-pip',
+               'onnxruntime': 'python3-onnxruntime-pip', 'launch': 'launch_ros'}
+OPTIONAL = {'habitat', 'habitat_sim'}
+
+
+@pytest.mark.parametrize('folder, package', PYTHON_PACKAGES.items())
+def test_package_xml_declares_what_the_package_imports(folder, package):
+    imported = set()
+    for path in (SRC / folder / package).rglob('*.py'):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split('.')[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split('.')[0])
+    manifest = ElementTree.parse(SRC / folder / 'package.xml').getroot()
+    declared = {element.text for element in manifest.iter('exec_depend')}
+    needed = {ROSDEP_KEYS.get(name, name) for name in imported - set(sys.stdlib_module_names) - OPTIONAL - {package}}
+    assert needed <= declared, f'{package} imports what its package.xml does not declare: {sorted(needed - declared)}'
