@@ -18,7 +18,8 @@ LAUNCH = Path(__file__).resolve().parent.parent / 'launch' / 'train.launch.py'
 
 
 def run_training_graph(frames: int, task: str = 'MiniGrid-SimpleDoorKey-v0', plain_ppo: bool = True,
-                       teacher_parameters: dict | None = None, num_groups: int = 1) -> list[dict]:
+                       teacher_parameters: dict | None = None, num_groups: int = 1,
+                       student_parameters: dict | None = None) -> list[dict]:
     """progress.csv rows (one per PPO update) of one run of the graph, evaluations switched off."""
     launch = load_launch_file(LAUNCH)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -27,7 +28,8 @@ def run_training_graph(frames: int, task: str = 'MiniGrid-SimpleDoorKey-v0', pla
             f'plain_ppo:={str(plain_ppo).lower()}', f'num_groups:={num_groups}']))
         for spec in specs:
             if spec.executable == 'student_node':
-                spec.parameters.append({'eval_every': 1_000_000, 'eval_episodes': 1, 'test_episodes': 1})  # only the final one
+                spec.parameters.append({'eval_every': 1_000_000, 'eval_episodes': 1, 'test_episodes': 1,  # only the final one
+                                        **(student_parameters or {})})
             if spec.executable == 'teacher_node' and teacher_parameters:
                 spec.parameters.append(teacher_parameters)
         runner = LaunchRunner(specs, log=lambda line: None)

@@ -175,3 +175,16 @@ def test_background_evaluation_lands_at_a_later_update_with_its_own_frames(tmp_p
     assert any(evaluated < frames for frames, evaluated in landed[:-1]), seen  # earlier ones landed later
     final = json.loads((tmp_path / 'eval.json').read_text())
     assert final['test']['episodes'] == 2 and (tmp_path / 'policy.pt').is_file()
+
+
+def test_overlapped_updates_train_to_the_exact_budget():
+    """overlap=True: updates run on a worker thread while the next rollout is collected with the
+    previous weights; the budget's last update runs in the foreground, so frames end exact."""
+    envs = MiniGridVecEnv('MiniGrid-SimpleDoorKey-v0', 2)
+    seen = []
+    learner = train(PPOConfig(total_frames=64 * 5, num_steps=32, minibatch_size=32, teacher=PLAIN, overlap=True), envs,
+                    callbacks=[lambda learner, metrics: seen.append((metrics['charts/frames'], learner.frames)) or True])
+    assert [frames for frames, _ in seen] == [64 * k for k in range(1, 6)]  # one report per rollout, in order
+    assert any(now > trained for trained, now in seen)  # the next rollout went on during an update
+    assert learner.frames == 64 * 5 and learner.updates == 5 and learner.behaviour is None
+    assert all(torch.isfinite(p).all() for p in learner.policy.parameters())

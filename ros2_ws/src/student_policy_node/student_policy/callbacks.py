@@ -103,12 +103,12 @@ class EvalCallback:
             self.pending = None
         if not finished and learner.updates % self.every != 0:
             return True
-        snapshot = eager_copy(learner.policy)
+        snapshot, frames = eager_copy(learner.policy), metrics.get('charts/frames', learner.frames)
         if self.worker is not None and not finished:
             if self.pending is None:
-                self.pending = (self.worker.submit(self.run, snapshot), learner.frames, snapshot)
+                self.pending = (self.worker.submit(self.run, snapshot), frames, snapshot)
             return True
-        self.record(self.run(snapshot), learner.frames, snapshot, metrics)
+        self.record(self.run(snapshot), frames, snapshot, metrics)
         if finished:
             test = evaluate(load_policy(self.run_dir / 'policy.pt'), self.task, self.test_episodes, self.TEST_SEED)
             self.last['test'] = {'episodes': self.test_episodes, 'seed': self.TEST_SEED,
@@ -204,10 +204,11 @@ class MetricsLogCallback:
         self.csv_path = self.run_dir / 'progress.csv'
 
     def __call__(self, learner: PPOLearner, metrics: dict) -> bool:
+        frames = metrics.get('charts/frames', learner.frames)  # an overlapped update trained on fewer
         for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, learner.frames)
+            self.writer.add_scalar(tag, value, frames)
         self.writer.flush()
-        row = {'frames': learner.frames, 'updates': learner.updates, 'episodes': learner.episodes, **metrics}
+        row = {'frames': frames, 'updates': learner.updates, 'episodes': learner.episodes, **metrics}
         new = not self.csv_path.exists()
         fields = CSV_FIELDS if new else self.csv_path.open().readline().strip().split(',')  # a resumed run's columns
         with self.csv_path.open('a', newline='') as f:
@@ -223,7 +224,8 @@ class MetricsLogCallback:
 def progress_line(learner: PPOLearner, metrics: dict) -> str:
     """One line of training progress for logs and terminals."""
     total = learner.config.total_frames
-    return (f'frames {learner.frames}/{total} ({100 * learner.frames / total:.0f}%) | '
+    frames = metrics.get('charts/frames', learner.frames)
+    return (f'frames {frames}/{total} ({100 * frames / total:.0f}%) | '
             f'fps {metrics["charts/SPS"]:.0f} | return {metrics["charts/episodic_return"]:.3f} | '
             f'success {metrics["charts/success_rate"]:.2f} | teacher weight {metrics["teacher/weight"]:.2f} '
             f'(coverage {metrics["teacher/coverage"]:.2f})')

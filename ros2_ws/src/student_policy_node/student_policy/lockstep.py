@@ -16,7 +16,9 @@ again from the new batch.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -103,8 +105,14 @@ class LockstepLearner:
     """
 
     def __init__(self, make_learner: Callable[..., PPOLearner], after_update: Callable[[PPOLearner, dict], bool],
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, overlap: bool = False):
         self.make_learner, self.after_update, self.log = make_learner, after_update, log
+        # overlap: update on a worker thread while acting on the next rollout with the weights of
+        # the last update (Sample Factory / IMPALA style, one update of lag at most); the last
+        # rollout of the budget is updated in the foreground, so the frame count ends exact.
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='ppo-update') if overlap else None
+        self.pending: tuple[Future, int] | None = None  # (metrics, frames it trained on)
+        self._last_report: tuple[float, int] | None = None  # (time, frames) of the last update reported
         self.learner: PPOLearner | None = None
         self.counters = Counters()
         self.rollout = _Rollout()
@@ -119,6 +127,10 @@ class LockstepLearner:
         those of every group that waited for it). A resent batch gets its actions again."""
         if self.done:
             return []
+        if self.pending is not None and self.pending[0].done():
+            self.finish_update()
+            if self.done:
+                return []
         error = self.check(step)
         if error:
             self.counters.rejected_steps += 1
@@ -208,14 +220,40 @@ class LockstepLearner:
         return out
 
     def update(self, next_obs: np.ndarray) -> bool:
-        """Update on the full rollout, then after_update; False when training is over."""
-        metrics = self.learner.update(next_obs)
+        """Update on the full rollout, then after_update; False when training is over. With
+        overlap the update starts on the worker thread and this returns True at once."""
+        if self.pending is not None:
+            self.finish_update()  # the barrier: at most one update in flight
+            if self.done:
+                return False
         self.rollout.steps.clear()  # suggestions for the used rollout come too late now
+        learner = self.learner
+        if self.worker is not None and learner.frames < learner.config.total_frames:
+            full = learner.begin_overlapped_update()
+            self.pending = (self.worker.submit(learner.update, next_obs, full), learner.frames)
+            return True
+        return self.report(learner.update(next_obs), learner.frames)
+
+    def finish_update(self) -> None:
+        """Wait for the update in flight, act with its weights from now on, and report it."""
+        future, frames = self.pending
+        self.pending = None
+        metrics = future.result()
+        self.learner.end_overlapped_update()
+        self.report(metrics, frames)
+
+    def report(self, metrics: dict, frames: int) -> bool:
+        """after_update with the fault counters; False (and done) when training is over."""
+        metrics['charts/frames'] = frames  # the frames this update trained on
+        now = time.perf_counter()
+        if self._last_report is not None:  # frames/s of training; with overlap, not of the update alone
+            metrics['charts/SPS'] = (frames - self._last_report[1]) / max(now - self._last_report[0], 1e-9)
+        self._last_report = (now, frames)
         metrics.update({'faults/rejected_step_batches': self.counters.rejected_steps,
                         'faults/invalid_suggestions': self.counters.invalid_suggestions,
                         'faults/rejected_suggestion_batches': self.counters.rejected_suggestions,
                         'faults/sim_restarts': self.counters.restarts})
         keep_going = self.after_update(self.learner, metrics)
-        if self.learner.frames >= self.learner.config.total_frames or not keep_going:
+        if frames >= self.learner.config.total_frames or not keep_going:
             self.done = True
         return not self.done

@@ -100,6 +100,9 @@ class PPOConfig:
     """seeds torch, numpy and the environments."""
     torch_threads: int = 1
     """torch intra-op threads: 1 is fastest for this small model on few cores."""
+    overlap: bool = False
+    """update on a worker thread while acting on the next rollout with the previous weights (one
+    update of lag; PPO's ratio uses the stored behaviour log-probs). False: the synchronous loop."""
     compile: bool = False
     """torch.compile the encoder: ~1.15x frames/s once compiled (~15 s per batch shape at the
     start; needs a C++ compiler). Checkpoints and exports are the same either way."""
@@ -131,6 +134,8 @@ class PPOLearner:
         self.num_envs, self.num_actions = num_envs, num_actions
         self.frames = self.updates = self.episodes = 0
         self.skipped_steps = 0  # gradient steps skipped for a non-finite loss or gradient
+        self.behaviour: ActorCritic | None = None  # acts while an overlapped update runs
+        self._spare: RolloutStorage | None = None
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.recent_success: deque[float] = deque(maxlen=100)
         self._episode_return = np.zeros(num_envs, np.float32)
@@ -146,7 +151,8 @@ class PPOLearner:
             teacher_mask: np.ndarray | None = None, group: int = 0) -> np.ndarray:
         """Sample actions for a batch of observations (of env group `group`) and store the step
         (call record() next)."""
-        dist, values = self.policy.distribution(torch.from_numpy(obs))
+        policy = self.behaviour if self.behaviour is not None else self.policy
+        dist, values = policy.distribution(torch.from_numpy(obs))
         actions = dist.sample()
         s = self.storage
         t, envs = s.steps[group], s.columns(group)
@@ -190,9 +196,25 @@ class PPOLearner:
         self.storage.teacher_mask[:, self.storage.columns(group)] = 0.0
         self._episode_return[self.storage.columns(group)] = 0.0
 
-    def update(self, next_obs: np.ndarray) -> dict[str, float]:
-        """PPO epochs over the full rollout; returns CleanRL-style metrics by TensorBoard tag."""
-        cfg, s = self.config, self.storage
+    def begin_overlapped_update(self) -> RolloutStorage:
+        """Hand the full rollout to an update on another thread: from now on act() fills a fresh
+        rollout with a frozen copy of the current weights (the behaviour policy, one update behind
+        at most); end_overlapped_update() switches back to the learning weights."""
+        full = self.storage
+        self.storage = self._spare or RolloutStorage(full.num_steps, full.num_envs, self.policy.obs_shape,
+                                                     self.num_actions, full.num_groups)
+        self._spare = full
+        self.behaviour = ActorCritic(self.policy.obs_shape, self.num_actions, encoder=self.policy.encoder_name)
+        self.behaviour.load_state_dict(self.policy.state_dict())
+        return full
+
+    def end_overlapped_update(self) -> None:
+        self.behaviour = None
+
+    def update(self, next_obs: np.ndarray, storage: RolloutStorage | None = None) -> dict[str, float]:
+        """PPO epochs over the full rollout (`storage`, default the learner's own); returns
+        CleanRL-style metrics by TensorBoard tag."""
+        cfg, s = self.config, storage or self.storage
         if not s.full:
             raise RuntimeError(f'update() needs a full rollout, have {s.steps} of {s.num_steps} steps')
         with torch.no_grad():
@@ -274,7 +296,7 @@ def train(config: PPOConfig, envs, teacher=None, callbacks=(), learner: PPOLearn
         return learner
     loop = LockstepLearner(
         lambda obs_shape, num_envs, num_actions, *_: learner or PPOLearner(config, obs_shape, num_envs, num_actions),
-        lambda trained, metrics: all([callback(trained, metrics) for callback in callbacks]))
+        lambda trained, metrics: all([callback(trained, metrics) for callback in callbacks]), overlap=config.overlap)
     step = envs.reset(seed=config.seed + (learner.updates if learner else 0) * envs.num_envs)
     for seq in itertools.count():
         answers = loop.on_step(StepIn(seq, step.observations, step.rewards, step.terminated, step.truncated,

@@ -52,6 +52,8 @@ class StudentNode(Node):
                 update_epochs=p('update_epochs', 4, 'PPO epochs per rollout'),
                 minibatch_size=p('minibatch_size', 256, 'Samples per gradient step'),
                 seed=p('seed', 0, 'Seed of torch and numpy'),
+                overlap=p('overlap', False, 'Update on a worker thread while acting on the next rollout with the '
+                                            "previous weights (one update of lag); false: the synchronous loop"),
                 teacher=TeacherSchedule(
                     initial=p('teacher_initial', 10.0, 'Teacher weight at frame 0 (0 with teacher_final 0: plain PPO)'),
                     final=p('teacher_final', 0.1, 'Teacher weight floor'),
@@ -73,7 +75,8 @@ class StudentNode(Node):
         self.create_subscription(TeacherStatus, 'teacher_status', lambda msg: setattr(self, 'teacher_status', msg), QOS_DEPTH)
 
         self.loop = LockstepLearner(self.make_learner, self.after_update,
-                                    log=lambda text: self.get_logger().warning(text, throttle_duration_sec=1.0))
+                                    log=lambda text: self.get_logger().warning(text, throttle_duration_sec=1.0),
+                                    overlap=self.config.overlap)
 
     @property
     def done(self) -> bool:
@@ -134,15 +137,15 @@ class StudentNode(Node):
         if self.teacher_status is not None:
             line += f' | LLM calls {self.teacher_status.llm_calls}, cache hits {self.teacher_status.cache_hits}'
         self.get_logger().info(line)
-        if learner.frames >= self.config.total_frames or not keep_going:
-            self.get_logger().info(f'training done at frame {learner.frames}: {self.evaluation.summary()}')
+        if metrics['charts/frames'] >= self.config.total_frames or not keep_going:
+            self.get_logger().info(f'training done at frame {metrics["charts/frames"]}: {self.evaluation.summary()}')
             return False
         return True
 
     def status_msg(self, metrics: dict) -> TrainingStatus:
         learner = self.loop.learner
         msg = TrainingStatus(
-            frames=learner.frames, updates=learner.updates, episodes=learner.episodes,
+            frames=metrics['charts/frames'], updates=learner.updates, episodes=learner.episodes,
             fps=metrics['charts/SPS'], mean_return=metrics['charts/episodic_return'],
             success_rate=metrics['charts/success_rate'], teacher_weight=metrics['teacher/weight'],
             teacher_coverage=metrics['teacher/coverage'], policy_loss=metrics['losses/policy_loss'],
