@@ -91,7 +91,8 @@ def run_job(job: dict) -> dict:
         if len(curve) % 10 == 0:
             print(f'{task} {arm} seed {seed}: {learner.frames} frames, success {curve[-1][1]:.2f}', flush=True)
         return True
-    learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule, anneal_lr=True), envs,
+    learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule, anneal_lr=True,
+                              overlap=job.get('overlap', False)), envs,
                     teacher=suggest, callbacks=[record])
     actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits; evaluate() runs without gradients)
     greedy = evaluate(actor, task, episodes, seed=EVAL_SEED)
@@ -237,6 +238,8 @@ def main():
     parser.add_argument('--jobs', type=int, default=os.cpu_count(), help='jobs run at once (one core each)')
     parser.add_argument('--out', default='runs/reproduce')
     parser.add_argument('--prompt-file', help="the LLM teacher's prompt template (default: the packaged one)")
+    parser.add_argument('--overlap', action='store_true',
+                        help='overlapped updates (PPOConfig.overlap): the study of whether they hurt learning')
     parser.add_argument('--summarise', action='store_true',
                         help='run nothing: write the tables and plots of the jobs done so far (a study in progress)')
     parser.add_argument('--quick', action='store_true',
@@ -255,6 +258,8 @@ def main():
         except ValueError as err:
             raise SystemExit(f'{args.prompt_file}: {err}') from err
         jobs = [{**job, 'prompt': prompt} for job in jobs]  # the text, not the path: an edited file is another study
+    if args.overlap:
+        jobs = [{**job, 'overlap': True} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings
         path = job_path(out, job)
         if path.exists() and {k: json.loads(path.read_text()).get(k) for k in job} != job:
