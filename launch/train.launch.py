@@ -38,6 +38,8 @@ ARGUMENTS = {
     'planner_mode': ('score', "'score' (option log-likelihoods) or 'sample' (K sampled answers)"),
     'avoid_lava': ('true', "The teacher's grid skills never step into lava; false: the paper's lava-blind teacher "
                    '(an ablation)'),
+    'overlap': ('false', 'true: the PPO update runs on a worker thread while the next rollout is collected with the '
+                'previous weights (one update of lag); false: the synchronous loop'),
     'roles': ('sim,teacher,learner', 'What this launch starts: any of sim, teacher (the LLM teacher node) and learner '
               '(student, visualisation, recorder), comma-separated; other hosts start the rest'),
     'groups': ('', "Env groups the sim and teacher started here serve, e.g. '0' or '1,3'; '' all (one host)"),
@@ -64,7 +66,8 @@ def nodes(args: dict) -> list:
         graph.append(NodeSpec('student_policy', 'student_node', 'student_node',
                               parameters=[config('student_node'),
                                           {'run_dir': args['run_dir'], 'total_frames': int(args['total_frames']),
-                                           'seed': int(args['seed']), 'task': args['task']},
+                                           'seed': int(args['seed']), 'task': args['task'],
+                                           'overlap': flag(args, 'overlap')},
                                           PLAIN_PPO if plain_ppo else {}]))
     if 'teacher' in roles and not plain_ppo:
         graph.append(NodeSpec('llm_teacher', 'teacher_node', 'teacher_node' + suffix,

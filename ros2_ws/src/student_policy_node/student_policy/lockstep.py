@@ -164,7 +164,9 @@ class LockstepLearner:
 
     def on_suggestions(self, epoch: int, seq: int, group: int, probs: np.ndarray, mask: np.ndarray) -> None:
         """A teacher's action distributions (N, A) and where they hold (N,) for step batch (epoch, seq)."""
-        if self.learner is None or len(mask) != self.learner.storage.group_size or probs.shape[1:] != (self.learner.num_actions,):
+        if self.learner is None:
+            return  # nothing acted on yet
+        if len(mask) != self.learner.storage.group_size or probs.shape[1:] != (self.learner.num_actions,):
             self.counters.rejected_suggestions += 1
             return
         stored = self.rollout.steps.get((epoch, seq))
