@@ -16,7 +16,7 @@ from websockets.sync.client import connect
 
 from llm_teacher_common.messages import top_suggestion
 from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
-from llm_teacher.report import make_report, read_recording, suggestion_at
+from llm_teacher.report import frame_strip, make_report, read_recording, suggestion_at
 from student_policy.checkpoints import read_checkpoint
 
 LAUNCH = Path(__file__).resolve().parent.parent / 'launch' / 'train.launch.py'
@@ -258,3 +258,14 @@ def test_ctrl_c_stops_every_node_and_the_next_run_resumes(tmp_path):
     second.send_signal(signal.SIGINT)
     second.communicate(timeout=60)
     assert any(f'at frame {saved["frames"]}, update {saved["updates"]}' in line for line in lines), ''.join(lines)
+
+
+def test_report_strip_shows_the_episode_moving_not_the_frozen_end():
+    """After the student stops at its budget the sim keeps rendering the same picture; the strip
+    takes the last distinct frames from while it was still stepping."""
+    def image(value):
+        return Image(height=1, width=1, encoding='rgb8', step=3, data=bytes([value] * 3))
+    images = [(t, image(v)) for t, v in ((1, 0), (2, 1), (3, 1), (4, 2), (5, 3), (6, 3), (7, 3), (8, 3))]
+    steps = [(5, 'batch')]  # the last step batch recorded: the sim stopped stepping after t=5
+    strip = frame_strip(images, steps, frames=3)
+    assert [t for t, _ in strip] == [2, 4, 5]

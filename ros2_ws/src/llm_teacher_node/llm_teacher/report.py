@@ -68,6 +68,18 @@ def suggestion_at(suggestions: list, time_ns: int, env: int = 0) -> str:
     return text
 
 
+def frame_strip(images: list, step_batches: list, frames: int = STRIP_FRAMES) -> list:
+    """The last `frames` images of env 0 that show the episode moving: taken while the sim was
+    still stepping (not after the student stopped at its budget, when the view is frozen), with
+    repeats of the same picture left out."""
+    last_step = step_batches[-1][0] if step_batches else float('inf')
+    moving = []
+    for t, image in images:
+        if t <= last_step and (not moving or bytes(image.data) != bytes(moving[-1][1].data)):
+            moving.append((t, image))
+    return moving[-frames:]
+
+
 def make_report(run_dir: Path, teacher_episodes: int = 20) -> tuple[Path, Path]:
     import matplotlib
     matplotlib.use('Agg')
@@ -108,8 +120,7 @@ def make_report(run_dir: Path, teacher_episodes: int = 20) -> tuple[Path, Path]:
         ax.text(0.5, 0.5, 'no teacher_status recorded\n(plain PPO, or record:=false)', ha='center', va='center')
     ax.set(xlabel='minutes', title='teacher: LLM calls and cache hits')
 
-    images = recording.get('/image', [])
-    strip = images[-STRIP_FRAMES:]
+    strip = frame_strip(recording.get('/image', []), recording.get('/step_batch', []))
     sub = grid[1, 1:].subgridspec(2, max(len(strip), 1) // 2 + max(len(strip), 1) % 2)
     for i, (t, image) in enumerate(strip):
         ax = fig.add_subplot(sub[i % 2, i // 2])
