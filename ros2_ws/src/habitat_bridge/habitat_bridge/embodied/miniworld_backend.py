@@ -9,6 +9,8 @@ Frames: MiniWorld's world is x right, y up, z towards the viewer, with the agent
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 
 import numpy as np
@@ -51,7 +53,10 @@ class MiniWorldBackend:
         if max_episode_steps is not None:
             kwargs['max_episode_steps'] = max_episode_steps
         try:
-            self.env = gym.make(env_id, **kwargs)
+            # MiniWorld prints "Falling back to num_samples=4" for every env it makes on Mesa: once per
+            # robot, dozens of lines per run, and nothing to act on.
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.env = gym.make(env_id, **kwargs)
         except gym.error.Error as err:
             known = ', '.join(sorted(e for e in gym.registry if e.startswith('MiniWorld-')))
             raise ValueError(f'unknown MiniWorld environment {env_id!r} ({err}); known: {known}') from err
