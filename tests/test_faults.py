@@ -122,16 +122,22 @@ def restart_times(ros_node, statuses, graph, runners, name, logs) -> float:
     killed_at, updates = time.monotonic(), statuses[-1].updates if statuses else 0
     runners[name] = LaunchRunner([next(s for s in graph.specs if s.name == name)], log=logs.append)
     runners[name].start()
-    spin_until(ros_node, lambda: statuses and statuses[-1].updates > updates, 120, f'a PPO update after {name} restarted')
+    try:
+        spin_until(ros_node, lambda: statuses and statuses[-1].updates > updates, 180, f'a PPO update after {name} restarted')
+    except TimeoutError as err:
+        raise AssertionError(f'{err}; last lines of the graph:\n' + '\n'.join(logs[-60:])) from None
     return time.monotonic() - killed_at
 
 
 @pytest.mark.slow
-def test_the_graph_survives_killed_nodes_and_malformed_messages(tmp_path, ros_node):
+def test_the_graph_survives_killed_nodes_and_malformed_messages(tmp_path, ros_node, monkeypatch):
     """The whole training graph (4 envs, rollouts of 128 frames, the embedded LLM teacher): every
     message type published malformed into it, and sim, teacher, student and recorder each SIGKILLed
     and started again in turn. Training reaches its budget, counting each fault in TrainingStatus;
     the exported policy evaluates; the checkpoint and the last recording read back."""
+    # The graph's nodes on UDP only: a SIGKILLed Fast DDS participant leaves its shared-memory port
+    # behind, and one restarted in its place can stall on it (peers on other hosts meet over UDP).
+    monkeypatch.setenv('FASTDDS_BUILTIN_TRANSPORTS', 'UDPv4')
     launch = load_launch_file(LAUNCH)
     args = resolve_arguments(launch.ARGUMENTS, [f'run_dir:={tmp_path}', 'total_frames:=6400', 'num_envs:=4',
                                                 'foxglove_port:=-1'])
@@ -172,7 +178,8 @@ def test_the_graph_survives_killed_nodes_and_malformed_messages(tmp_path, ros_no
         for runner in runners.values():
             runner.stop()
     print('seconds from SIGKILL to the next PPO update:', {k: round(v, 1) for k, v in times.items()})
-    assert sorted(alive) == sorted(['batch_sim_node', 'teacher_node', 'recorder_node', 'visualization_node']), logs[-30:]
+    expected = ['batch_sim_node', 'teacher_node', 'recorder_node', 'visualization_node']
+    assert sorted(alive) == sorted(expected), [line for line in logs if any(f'[{n}]' in line for n in set(expected) - set(alive))][-20:]
     counted = before_student_restart
     assert counted.sim_restarts == 1 and counted.rejected_step_batches >= 1 and counted.invalid_suggestions >= 1, counted
     assert counted.skipped_gradient_steps == 0 and np.isfinite(statuses[-1].policy_loss)
