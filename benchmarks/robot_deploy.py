@@ -63,12 +63,12 @@ def train_student(path: Path, frames: int) -> None:
         print(f'train: {learner.frames} frames, success {metrics["charts/success_rate"]:.2f}, '
               f'{metrics["charts/SPS"]:.0f} fps', flush=True)
         if learner.updates % 10 == 0:
-            export_policy(path, learner, TASK)
+            export_policy(path, learner.policy, TASK)
         return True
     config = PPOConfig(encoder='image', total_frames=frames, num_steps=64, minibatch_size=128, learning_rate=5e-4,
                        teacher=TeacherSchedule(initial=10.0, final=10.0, decay_frames=1, off_frames=10**9))
     learner = train(config, envs, teacher=teacher, callbacks=[progress])
-    export_policy(path, learner, TASK)
+    export_policy(path, learner.policy, TASK)
     envs.close()
 
 

@@ -23,7 +23,7 @@ LAUNCH = Path(__file__).resolve().parent.parent / 'launch'
 def exported(tmp_path_factory):
     envs = MiniGridVecEnv('MiniGrid-SimpleDoorKey-v0', 2)
     learner = train(PPOConfig(total_frames=64, num_steps=32, minibatch_size=32), envs)
-    return export_policy(tmp_path_factory.mktemp('run') / 'policy.pt', learner)
+    return export_policy(tmp_path_factory.mktemp('run') / 'policy.pt', learner.policy)
 
 
 def test_evaluation_of_an_exported_policy(exported):

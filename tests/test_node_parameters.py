@@ -23,11 +23,6 @@ ROS_OWN = {'use_sim_time', 'start_type_description_service'}  # every rclpy node
 OVERRIDES = {'visualization_node': {'foxglove_port': '0'}}
 
 
-class _Learner:
-    def __init__(self, policy):
-        self.policy = policy
-
-
 def test_every_node_has_a_config_file():
     assert {p.stem for p in CONFIG.glob('*.yaml')} == set(NODES)
 
@@ -43,7 +38,7 @@ def running_nodes(tmp_path_factory):
             camera = node == 'robot_policy_node'
             policy = ActorCritic((64, 64, 4) if camera else (10, 10, 4), 8 if camera else 7,
                                  encoder='image' if camera else 'grid')
-            export_policy(cwd / 'runs' / 'train' / 'policy.pt', _Learner(policy))
+            export_policy(cwd / 'runs' / 'train' / 'policy.pt', policy)
         args = [a for key, value in OVERRIDES.get(node, {}).items() for a in ('-p', f'{key}:={value}')]
         processes[node] = subprocess.Popen([executable_path(package, node), '--ros-args', *args], cwd=cwd,
                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -35,15 +35,10 @@ ROBOT_NODE = (f'import sys; sys.modules.update(dict.fromkeys({BLOCKED!r})); '
               'from student_policy.robot_policy_node import main; main()')
 
 
-class _Learner:  # what export_policy reads
-    def __init__(self, policy):
-        self.policy = policy
-
-
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
     torch.manual_seed(3)
-    return export_policy(tmp_path_factory.mktemp('robot') / 'policy.pt', _Learner(ActorCritic((64, 64, 4), 8, encoder='image')), TASK)
+    return export_policy(tmp_path_factory.mktemp('robot') / 'policy.pt', ActorCritic((64, 64, 4), 8, encoder='image'), TASK)
 
 
 def spin_for(node, seconds: float) -> None:

@@ -45,19 +45,21 @@ def spin(node_class, args=None) -> None:
         rclpy.try_shutdown()
 
 
-def group_list(text: str, num_groups: int) -> list[int]:
-    """The env groups a node serves, from a parameter like '1' or '0,2' ('' is all of 0..num_groups-1).
+def group_list(text: str, num_groups: int | None = None) -> list[int] | None:
+    """The env groups a node serves, from a parameter like '1' or '0,2'; '' is all of them
+    (0..num_groups-1, or None where the node does not know how many there are).
 
-    :raises ValueError: not a comma-separated list of group numbers below num_groups.
+    :raises ValueError: not a comma-separated list of group numbers (below num_groups, if given).
     """
     if not text.strip():
-        return list(range(num_groups))
+        return None if num_groups is None else list(range(num_groups))
     try:
         groups = sorted({int(part) for part in text.split(',')})
     except ValueError:
         raise ValueError(f"groups {text!r} is not a comma-separated list of env group numbers, like '0' or '0,1'") from None
-    if groups[0] < 0 or groups[-1] >= num_groups:
-        raise ValueError(f'groups {text!r}: env groups are 0..{num_groups - 1}')
+    if groups[0] < 0 or (num_groups is not None and groups[-1] >= num_groups):
+        bound = f'0..{num_groups - 1}' if num_groups is not None else 'numbered from 0'
+        raise ValueError(f'groups {text!r}: env groups are {bound}')
     return groups
 
 

@@ -46,7 +46,8 @@ class TeacherNode(Node):
                    "load); '' every group")
         avoid_lava = p('avoid_lava', True, "Grid skills never step into lava; false: the paper's lava-blind teacher")
         try:
-            self.groups = set(group_list(groups, 1 << 16)) if groups else None
+            served = group_list(groups)  # the teacher does not know how many groups the sims have
+            self.groups = set(served) if served is not None else None
             if backend == 'transformers':
                 llm = TransformersBackend(model, device=device)
             elif backend == 'openai':

@@ -17,16 +17,11 @@ from pathlib import Path
 import torch
 
 from llm_teacher_common.stats import rate_text
-from student_policy.checkpoints import CheckpointError, eager_copy, export_policy, save_checkpoint, write_atomically
+from student_policy.checkpoints import CheckpointError, export_policy, save_checkpoint, write_atomically
 from student_policy.evaluate import evaluate
 from student_policy.inference import load_policy
-from student_policy.networks import ActorCritic
+from student_policy.networks import ActorCritic, eager_copy
 from student_policy.ppo import PPOLearner
-
-
-class _Weights:  # what export_policy reads of a learner
-    def __init__(self, policy: ActorCritic):
-        self.policy = policy
 
 
 # Columns of progress.csv: fixed, so that rows with and without an evaluation line up.
@@ -58,7 +53,7 @@ class CheckpointCallback:
             config = json.dumps(dataclasses.asdict(learner.config), indent=2).encode()
             write_atomically(self.run_dir / 'config.json', lambda f: f.write(config))
         if finished:
-            export_policy(self.run_dir / 'policy_last.pt', learner, self.task)
+            export_policy(self.run_dir / 'policy_last.pt', learner.policy, self.task)
         return True
 
 
@@ -130,7 +125,7 @@ class EvalCallback:
         greedy, sampled = results.result() if isinstance(results, Future) else results
         best = self.best
         if best is None or greedy['success_rate'] >= best['success_rate']:
-            export_policy(self.run_dir / 'policy.pt', _Weights(policy), self.task)
+            export_policy(self.run_dir / 'policy.pt', policy, self.task)
             best = {'frames': frames, 'success_rate': greedy['success_rate'], 'mean_return': greedy['mean_return']}
         self.last = {'frames': frames, **greedy, 'success_rate_sampled': sampled['success_rate'],
                      'interval95_sampled': sampled['interval95'], 'mean_return_sampled': sampled['mean_return'],
@@ -202,6 +197,8 @@ class MetricsLogCallback:
         self.run_dir = Path(run_dir)
         self.writer = SummaryWriter(str(self.run_dir / 'tensorboard'))
         self.csv_path = self.run_dir / 'progress.csv'
+        # A resumed run keeps the columns its file has.
+        self.fields = self.csv_path.open().readline().strip().split(',') if self.csv_path.exists() else CSV_FIELDS
 
     def __call__(self, learner: PPOLearner, metrics: dict) -> bool:
         frames = metrics.get('charts/frames', learner.frames)  # an overlapped update trained on fewer
@@ -210,9 +207,8 @@ class MetricsLogCallback:
         self.writer.flush()
         row = {'frames': frames, 'updates': learner.updates, 'episodes': learner.episodes, **metrics}
         new = not self.csv_path.exists()
-        fields = CSV_FIELDS if new else self.csv_path.open().readline().strip().split(',')  # a resumed run's columns
         with self.csv_path.open('a', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction='ignore')
             if new:
                 writer.writeheader()
             writer.writerow(row)

@@ -13,7 +13,7 @@ from typing import BinaryIO
 import torch
 
 from student_policy.inference import INFO_FILE, ONNX_OPSET, PolicyInfo
-from student_policy.networks import ActorCritic
+from student_policy.networks import ActorCritic, eager_copy
 from student_policy.ppo import PPOConfig, PPOLearner
 
 FORMAT = 'llm_teacher.student_checkpoint/1'
@@ -119,20 +119,13 @@ def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=No
     return learner
 
 
-def eager_copy(policy: ActorCritic) -> ActorCritic:
-    """A plain (not compiled) copy of a policy's current weights, on the CPU."""
-    copy = ActorCritic(policy.obs_shape, policy.num_actions, encoder=policy.encoder_name)
-    copy.load_state_dict({k: v.detach().cpu().clone() for k, v in policy.state_dict().items()})
-    return copy.eval()
-
-
-def export_policy(path: str | Path, learner: PPOLearner, task: str = '') -> Path:
+def export_policy(path: str | Path, policy: ActorCritic, task: str = '') -> Path:
     """The actor, obs (B, *obs_shape) uint8 -> action logits (B, A), for the deploy nodes: TorchScript
     at `path` and ONNX (opset ONNX_OPSET, dynamic batch) beside it as <name>.onnx with <name>.json,
     each carrying PolicyInfo (what the policy expects). Each file is written atomically."""
-    actor = _Actor(eager_copy(learner.policy)).eval()  # a compiled policy cannot be traced
-    example = torch.zeros((1,) + learner.policy.obs_shape, dtype=torch.uint8)
-    info = PolicyInfo(learner.policy.obs_shape, learner.policy.num_actions, learner.policy.encoder_name, task)
+    actor = _Actor(eager_copy(policy)).eval()  # a compiled policy cannot be traced
+    example = torch.zeros((1,) + policy.obs_shape, dtype=torch.uint8)
+    info = PolicyInfo(policy.obs_shape, policy.num_actions, policy.encoder_name, task)
     with torch.no_grad():
         traced = torch.jit.trace(actor, example)
     path = Path(path)

@@ -112,7 +112,7 @@ class LockstepLearner:
         # rollout of the budget is updated in the foreground, so the frame count ends exact.
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='ppo-update') if overlap else None
         self.pending: tuple[Future, int] | None = None  # (metrics, frames it trained on)
-        self._last_report: tuple[float, int] | None = None  # (time, frames) of the last update reported
+        self._last_report: tuple[float, int] = (0.0, 0)  # (time, frames) of the last report, for charts/SPS
         self.learner: PPOLearner | None = None
         self.counters = Counters()
         self.rollout = _Rollout()
@@ -148,6 +148,7 @@ class LockstepLearner:
         if self.learner is None:
             self.learner = self.make_learner(step.observations.shape[1:], len(step.rewards) * step.num_groups,
                                              step.num_actions, step.encoder, step.num_groups)
+            self._last_report = (time.perf_counter(), self.learner.frames)  # a resumed learner counts on
         elif group in self.last_actions:
             self.learner.record(step.rewards.astype(np.float32), step.terminated | step.truncated, step.success, group)
             del self.last_actions[group]
@@ -247,9 +248,8 @@ class LockstepLearner:
     def report(self, metrics: dict, frames: int) -> bool:
         """after_update with the fault counters; False (and done) when training is over."""
         metrics['charts/frames'] = frames  # the frames this update trained on
-        now = time.perf_counter()
-        if self._last_report is not None:  # frames/s of training; with overlap, not of the update alone
-            metrics['charts/SPS'] = (frames - self._last_report[1]) / max(now - self._last_report[0], 1e-9)
+        now = time.perf_counter()  # frames/s of training (acting and updating; with overlap, both at once)
+        metrics['charts/SPS'] = (frames - self._last_report[1]) / max(now - self._last_report[0], 1e-9)
         self._last_report = (now, frames)
         metrics.update({'faults/rejected_step_batches': self.counters.rejected_steps,
                         'faults/invalid_suggestions': self.counters.invalid_suggestions,

@@ -102,3 +102,11 @@ class ActorCritic(nn.Module):
     def distribution(self, obs: torch.Tensor) -> tuple[Categorical, torch.Tensor]:
         logits, values = self(obs)
         return Categorical(logits=logits), values
+
+
+def eager_copy(policy: ActorCritic) -> ActorCritic:
+    """A plain (not compiled) copy of a policy's current weights, on the CPU: to trace and export,
+    to evaluate or act with while the original trains on."""
+    copy = ActorCritic(policy.obs_shape, policy.num_actions, encoder=policy.encoder_name)
+    copy.load_state_dict({k: v.detach().cpu().clone() for k, v in policy.state_dict().items()})
+    return copy.eval()

@@ -9,7 +9,6 @@ for tests and benchmarks) or by the student node, one step batch at a time, thro
 from __future__ import annotations
 
 import itertools
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from student_policy.lockstep import LockstepLearner, StepIn
-from student_policy.networks import ActorCritic
+from student_policy.networks import ActorCritic, eager_copy
 from student_policy.storage import RolloutStorage, compute_gae
 
 
@@ -139,8 +138,6 @@ class PPOLearner:
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.recent_success: deque[float] = deque(maxlen=100)
         self._episode_return = np.zeros(num_envs, np.float32)
-        self._last_update_time = time.perf_counter()
-        self._frames_at_last_update = 0
 
     @property
     def teacher_weight(self) -> float:
@@ -204,8 +201,7 @@ class PPOLearner:
         self.storage = self._spare or RolloutStorage(full.num_steps, full.num_envs, self.policy.obs_shape,
                                                      self.num_actions, full.num_groups)
         self._spare = full
-        self.behaviour = ActorCritic(self.policy.obs_shape, self.num_actions, encoder=self.policy.encoder_name)
-        self.behaviour.load_state_dict(self.policy.state_dict())
+        self.behaviour = eager_copy(self.policy)
         return full
 
     def end_overlapped_update(self) -> None:
@@ -261,9 +257,6 @@ class PPOLearner:
                 stats[name].append(value.item())
         variance = np.var(returns)
         explained = float('nan') if variance == 0 else 1 - np.var(returns - s.values) / variance
-        now = time.perf_counter()
-        fps = (self.frames - self._frames_at_last_update) / max(now - self._last_update_time, 1e-9)
-        self._last_update_time, self._frames_at_last_update = now, self.frames
         coverage = float(s.teacher_mask.mean())
         s.steps = [0] * len(s.steps)
         self.skipped_steps += skipped
@@ -273,7 +266,6 @@ class PPOLearner:
             'losses/gradient_steps': len(stats['policy_loss']),
             'losses/skipped_steps': skipped,
             'losses/explained_variance': float(explained),
-            'charts/SPS': fps,
             'charts/episodic_return': float(np.mean(self.recent_returns)) if self.recent_returns else 0.0,
             'charts/success_rate': float(np.mean(self.recent_success)) if self.recent_success else 0.0,
             'charts/learning_rate': learning_rate,
