@@ -19,13 +19,13 @@ LAUNCH = Path(__file__).resolve().parent.parent / 'launch' / 'train.launch.py'
 
 def run_training_graph(frames: int, task: str = 'MiniGrid-SimpleDoorKey-v0', plain_ppo: bool = True,
                        teacher_parameters: dict | None = None, num_groups: int = 1,
-                       student_parameters: dict | None = None) -> list[dict]:
+                       student_parameters: dict | None = None, num_envs: int = 16) -> list[dict]:
     """progress.csv rows (one per PPO update) of one run of the graph, evaluations switched off."""
     launch = load_launch_file(LAUNCH)
     with tempfile.TemporaryDirectory() as run_dir:
         specs = launch.nodes(resolve_arguments(launch.ARGUMENTS, [
             f'run_dir:={run_dir}', f'total_frames:={frames}', f'task:={task}',
-            f'plain_ppo:={str(plain_ppo).lower()}', f'num_groups:={num_groups}']))
+            f'plain_ppo:={str(plain_ppo).lower()}', f'num_groups:={num_groups}', f'num_envs:={num_envs}']))
         for spec in specs:
             if spec.executable == 'student_node':
                 spec.parameters.append({'eval_every': 1_000_000, 'eval_episodes': 1, 'test_episodes': 1,  # only the final one

@@ -8,7 +8,9 @@ import torch
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from student_policy.callbacks import EvalCallback
 from student_policy.checkpoints import CheckpointError, load_learner, save_checkpoint
-from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule, train
+from student_policy.evaluate import evaluate
+from student_policy.networks import ActorCritic
+from student_policy.ppo import COMPILE_FROM_FRAMES, PPOConfig, PPOLearner, TeacherSchedule, compile_wanted, train
 from student_policy.storage import compute_gae
 
 PLAIN = TeacherSchedule(initial=0.0, final=0.0)
@@ -55,6 +57,30 @@ def test_bad_schedules_are_refused_with_the_values(kwargs, message):
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match='num_steps must be at least 1, got 0'):
         PPOConfig(num_steps=0)
+    with pytest.raises(ValueError, match="device 'gpu0' is not a torch device"):
+        PPOConfig(device='gpu0')
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match='no CUDA device here; use device cpu'):
+            PPOConfig(device='cuda')
+
+
+def test_compile_is_on_for_long_budgets_and_says_why_it_is_off_without_a_compiler(monkeypatch, capsys):
+    assert not compile_wanted(PPOConfig(total_frames=COMPILE_FROM_FRAMES - 1))
+    assert not compile_wanted(PPOConfig(total_frames=10**9, compile=False))
+    monkeypatch.setenv('CXX', '/nonexistent/c++')
+    assert not compile_wanted(PPOConfig(total_frames=COMPILE_FROM_FRAMES))
+    assert 'torch.compile is off: no C++ compiler (/nonexistent/c++)' in capsys.readouterr().err
+
+
+def test_evaluation_plays_one_episode_per_seed_however_many_envs_run_them():
+    """Seeds seed..seed+n-1, each counted once: counting the first n episodes to end would favour
+    short ones, and the figure would depend on how many envs ran them."""
+    torch.manual_seed(0)
+    policy = ActorCritic((5, 5, 4), 7)
+    actor = lambda obs: policy(obs)[0]  # noqa: E731
+    wide = evaluate(actor, 'MiniGrid-DoorKey-5x5-v0', 12, seed=500, num_envs=16)
+    narrow = evaluate(actor, 'MiniGrid-DoorKey-5x5-v0', 12, seed=500, num_envs=5)
+    assert wide == narrow and wide['episodes'] == 12
 
 
 def test_distillation_pulls_the_student_towards_the_teacher():

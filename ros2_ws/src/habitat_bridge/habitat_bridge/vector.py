@@ -64,8 +64,9 @@ class VectorEnv:
         return VecStep(np.stack(obs), np.zeros(self.num_envs, np.float32), zeros, zeros.copy(), zeros.copy(),
                        self._episode_ids.copy(), self.perceptions())
 
-    def step(self, actions: np.ndarray) -> VecStep:
-        """Step every env with its action; an env whose episode ends is reset in the same step."""
+    def step(self, actions: np.ndarray, reset_seeds: np.ndarray | None = None) -> VecStep:
+        """Step every env with its action; an env whose episode ends is reset in the same step,
+        from its own random stream, or with reset_seeds[i] when given (evaluation on fixed seeds)."""
         n = self.num_envs
         obs = [None] * n
         rewards = np.zeros(n, np.float32)
@@ -73,7 +74,7 @@ class VectorEnv:
         for i in range(n):
             obs[i], rewards[i], terminated[i], truncated[i], success[i] = self._step_one(i, int(actions[i]))
             if terminated[i] or truncated[i]:
-                obs[i] = self._reset_one(i, None)
+                obs[i] = self._reset_one(i, None if reset_seeds is None else int(reset_seeds[i]))
                 self._episode_ids[i] = self._new_episode_id()
         return VecStep(np.stack(obs), rewards, terminated, truncated, success, self._episode_ids.copy(),
                        self.perceptions())

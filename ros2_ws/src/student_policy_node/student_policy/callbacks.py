@@ -76,7 +76,7 @@ class EvalCallback:
 
     TEST_SEED = 20_000  # evaluation episodes start at seed 10_000, training at the run's seed
 
-    def __init__(self, run_dir: str | Path, task: str, every: int = 25, episodes: int = 50, test_episodes: int = 100,
+    def __init__(self, run_dir: str | Path, task: str, every: int = 25, episodes: int = 150, test_episodes: int = 200,
                  background: bool = False):
         self.run_dir, self.task, self.every, self.episodes = Path(run_dir), task, every, episodes
         self.test_episodes = test_episodes

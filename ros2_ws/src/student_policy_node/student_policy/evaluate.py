@@ -19,24 +19,33 @@ from student_policy.inference import choose_actions, load_policy
 
 
 def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int = 16, greedy: bool = True) -> dict:
-    """Rollouts until `episodes` episodes have ended (env i starts at seed + i); greedy or sampled."""
-    envs = make_vec_env(task, min(num_envs, episodes), perceive=False)
+    """One episode on each seed seed .. seed + episodes - 1 (env i plays seeds i, i + n, ...);
+    greedy or sampled.
+
+    Every seed's episode counts, however long: counting the first `episodes` episodes to end
+    instead would favour short ones (quick successes) and overstate success."""
+    n = min(num_envs, episodes)
+    envs = make_vec_env(task, n, perceive=False)
     step = envs.reset(seed=seed)
-    returns, successes = [], []
-    episode_return = np.zeros(envs.num_envs)
+    played = np.zeros(n, int)  # episodes env i has finished; it plays seed + i + n * played[i] now
+    returns, successes = np.zeros(episodes), np.zeros(episodes, bool)
+    episode_return = np.zeros(n)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        while len(returns) < episodes:
+        while (np.arange(n) + n * played < episodes).any():
             actions = choose_actions(policy(torch.from_numpy(step.observations)), greedy, generator)
-            step = envs.step(actions)
+            step = envs.step(actions, reset_seeds=seed + np.arange(n) + n * (played + 1))
             episode_return += step.rewards
             for i in np.flatnonzero(step.terminated | step.truncated):
-                returns.append(float(episode_return[i]))
-                successes.append(bool(step.success[i]))
+                k = i + n * played[i]  # the seed offset of the episode that ended
+                if k < episodes:
+                    returns[k], successes[k] = episode_return[i], step.success[i]
+                played[i] += 1
                 episode_return[i] = 0.0
-    wins = int(np.sum(successes[:episodes]))
+    envs.close()
+    wins = int(successes.sum())
     return {'task': task, 'episodes': episodes, 'greedy': greedy, 'success_rate': wins / episodes,
-            'interval95': wilson_interval(wins, episodes), 'mean_return': float(np.mean(returns[:episodes]))}
+            'interval95': wilson_interval(wins, episodes), 'mean_return': float(returns.mean())}
 
 
 def main(argv=None) -> int:

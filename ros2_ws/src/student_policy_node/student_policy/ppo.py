@@ -9,6 +9,9 @@ for tests and benchmarks) or by the student node, one step batch at a time, thro
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -102,9 +105,14 @@ class PPOConfig:
     overlap: bool = False
     """update on a worker thread while acting on the next rollout with the previous weights (one
     update of lag; PPO's ratio uses the stored behaviour log-probs). False: the synchronous loop."""
-    compile: bool = False
-    """torch.compile the encoder: ~1.15x frames/s once compiled (~15 s per batch shape at the
-    start; needs a C++ compiler). Checkpoints and exports are the same either way."""
+    device: str = 'cpu'
+    """where the student learns: cpu, or cuda (a GPU; the simulators stay on the CPU). Checkpoints
+    and exports are CPU tensors either way."""
+    compile: bool | None = None
+    """torch.compile the encoder: ~1.15-1.3x frames/s once compiled, after ~10-20 s of compiling
+    at the start; needs a C++ compiler. None (auto): on for budgets of COMPILE_FROM_FRAMES or more,
+    where the speed-up repays the compile time, when a C++ compiler is found (else a message says
+    why it is off). Checkpoints and exports are the same either way."""
 
     def __post_init__(self):
         if isinstance(self.teacher, dict):
@@ -114,6 +122,29 @@ class PPOConfig:
                 raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
         if not 0 < self.learning_rate < 1:
             raise ValueError(f'learning_rate must be in (0, 1), got {self.learning_rate}')
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as err:
+            raise ValueError(f'device {self.device!r} is not a torch device ({err}); use cpu or cuda') from err
+        if device.type == 'cuda' and not torch.cuda.is_available():
+            raise ValueError(f'device {self.device!r} asked for, but torch sees no CUDA device here; use device cpu')
+
+
+COMPILE_FROM_FRAMES = 200_000
+
+
+def compile_wanted(config: PPOConfig) -> bool:
+    """Whether to torch.compile (see PPOConfig.compile); says so when a C++ compiler is missing."""
+    wanted = config.total_frames >= COMPILE_FROM_FRAMES if config.compile is None else config.compile
+    if not wanted:
+        return False
+    compiler = os.environ.get('CXX') or 'g++'
+    if shutil.which(compiler) is None:
+        print(f'student: torch.compile is off: no C++ compiler ({compiler}) on PATH, training runs eager '
+              f'(~15% slower); install one (apt-get install g++) or set CXX to turn it on', file=sys.stderr, flush=True)
+        return False
+    torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eager instead of stopping training
+    return True
 
 
 class PPOLearner:
@@ -125,8 +156,9 @@ class PPOLearner:
         torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        self.policy = ActorCritic(obs_shape, num_actions, encoder=config.encoder)
-        if config.compile:
+        self.device = torch.device(config.device)
+        self.policy = ActorCritic(obs_shape, num_actions, encoder=config.encoder).to(self.device)
+        if compile_wanted(config):
             self.policy.encoder.compile()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
         self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions, num_groups)
@@ -148,19 +180,19 @@ class PPOLearner:
             teacher_mask: np.ndarray | None = None, group: int = 0) -> np.ndarray:
         """Sample actions for a batch of observations (of env group `group`) and store the step
         (call record() next)."""
-        policy = self.behaviour if self.behaviour is not None else self.policy
-        dist, values = policy.distribution(torch.from_numpy(obs))
+        policy = self.behaviour if self.behaviour is not None else self.policy  # the behaviour copy is on the CPU
+        dist, values = policy.distribution(torch.from_numpy(obs).to(next(policy.parameters()).device))
         actions = dist.sample()
         s = self.storage
         t, envs = s.steps[group], s.columns(group)
         s.obs[t, envs] = obs
-        s.actions[t, envs] = actions.numpy()
-        s.logprobs[t, envs] = dist.log_prob(actions).numpy()
-        s.values[t, envs] = values.numpy()
+        s.actions[t, envs] = actions.cpu().numpy()
+        s.logprobs[t, envs] = dist.log_prob(actions).cpu().numpy()
+        s.values[t, envs] = values.cpu().numpy()
         s.teacher_mask[t, envs] = 0.0 if teacher_mask is None else teacher_mask
         if teacher_probs is not None:
             s.teacher_probs[t, envs] = teacher_probs
-        self.last_probs = dist.probs.numpy()  # for live views
+        self.last_probs = dist.probs.cpu().numpy()  # for live views
         return s.actions[t, envs].copy()
 
     def attach_teacher(self, step: int, probs: np.ndarray, mask: np.ndarray, group: int = 0) -> None:
@@ -214,8 +246,9 @@ class PPOLearner:
         if not s.full:
             raise RuntimeError(f'update() needs a full rollout, have {s.steps} of {s.num_steps} steps')
         with torch.no_grad():
-            _, last_values = self.policy(torch.from_numpy(next_obs))
-        advantages, returns = compute_gae(s.rewards, s.values, s.dones, last_values.numpy(), cfg.gamma, cfg.gae_lambda)
+            _, last_values = self.policy(torch.from_numpy(next_obs).to(self.device))
+        advantages, returns = compute_gae(s.rewards, s.values, s.dones, last_values.cpu().numpy(), cfg.gamma,
+                                          cfg.gae_lambda)
         weight = self.teacher_weight
         learning_rate = cfg.learning_rate * (1 - self.frames / cfg.total_frames if cfg.anneal_lr else 1.0)
         for group in self.optimizer.param_groups:
@@ -224,7 +257,7 @@ class PPOLearner:
         skipped = 0
         kl_limit = 1.5 * cfg.target_kl if cfg.target_kl is not None and weight == 0 else float('inf')
         minibatches = (mb for _ in range(cfg.update_epochs)
-                       for mb in s.minibatches(advantages, returns, cfg.minibatch_size, self.rng))
+                       for mb in s.minibatches(advantages, returns, cfg.minibatch_size, self.rng, self.device))
         for mb in minibatches:
             dist, values = self.policy.distribution(mb.obs)
             logratio = dist.log_prob(mb.actions) - mb.logprobs

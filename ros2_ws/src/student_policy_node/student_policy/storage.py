@@ -74,8 +74,8 @@ class RolloutStorage:
         return all(step == self.num_steps for step in self.steps)
 
     def minibatches(self, advantages: np.ndarray, returns: np.ndarray, minibatch_size: int,
-                    rng: np.random.Generator):
-        """Shuffled minibatches over all T*N samples, as torch tensors."""
+                    rng: np.random.Generator, device: torch.device | str = 'cpu'):
+        """Shuffled minibatches over all T*N samples, as torch tensors on `device`."""
         total = self.num_steps * self.num_envs
         flat = {
             'obs': self.obs.reshape(total, *self.obs.shape[2:]), 'actions': self.actions.reshape(total),
@@ -86,4 +86,4 @@ class RolloutStorage:
         order = rng.permutation(total)
         for start in range(0, total, minibatch_size):
             index = order[start:start + minibatch_size]
-            yield Minibatch(**{k: torch.from_numpy(v[index]) for k, v in flat.items()})
+            yield Minibatch(**{k: torch.from_numpy(v[index]).to(device) for k, v in flat.items()})
