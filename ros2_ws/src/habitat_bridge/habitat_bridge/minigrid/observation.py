@@ -50,7 +50,7 @@ class MemoryMapObservation(gym.ObservationWrapper):
     def observation(self, observation):
         base = self.env.unwrapped
         view = self.last_view = observation['image']
-        world = np.asarray(base.agent_pos) + _view_offsets(view.shape[0], base.agent_dir)
+        world = np.asarray(base.agent_pos) + view_offsets(view.shape[0], base.agent_dir)
         inside = (world[..., 0] >= 0) & (world[..., 0] < base.width) & (world[..., 1] >= 0) & (world[..., 1] < base.height)
         seen = inside & (view[..., 0] != UNSEEN)
         xs, ys = world[seen, 0], world[seen, 1]
@@ -92,7 +92,7 @@ class MemoryMapObservation(gym.ObservationWrapper):
 
 
 @functools.cache
-def _view_offsets(size: int, direction: int) -> np.ndarray:
+def view_offsets(size: int, direction: int) -> np.ndarray:
     """(size, size, 2): where each cell of the egocentric view lies relative to the agent, facing
     `direction`. View cell (i, j) is at top_left - j*forward + i*right (minigrid's render()).
     Cached: rebuilding it on every step was a third of the wrapper's time."""

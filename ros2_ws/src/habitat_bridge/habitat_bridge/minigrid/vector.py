@@ -9,6 +9,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from habitat_bridge.minigrid.fast_view import install as install_fast_view
 from habitat_bridge.minigrid.observation import MemoryMapObservation
 from habitat_bridge.minigrid.tasks import register_tasks
 from habitat_bridge.vector import VectorEnv
@@ -17,11 +18,15 @@ from llm_teacher_common.perception import Perception
 OBSERVATION_MODES = ('memory_map', 'egocentric')
 
 
-def make_env(task: str, observation: str = 'memory_map', render: bool = False) -> gym.Env:
+def make_env(task: str, observation: str = 'memory_map', render: bool = False,
+             fast_view: bool = True) -> gym.Env:
     """One environment of `task` (any registered MiniGrid id) with the chosen observation.
 
     Every step's info carries "success": the paper's tasks set it themselves; for a standard
     MiniGrid id it is "terminated with a positive reward" (reached the goal, not lava).
+
+    :param fast_view: compute MiniGrid's egocentric view with habitat_bridge.minigrid.fast_view
+        (the same image, several times faster); False keeps MiniGrid's own, for comparison.
 
     :raises ValueError: unknown task id or observation mode, naming what is allowed.
     """
@@ -32,6 +37,8 @@ def make_env(task: str, observation: str = 'memory_map', render: bool = False) -
         known = sorted(k for k in gym.registry if k.startswith('MiniGrid-'))
         raise ValueError(f'unknown task id {task!r}; registered MiniGrid ids are: {", ".join(known)}')
     env = gym.make(task, render_mode='rgb_array' if render else None)
+    if fast_view:
+        install_fast_view(env)
     env = MemoryMapObservation(_Success(env))
     if observation == 'egocentric':
         env = _Egocentric(env)
