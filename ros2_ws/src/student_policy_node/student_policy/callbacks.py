@@ -18,7 +18,7 @@ import torch
 
 from llm_teacher_common.stats import rate_text
 from student_policy.checkpoints import CheckpointError, export_policy, save_checkpoint, write_atomically
-from student_policy.evaluate import evaluate
+from student_policy.evaluate import env_options_for, evaluate
 from student_policy.inference import load_policy
 from student_policy.networks import ActorCritic, eager_copy
 from student_policy.ppo import PPOLearner
@@ -105,7 +105,8 @@ class EvalCallback:
             return True
         self.record(self.run(snapshot), frames, snapshot, metrics)
         if finished:
-            test = evaluate(load_policy(self.run_dir / 'policy.pt'), self.task, self.test_episodes, self.TEST_SEED)
+            test = evaluate(load_policy(self.run_dir / 'policy.pt'), self.task, self.test_episodes, self.TEST_SEED,
+                            env_options=env_options_for(snapshot.obs_shape, snapshot.encoder_name))
             self.last['test'] = {'episodes': self.test_episodes, 'seed': self.TEST_SEED,
                                  'success_rate': test['success_rate'], 'interval95': test['interval95'],
                                  'mean_return': test['mean_return']}
@@ -118,7 +119,9 @@ class EvalCallback:
         """Greedy and sampled evaluation of `policy` (on the worker thread, or here)."""
         with torch.no_grad():
             actor = lambda obs: policy(obs)[0]  # noqa: E731  (logits, as the exported policy)
-            return evaluate(actor, self.task, self.episodes), evaluate(actor, self.task, self.episodes, greedy=False)
+            options = env_options_for(policy.obs_shape, policy.encoder_name)
+            return (evaluate(actor, self.task, self.episodes, env_options=options),
+                    evaluate(actor, self.task, self.episodes, greedy=False, env_options=options))
 
     def record(self, results, frames: int, policy: ActorCritic, metrics: dict) -> None:
         """Keep an evaluation's results (export policy.pt if it is the best) and add them to `metrics`."""

@@ -18,14 +18,15 @@ from llm_teacher_common.stats import wilson_interval
 from student_policy.inference import choose_actions, load_policy
 
 
-def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int = 16, greedy: bool = True) -> dict:
+def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int = 16, greedy: bool = True,
+             env_options: dict | None = None) -> dict:
     """One episode on each seed seed .. seed + episodes - 1 (env i plays seeds i, i + n, ...);
-    greedy or sampled.
+    greedy or sampled. env_options go to the vector env (e.g. an embodied camera's width and height).
 
     Every seed's episode counts, however long: counting the first `episodes` episodes to end
     instead would favour short ones (quick successes) and overstate success."""
     n = min(num_envs, episodes)
-    envs = make_vec_env(task, n, perceive=False)
+    envs = make_vec_env(task, n, perceive=False, **(env_options or {}))
     step = envs.reset(seed=seed)
     played = np.zeros(n, int)  # episodes env i has finished; it plays seed + i + n * played[i] now
     returns, successes = np.zeros(episodes), np.zeros(episodes, bool)
@@ -48,6 +49,15 @@ def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int
             'interval95': wilson_interval(wins, episodes), 'mean_return': float(returns.mean())}
 
 
+def env_options_for(obs_shape: tuple[int, ...], encoder: str) -> dict:
+    """The vector env options that give a policy its observations: a camera policy's image size
+    and channels (rgbd or rgb); none for grid policies (the task fixes those)."""
+    if encoder != 'image':
+        return {}
+    height, width, channels = obs_shape
+    return {'height': height, 'width': width, 'observation': 'rgbd' if channels == 4 else 'rgb'}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m student_policy.evaluate', description=__doc__.splitlines()[0])
     parser.add_argument('policy', help='an exported policy.pt')
@@ -57,7 +67,9 @@ def main(argv=None) -> int:
     parser.add_argument('--sample', action='store_true', help='sample actions from the policy instead of argmax')
     args = parser.parse_args(argv)
     try:
-        result = evaluate(load_policy(args.policy), args.task, args.episodes, args.seed, greedy=not args.sample)
+        policy = load_policy(args.policy)
+        options = env_options_for(policy.info.obs_shape, policy.info.encoder) if policy.info else {}
+        result = evaluate(policy, args.task, args.episodes, args.seed, greedy=not args.sample, env_options=options)
     except ValueError as err:
         print(f'evaluate: {err}', file=sys.stderr)
         return 2
