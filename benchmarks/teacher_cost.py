@@ -4,20 +4,28 @@ answer cache) vs the same graph without it (plain PPO), measured one after the o
     .venv/bin/python benchmarks/teacher_cost.py --frames 40960
 
 The first run with the teacher fills the answer cache; only the second (warm) one is compared.
+Frames/s swing ~20% between runs on a shared machine; the CPU time all the graph's processes used
+per frame swings less, but counts their start-up too (the teacher's LLM load: ~5 CPU s) and work
+that runs while a core would idle anyway, so it compares teachers, not the time a frame takes.
 """
 import argparse
+import resource
 import tempfile
 from pathlib import Path
 
 from training_graph import run_training_graph, steady_fps
 
 
-def graph_fps(frames: int, plain_ppo: bool, cache: Path) -> tuple[float, float]:
-    """Steady-state frames/s of a run, and the mean teacher coverage over its second half."""
+def graph_fps(frames: int, plain_ppo: bool, cache: Path) -> tuple[float, float, float]:
+    """Steady-state frames/s of a run, the mean teacher coverage over its second half, and the CPU
+    time of all its processes per frame (us)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     rows = run_training_graph(frames, plain_ppo=plain_ppo, teacher_parameters={'cache_path': str(cache)})
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     half = rows[len(rows) // 2:]
     return (steady_fps([float(r['charts/SPS']) for r in rows]),
-            sum(float(r['teacher/coverage']) for r in half) / len(half))
+            sum(float(r['teacher/coverage']) for r in half) / len(half), 1e6 * cpu_s / frames)
 
 
 def main():
@@ -27,12 +35,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / 'answers.sqlite'
         graph_fps(args.frames, plain_ppo=False, cache=cache)  # fills the cache
-        warm, coverage = graph_fps(args.frames, plain_ppo=False, cache=cache)
-        plain, _ = graph_fps(args.frames, plain_ppo=True, cache=cache)
+        warm, coverage, warm_cpu = graph_fps(args.frames, plain_ppo=False, cache=cache)
+        plain, _, plain_cpu = graph_fps(args.frames, plain_ppo=True, cache=cache)
     print(f'training graph, {args.frames} frames each, steady state')
-    print(f'plain PPO (no teacher)       {plain:7.0f} frames/s')
-    print(f'LLM teacher, warm cache      {warm:7.0f} frames/s  (teacher coverage {coverage:.2f})')
-    print(f'time per frame with teacher: {plain / warm - 1:+.1%}')
+    print(f'plain PPO (no teacher)       {plain:7.0f} frames/s  {plain_cpu:6.0f} us CPU a frame')
+    print(f'LLM teacher, warm cache      {warm:7.0f} frames/s  {warm_cpu:6.0f} us CPU a frame  '
+          f'(teacher coverage {coverage:.2f})')
+    print(f'time per frame with teacher: {plain / warm - 1:+.1%}; CPU per frame {warm_cpu - plain_cpu:+.0f} us '
+          f'(start-ups included)')
 
 
 if __name__ == '__main__':

@@ -1,17 +1,22 @@
 """The teacher's parts in-process: grounding, parsing, mediator, skills, cache, planner, embedded LLM."""
+import itertools
 import threading
+import zlib
 
+import numpy as np
 import pytest
 from minigrid.core.actions import Actions
 
 from habitat_bridge.minigrid.expert import ScriptedExpert
+from habitat_bridge.minigrid.observation import UNSEEN
+from habitat_bridge.minigrid.planning import HEADING_VECTORS, plan, plan_to
 from llm_teacher_common.perception import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import make_env
 from llm_teacher.cache import AnswerCache
-from llm_teacher.mediator import Mediator, describe
+from llm_teacher.mediator import Mediator, describe, situation
 from llm_teacher.options import EXPLORE, feasible_options, parse_option
 from llm_teacher.planner import Planner
-from llm_teacher.skills import SkillContext, explore, skill_action, teacher_policy
+from llm_teacher.skills import HERE, SkillContext, explore, skill_action, teacher_policy
 from llm_teacher.teacher import Teacher
 
 KEY = PerceivedObject('key', 'yellow', grid_x=2, grid_y=2)
@@ -55,6 +60,16 @@ def test_mediator_text_is_exact_and_leaves_out_positions_and_lava():
     assert text == 'You have seen: a locked yellow door, a yellow key. You carry nothing.'
     moved = PerceivedObject('key', 'yellow', grid_x=7, grid_y=1, forward=3.0)
     assert describe(Perception('m', objects=[moved, DOOR])) == text  # same situation, same text: cache hits
+
+
+def test_a_situation_is_what_options_and_prompt_are_made_of():
+    moved = PerceivedObject('key', 'yellow', grid_x=7, grid_y=1, forward=3.0, visible=True)
+    assert situation(Perception('m', objects=[KEY, DOOR], x=1.0)) == situation(Perception('m', objects=[moved, DOOR],
+                                                                                          heading=2))
+    opened = PerceivedObject('door', 'yellow', 'open', grid_x=5, grid_y=0)
+    assert situation(Perception('m', objects=[KEY, opened])) != situation(Perception('m', objects=[KEY, DOOR]))
+    assert situation(Perception('m', objects=[DOOR], carrying=KEY)) != situation(Perception('m', objects=[DOOR]))
+    assert situation(Perception('m')) != situation(Perception('n'))
 
 
 def test_prompt_templates_are_files_and_must_have_their_fields(tmp_path):
@@ -150,6 +165,38 @@ def test_explore_finishes_by_seeing_the_whole_room():
     assert unseen == [], f'explore left {unseen} unseen'
 
 
+def first_action(path):
+    return None if path is None else (path[0] if path else HERE)
+
+
+@pytest.mark.parametrize('task', ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-DoorKey-8x8-v0', 'MiniGrid-LavaDoorKey-v0'])
+def test_skills_step_as_breadth_first_search_would(task):
+    """The skills' kept step counts give planning.plan's first action, to the frontier and to (or
+    facing) any cell, with and without lava, in the states of a half-expert, half-random walk."""
+    env, expert, rng = make_env(task), ScriptedExpert(), np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    for _ in range(80):
+        for avoid_lava in (True, False):
+            context = SkillContext(obs, avoid_lava)
+            width, height = context.passable.shape
+            unseen = obs[..., 0] == UNSEEN
+
+            def faces_unseen(x, y, h):
+                fx, fy = x + HEADING_VECTORS[h][0], y + HEADING_VECTORS[h][1]
+                return 0 <= fx < width and 0 <= fy < height and unseen[fx, fy]
+            expected = plan(context.passable, context.pose, faces_unseen)
+            assert context.first_action_to_frontier() == first_action(expected)
+            cells = list(itertools.product(range(width), range(height)))
+            for index, face in itertools.product(rng.choice(len(cells), 12, replace=False), (True, False)):
+                expected = plan_to(context.passable, context.pose, cells[index], face)
+                assert context.first_action_to(cells[index], face) == first_action(expected)
+        action = expert.act(env) if rng.random() < 0.5 else int(rng.integers(env.action_space.n))
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset()
+            expert = ScriptedExpert()
+
+
 def facing_the_key():
     """A SimpleDoorKey episode walked by the expert until it faces the key: (env, observation)."""
     env = make_env('MiniGrid-SimpleDoorKey-v0')
@@ -229,6 +276,40 @@ def test_llm_errors_are_counted_and_logged_never_raised(tmp_path):
     assert not teacher.suggest(perception, obs).valid
     assert teacher.wait_idle(10)
     assert teacher.counters.llm_errors == 1 and 'refused the connection' in logged[0] and 'Possible actions' in logged[0]
+    teacher.close()
+
+
+class ScoreByText:
+    """Scores options by a hash of prompt and option: a deterministic stand-in LLM."""
+    name = 'test:score-by-text'
+
+    def score(self, prompt, continuations):
+        return [zlib.crc32((prompt + option).encode()) % 7 / 2 for option in continuations]
+
+
+def test_suggestions_kept_by_situation_are_those_made_afresh(tmp_path):
+    """The teacher keeps options, prompt and answer by situation: it suggests what building them
+    for the step from its perception suggests, step after step of an episode."""
+    teacher = Teacher(Planner(ScoreByText()), AnswerCache(tmp_path / 'c.sqlite'), Mediator.from_file())
+    mediator, env, expert = Mediator.from_file(), make_env('MiniGrid-DoorKey-8x8-v0'), ScriptedExpert()
+    obs, _ = env.reset(seed=5)
+    situations = set()
+    while True:
+        perception = env.perception()
+        if not teacher.suggest(perception, obs).valid:
+            assert teacher.wait_idle(10)
+        got = teacher.suggest(perception, obs)
+        options = feasible_options(perception)
+        answer = teacher.cache.get(teacher.source, 'score', mediator.prompt(perception, options))
+        option_probs = {o: answer[o.text] for o in options if answer.get(o.text, 0) > 0}
+        assert got.valid and got.options == [o.text for o in option_probs]
+        assert got.option_probs == list(option_probs.values())
+        np.testing.assert_array_equal(got.action_probs, teacher_policy(option_probs, obs, perception.objects))
+        situations.add(situation(perception))
+        obs, _, terminated, truncated, _ = env.step(expert.act(env))
+        if terminated or truncated:
+            break
+    assert len(situations) >= 3  # key seen, key carried, door open
     teacher.close()
 
 

@@ -19,6 +19,17 @@ PROMPTS = Path(__file__).resolve().parent / 'prompts'
 DESCRIBED_TYPES = ('key', 'door', 'ball', 'box', 'goal', 'cylinder', 'cone')
 
 
+def situation(perception: Perception) -> tuple:
+    """Everything of a perception that its prompt and its feasible options are made of: task
+    family, mission, the objects' type, colour and state (in order), what the robot carries.
+    Perceptions alike in these get the same options and prompt (the teacher keeps them by it);
+    describe, Mediator.prompt and options.feasible_options must read nothing else."""
+    carrying = perception.carrying
+    return (perception.task_family, perception.mission,
+            tuple([(o.type, o.color, o.state) for o in perception.objects]),
+            None if carrying is None else (carrying.type, carrying.color))
+
+
 def describe(perception: Perception) -> str:
     """E.g. 'You have seen: a locked yellow door, a yellow key. You carry nothing.'
 

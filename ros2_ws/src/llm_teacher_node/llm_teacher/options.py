@@ -45,7 +45,9 @@ EXPLORE = Option('explore')
 
 
 def feasible_options(perception: Perception) -> list[Option]:
-    """The options possible in this perceived state, in a stable order (explore first)."""
+    """The options possible in this perceived state, in a stable order (explore first).
+
+    Reads only what mediator.situation keeps (the teacher reuses the options of a situation)."""
     options = [EXPLORE]
     carrying = perception.carrying
     seen = _unique(o for o in perception.objects if o.type in GO_TO_TARGETS

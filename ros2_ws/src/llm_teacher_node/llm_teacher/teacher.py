@@ -4,6 +4,9 @@ It never blocks its caller: a prompt seen before is answered at once from the ca
 goes to a worker thread and this state gets no suggestion; when the LLM answers, the answer is
 cached and serves every later state with the same text. LLM errors and unparseable answers are
 counted and logged with the prompt, never raised.
+Most steps repeat the situation of a step before (mediator.situation: what the options and the
+prompt are made of), so the options, the prompt and, once answered, the option distribution are
+kept by situation: a step builds no text, and pays mostly for the skills.
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ from llm_teacher_common.perception import Perception
 from llm_teacher.backends import LLMError
 from llm_teacher.cache import AnswerCache
 from llm_teacher.embodied_skills import EmbodiedSkills
-from llm_teacher.mediator import Mediator
-from llm_teacher.options import feasible_options
+from llm_teacher.mediator import Mediator, situation
+from llm_teacher.options import Option, feasible_options
 from llm_teacher.planner import Planner
 from llm_teacher.skills import NUM_ACTIONS, teacher_policy
 
@@ -35,6 +38,17 @@ class Suggestion:
 
 
 @dataclass
+class _Situation:
+    """What a situation asks the LLM, and once answered, the distribution over its options."""
+
+    options: list[Option]
+    prompt: str
+    option_probs: dict[Option, float] | None = None  # options of the answer with p > 0
+    latency_ms: float = 0.0
+    cache_hit: bool = False
+
+
+@dataclass
 class TeacherCounters:
     requests: int = 0
     cache_hits: int = 0
@@ -46,6 +60,9 @@ class TeacherCounters:
     @property
     def mean_latency_ms(self) -> float:
         return self.latency_ms_total / self.llm_calls if self.llm_calls else 0.0
+
+
+MAX_SITUATIONS = 10_000  # situations kept (each with a prompt's text, ~1 kB)
 
 
 class Teacher:
@@ -65,6 +82,8 @@ class Teacher:
         # would be, on every visit, at full LLM cost); such states carry no teacher term.
         self._unanswerable: set[str] = set()
         self._lock = threading.Lock()
+        # mediator.situation -> its options, prompt and answer; used by the caller's thread only
+        self._situations: dict[tuple, _Situation] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='llm')
         embodied = EmbodiedSkills()
         # The option skills of each task family (llm_teacher_common.families): option -> pi_T(a|s).
@@ -83,23 +102,31 @@ class Teacher:
 
         `memory_map` is the grid world's observation; embodied skills plan on the occupancy map
         in the perception instead."""
-        options = feasible_options(perception)
         self.counters.requests += 1
-        prompt = self.mediator.prompt(perception, options)
-        answer = self._lookup(prompt)
-        if answer is None:
-            self._ask_later(prompt, options)
-            return Suggestion(valid=False)
+        key = situation(perception)
+        known = self._situations.get(key)
+        if known is None:
+            options = feasible_options(perception)
+            known = _Situation(options, self.mediator.prompt(perception, options))
+            if len(self._situations) >= MAX_SITUATIONS:  # embodied robots keep seeing new objects
+                self._situations.clear()
+            self._situations[key] = known
+        if known.option_probs is None:
+            answer = self._lookup(known.prompt)
+            if answer is None:
+                self._ask_later(known.prompt, known.options)
+                return Suggestion(valid=False)
+            distribution, known.latency_ms, known.cache_hit = answer
+            by_text = {o.text: o for o in known.options}
+            known.option_probs = {by_text[t]: p for t, p in distribution.items() if t in by_text and p > 0}
         self.counters.cache_hits += 1
-        distribution, latency_ms, cache_hit = answer
-        by_text = {o.text: o for o in options}
-        option_probs = {by_text[t]: p for t, p in distribution.items() if t in by_text and p > 0}
+        option_probs = known.option_probs
         if not option_probs:
             return Suggestion(valid=False)
         return Suggestion(valid=True, options=[o.text for o in option_probs],
                           option_probs=list(option_probs.values()),
                           action_probs=self.policy(option_probs, perception, memory_map),
-                          cache_hit=cache_hit, latency_ms=latency_ms)
+                          cache_hit=known.cache_hit, latency_ms=known.latency_ms)
 
     def suggest_batch(self, step, num_actions: int) -> tuple[np.ndarray, np.ndarray]:
         """The teacher as in-process training's callable: a VecStep -> (action probs (N, A), mask (N,)),
