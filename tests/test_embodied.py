@@ -230,7 +230,7 @@ def test_habitat_frames_agree_with_rep103():
 
 def test_habitat_visibility_is_a_depth_test():
     from habitat_bridge.embodied.backend import CameraSpec
-    from habitat_bridge.embodied.habitat_backend import visible_in_depth
+    from habitat_bridge.embodied.backend import visible_in_depth
     camera = CameraSpec(64, 64, 60.0, 1.5)
     open_view, wall = np.full((64, 64), 20.0, np.float32), np.full((64, 64), 2.0, np.float32)
     assert visible_in_depth(4.0, 0.0, 0.25, open_view, camera)

@@ -2,10 +2,14 @@
 
 The skills read what a real robot has: the perceived objects (class, colour, position relative to
 base_link, in metres), its pose, and the occupancy grid its mapping stack builds from the depth
-camera (habitat_bridge.embodied.mapping). They never read the simulator's state.
+camera and odometry (habitat_bridge.embodied.mapping, which also marks what the robot bumps into).
+They never read the simulator's state, and keep none of their own: one perception is one answer.
 
-- go to <object>: a shortest path over known free cells (kept a robot radius off obstacles) to
-  within reach of the object; steer to a point a little way down it (turn to its bearing, move).
+- go to <object>: a shortest path over known free cells (kept a robot radius off obstacles, less
+  where only a tighter gap leads on, through unknown cells where no known way does) to within
+  reach of the object; steer to a point a little way down it (turn to its bearing, move); the
+  last bit straight at it. Carrying, up to where the way to it is clear of other objects, then
+  line up and push what it holds against it.
 - pick up <object>: go to it, face it, pick up.
 - drop <object>: put down what the robot carries (it holds it in front).
 - explore: the same path following, to the nearest frontier (free cell next to unknown ones).
@@ -27,10 +31,24 @@ TURN_LEFT, TURN_RIGHT, FORWARD, BACK, PICKUP, DROP = 0, 1, 2, 3, 4, 5
 NUM_EMBODIED_ACTIONS = 8
 
 ROBOT_RADIUS = 0.45  # m kept between the robot's centre and mapped obstacles
-REACH = 1.0  # m from the robot's centre to an object it can pick up (MiniWorld: 1.5 radii ahead, +1.2 radii)
-APPROACH = 1.5  # m from an object within which the robot goes straight for it (the map plans up to here)
-CARRY_EXTRA = 1.0  # m: while carrying, the held object is about this much nearer to things than the robot
+# MiniWorld: the robot's radius is 0.4 m, objects' 0.42-0.6 m; a held one hangs 1.05 * (0.57 m +
+# its radius) ahead, so it touches a target 1.9-2.4 m from the robot.
+GOAL_REACH = 1.0  # m from a target's centre the map plans to
+SIGHT = 1.1  # m: nearer a target than this nothing fits between, so the robot goes straight at it
+# Carrying, the robot lines up with the target from CARRY_SIGHT (where turning cannot swing the held
+# object into it), then pushes straight on. Nearer than CARRY_TURN it does not turn: a target less
+# than CARRY_OFFSET to the side of its way is one the held object will hit; it backs off from another.
+CARRY_SIGHT, CARRY_TURN, CARRY_OFFSET = 3.0, 2.4, 0.7
+CARRY_CLEARANCE = 0.5  # m more kept off obstacles while carrying, where the map allows
+HELD_AT, HELD_RADIUS = 1.15, 0.55  # m: where a held object hangs ahead of the robot, and its footprint
+# m between the way a held object is pushed and other objects' centres: more than a turn needs
+# (HELD_RADIUS + OBJECT_RADIUS), so that lining up on a clear way never swings it into one.
+CLEAR_WAY = 1.25
+REACH = 1.3  # m: pick up works to here straight ahead (MiniWorld: an object touching a 0.48 m circle 0.6 m ahead)
+NEXT_TO = 2.6  # m: carrying, a target nearer than this that the robot is blocked against has the held object next to it
 OBJECT_RADIUS = 0.5  # m: the footprint assumed for a perceived object
+TARGET_FOOTPRINT = 0.8  # m round a target within which its own mapped cells do not keep the robot off it
+BUMPED_AT = 0.6  # m ahead: where habitat_bridge.embodied.mapping marks what stopped the robot (its BUMP_AHEAD)
 LOOKAHEAD = 3  # cells down the path the robot steers towards
 FRONTIER_MIN = 6  # cells: nearer frontiers are the blind ring round the robot, which turning reveals
 TURN_COST = 1.0  # cells of path a 45-degree turn is worth, when choosing the first move
@@ -46,7 +64,7 @@ def _shift(mask: np.ndarray, di: int, dj: int) -> np.ndarray:
     return out
 
 
-def _neighbours(mask: np.ndarray, moves=NEIGHBOURS) -> np.ndarray:
+def _neighbours(mask: np.ndarray, moves) -> np.ndarray:
     """Cells one move away from a cell of `mask`."""
     out = np.zeros_like(mask)
     for di, dj in moves:
@@ -54,9 +72,21 @@ def _neighbours(mask: np.ndarray, moves=NEIGHBOURS) -> np.ndarray:
     return out
 
 
+def _grow(mask: np.ndarray) -> np.ndarray:
+    """`mask` and the cells one 8-connected move from it: one row pass, one column pass (this is
+    what the planner's wavefront spends its time in, so it is done in place, without shifts)."""
+    rows = mask.copy()
+    rows[1:] |= mask[:-1]
+    rows[:-1] |= mask[1:]
+    out = rows.copy()
+    out[:, 1:] |= rows[:, :-1]
+    out[:, :-1] |= rows[:, 1:]
+    return out
+
+
 def _dilate(mask: np.ndarray, cells: int) -> np.ndarray:
     for _ in range(cells):
-        mask = mask | _neighbours(mask)
+        mask = _grow(mask)
     return mask
 
 
@@ -67,7 +97,7 @@ def steps_to(goal: np.ndarray, passable: np.ndarray, until: tuple[int, int] | No
     frontier = goal & passable
     distance[frontier] = 0
     for k in range(1, limit):
-        frontier = _neighbours(frontier) & passable & np.isinf(distance)
+        frontier = _grow(frontier) & passable & np.isinf(distance)
         if not frontier.any():
             break
         distance[frontier] = k
@@ -76,46 +106,93 @@ def steps_to(goal: np.ndarray, passable: np.ndarray, until: tuple[int, int] | No
     return distance
 
 
+def blocked_ahead(perception: Perception, ahead: float = BUMPED_AT) -> bool:
+    """The map has an obstacle where one stops the robot: it bumped into something there (or
+    stands against a mapped one). A negative `ahead`: behind it."""
+    grid = perception.occupancy
+    i, j = grid.cell_of(perception.x + ahead * math.cos(perception.heading),
+                        perception.y + ahead * math.sin(perception.heading))
+    return 0 <= i < grid.cells.shape[0] and 0 <= j < grid.cells.shape[1] and grid.cells[i, j] == OCCUPIED
+
+
+def delivered(perception: Perception, kind: str, color: str) -> bool:
+    """What the robot carries is next to the nearest perceived <color> <kind>: pushed against it.
+    (Sizes are not perceived, so a distance alone cannot tell: a held box touches a big target
+    2.4 m from the robot, and is still 0.5 m short of a small one at 2.3 m.)"""
+    targets = [o for o in perception.objects if o.type == kind and o.color == color]
+    if perception.carrying is None or not targets:
+        return False
+    target = min(targets, key=lambda o: math.hypot(o.forward, o.left))
+    ahead = abs(math.atan2(target.left, target.forward)) < math.pi / 4
+    return math.hypot(target.forward, target.left) <= NEXT_TO and ahead and blocked_ahead(perception)
+
+
 class EmbodiedSkills:
     """Skills for a robot that turns `turn_angle` per turn action (MiniWorld's default: 15 degrees)."""
 
     def __init__(self, turn_angle: float = math.radians(15)):
         self.turn_angle = turn_angle
 
-    def action(self, option: Option, perception: Perception, passable: np.ndarray) -> int | None:
+    def action(self, option: Option, perception: Perception) -> int | None:
         """The action `option` takes now, or None when it has nothing left to do here."""
-        grid = perception.occupancy
         if option.verb == 'drop':
             return DROP
-        if option.verb == 'explore':
-            return self.explore(perception, passable)
+        carrying = perception.carrying is not None
+        if option.verb == 'go to' and carrying and delivered(perception, option.type, option.color):
+            return None
+        if carrying and blocked_ahead(perception) and not blocked_ahead(perception, -BUMPED_AT):
+            return BACK  # what it holds ran into something: room to turn comes from backing off
         targets = [o for o in perception.objects if o.type == option.type and o.color == option.color]
-        if not targets:
-            return self.explore(perception, passable)
+        if option.verb == 'explore' or not targets:
+            return self.explore(perception)
         target = min(targets, key=lambda o: math.hypot(o.forward, o.left))
         distance, bearing = math.hypot(target.forward, target.left), math.atan2(target.left, target.forward)
-        carrying = perception.carrying is not None
-        if distance <= APPROACH + CARRY_EXTRA * carrying:  # close: the last bit by sight, not by map
-            turn = TURN_LEFT if bearing > 0 else TURN_RIGHT
-            if option.verb == 'go to' and carrying and distance <= REACH + CARRY_EXTRA:
-                return None  # what it carries is next to the object: done
-            if abs(bearing) > self.turn_angle / 2:
-                return turn
-            return PICKUP if option.verb == 'pick up' and distance <= REACH else FORWARD
+        grid = perception.occupancy
         tx, ty = self._to_map(perception, target.forward, target.left)
         cx, cy = grid.centre_of(*np.indices(grid.cells.shape))
-        goal = np.hypot(cx - tx, cy - ty) <= APPROACH - grid.resolution
-        action = self.follow(perception, passable, goal)
-        return action if action is not None else self.explore(perception, passable)  # not reachable yet
+        to_target = np.hypot(cx - tx, cy - ty)
+        robot = grid.cell_of(perception.x, perception.y)
+        if carrying:  # line up where the way to the target is clear, then push the held object against it
+            goal = (to_target <= CARRY_SIGHT) & self._clear_way(perception, target, cx, cy)
+            if goal[robot] or distance <= CARRY_SIGHT and self._clear_way(perception, target, perception.x,
+                                                                             perception.y):
+                if distance < CARRY_TURN:
+                    return BACK if abs(target.left) > CARRY_OFFSET else FORWARD  # (going straight keeps the offset)
+                return self.turn(perception, bearing > 0) if abs(bearing) > self.turn_angle / 2 else FORWARD
+        else:
+            goal = to_target <= GOAL_REACH
+            if distance <= SIGHT or goal[robot]:  # the last bit by sight
+                if abs(bearing) > self.turn_angle / 2:
+                    return self.turn(perception, bearing > 0)
+                return PICKUP if option.verb == 'pick up' and distance <= REACH else FORWARD
+        levels = self.passable(perception, target=(tx, ty))
+        for passable in levels[:-1]:
+            action = self.follow(perception, passable, goal & passable, target=(tx, ty))
+            if action is not None:
+                return action
+        # The last level runs through unknown cells, and a target seen afar can lie off the part of
+        # the map planned on (the known part): then head for the cells nearest it.
+        through_unknown = levels[-1]
+        if not (goal & through_unknown).any():
+            others = through_unknown.copy()
+            others[robot] = False
+            goal = others & (to_target <= to_target[others].min(initial=np.inf) + grid.resolution)
+        action = self.follow(perception, through_unknown, goal & through_unknown, target=(tx, ty))
+        return action if action is not None else self.explore(perception)  # not reachable yet
 
-    def explore(self, perception: Perception, passable: np.ndarray) -> int:
+    def explore(self, perception: Perception) -> int:
         """Towards the nearest frontier; with none reachable, turn to look around."""
         touches_unknown = _neighbours(perception.occupancy.cells == UNKNOWN, ((1, 0), (-1, 0), (0, 1), (0, -1)))
-        action = self.follow(perception, passable, passable & touches_unknown, min_steps=FRONTIER_MIN)
-        return TURN_LEFT if action is None else action
+        for passable in self.passable(perception):
+            action = self.follow(perception, passable, passable & touches_unknown, min_steps=FRONTIER_MIN)
+            if action is not None:
+                return action
+        return TURN_LEFT
 
-    def follow(self, perception: Perception, passable: np.ndarray, goal: np.ndarray, min_steps: int = 0) -> int | None:
-        """Steer down the shortest path to `goal`; None when no goal cell is reachable."""
+    def follow(self, perception: Perception, passable: np.ndarray, goal: np.ndarray, min_steps: int = 0,
+               target: tuple[float, float] | None = None) -> int | None:
+        """Steer down the shortest path to `goal` (by `target`, a map point, if it has one); None
+        when no goal cell is reachable."""
         grid = perception.occupancy
         i, j = grid.cell_of(perception.x, perception.y)
         if min_steps:  # goals right under the robot are ones it cannot see from here: skip them
@@ -146,22 +223,91 @@ class EmbodiedSkills:
         x, y = grid.centre_of(i, j)
         error = math.remainder(math.atan2(y - perception.y, x - perception.x) - perception.heading, math.tau)
         if abs(error) <= FACING or distance[i, j] == 0 and math.hypot(x - perception.x, y - perception.y) < grid.resolution:
+            # Stuck recovery: a path that grazes what the robot bumped into (marked ahead of it)
+            # would have it push on; backing off, it comes back on another line, and its next bump
+            # is marked somewhere else. (The target's own cells ahead are where it is going.)
+            ax = perception.x + BUMPED_AT * math.cos(perception.heading)
+            ay = perception.y + BUMPED_AT * math.sin(perception.heading)
+            at_target = target is not None and math.hypot(ax - target[0], ay - target[1]) <= TARGET_FOOTPRINT
+            if blocked_ahead(perception) and not at_target:
+                return BACK
             return FORWARD
-        return TURN_LEFT if error > 0 else TURN_RIGHT
+        return self.turn(perception, error > 0)
 
-    def passable(self, perception: Perception) -> np.ndarray:
-        """Known free cells a robot radius away from mapped obstacles and perceived objects; the
-        robot's own cell always (it stands there)."""
+    def turn(self, perception: Perception, left: bool) -> int:
+        """Turn left or right; carrying, back off first if the held object would swing into
+        something (the simulator refuses such a turn, and the robot would try it forever), or with
+        no room behind, turn the other way if that is clear."""
+        if perception.carrying is None:
+            return TURN_LEFT if left else TURN_RIGHT
+        if self._held_clear(perception, perception.heading + (self.turn_angle if left else -self.turn_angle)):
+            return TURN_LEFT if left else TURN_RIGHT
+        if not blocked_ahead(perception, -BUMPED_AT):
+            return BACK
+        return TURN_RIGHT if left else TURN_LEFT
+
+    def _clear_way(self, perception: Perception, target, x, y):
+        """Whether a held object pushed straight from (x, y) (map points) to `target` passes clear
+        of the other perceived objects."""
+        tx, ty = self._to_map(perception, target.forward, target.left)
+        clear = np.ones(np.shape(x), bool)
+        for obj in perception.objects:
+            if obj is target:
+                continue
+            ox, oy = self._to_map(perception, obj.forward, obj.left)
+            dx, dy = tx - x, ty - y
+            along = np.clip(((ox - x) * dx + (oy - y) * dy) / np.maximum(dx * dx + dy * dy, 1e-9), 0, 1)
+            clear &= np.hypot(x + along * dx - ox, y + along * dy - oy) >= CLEAR_WAY
+        return clear
+
+    def _held_clear(self, perception: Perception, heading: float) -> bool:
+        """Nothing mapped or perceived where the held object would hang with the robot at `heading`."""
+        hx, hy = perception.x + HELD_AT * math.cos(heading), perception.y + HELD_AT * math.sin(heading)
+        for obj in perception.objects:
+            ox, oy = self._to_map(perception, obj.forward, obj.left)
+            if math.hypot(ox - hx, oy - hy) < HELD_RADIUS + OBJECT_RADIUS:
+                return False
+        grid = perception.occupancy
+        reach = math.ceil(HELD_RADIUS / grid.resolution)
+        i, j = grid.cell_of(hx, hy)
+        window = grid.cells[max(i - reach, 0):i + reach + 1, max(j - reach, 0):j + reach + 1]
+        wi, wj = np.nonzero(window == OCCUPIED)
+        cx, cy = grid.centre_of(wi + max(i - reach, 0), wj + max(j - reach, 0))
+        return not np.any(np.hypot(cx - hx, cy - hy) < HELD_RADIUS)
+
+    def passable(self, perception: Perception, target: tuple[float, float] | None = None) -> list[np.ndarray]:
+        """Masks of passable cells, most clearance first: known free cells a robot radius away from
+        mapped obstacles and perceived objects (carrying, first more: what it holds sticks out);
+        then one cell less (a gap the cell-rounded clearance closes, such as an object near a
+        doorway); then that plus, round the robot, free cells with no clearance: the way out for a
+        robot that has none left (the map grew a wall next to it, or it bumped into something).
+        The robot's own cell always (it stands there). `target`: a map point the robot is going
+        to, whose own footprint does not keep it off; last, then, the cells passable if unknown
+        ones were free, the way to a target seen afar."""
         grid = perception.occupancy
         blocked = grid.cells == OCCUPIED
         cx, cy = grid.centre_of(*np.indices(grid.cells.shape))
         for obj in perception.objects:
             ox, oy = self._to_map(perception, obj.forward, obj.left)
             blocked |= np.hypot(cx - ox, cy - oy) <= OBJECT_RADIUS
-        passable = (grid.cells == FREE) & ~_dilate(blocked, math.ceil(ROBOT_RADIUS / grid.resolution))
+        if target is not None:
+            blocked &= np.hypot(cx - target[0], cy - target[1]) > TARGET_FOOTPRINT
+        free = grid.cells == FREE
+        clearance = math.ceil(ROBOT_RADIUS / grid.resolution)
+        tight = _dilate(blocked, clearance - 1)
         i, j = grid.cell_of(perception.x, perception.y)
-        passable[i, j] = True
-        return passable
+        escape = np.zeros_like(free)
+        escape[max(i - clearance, 0):i + clearance + 1, max(j - clearance, 0):j + clearance + 1] = True
+        escape &= free & ~blocked
+        roomy = free & ~_dilate(tight, 1)
+        levels = [roomy, free & ~tight, free & ~tight | escape]
+        if perception.carrying is not None:  # first, room for what it holds out in front
+            levels.insert(0, free & ~_dilate(tight, 1 + math.ceil(CARRY_CLEARANCE / grid.resolution)))
+        if target is not None:
+            levels.append((free | (grid.cells == UNKNOWN)) & ~_dilate(tight, 1))
+        for passable in levels:
+            passable[i, j] = True
+        return levels
 
     @staticmethod
     def _to_map(perception: Perception, forward: float, left: float) -> tuple[float, float]:
@@ -173,10 +319,9 @@ class EmbodiedSkills:
         if not isinstance(perception.occupancy, OccupancyGrid):
             raise ValueError('the embodied teacher needs the robot\'s occupancy map in its perception')
         perception = dataclasses.replace(perception, occupancy=perception.occupancy.cropped_to_known())
-        passable = self.passable(perception)
         probs = np.zeros(NUM_EMBODIED_ACTIONS, np.float32)
         for option, p in option_probs.items():
-            action = self.action(option, perception, passable) if p > 0 else None
+            action = self.action(option, perception) if p > 0 else None
             if action is not None:
                 probs[action] += p
         if probs.sum() == 0:

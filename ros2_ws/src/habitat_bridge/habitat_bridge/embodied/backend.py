@@ -74,6 +74,27 @@ class EmbodiedBackend(Protocol):
     def close(self) -> None: ...
 
 
+def visible_in_depth(forward: float, left: float, up: float, depth: np.ndarray, camera: CameraSpec,
+                     radius: float = 0.3, across: tuple[float, ...] = (0.0,)) -> bool:
+    """Whether an object (its centre in base_link metres; `up` above the floor) is in view and not
+    hidden: some point of it projects inside the image and the depth there reaches it (less its
+    radius). What a robot's detector with a depth camera tells; `across`: points to try, as
+    fractions of `radius` to the object's left of its centre."""
+    z = forward - camera.forward_m
+    if z <= 0.05:
+        return False
+    height, width = depth.shape
+    focal = camera.focal_length_px
+    row = round((height - 1) / 2 - (up - camera.height_m) * focal / z)
+    if not 0 <= row < height:
+        return False
+    for fraction in across:
+        col = round((width - 1) / 2 - (left + fraction * radius) * focal / z)
+        if 0 <= col < width and depth[row, col] >= z - radius - 0.05:
+            return True
+    return False
+
+
 BACKENDS = ('miniworld', 'habitat', 'habitat_lab')
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from habitat_bridge.embodied.backend import CameraSpec, EmbodiedStep, Pose
+from habitat_bridge.embodied.backend import CameraSpec, EmbodiedStep, Pose, visible_in_depth
 from habitat_bridge.embodied.mapping import OccupancyMapper
 from llm_teacher_common.perception import PerceivedObject, Perception
 
@@ -61,22 +61,6 @@ def yaw_of(rotation) -> float:
 
 def vfov_deg(hfov_deg: float, width: int, height: int) -> float:
     return math.degrees(2 * math.atan(math.tan(math.radians(hfov_deg) / 2) * height / width))
-
-
-def visible_in_depth(forward: float, left: float, up: float, depth: np.ndarray, camera: CameraSpec,
-                     radius: float = 0.3) -> bool:
-    """Whether a point (base_link metres; `up` above the floor) is in view and not hidden: it
-    projects inside the image and the depth there reaches it (less its radius)."""
-    z = forward - camera.forward_m
-    if z <= 0.05:
-        return False
-    height, width = depth.shape
-    focal = camera.focal_length_px
-    col = round((width - 1) / 2 - left * focal / z)
-    row = round((height - 1) / 2 - (up - camera.height_m) * focal / z)
-    if not (0 <= col < width and 0 <= row < height):
-        return False
-    return bool(depth[row, col] >= z - radius - 0.05)
 
 
 @dataclass

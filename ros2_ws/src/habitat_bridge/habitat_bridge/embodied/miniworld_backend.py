@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from habitat_bridge.embodied.backend import CameraSpec, EmbodiedStep, Pose
+from habitat_bridge.embodied.backend import CameraSpec, EmbodiedStep, Pose, visible_in_depth
 from habitat_bridge.embodied.mapping import OccupancyMapper
 from llm_teacher_common.perception import PerceivedObject, Perception
 
@@ -26,6 +26,8 @@ def import_miniworld():
     """Import miniworld rendering headless (EGL); a clear error when that cannot work here."""
     import pyglet
     pyglet.options['headless'] = True
+    # pyglet checks glGetError after every GL call by default: ~30% of a MiniWorld step here.
+    pyglet.options['debug_gl'] = False
     try:
         import miniworld  # noqa: F401  (registers the MiniWorld-* gymnasium ids)
         from miniworld.entity import Agent
@@ -42,6 +44,9 @@ class MiniWorldBackend:
     """One MiniWorld environment: rgb + depth from the same render, the true pose, perception."""
 
     action_set = 'miniworld'
+    perceive = True
+    """False: no perception and no map (only the camera): the visibility query renders the
+    world once per object, ~60% of a step. For training without a teacher, and evaluation."""
 
     def __init__(self, env_id: str = 'MiniWorld-PutNext-v0', width: int = 64, height: int = 64,
                  max_episode_steps: int | None = None):
@@ -83,7 +88,10 @@ class MiniWorldBackend:
             raise ValueError(f'action {action} is outside 0..{self.env.action_space.n - 1}')
         rgb, reward, terminated, truncated, info = self.env.step(int(action))
         info['success'] = bool(terminated and reward > 0)  # MiniWorld tasks reward only success
-        return self._observe(rgb, float(reward), terminated, truncated, info)
+        actions = self.world.actions  # what the robot was told to do, for the mapper to see if it did
+        motion = {actions.move_forward: (self.step_length, 0.0), actions.move_back: (-self.step_length, 0.0),
+                  actions.turn_left: (0.0, self.turn_angle), actions.turn_right: (0.0, -self.turn_angle)}
+        return self._observe(rgb, float(reward), terminated, truncated, info, motion.get(action, (0.0, 0.0)))
 
     def close(self) -> None:
         self.env.close()
@@ -92,20 +100,23 @@ class MiniWorldBackend:
         agent = self.world.agent
         return Pose(float(agent.pos[0]), float(-agent.pos[2]), math.remainder(float(agent.dir), math.tau))
 
-    def _observe(self, rgb, reward, terminated, truncated, info) -> EmbodiedStep:
-        # The step rendered into obs_fb: its depth buffer matches rgb. Read it before the
-        # visibility query below renders into the same buffer.
+    def _observe(self, rgb, reward, terminated, truncated, info, motion=(0.0, 0.0)) -> EmbodiedStep:
+        # The step rendered into obs_fb: its depth buffer matches rgb.
         depth = self.world.obs_fb.get_depth_map(Z_NEAR, Z_FAR)[..., 0]
         pose = self.pose()
-        perception = self._perceive(pose)
-        perception.occupancy = self.mapper.update(depth, pose, carrying=perception.carrying is not None)
+        if self.perceive:
+            perception = self._perceive(pose, depth)
+            perception.occupancy = self.mapper.update(depth, pose, perception.carrying is not None, motion)
+        else:
+            perception = Perception(mission=getattr(self.world, 'mission', self.mission), task_family='embodied',
+                                    x=pose.x, y=pose.y, heading=pose.yaw)
         return EmbodiedStep(np.asarray(rgb), depth.astype(np.float32), pose, perception,
                             reward, bool(terminated), bool(truncated), dict(info))
 
-    def _perceive(self, pose: Pose) -> Perception:
-        """Objects in view now (OpenGL occlusion query), and where the others were last seen."""
+    def _perceive(self, pose: Pose, depth: np.ndarray) -> Perception:
+        """Objects in view now, and where the others were last seen."""
         world = self.world
-        visible = world.get_visible_ents()
+        visible = self._in_view(pose, depth)
         carried = world.agent.carrying
         for index, ent in enumerate(world.entities):
             if ent in visible and not isinstance(ent, self._agent_class):
@@ -123,4 +134,19 @@ class MiniWorldBackend:
             holding = PerceivedObject(type=self._kind_of(carried), color=getattr(carried, 'color', '') or '')
         return Perception(mission=getattr(world, 'mission', self.mission), task_family='embodied', objects=objects,
                           carrying=holding, x=pose.x, y=pose.y, heading=pose.yaw)
+
+    def _in_view(self, pose: Pose, depth: np.ndarray) -> list:
+        """The objects a detector would see in this depth image (backend.visible_in_depth, across
+        the object's middle). MiniWorld's own occlusion query renders the world once per object
+        (~60% of a step) and tests a point at the object's base, which a camera 1.5 m up never
+        sees within ~2.6 m."""
+        seen = []
+        for ent in self.world.entities:
+            if isinstance(ent, self._agent_class) or ent is self.world.agent.carrying:
+                continue
+            forward, left = pose.relative(float(ent.pos[0]), float(-ent.pos[2]))
+            if visible_in_depth(forward, left, float(ent.pos[1]) + ent.height / 2, depth, self.camera,
+                                ent.radius, across=(0.0, -0.7, 0.7)):
+                seen.append(ent)
+        return seen
 

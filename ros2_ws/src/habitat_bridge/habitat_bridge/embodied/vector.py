@@ -22,16 +22,28 @@ class EmbodiedVecEnv(VectorEnv):
 
     def __init__(self, task: str, num_envs: int, observation: str = 'rgbd', width: int = 64, height: int = 64,
                  max_episode_steps: int | None = None, render_env: int | None = None, perceive: bool = True):
-        """render_env and perceive are MiniGridVecEnv's: every robot here renders its camera anyway,
-        and builds its map every step (perceive=False only leaves the perceptions out of each step)."""
+        """render_env and perceive are MiniGridVecEnv's: every robot here renders its camera anyway;
+        perceive=False also spares the backends their perception and map (where they can)."""
         channels = observation_channels(observation)
         super().__init__(num_envs, perceive)
         self.task, self.observation = task, observation
         self.envs = [make_backend(task, width, height, max_episode_steps) for _ in range(num_envs)]
+        self.perceive = perceive  # again, now that the backends exist
         self.camera = self.envs[0].camera
         self.num_actions = self.envs[0].num_actions
         self.observation_space = gym.spaces.Box(0, 255, (height, width, channels), np.uint8)
         self._last: list[EmbodiedStep | None] = [None] * num_envs
+
+    @property
+    def perceive(self) -> bool:
+        return self._perceive
+
+    @perceive.setter
+    def perceive(self, value: bool) -> None:
+        """batch_sim_node perceives only while a teacher listens: the backends follow."""
+        self._perceive = value
+        for env in getattr(self, 'envs', ()):
+            env.perceive = value
 
     def encode(self, step: EmbodiedStep) -> np.ndarray:
         return camera_observation(step.rgb, step.depth, self.observation)
