@@ -35,8 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+from habitat_bridge.vector import is_embodied
 from llm_teacher.mediator import Mediator
 from llm_teacher_common.stats import wilson_interval
+from student_policy.ppo import DISTILL_MODES
 
 TASKS = ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-DoorKey-8x8-v0', 'MiniGrid-LavaDoorKey-v0',
          'MiniGrid-ColoredDoorKey-v0', 'MiniGrid-TwoDoor-v0']
@@ -47,6 +49,9 @@ LABELS = {'ppo': 'PPO alone', 'llm': 'student, LLM teacher', 'expert': 'student,
           'teacher': 'LLM teacher alone', 'llm_lava_blind': "student, lava-blind LLM teacher (paper's)",
           'teacher_lava_blind': "lava-blind LLM teacher alone (paper's)"}
 EVAL_SEED = 10_000  # held-out seeds of every final evaluation (training envs use seed, seed + 1, ...)
+EMBODIED_TASKS = ['MiniWorld-GoToObject-v0', 'MiniWorld-PutNext-v0']
+EMBODIED_ENVS = 8
+EMBODIED_CONFIG = dict(encoder='image', num_steps=64, minibatch_size=128, learning_rate=5e-4)
 
 
 def expert_teacher(envs):
@@ -61,9 +66,21 @@ def expert_teacher(envs):
     return suggest
 
 
+def scripted_option_teacher(teacher):
+    """Embodied tasks' expert: the option a script chooses from the robot's perception
+    (llm_teacher.scripted_options), through the same skills as the LLM's options."""
+    from llm_teacher.scripted_options import scripted_option
+
+    def suggest(step):
+        probs = np.stack([teacher.policy({scripted_option(p): 1.0}, p, obs)
+                          for p, obs in zip(step.perceptions, step.observations)])
+        return probs.astype(np.float32), np.ones(len(probs), bool)
+    return suggest
+
+
 def run_job(job: dict) -> dict:
     """Train one arm on one task and seed (or evaluate the teacher alone); returns the result."""
-    from habitat_bridge.minigrid.vector import MiniGridVecEnv
+    from habitat_bridge.vector import make_vec_env
     from llm_teacher.teacher import embedded_teacher
     from student_policy.evaluate import evaluate
     from student_policy.ppo import PPOConfig, TeacherSchedule, train
@@ -78,10 +95,16 @@ def run_job(job: dict) -> dict:
         return {**job, 'final_success_sampled': alone['sampled'], 'final_success_greedy': alone['greedy'],
                 'final_return': alone['sampled_return'], 'llm_calls': teacher.counters.llm_calls,
                 'seconds': time.perf_counter() - start}
-    envs = MiniGridVecEnv(task, 16, perceive=kind == 'llm')
-    teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt')) if kind == 'llm' else None
-    suggest = (functools.partial(teacher.suggest_batch, num_actions=envs.num_actions) if teacher is not None
-               else expert_teacher(envs) if arm == 'expert' else None)
+    embodied = is_embodied(task)
+    # Embodied: the camera at job['size'] px square, and the settings of benchmarks/embodied_throughput.py.
+    env_options = {'width': job['size'], 'height': job['size']} if embodied else {}
+    perceive = kind == 'llm' or embodied and kind == 'expert'
+    envs = make_vec_env(task, EMBODIED_ENVS if embodied else 16, perceive=perceive, **env_options)
+    teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt')) if perceive else None
+    suggest = (expert_teacher(envs) if arm == 'expert' and not embodied
+               else scripted_option_teacher(teacher) if arm == 'expert'
+               else functools.partial(teacher.suggest_batch, num_actions=envs.num_actions) if teacher is not None
+               else None)
     schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(decay_frames=job['decay_frames'])
     curve = []
 
@@ -92,11 +115,13 @@ def run_job(job: dict) -> dict:
             print(f'{task} {arm} seed {seed}: {learner.frames} frames, success {curve[-1][1]:.2f}', flush=True)
         return True
     learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule, anneal_lr=True,
-                              overlap=job.get('overlap', False)), envs,
+                              overlap=job.get('overlap', False), distill=job.get('distill', 'ce'),
+                              **(EMBODIED_CONFIG if embodied else {})), envs,
                     teacher=suggest, callbacks=[record])
+    envs.close()
     actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits; evaluate() runs without gradients)
-    greedy = evaluate(actor, task, episodes, seed=EVAL_SEED)
-    sampled = evaluate(actor, task, episodes, seed=EVAL_SEED, greedy=False)
+    greedy = evaluate(actor, task, episodes, seed=EVAL_SEED, env_options=env_options)
+    sampled = evaluate(actor, task, episodes, seed=EVAL_SEED, greedy=False, env_options=env_options)
     return {**job, 'curve': curve, 'final_success_greedy': greedy['success_rate'],
             'final_success_sampled': sampled['success_rate'], 'final_return': sampled['mean_return'],
             'llm_calls': teacher.counters.llm_calls if teacher else 0, 'seconds': time.perf_counter() - start}
@@ -146,11 +171,12 @@ def summarise(out: Path, jobs: list[dict]) -> dict:
             runs = [r for r in results if r['task'] == task and r['arm'] == arm]
             if not runs:  # a study in progress: this arm has no finished seed on this task yet
                 continue
-            reached = [frames_to(r['curve'], 0.9) for r in runs] if arm in TRAINED else []
+            threshold = runs[0].get('threshold', 0.9)
+            reached = [frames_to(r['curve'], threshold, hold=threshold - 0.1) for r in runs] if arm in TRAINED else []
             table[f'{task}/{arm}'] = {
                 'task': task, 'arm': arm, 'seeds': [r['seed'] for r in runs], 'frames_budget': runs[0]['frames'],
                 'episodes': runs[0]['episodes'], 'decay_frames': runs[0]['decay_frames'],
-                'frames_to_0.9': reached, 'final_success_greedy': [r['final_success_greedy'] for r in runs],
+                'threshold': threshold, 'frames_to_threshold': reached, 'final_success_greedy': [r['final_success_greedy'] for r in runs],
                 'final_success_sampled': [r['final_success_sampled'] for r in runs],
                 'final_return': [r['final_return'] for r in runs], 'llm_calls': [r['llm_calls'] for r in runs]}
     summary = {'machine': f'{os.cpu_count()} cores, in-process, 1 torch thread per job', 'table': table,
@@ -173,8 +199,9 @@ def _rate_with_interval(rates: list[float], episodes: int) -> str:
 
 
 def markdown(tasks: list[str], arms: list[str], table: dict) -> str:
-    lines = ['| task | arm | frames to 0.9 success (per seed) | final success, greedy | final success, sampled '
-             '| final return (sampled) |', '|---|---|---|---|---|---|']
+    first = next(iter(table.values()))
+    lines = [f'| task | arm | frames to {first["threshold"]} success (per seed) | final success, greedy '
+             '| final success, sampled | final return (sampled) |', '|---|---|---|---|---|---|']
     for task in tasks:
         for arm in arms:
             row = table.get(f'{task}/{arm}')
@@ -182,15 +209,14 @@ def markdown(tasks: list[str], arms: list[str], table: dict) -> str:
                 continue
             reached = ('-' if arm not in TRAINED else
                        ', '.join(f'{f // 1000}k' if f is not None else f'not in {row["frames_budget"] // 1000}k'
-                                 for f in row['frames_to_0.9']))
+                                 for f in row['frames_to_threshold']))
             lines.append(f'| {task.removeprefix("MiniGrid-")} | {LABELS[arm]} | {reached} '
                          f'| {_rate_with_interval(row["final_success_greedy"], row["episodes"])} '
                          f'| {_rate_with_interval(row["final_success_sampled"], row["episodes"])} '
                          f'| {_mean_spread(row["final_return"])} |')
-    first = next(iter(table.values()))
     return '\n'.join(lines) + (
-        f'\n\nFrames to 0.9: where the rolling success (last 100 training episodes) reaches 0.9 and stays '
-        f'at 0.8 or more. Mean over seeds {first["seeds"]} (min-max in round brackets; in square brackets the 95% '
+        f'\n\nFrames to {first["threshold"]}: where the rolling success (last 100 training episodes) reaches '
+        f'{first["threshold"]} and stays at {first["threshold"] - 0.1:.1f} or more. Mean over seeds {first["seeds"]} (min-max in round brackets; in square brackets the 95% '
         f'Wilson interval of the {len(first["seeds"])} x {first["episodes"]} held-out episodes pooled); '
         f'{first["frames_budget"]} training frames per '
         f'run, teacher weight 10 -> 0.1 over {first["decay_frames"]} frames; success over {first["episodes"]} '
@@ -238,8 +264,15 @@ def main():
     parser.add_argument('--jobs', type=int, default=os.cpu_count(), help='jobs run at once (one core each)')
     parser.add_argument('--out', default='runs/reproduce')
     parser.add_argument('--prompt-file', help="the LLM teacher's prompt template (default: the packaged one)")
+    parser.add_argument('--threshold', type=float, default=0.9,
+                        help='the success the "frames to" column counts to (the embodied study: 0.8)')
+    parser.add_argument('--size', type=int, default=48,
+                        help='embodied tasks: camera pixels (square) the student sees; see embodied_throughput.py')
     parser.add_argument('--overlap', action='store_true',
                         help='overlapped updates (PPOConfig.overlap): the study of whether they hurt learning')
+    parser.add_argument('--distill', default='ce', choices=DISTILL_MODES,
+                        help="the teacher term's per-sample weight (PPOConfig.distill): the study of "
+                             "whether certainty or advantage weighting makes the student more decisive")
     parser.add_argument('--summarise', action='store_true',
                         help='run nothing: write the tables and plots of the jobs done so far (a study in progress)')
     parser.add_argument('--quick', action='store_true',
@@ -250,7 +283,8 @@ def main():
         args.out = args.out if args.out != 'runs/reproduce' else 'runs/reproduce-quick'
     out = Path(args.out)
     jobs = [{'task': task, 'arm': arm, 'seed': seed, 'frames': args.frames, 'episodes': args.episodes,
-             'decay_frames': args.decay_frames}
+             'decay_frames': args.decay_frames, **({'threshold': args.threshold} if args.threshold != 0.9 else {}),
+             **({'size': args.size} if is_embodied(task) else {})}
             for task in args.tasks for seed in args.seeds for arm in args.arms]
     if args.prompt_file:
         try:  # the file and its template's fields are checked now, not in the first job's worker
@@ -260,6 +294,8 @@ def main():
         jobs = [{**job, 'prompt': prompt} for job in jobs]  # the text, not the path: an edited file is another study
     if args.overlap:
         jobs = [{**job, 'overlap': True} for job in jobs]
+    if args.distill != 'ce':  # absent for 'ce', so the studies run before the option existed resume
+        jobs = [{**job, 'distill': args.distill} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings
         path = job_path(out, job)
         if path.exists() and {k: json.loads(path.read_text()).get(k) for k in job} != job:

@@ -65,3 +65,17 @@ def test_a_prompt_ablation_keeps_its_prompt_and_resumes_only_with_it(tmp_path):
     prompt.write_text(prompt.read_text() + 'Think first.\n')  # an edited prompt is another study
     edited = reproduce(tmp_path / 'out', 4096, '--arms', 'teacher', '--prompt-file', str(prompt))
     assert edited.returncode != 0 and 'other settings' in edited.stderr
+
+
+@pytest.mark.slow
+def test_the_embodied_study_trains_camera_students_with_the_scripted_option_teacher(tmp_path):
+    """MiniWorld arms: PPO alone and the student of the scripted-option teacher (options from the
+    robot's perception, through the embodied skills), on 48x48 camera images."""
+    run = reproduce(tmp_path, 1024, '--tasks', 'MiniWorld-GoToObject-v0', '--arms', 'ppo', 'expert',
+                    '--episodes', '2', '--threshold', '0.8', '--size', '48')
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / 'results.json').read_text())
+    for run in results['runs']:  # one point per PPO update of 8 robots x 64 steps
+        assert [point[0] for point in run['curve']] == [512, 1024] and run['size'] == 48
+        assert 0 <= run['final_success_greedy'] <= 1
+    assert 'frames to 0.8 success' in (tmp_path / 'results.md').read_text()

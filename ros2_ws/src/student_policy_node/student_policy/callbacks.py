@@ -26,7 +26,8 @@ from student_policy.ppo import PPOLearner
 
 # Columns of progress.csv: fixed, so that rows with and without an evaluation line up.
 CSV_FIELDS = ['frames', 'updates', 'episodes', 'charts/SPS', 'charts/episodic_return', 'charts/success_rate',
-              'charts/learning_rate', 'teacher/weight', 'teacher/coverage', 'losses/policy_loss', 'losses/value_loss',
+              'charts/learning_rate', 'teacher/weight', 'teacher/coverage', 'teacher/distill_weight',
+              'losses/policy_loss', 'losses/value_loss',
               'losses/entropy', 'losses/distill_loss', 'losses/approx_kl', 'losses/clipfrac',
               'losses/explained_variance', 'eval/success_rate', 'eval/mean_return', 'eval/success_rate_sampled',
               'eval/frames']

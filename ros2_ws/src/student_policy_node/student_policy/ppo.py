@@ -1,7 +1,9 @@
 """PPO with a decaying distillation term towards a teacher (Zhou et al., IJCAI 2024), CleanRL style.
 
 loss = PPO clip loss + vf_coef * value loss - ent_coef * entropy
-       + lambda(frames) * CE(pi_teacher || pi_student)   on samples that carry a teacher suggestion
+       + lambda(frames) * mean_i w_i * CE_i(pi_teacher || pi_student)   over samples i with a suggestion
+
+w_i = 1 in the paper ('ce'); `PPOConfig.distill` chooses other per-sample weights (see distill_weights).
 
 `PPOLearner` holds the model and one rollout; it is driven either by `train()` below (in-process,
 for tests and benchmarks) or by the student node, one step batch at a time, through the ROS graph.
@@ -57,6 +59,38 @@ class TeacherSchedule:
         return self.initial + (self.final - self.initial) * fraction
 
 
+DISTILL_MODES = ('ce', 'certainty', 'advantage')
+
+
+def distill_weights(mode: str, teacher_probs: torch.Tensor, actions: torch.Tensor,
+                    advantages: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight in [0, 1] of the distillation term; weight 1 is the paper's term.
+
+    'certainty': p1 - p2, the teacher's top probability minus its second: 1 for a one-hot
+        suggestion, 0 for an even split between two actions. The LLM often splits between
+        'explore' and the right option; copying that split leaves the student's argmax fragile, so
+        there PPO's reward decides. (Not 1 - H(pi_T)/log A: pi_T mixes one-hot skills over at most 4
+        of MiniGrid's 7 actions, so that weight never fell below 0.49 on ColoredDoorKey's states.)
+    'advantage': 0 where the taken action is not the teacher's choice (a most probable action) and
+        its GAE advantage is > 0 (raw, before minibatch normalisation), else 1. A rollout holds
+        A(s, a) for the taken action only; while the student mostly follows the teacher, V(s) is
+        mostly the value of the teacher's action, so a deviation that beats V(s) is evidence the
+        critic prefers it, and the teacher's pull would fight PPO reinforcing it. The converse
+        (the teacher's action with A < 0) is not used: measured against a V(s) made mostly of that
+        same action, its sign is noise, and masking it would drop half the teaching at random.
+    """
+    if mode == 'ce':
+        return torch.ones_like(advantages)
+    if mode == 'certainty':
+        top2 = teacher_probs.topk(2, dim=-1).values
+        return (top2[:, 0] - top2[:, 1]).clamp(0.0, 1.0)
+    if mode == 'advantage':
+        taken = teacher_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        teachers_choice = taken >= teacher_probs.max(-1).values - 1e-6
+        return (teachers_choice | (advantages <= 0)).to(advantages.dtype)
+    raise ValueError(f'distill must be one of {", ".join(DISTILL_MODES)}, got {mode!r}')
+
+
 @dataclass
 class PPOConfig:
     """Every setting of a training run; saved with each checkpoint."""
@@ -108,6 +142,10 @@ class PPOConfig:
     device: str = 'cpu'
     """where the student learns: cpu, or cuda (a GPU; the simulators stay on the CPU). Checkpoints
     and exports are CPU tensors either way."""
+    distill: str = 'ce'
+    """per-sample weight of the teacher term (see distill_weights): 'ce' (1 everywhere, the paper's),
+    'certainty' (the teacher's top-two probability margin: hesitant states are left to PPO), or
+    'advantage' (0 where the student left the teacher's choice and it beat the critic's expectation)."""
     compile: bool | None = None
     """torch.compile the encoder: ~1.15-1.3x frames/s once compiled, after ~10-20 s of compiling
     at the start; needs a C++ compiler. None (auto): on for budgets of COMPILE_FROM_FRAMES or more,
@@ -120,6 +158,8 @@ class PPOConfig:
         for name in ('total_frames', 'num_steps', 'update_epochs', 'minibatch_size', 'torch_threads'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
+        if self.distill not in DISTILL_MODES:
+            raise ValueError(f'distill must be one of {", ".join(DISTILL_MODES)}, got {self.distill!r}')
         if not 0 < self.learning_rate < 1:
             raise ValueError(f'learning_rate must be in (0, 1), got {self.learning_rate}')
         try:
@@ -253,7 +293,8 @@ class PPOLearner:
         learning_rate = cfg.learning_rate * (1 - self.frames / cfg.total_frames if cfg.anneal_lr else 1.0)
         for group in self.optimizer.param_groups:
             group['lr'] = max(learning_rate, 0.0)
-        stats = {k: [] for k in ('policy_loss', 'value_loss', 'entropy', 'distill_loss', 'approx_kl', 'clipfrac')}
+        stats = {k: [] for k in ('policy_loss', 'value_loss', 'entropy', 'distill_loss', 'approx_kl', 'clipfrac',
+                                 'distill_weight')}
         skipped = 0
         kl_limit = 1.5 * cfg.target_kl if cfg.target_kl is not None and weight == 0 else float('inf')
         minibatches = (mb for _ in range(cfg.update_epochs)
@@ -273,9 +314,13 @@ class PPOLearner:
             policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
             value_loss = 0.5 * ((values - mb.returns) ** 2).mean()
             entropy = dist.entropy().mean()
-            # CE(pi_T || pi_theta) averaged over the samples that carry a suggestion.
+            # CE(pi_T || pi_theta), weighted per sample, averaged over the samples that carry a
+            # suggestion (not over the weights: a down-weighted state is taught less, and lambda keeps
+            # its meaning).
             cross_entropy = -(mb.teacher_probs * torch.log_softmax(dist.logits, -1)).sum(-1)
-            distill_loss = (cross_entropy * mb.teacher_mask).sum() / mb.teacher_mask.sum().clamp(min=1.0)
+            suggested = mb.teacher_mask.sum().clamp(min=1.0)
+            weights = mb.teacher_mask * distill_weights(cfg.distill, mb.teacher_probs, mb.actions, mb.advantages)
+            distill_loss = (cross_entropy * weights).sum() / suggested
             loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy + weight * distill_loss
             self.optimizer.zero_grad()
             loss.backward()
@@ -288,12 +333,15 @@ class PPOLearner:
             for name, value in (('policy_loss', policy_loss), ('value_loss', value_loss),
                                 ('entropy', entropy), ('distill_loss', distill_loss)):
                 stats[name].append(value.item())
+            if mb.teacher_mask.sum() > 0:
+                stats['distill_weight'].append((weights.sum() / suggested).item())
         variance = np.var(returns)
         explained = float('nan') if variance == 0 else 1 - np.var(returns - s.values) / variance
         coverage = float(s.teacher_mask.mean())
         s.steps = [0] * len(s.steps)
         self.skipped_steps += skipped
         self.updates += 1
+        distill_weight = stats.pop('distill_weight')
         metrics = {f'losses/{k}': float(np.mean(v)) if v else float('nan') for k, v in stats.items()}
         metrics.update({
             'losses/gradient_steps': len(stats['policy_loss']),
@@ -304,6 +352,7 @@ class PPOLearner:
             'charts/learning_rate': learning_rate,
             'teacher/weight': weight,
             'teacher/coverage': coverage,
+            'teacher/distill_weight': float(np.mean(distill_weight)) if distill_weight else float('nan'),
         })
         return metrics
 
