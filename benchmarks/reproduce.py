@@ -78,8 +78,9 @@ def scripted_option_teacher(teacher):
     return suggest
 
 
-def run_job(job: dict) -> dict:
-    """Train one arm on one task and seed (or evaluate the teacher alone); returns the result."""
+def run_job(job: dict, policy_path: Path | None = None) -> dict:
+    """Train one arm on one task and seed (or evaluate the teacher alone); returns the result.
+    With `policy_path`, the trained student is exported there (as training exports policy.pt)."""
     from habitat_bridge.vector import make_vec_env
     from llm_teacher.teacher import embedded_teacher
     from student_policy.evaluate import evaluate
@@ -119,6 +120,9 @@ def run_job(job: dict) -> dict:
                               **(EMBODIED_CONFIG if embodied else {})), envs,
                     teacher=suggest, callbacks=[record])
     envs.close()
+    if policy_path is not None:
+        from student_policy.checkpoints import export_policy
+        export_policy(policy_path, learner.policy, task)
     actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits; evaluate() runs without gradients)
     greedy = evaluate(actor, task, episodes, seed=EVAL_SEED, env_options=env_options)
     sampled = evaluate(actor, task, episodes, seed=EVAL_SEED, greedy=False, env_options=env_options)
@@ -136,7 +140,8 @@ def run_and_save(args: tuple[dict, str]) -> str:
     from student_policy.checkpoints import write_atomically
     torch.set_num_threads(1)
     job, out = args
-    result = run_job(job)
+    policy = job_path(Path(out), job)
+    result = run_job(job, policy.with_name(policy.stem + '-policy.pt'))  # (and .onnx, .json: not in git)
     text = json.dumps(result).encode()  # atomic: a killed study never leaves half a result that resume would trust
     write_atomically(job_path(Path(out), job), lambda f: f.write(text))
     return (f'done {job["task"]} {job["arm"]} seed {job["seed"]}: greedy {result["final_success_greedy"]:.2f} '
