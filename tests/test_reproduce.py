@@ -79,3 +79,10 @@ def test_the_embodied_study_trains_camera_students_with_the_scripted_option_teac
         assert [point[0] for point in run['curve']] == [512, 1024] and run['size'] == 48
         assert 0 <= run['final_success_greedy'] <= 1
     assert 'frames to 0.8 success' in (tmp_path / 'results.md').read_text()
+    # The trained student is kept, and one of its episodes drawn (frames, suggestions, map and path).
+    policy = tmp_path / 'runs' / 'MiniWorld-GoToObject-v0' / 'expert-seed0-policy.pt'
+    strip = subprocess.run([sys.executable, str(SCRIPT.parent / 'episode_strip.py'), str(policy), '--teacher', 'scripted',
+                            '--seed', '10001', '--out', str(tmp_path / 'episode.png')],
+                           capture_output=True, text=True, timeout=300)
+    assert strip.returncode == 0 and 'steps' in strip.stdout, strip.stderr[-3000:]
+    assert (tmp_path / 'episode.png').stat().st_size > 20_000
