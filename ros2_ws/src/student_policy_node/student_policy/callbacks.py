@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -117,12 +118,15 @@ class EvalCallback:
         return True
 
     def run(self, policy: ActorCritic) -> tuple[dict, dict]:
-        """Greedy and sampled evaluation of `policy` (on the worker thread, or here)."""
+        """Greedy and sampled evaluation of `policy` (on the worker thread, or here); the greedy
+        result carries the seconds both took (what selecting the best policy costs)."""
+        start = time.perf_counter()
         with torch.no_grad():
             actor = lambda obs: policy(obs)[0]  # noqa: E731  (logits, as the exported policy)
             options = env_options_for(policy.obs_shape, policy.encoder_name)
-            return (evaluate(actor, self.task, self.episodes, env_options=options),
-                    evaluate(actor, self.task, self.episodes, greedy=False, env_options=options))
+            greedy = evaluate(actor, self.task, self.episodes, env_options=options)
+            sampled = evaluate(actor, self.task, self.episodes, greedy=False, env_options=options)
+        return {**greedy, 'seconds': time.perf_counter() - start}, sampled
 
     def record(self, results, frames: int, policy: ActorCritic, metrics: dict) -> None:
         """Keep an evaluation's results (export policy.pt if it is the best) and add them to `metrics`."""
@@ -133,7 +137,8 @@ class EvalCallback:
             best = {'frames': frames, 'success_rate': greedy['success_rate'], 'mean_return': greedy['mean_return']}
         self.last = {'frames': frames, **greedy, 'success_rate_sampled': sampled['success_rate'],
                      'interval95_sampled': sampled['interval95'], 'mean_return_sampled': sampled['mean_return'],
-                     'best': best}
+                     'best': best,
+                     'evaluation_seconds': (self.last or {}).get('evaluation_seconds', 0.0) + greedy.get('seconds', 0.0)}
         metrics.update({'eval/success_rate': greedy['success_rate'], 'eval/mean_return': greedy['mean_return'],
                         'eval/success_rate_sampled': sampled['success_rate'], 'eval/frames': frames})
         self.save()
@@ -156,7 +161,8 @@ class EvalCallback:
         return (f'policy {self.run_dir / "policy.pt"} (best greedy evaluation, frame {self.best["frames"]}: '
                 f'{self.best["success_rate"]:.2f}, chosen on seeds 10000+) tested on unseen seeds {test["seed"]}+: '
                 f'greedy success {rate_text(wins, test["episodes"])} (95% interval), mean return '
-                f'{test["mean_return"]:.3f}; {last}; curve {self.run_dir / "learning_curve.png"}')
+                f'{test["mean_return"]:.3f}; {last}; evaluations took {self.last.get("evaluation_seconds", 0.0):.0f} s '
+                f'(on a worker thread); curve {self.run_dir / "learning_curve.png"}')
 
 
 def plot_learning_curve(run_dir: str | Path) -> Path:
