@@ -8,6 +8,9 @@ import numpy as np
 
 # Occupancy cell values, as nav_msgs/OccupancyGrid has them.
 UNKNOWN, FREE, OCCUPIED = -1, 0, 100
+# m from the robot's centre where its map marks what stopped it (a commanded move odometry did
+# not show): the mapper (habitat_bridge.embodied.mapping) writes it, the skills read it.
+BUMP_AHEAD = 0.6
 
 
 @dataclass

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from llm_teacher_common.perception import FREE, OCCUPIED, UNKNOWN, OccupancyGrid, Perception
+from llm_teacher_common.perception import BUMP_AHEAD, FREE, OCCUPIED, UNKNOWN, OccupancyGrid, Perception
 from llm_teacher.options import Option
 
 # MiniWorld's action indices (llm_teacher_common.commands.MOTIONS['miniworld']).
@@ -48,7 +48,6 @@ REACH = 1.3  # m: pick up works to here straight ahead (MiniWorld: an object tou
 NEXT_TO = 2.6  # m: carrying, a target nearer than this that the robot is blocked against has the held object next to it
 OBJECT_RADIUS = 0.5  # m: the footprint assumed for a perceived object
 TARGET_FOOTPRINT = 0.8  # m round a target within which its own mapped cells do not keep the robot off it
-BUMPED_AT = 0.6  # m ahead: where habitat_bridge.embodied.mapping marks what stopped the robot (its BUMP_AHEAD)
 LOOKAHEAD = 3  # cells down the path the robot steers towards
 FRONTIER_MIN = 6  # cells: nearer frontiers are the blind ring round the robot, which turning reveals
 TURN_COST = 1.0  # cells of path a 45-degree turn is worth, when choosing the first move
@@ -106,7 +105,7 @@ def steps_to(goal: np.ndarray, passable: np.ndarray, until: tuple[int, int] | No
     return distance
 
 
-def blocked_ahead(perception: Perception, ahead: float = BUMPED_AT) -> bool:
+def blocked_ahead(perception: Perception, ahead: float = BUMP_AHEAD) -> bool:
     """The map has an obstacle where one stops the robot: it bumped into something there (or
     stands against a mapped one). A negative `ahead`: behind it."""
     grid = perception.occupancy
@@ -140,7 +139,7 @@ class EmbodiedSkills:
         carrying = perception.carrying is not None
         if option.verb == 'go to' and carrying and delivered(perception, option.type, option.color):
             return None
-        if carrying and blocked_ahead(perception) and not blocked_ahead(perception, -BUMPED_AT):
+        if carrying and blocked_ahead(perception) and not blocked_ahead(perception, -BUMP_AHEAD):
             return BACK  # what it holds ran into something: room to turn comes from backing off
         targets = [o for o in perception.objects if o.type == option.type and o.color == option.color]
         if option.verb == 'explore' or not targets:
@@ -226,8 +225,8 @@ class EmbodiedSkills:
             # Stuck recovery: a path that grazes what the robot bumped into (marked ahead of it)
             # would have it push on; backing off, it comes back on another line, and its next bump
             # is marked somewhere else. (The target's own cells ahead are where it is going.)
-            ax = perception.x + BUMPED_AT * math.cos(perception.heading)
-            ay = perception.y + BUMPED_AT * math.sin(perception.heading)
+            ax = perception.x + BUMP_AHEAD * math.cos(perception.heading)
+            ay = perception.y + BUMP_AHEAD * math.sin(perception.heading)
             at_target = target is not None and math.hypot(ax - target[0], ay - target[1]) <= TARGET_FOOTPRINT
             if blocked_ahead(perception) and not at_target:
                 return BACK
@@ -242,7 +241,7 @@ class EmbodiedSkills:
             return TURN_LEFT if left else TURN_RIGHT
         if self._held_clear(perception, perception.heading + (self.turn_angle if left else -self.turn_angle)):
             return TURN_LEFT if left else TURN_RIGHT
-        if not blocked_ahead(perception, -BUMPED_AT):
+        if not blocked_ahead(perception, -BUMP_AHEAD):
             return BACK
         return TURN_RIGHT if left else TURN_LEFT
 

@@ -21,12 +21,11 @@ import math
 import numpy as np
 
 from habitat_bridge.embodied.backend import CameraSpec, Pose
-from llm_teacher_common.perception import FREE, OCCUPIED, UNKNOWN, OccupancyGrid
+from llm_teacher_common.perception import BUMP_AHEAD, FREE, OCCUPIED, UNKNOWN, OccupancyGrid
 
 OBSTACLE_BAND = 0.1, 2.0  # m above the floor: a depth point in this band is an obstacle (not floor, not ceiling)
 CARRIED = 1.8, 0.8  # m ahead and to either side where a held object hangs
 MAX_RANGE = 6.0  # m: a column with nothing nearer is free this far
-BUMP_AHEAD = 0.6  # m from the robot's centre to what stopped it (MiniWorld: 0.4 m radius + one 0.15 m step)
 ROBOT_FRONT = 0.4  # m: nothing that stops the robot is nearer its centre (MiniWorld: its radius)
 PICKED_UP = 1.0, 0.75  # m ahead, and round that point: where an object just picked up was
 
