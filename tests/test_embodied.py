@@ -195,7 +195,7 @@ def test_go_to_object_task_names_its_target_and_perceives_it():
         sim.close()
 
 
-@pytest.mark.parametrize('env_id', ['MiniWorld-GoToObject-v0', 'MiniWorld-PutNext-v0'])
+@pytest.mark.parametrize('env_id', ['MiniWorld-GoToObject-v0', 'MiniWorld-GoToRedBall-v0', 'MiniWorld-PutNext-v0'])
 def test_scripted_expert_solves_the_embodied_tasks(env_id):
     """The benchmark's upper bound: >= 95% of 50 seeded episodes, success as the backend reports it."""
     sim = MiniWorldBackend(env_id, 16, 16)  # the expert reads the world, not the pixels

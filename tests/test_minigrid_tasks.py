@@ -203,7 +203,7 @@ def test_egocentric_mode_is_the_agent_view():
     assert isinstance(env.env, MemoryMapObservation) and env.perception().mission
 
 
-EVERY_TASK = TASKS + ['MiniWorld-GoToObject-v0', 'MiniWorld-PutNext-v0']
+EVERY_TASK = TASKS + ['MiniWorld-GoToObject-v0', 'MiniWorld-GoToRedBall-v0', 'MiniWorld-PutNext-v0']
 
 
 @pytest.mark.parametrize('task', EVERY_TASK)

@@ -3,6 +3,8 @@ imported (the MiniWorld backend imports it):
 
 - MiniWorld-GoToObject-v0: four rooms joined by doorways, a target ("go to the red ball") among
   distractors of other colours and kinds; success when the robot is next to the target.
+- MiniWorld-GoToRedBall-v0: the same, the target always the red ball (a student that sees only
+  its camera cannot read which object the mission names).
 - MiniWorld-PutNext-v0 (MiniWorld's own) is the two-stage task: pick up the red box, put it next
   to the yellow box.
 
@@ -20,12 +22,17 @@ KINDS = {'ball': Ball, 'box': Box, 'key': Key}
 
 
 class GoToObject(MiniWorldEnv, utils.EzPickle):
-    """Go to the <colour> <kind> among `distractors` other objects, across four connected rooms."""
+    """Go to the <colour> <kind> among `distractors` other objects, across four connected rooms.
 
-    def __init__(self, distractors: int = 5, max_episode_steps: int = 400, **kwargs):
-        self.distractors = distractors
+    :param target: (kind, colour) of the object to go to in every episode; None draws it per
+        episode (and the mission names it: a student that sees only the camera cannot know it).
+    """
+
+    def __init__(self, distractors: int = 5, max_episode_steps: int = 400, target: tuple[str, str] | None = None,
+                 **kwargs):
+        self.distractors, self.fixed_target = distractors, target
         MiniWorldEnv.__init__(self, max_episode_steps=max_episode_steps, **kwargs)
-        utils.EzPickle.__init__(self, distractors, max_episode_steps, **kwargs)
+        utils.EzPickle.__init__(self, distractors, max_episode_steps, target, **kwargs)
 
     def _gen_world(self):
         rooms = [self.add_rect_room(min_x=x0, max_x=x0 + 6, min_z=z0, max_z=z0 + 6)
@@ -34,8 +41,11 @@ class GoToObject(MiniWorldEnv, utils.EzPickle):
                            (2, 3, dict(min_z=-5, max_z=-3)), (3, 0, dict(min_x=-5, max_x=-3))):
             self.connect_rooms(rooms[a], rooms[b], max_y=2.2, **span)
         kinds = sorted(KINDS)
-        pairs = [(kind, color) for kind in kinds for color in COLOR_NAMES]
+        pairs = [(kind, color) for kind in kinds for color in COLOR_NAMES if (kind, color) != self.fixed_target]
         chosen = self.np_random.choice(len(pairs), size=self.distractors + 1, replace=False)
+        if self.fixed_target is not None:  # the target first, distractors of every other kind and colour
+            pairs.append(self.fixed_target)
+            chosen = [len(pairs) - 1, *chosen[:-1]]
         # Objects and the robot go in the rooms, never the doorways: an object there could block
         # the passage (the 2 m doorways leave no way past a 0.9 m robot and a 0.9 m object).
         objects = [self.place_entity(_make(*pairs[i]), room=rooms[self.np_random.integers(len(rooms))])
@@ -71,3 +81,5 @@ def kind_of(entity) -> str:
 def register_tasks() -> None:
     if 'MiniWorld-GoToObject-v0' not in gym.registry:
         gym.register('MiniWorld-GoToObject-v0', entry_point=GoToObject)
+        # The same rooms with one target for every episode: what a camera-only student can learn.
+        gym.register('MiniWorld-GoToRedBall-v0', entry_point=GoToObject, kwargs={'target': ('ball', 'red')})
