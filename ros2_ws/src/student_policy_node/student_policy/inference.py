@@ -40,6 +40,20 @@ class PolicyInfo:
         return cls(tuple(data['obs_shape']), int(data['num_actions']), data['encoder'], data.get('task', ''))
 
 
+def torch_device(name: str) -> torch.device:
+    """The torch device `name` (cpu, cuda, cuda:1, ...), for training and for running a policy.
+
+    :raises ValueError: not a device name, or cuda where torch sees no CUDA device.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f'device {name!r} is not a torch device ({err}); use cpu or cuda') from err
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {name!r} asked for, but torch sees no CUDA device here; use device cpu')
+    return device
+
+
 class Policy:
     """An exported policy: `policy(obs)` gives action logits (torch, float32) for a uint8 batch."""
 
@@ -49,9 +63,7 @@ class Policy:
         if not self.path.is_file():
             raise ValueError(f'policy file {self.path} does not exist (training writes run_dir/policy.pt '
                              f'and run_dir/policy.onnx at its end)')
-        self.device = torch.device(device)
-        if self.device.type == 'cuda' and not torch.cuda.is_available():
-            raise ValueError(f'device {device!r} asked for, but torch sees no CUDA device here; use device cpu')
+        self.device = torch_device(device)
         if self.path.suffix == '.onnx':
             self._load_onnx()
         else:

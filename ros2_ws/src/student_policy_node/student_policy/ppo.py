@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from student_policy.inference import torch_device
 from student_policy.lockstep import LockstepLearner, StepIn
 from student_policy.networks import ActorCritic, eager_copy
 from student_policy.storage import RolloutStorage, compute_gae
@@ -162,12 +163,7 @@ class PPOConfig:
             raise ValueError(f'distill must be one of {", ".join(DISTILL_MODES)}, got {self.distill!r}')
         if not 0 < self.learning_rate < 1:
             raise ValueError(f'learning_rate must be in (0, 1), got {self.learning_rate}')
-        try:
-            device = torch.device(self.device)
-        except RuntimeError as err:
-            raise ValueError(f'device {self.device!r} is not a torch device ({err}); use cpu or cuda') from err
-        if device.type == 'cuda' and not torch.cuda.is_available():
-            raise ValueError(f'device {self.device!r} asked for, but torch sees no CUDA device here; use device cpu')
+        torch_device(self.device)  # a clear error now, not at the first update
 
 
 COMPILE_FROM_FRAMES = 200_000
@@ -196,7 +192,7 @@ class PPOLearner:
         torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        self.device = torch.device(config.device)
+        self.device = torch_device(config.device)
         self.policy = ActorCritic(obs_shape, num_actions, encoder=config.encoder).to(self.device)
         if compile_wanted(config):
             self.policy.encoder.compile()

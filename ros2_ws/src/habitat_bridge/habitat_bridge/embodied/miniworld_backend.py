@@ -45,8 +45,8 @@ class MiniWorldBackend:
 
     action_set = 'miniworld'
     perceive = True
-    """False: no perception and no map (only the camera): the visibility query renders the
-    world once per object, ~60% of a step. For training without a teacher, and evaluation."""
+    """False: no perception and no map (only the camera): for training without a teacher, and
+    evaluation (perception and map are ~10-25% of a step)."""
 
     def __init__(self, env_id: str = 'MiniWorld-PutNext-v0', width: int = 64, height: int = 64,
                  max_episode_steps: int | None = None):
@@ -71,6 +71,9 @@ class MiniWorldBackend:
         params = self.world.params
         self.step_length = float(params.sample(None, 'forward_step'))  # the value without domain randomisation
         self.turn_angle = math.radians(params.sample(None, 'turn_step'))
+        actions = self.world.actions  # (forward, turn) each action commands: the mapper checks odometry did it
+        self._motion = {actions.move_forward: (self.step_length, 0.0), actions.move_back: (-self.step_length, 0.0),
+                        actions.turn_left: (0.0, self.turn_angle), actions.turn_right: (0.0, -self.turn_angle)}
         agent = self.world.agent
         self.camera = CameraSpec(width, height, float(agent.cam_fov_y), float(agent.cam_height),
                                  float(agent.cam_fwd_disp))
@@ -88,10 +91,7 @@ class MiniWorldBackend:
             raise ValueError(f'action {action} is outside 0..{self.env.action_space.n - 1}')
         rgb, reward, terminated, truncated, info = self.env.step(int(action))
         info['success'] = bool(terminated and reward > 0)  # MiniWorld tasks reward only success
-        actions = self.world.actions  # what the robot was told to do, for the mapper to see if it did
-        motion = {actions.move_forward: (self.step_length, 0.0), actions.move_back: (-self.step_length, 0.0),
-                  actions.turn_left: (0.0, self.turn_angle), actions.turn_right: (0.0, -self.turn_angle)}
-        return self._observe(rgb, float(reward), terminated, truncated, info, motion.get(action, (0.0, 0.0)))
+        return self._observe(rgb, float(reward), terminated, truncated, info, self._motion.get(action, (0.0, 0.0)))
 
     def close(self) -> None:
         self.env.close()
