@@ -66,14 +66,15 @@ def expert_teacher(envs):
     return suggest
 
 
-def scripted_option_teacher(teacher):
+def scripted_option_teacher():
     """Embodied tasks' expert: the option a script chooses from the robot's perception
-    (llm_teacher.scripted_options), through the same skills as the LLM's options."""
+    (llm_teacher.scripted_options), through the same skills as the LLM's options (no LLM loaded)."""
+    from llm_teacher.embodied_skills import EmbodiedSkills
     from llm_teacher.scripted_options import scripted_option
+    skills = EmbodiedSkills()
 
     def suggest(step):
-        probs = np.stack([teacher.policy({scripted_option(p): 1.0}, p, obs)
-                          for p, obs in zip(step.perceptions, step.observations)])
+        probs = np.stack([skills.policy({scripted_option(p): 1.0}, p) for p in step.perceptions])
         return probs.astype(np.float32), np.ones(len(probs), bool)
     return suggest
 
@@ -84,6 +85,7 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
     from habitat_bridge.vector import make_vec_env
     from llm_teacher.teacher import embedded_teacher
     from student_policy.evaluate import evaluate
+    from student_policy.networks import eager_copy
     from student_policy.ppo import PPOConfig, TeacherSchedule, train
 
     task, arm, seed, frames, episodes = job['task'], job['arm'], job['seed'], job['frames'], job['episodes']
@@ -100,10 +102,10 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
     # Embodied: the camera at job['size'] px square, and the settings of benchmarks/embodied_throughput.py.
     env_options = {'width': job['size'], 'height': job['size']} if embodied else {}
     perceive = kind == 'llm' or embodied and kind == 'expert'
-    envs = make_vec_env(task, EMBODIED_ENVS if embodied else 16, perceive=perceive, **env_options)
-    teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt')) if perceive else None
+    envs = make_vec_env(task, job.get('envs', EMBODIED_ENVS if embodied else 16), perceive=perceive, **env_options)
+    teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt')) if kind == 'llm' else None
     suggest = (expert_teacher(envs) if arm == 'expert' and not embodied
-               else scripted_option_teacher(teacher) if arm == 'expert'
+               else scripted_option_teacher() if arm == 'expert'
                else functools.partial(teacher.suggest_batch, num_actions=envs.num_actions) if teacher is not None
                else None)
     schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(decay_frames=job['decay_frames'])
@@ -117,13 +119,15 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
         return True
     learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule, anneal_lr=True,
                               overlap=job.get('overlap', False), distill=job.get('distill', 'ce'),
+                              device=job.get('device', 'cpu'),
                               **(EMBODIED_CONFIG if embodied else {})), envs,
                     teacher=suggest, callbacks=[record])
     envs.close()
     if policy_path is not None:
         from student_policy.checkpoints import export_policy
         export_policy(policy_path, learner.policy, task)
-    actor = lambda obs: learner.policy(obs)[0]  # noqa: E731  (logits; evaluate() runs without gradients)
+    student = eager_copy(learner.policy)  # on the CPU, where evaluate() feeds observations, whatever the training device
+    actor = lambda obs: student(obs)[0]  # noqa: E731  (logits; evaluate() runs without gradients)
     greedy = evaluate(actor, task, episodes, seed=EVAL_SEED, env_options=env_options)
     sampled = evaluate(actor, task, episodes, seed=EVAL_SEED, greedy=False, env_options=env_options)
     return {**job, 'curve': curve, 'final_success_greedy': greedy['success_rate'],
@@ -278,6 +282,8 @@ def main():
     parser.add_argument('--distill', default='ce', choices=DISTILL_MODES,
                         help="the teacher term's per-sample weight (PPOConfig.distill): the study of "
                              "whether certainty or advantage weighting makes the student more decisive")
+    parser.add_argument('--device', default='cpu', help="the students' torch device (cuda: on a GPU machine)")
+    parser.add_argument('--envs', type=int, help='environments (robots) per job (default: 16 MiniGrid, 8 embodied)')
     parser.add_argument('--summarise', action='store_true',
                         help='run nothing: write the tables and plots of the jobs done so far (a study in progress)')
     parser.add_argument('--quick', action='store_true',
@@ -301,6 +307,10 @@ def main():
         jobs = [{**job, 'overlap': True} for job in jobs]
     if args.distill != 'ce':  # absent for 'ce', so the studies run before the option existed resume
         jobs = [{**job, 'distill': args.distill} for job in jobs]
+    if args.device != 'cpu':  # absent by default, like distill: earlier studies resume
+        jobs = [{**job, 'device': args.device} for job in jobs]
+    if args.envs:
+        jobs = [{**job, 'envs': args.envs} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings
         path = job_path(out, job)
         if path.exists() and {k: json.loads(path.read_text()).get(k) for k in job} != job:
