@@ -37,6 +37,7 @@ import numpy as np
 
 from habitat_bridge.vector import is_embodied
 from llm_teacher.mediator import Mediator
+from llm_teacher.planner import PLANNER_MODES
 from llm_teacher_common.stats import wilson_interval
 from student_policy.ppo import DISTILL_MODES
 
@@ -93,7 +94,8 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
     kind, avoid_lava = arm.removesuffix('_lava_blind'), not arm.endswith('_lava_blind')
     if kind == 'teacher':
         from llm_teacher.evaluate import act_alone
-        teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt'))
+        teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt'),
+                                   planner_mode=job.get('planner_mode', 'score'))
         alone = act_alone(teacher, task, episodes, seed=EVAL_SEED)
         return {**job, 'final_success_sampled': alone['sampled'], 'final_success_greedy': alone['greedy'],
                 'final_return': alone['sampled_return'], 'llm_calls': teacher.counters.llm_calls,
@@ -103,12 +105,14 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
     env_options = {'width': job['size'], 'height': job['size']} if embodied else {}
     perceive = kind == 'llm' or embodied and kind == 'expert'
     envs = make_vec_env(task, job.get('envs', EMBODIED_ENVS if embodied else 16), perceive=perceive, **env_options)
-    teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt')) if kind == 'llm' else None
+    teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt'),
+                                   planner_mode=job.get('planner_mode', 'score')) if kind == 'llm' else None
     suggest = (expert_teacher(envs) if arm == 'expert' and not embodied
                else scripted_option_teacher() if arm == 'expert'
                else functools.partial(teacher.suggest_batch, num_actions=envs.num_actions) if teacher is not None
                else None)
-    schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(decay_frames=job['decay_frames'])
+    schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(
+        decay_frames=job['decay_frames'], final=job.get('teacher_final', 0.1))
     curve = []
 
     def record(learner, metrics):
@@ -282,6 +286,10 @@ def main():
     parser.add_argument('--distill', default='ce', choices=DISTILL_MODES,
                         help="the teacher term's per-sample weight (PPOConfig.distill): the study of "
                              "whether certainty or advantage weighting makes the student more decisive")
+    parser.add_argument('--planner-mode', default='score', choices=PLANNER_MODES,
+                        help="how the LLM teacher scores options (planner.PLANNER_MODES): the length-normalisation study")
+    parser.add_argument('--final-weight', type=float, default=0.1,
+                        help='the teacher weight lambda decays to (TeacherSchedule.final; the paper: 0.1)')
     parser.add_argument('--device', default='cpu', help="the students' torch device (cuda: on a GPU machine)")
     parser.add_argument('--envs', type=int, help='environments (robots) per job (default: 16 MiniGrid, 8 embodied)')
     parser.add_argument('--summarise', action='store_true',
@@ -309,6 +317,10 @@ def main():
         jobs = [{**job, 'distill': args.distill} for job in jobs]
     if args.device != 'cpu':  # absent by default, like distill: earlier studies resume
         jobs = [{**job, 'device': args.device} for job in jobs]
+    if args.planner_mode != 'score':
+        jobs = [{**job, 'planner_mode': args.planner_mode} for job in jobs]
+    if args.final_weight != 0.1:
+        jobs = [{**job, 'teacher_final': args.final_weight} for job in jobs]
     if args.envs:
         jobs = [{**job, 'envs': args.envs} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings

@@ -35,7 +35,7 @@ ARGUMENTS = {
     'llm_backend': ('transformers', "'transformers' (local model) or 'openai' (OpenAI-compatible server)"),
     'llm_model': ('embedded', "transformers: model directory or 'embedded'; openai: served model name"),
     'llm_url': ('http://127.0.0.1:8000', 'openai backend: server base URL'),
-    'planner_mode': ('score', "'score' (option log-likelihoods) or 'sample' (K sampled answers)"),
+    'planner_mode': ('score', "'score' (option log-likelihoods summed over tokens), 'score-mean', 'score-first', or 'sample' (K sampled answers)"),
     'avoid_lava': ('true', "The teacher's grid skills never step into lava; false: the paper's lava-blind teacher "
                    '(an ablation)'),
     'overlap': ('false', 'true: the PPO update runs on a worker thread while the next rollout is collected with the '

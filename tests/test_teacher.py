@@ -14,7 +14,7 @@ from llm_teacher_common.perception import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import make_env
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator, describe, situation
-from llm_teacher.options import EXPLORE, feasible_options, parse_option
+from llm_teacher.options import EXPLORE, Option, feasible_options, parse_option
 from llm_teacher.planner import Planner
 from llm_teacher.skills import HERE, SkillContext, explore, skill_action, teacher_policy
 from llm_teacher.teacher import Teacher
@@ -284,7 +284,27 @@ class ScoreByText:
     name = 'test:score-by-text'
 
     def score(self, prompt, continuations):
-        return [zlib.crc32((prompt + option).encode()) % 7 / 2 for option in continuations]
+        return [[zlib.crc32((prompt + option).encode()) % 7 / 2] for option in continuations]
+
+
+class TokenScores:
+    """Per-token log-probs chosen so that the three score reductions disagree."""
+    name = 'test:token-scores'
+    TOKENS = {'explore': [-1.0], 'go to the red key': [-0.2, -0.2, -0.2, -0.2, -0.2]}
+
+    def score(self, prompt, continuations):
+        return [self.TOKENS[option] for option in continuations]
+
+
+@pytest.mark.parametrize('mode, logits', [('score', (-1.0, -1.0)), ('score-mean', (-1.0, -0.2)),
+                                          ('score-first', (-1.0, -0.2))])
+def test_score_modes_sum_average_or_take_the_first_token(mode, logits):
+    """A one-token option and a five-token one: summed, they tie; averaged or first-token, the
+    longer one wins. The planner's softmax over the reduced scores is the distribution."""
+    options = [EXPLORE, Option('go to', 'key', 'red')]
+    result = Planner(TokenScores(), mode).plan('prompt', options).distribution
+    expected = np.exp(logits) / np.exp(logits).sum()
+    assert [result[o.text] for o in options] == pytest.approx(expected)
 
 
 def test_suggestions_kept_by_situation_are_those_made_afresh(tmp_path):

@@ -49,8 +49,10 @@ class LLMBackend(Protocol):
     def generate(self, prompt: str, n: int, temperature: float, max_tokens: int) -> list[str]:
         """n sampled answers to a chat prompt."""
 
-    def score(self, prompt: str, continuations: list[str]) -> list[float]:
-        """log p(continuation | prompt as the assistant's answer), summed over its tokens."""
+    def score(self, prompt: str, continuations: list[str]) -> list[list[float]]:
+        """log p of each token of each continuation, given the prompt as the user's turn and the
+        continuation's earlier tokens as the assistant's answer (the planner sums, averages or
+        takes the first)."""
 
 
 def default_cache_dir() -> Path:
@@ -128,7 +130,7 @@ class TransformersBackend:
                                       pad_token_id=self.tokenizer.eos_token_id)
         return [self.tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True) for row in out]
 
-    def score(self, prompt: str, continuations: list[str]) -> list[float]:
+    def score(self, prompt: str, continuations: list[str]) -> list[list[float]]:
         """One forward pass over the prompt, then all continuations in one batch on its KV cache."""
         torch = self.torch
         ids = self._prompt_ids(prompt)
@@ -145,13 +147,8 @@ class TransformersBackend:
         # Token j of a continuation is predicted by the prompt's last logits (j=0) or by token j-1.
         prompt_last = first.logits[0, -1].log_softmax(-1)
         logprobs = logits.log_softmax(-1)
-        scores = []
-        for i, cont in enumerate(conts):
-            total = prompt_last[cont[0]].item()
-            for j in range(1, len(cont)):
-                total += logprobs[i, j - 1, cont[j]].item()
-            scores.append(total)
-        return scores
+        return [[prompt_last[cont[0]].item()] + [logprobs[i, j - 1, cont[j]].item() for j in range(1, len(cont))]
+                for i, cont in enumerate(conts)]
 
 
 class OpenAIBackend:
@@ -192,6 +189,6 @@ class OpenAIBackend:
             raise LLMError(f'LLM server {self.base_url} returned no choices for model {self.model}')
         return answers[:n]
 
-    def score(self, prompt: str, continuations: list[str]) -> list[float]:
+    def score(self, prompt: str, continuations: list[str]) -> list[list[float]]:
         raise LLMError(f'scoring needs prompt log-probabilities, which {self.name} does not offer through '
                        f'this backend; use planner_mode sample')

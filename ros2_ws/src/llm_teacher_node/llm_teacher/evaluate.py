@@ -32,7 +32,7 @@ from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, d
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator, describe
 from llm_teacher.options import EXPLORE, Option, feasible_options
-from llm_teacher.planner import Planner
+from llm_teacher.planner import PLANNER_MODES, Planner
 from llm_teacher.teacher import Teacher
 
 
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument('--backend', choices=('transformers', 'openai'), default='transformers')
     parser.add_argument('--model', default='embedded')
     parser.add_argument('--base-url', default='http://127.0.0.1:8000')
-    parser.add_argument('--planner-mode', choices=('score', 'sample'), default='score')
+    parser.add_argument('--planner-mode', choices=PLANNER_MODES, default='score')
     parser.add_argument('--samples', type=int, default=10)
     parser.add_argument('--ungrounded', action='store_true', help='offer every option, possible or not')
     parser.add_argument('--prompt-file', help='prompt template to try (default: the packaged ones), '

@@ -96,10 +96,9 @@ def make_report(run_dir: Path, teacher_episodes: int = 20) -> tuple[Path, Path]:
     grid = fig.add_gridspec(2, 3, height_ratios=[1.2, 1])
     ax = fig.add_subplot(grid[0, 0:2])
     ax.plot(frames, [float(r['charts/success_rate']) for r in rows], label='student (training, sampled)')
-    for column, label in (('eval/success_rate', 'student greedy, held-out'), ('eval/success_rate_sampled', 'student sampled, held-out')):
-        points = [(int(r['frames']), float(r[column])) for r in rows if r.get(column)]
-        if points:
-            ax.plot(*zip(*points), 'o-', label=label)
+    points = [(int(r['frames']), float(r['eval/success_rate'])) for r in rows if r.get('eval/success_rate')]
+    if points:
+        ax.plot(*zip(*points), 'o-', label='student greedy, held-out')
     if teacher is not None:
         ax.axhline(teacher, color='k', ls=':', label=f'teacher alone ({teacher:.2f})')
     ax.set(xlabel='environment frames', ylabel='success rate', ylim=(-0.02, 1.02), title=f'{task}: success')
@@ -136,8 +135,11 @@ def make_report(run_dir: Path, teacher_episodes: int = 20) -> tuple[Path, Path]:
     fig.savefig(png, dpi=90)
     plt.close(fig)
 
-    figures = {'task': task, 'frames': frames[-1] if frames else 0, **{f'final {k}': v for k, v in final.items()
-               if k in ('success_rate', 'success_rate_sampled', 'mean_return')}, 'teacher alone success': teacher,
+    test = final.get('test', {})  # the shipped policy on unseen seeds (absent while training runs)
+    figures = {'task': task, 'frames': frames[-1] if frames else 0,
+               **{f'last evaluation {k}': v for k, v in final.items() if k in ('success_rate', 'mean_return')},
+               **{f'test {k}': v for k, v in test.items() if k in ('episodes', 'success_rate', 'success_rate_sampled')},
+               'teacher alone success': teacher,
                'learning rate': config.get('learning_rate'), 'seed': config.get('seed')}
     rows_html = ''.join(f'<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>' for k, v in figures.items())
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(run_dir.name)}</title></head><body>'

@@ -215,12 +215,14 @@ class Teacher:
         self.cache.close()
 
 
-def embedded_teacher(cache_path=None, log_error=print, avoid_lava: bool = True, prompt: str | None = None) -> Teacher:
+def embedded_teacher(cache_path=None, log_error=print, avoid_lava: bool = True, prompt: str | None = None,
+                     planner_mode: str = 'score') -> Teacher:
     """The default teacher: the embedded LLM, scoring options, answers cached in `cache_path`
     (default: the user's cache directory); avoid_lava False gives the paper's lava-blind skills,
-    prompt a template of one's own (its text; default: the packaged ones)."""
+    prompt a template of one's own (its text; default: the packaged ones), planner_mode one of
+    planner.PLANNER_MODES."""
     from llm_teacher.backends import TransformersBackend, default_cache_dir
     cache_path = cache_path or default_cache_dir() / 'answers.sqlite'
     mediator = Mediator(prompt) if prompt else Mediator.from_file()
-    return Teacher(Planner(TransformersBackend(), 'score'), AnswerCache(cache_path), mediator,
+    return Teacher(Planner(TransformersBackend(), planner_mode), AnswerCache(cache_path), mediator,
                    log_error=log_error, avoid_lava=avoid_lava)

@@ -37,7 +37,7 @@ class TeacherNode(Node):
         api_key_env = p('api_key_env', 'OPENAI_API_KEY', 'openai backend: environment variable holding the API key')
         timeout_s = p('timeout_s', 30.0, 'openai backend: seconds before a request is abandoned')
         device = p('device', 'cpu', "transformers backend: 'cpu' or 'cuda'")
-        mode = p('planner_mode', 'score', "'score' (option log-likelihoods) or 'sample' (K answers, the paper's)")
+        mode = p('planner_mode', 'score', "'score' (option log-likelihoods summed over tokens; 'score-mean' averages, 'score-first' the first token) or 'sample' (K answers, the paper's)")
         samples = p('samples', 10, 'sample mode: answers per prompt')
         cache_path = p('cache_path', '', "Persistent answer cache (SQLite); '' the user's cache directory") or str(
             default_cache_dir() / 'answers.sqlite')

@@ -30,8 +30,7 @@ CSV_FIELDS = ['frames', 'updates', 'episodes', 'charts/SPS', 'charts/episodic_re
               'charts/learning_rate', 'teacher/weight', 'teacher/coverage', 'teacher/distill_weight',
               'losses/policy_loss', 'losses/value_loss',
               'losses/entropy', 'losses/distill_loss', 'losses/approx_kl', 'losses/clipfrac',
-              'losses/explained_variance', 'eval/success_rate', 'eval/mean_return', 'eval/success_rate_sampled',
-              'eval/frames']
+              'losses/explained_variance', 'eval/success_rate', 'eval/mean_return', 'eval/frames']
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
@@ -60,15 +59,16 @@ class CheckpointCallback:
 
 
 class EvalCallback:
-    """Success of the student on held-out seeds, greedy and sampled, every `every` updates and at the end.
+    """Greedy success of the student on held-out seeds every `every` updates and at the end.
 
-    Adds eval/success_rate, eval/mean_return (greedy), eval/success_rate_sampled and eval/frames
-    (the frame of the evaluated weights) to the metrics (run it before the loggers) and writes the
-    results to run_dir/eval.json. Like SB3's EvalCallback it keeps the best: policy.pt is exported
-    whenever greedy success reaches a new best (a tie goes to the later, longer-trained policy),
-    because greedy success swings between evaluations even late in training. The best was chosen
-    on the evaluation seeds (10_000 + i), so at the end policy.pt is tested on `test_episodes` other
-    seeds (20_000 + i): that figure is unbiased and is the one to quote.
+    Adds eval/success_rate, eval/mean_return and eval/frames (the frame of the evaluated weights)
+    to the metrics (run it before the loggers) and writes the results to run_dir/eval.json. Like
+    SB3's EvalCallback it keeps the best: policy.pt is exported whenever greedy success reaches a
+    new best (a tie goes to the later, longer-trained policy), because greedy success swings between
+    evaluations even late in training. The best was chosen on the evaluation seeds (10_000 + i), so
+    at the end policy.pt is tested, greedy and sampled, on `test_episodes` other seeds (20_000 + i):
+    those figures are unbiased and are the ones to quote. Periodic evaluations are greedy only (the
+    selection needs nothing else; the training curve already shows sampled success): half the cost.
 
     :param background: evaluate a copy of the weights on a worker thread while training goes on
         (the student node: its executor keeps answering the simulator); results land at a later
@@ -107,40 +107,40 @@ class EvalCallback:
             return True
         self.record(self.run(snapshot), frames, snapshot, metrics)
         if finished:
-            test = evaluate(load_policy(self.run_dir / 'policy.pt'), self.task, self.test_episodes, self.TEST_SEED,
-                            env_options=env_options_for(snapshot.obs_shape, snapshot.encoder_name))
+            shipped, options = load_policy(self.run_dir / 'policy.pt'), env_options_for(snapshot.obs_shape,
+                                                                                          snapshot.encoder_name)
+            test, sampled = (evaluate(shipped, self.task, self.test_episodes, self.TEST_SEED, greedy=greedy,
+                                      env_options=options) for greedy in (True, False))
             self.last['test'] = {'episodes': self.test_episodes, 'seed': self.TEST_SEED,
                                  'success_rate': test['success_rate'], 'interval95': test['interval95'],
-                                 'mean_return': test['mean_return']}
+                                 'mean_return': test['mean_return'], 'success_rate_sampled': sampled['success_rate'],
+                                 'interval95_sampled': sampled['interval95']}
             self.save()
             if self.worker is not None:
                 self.worker.shutdown()
         return True
 
-    def run(self, policy: ActorCritic) -> tuple[dict, dict]:
-        """Greedy and sampled evaluation of `policy` (on the worker thread, or here); the greedy
-        result carries the seconds both took (what selecting the best policy costs)."""
+    def run(self, policy: ActorCritic) -> dict:
+        """Greedy evaluation of `policy` (on the worker thread, or here), with the seconds it took
+        (what selecting the best policy costs)."""
         start = time.perf_counter()
         with torch.no_grad():
             actor = lambda obs: policy(obs)[0]  # noqa: E731  (logits, as the exported policy)
-            options = env_options_for(policy.obs_shape, policy.encoder_name)
-            greedy = evaluate(actor, self.task, self.episodes, env_options=options)
-            sampled = evaluate(actor, self.task, self.episodes, greedy=False, env_options=options)
-        return {**greedy, 'seconds': time.perf_counter() - start}, sampled
+            greedy = evaluate(actor, self.task, self.episodes,
+                              env_options=env_options_for(policy.obs_shape, policy.encoder_name))
+        return {**greedy, 'seconds': time.perf_counter() - start}
 
     def record(self, results, frames: int, policy: ActorCritic, metrics: dict) -> None:
         """Keep an evaluation's results (export policy.pt if it is the best) and add them to `metrics`."""
-        greedy, sampled = results.result() if isinstance(results, Future) else results
+        greedy = results.result() if isinstance(results, Future) else results
         best = self.best
         if best is None or greedy['success_rate'] >= best['success_rate']:
             export_policy(self.run_dir / 'policy.pt', policy, self.task)
             best = {'frames': frames, 'success_rate': greedy['success_rate'], 'mean_return': greedy['mean_return']}
-        self.last = {'frames': frames, **greedy, 'success_rate_sampled': sampled['success_rate'],
-                     'interval95_sampled': sampled['interval95'], 'mean_return_sampled': sampled['mean_return'],
-                     'best': best,
+        self.last = {'frames': frames, **greedy, 'best': best,
                      'evaluation_seconds': (self.last or {}).get('evaluation_seconds', 0.0) + greedy.get('seconds', 0.0)}
         metrics.update({'eval/success_rate': greedy['success_rate'], 'eval/mean_return': greedy['mean_return'],
-                        'eval/success_rate_sampled': sampled['success_rate'], 'eval/frames': frames})
+                        'eval/frames': frames})
         self.save()
 
     def save(self) -> None:
@@ -152,21 +152,22 @@ class EvalCallback:
         if self.last is None:
             return 'training stopped before any evaluation'
         n = self.last['episodes']
-        last = (f'last evaluation at frame {self.last["frames"]}: greedy '
-                f'{rate_text(round(self.last["success_rate"] * n), n)}, sampled {self.last["success_rate_sampled"]:.2f}')
+        last = f'last evaluation at frame {self.last["frames"]}: greedy {rate_text(round(self.last["success_rate"] * n), n)}'
         test = self.last.get('test')
         if test is None:
             return last
-        wins = round(test['success_rate'] * test['episodes'])
+        wins, n = round(test['success_rate'] * test['episodes']), test['episodes']
+        sampled = (f', sampled {rate_text(round(test["success_rate_sampled"] * n), n)}'
+                   if 'success_rate_sampled' in test else '')  # (eval.json of runs before sampled tests)
         return (f'policy {self.run_dir / "policy.pt"} (best greedy evaluation, frame {self.best["frames"]}: '
                 f'{self.best["success_rate"]:.2f}, chosen on seeds 10000+) tested on unseen seeds {test["seed"]}+: '
-                f'greedy success {rate_text(wins, test["episodes"])} (95% interval), mean return '
+                f'greedy success {rate_text(wins, n)}{sampled} (95% intervals), mean return (greedy) '
                 f'{test["mean_return"]:.3f}; {last}; evaluations took {self.last.get("evaluation_seconds", 0.0):.0f} s '
                 f'(on a worker thread); curve {self.run_dir / "learning_curve.png"}')
 
 
 def plot_learning_curve(run_dir: str | Path) -> Path:
-    """learning_curve.png from progress.csv: success (sampled and greedy eval) and teacher weight."""
+    """learning_curve.png from progress.csv: success (sampled in training, greedy eval) and teacher weight."""
     import matplotlib
     matplotlib.use('Agg')
     from matplotlib import pyplot as plt
@@ -176,11 +177,11 @@ def plot_learning_curve(run_dir: str | Path) -> Path:
     frames = [int(r['frames']) for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(frames, [float(r['charts/success_rate']) for r in rows], label='success (training, sampled)')
-    for column, label in (('eval/success_rate', 'greedy'), ('eval/success_rate_sampled', 'sampled')):
-        # eval/frames: the frame of the evaluated weights (a background evaluation lands later)
-        evals = [(int(float(r.get('eval/frames') or r['frames'])), float(r[column])) for r in rows if r.get(column)]
-        if evals:
-            ax.plot(*zip(*evals), 'o-', label=f'success ({label}, held-out seeds)')
+    # eval/frames: the frame of the evaluated weights (a background evaluation lands later)
+    evals = [(int(float(r.get('eval/frames') or r['frames'])), float(r['eval/success_rate']))
+             for r in rows if r.get('eval/success_rate')]
+    if evals:
+        ax.plot(*zip(*evals), 'o-', label='success (greedy, held-out seeds)')
     ax.set_xlabel('environment frames')
     ax.set_ylabel('success rate')
     ax.set_ylim(-0.02, 1.02)
