@@ -123,7 +123,7 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
         return True
     learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule, anneal_lr=True,
                               overlap=job.get('overlap', False), distill=job.get('distill', 'ce'),
-                              device=job.get('device', 'cpu'),
+                              device=job.get('device', 'cpu'), greedy_envs=job.get('greedy_envs', 0),
                               **(EMBODIED_CONFIG if embodied else {})), envs,
                     teacher=suggest, callbacks=[record])
     envs.close()
@@ -288,6 +288,8 @@ def main():
                              "whether certainty or advantage weighting makes the student more decisive")
     parser.add_argument('--planner-mode', default='score', choices=PLANNER_MODES,
                         help="how the LLM teacher scores options (planner.PLANNER_MODES): the length-normalisation study")
+    parser.add_argument('--greedy-envs', type=int, default=0,
+                        help='environments acting greedily in training, taught by the teacher only (PPOConfig.greedy_envs)')
     parser.add_argument('--final-weight', type=float, default=0.1,
                         help='the teacher weight lambda decays to (TeacherSchedule.final; the paper: 0.1)')
     parser.add_argument('--device', default='cpu', help="the students' torch device (cuda: on a GPU machine)")
@@ -319,6 +321,8 @@ def main():
         jobs = [{**job, 'device': args.device} for job in jobs]
     if args.planner_mode != 'score':
         jobs = [{**job, 'planner_mode': args.planner_mode} for job in jobs]
+    if args.greedy_envs:
+        jobs = [{**job, 'greedy_envs': args.greedy_envs} for job in jobs]
     if args.final_weight != 0.1:
         jobs = [{**job, 'teacher_final': args.final_weight} for job in jobs]
     if args.envs:

@@ -96,6 +96,46 @@ def test_distillation_pulls_the_student_towards_the_teacher():
     assert probs[:, 2].min().item() > 0.9
 
 
+def _fill_rollout(learner, obs, rewards_of_last_env: float):
+    """A rollout of learner.config.num_steps steps on fixed observations; only the last env is rewarded."""
+    for _ in range(learner.config.num_steps):
+        learner.act(obs)
+        rewards = np.zeros(learner.num_envs, np.float32)
+        rewards[-1] = rewards_of_last_env
+        learner.record(rewards, np.zeros(learner.num_envs), np.zeros(learner.num_envs))
+
+
+def test_greedy_probes_act_by_argmax_and_teach_only_through_the_teacher_term():
+    """greedy_envs: the last envs act greedily; PPO's losses ignore their steps (a reward seen only
+    by a probe leaves the update unchanged), the teacher term does not (a suggestion seen only by a
+    probe moves the student towards it)."""
+    config = PPOConfig(num_steps=8, minibatch_size=16, greedy_envs=1, teacher=TeacherSchedule(1.0, 1.0))
+    obs = np.random.default_rng(0).integers(0, 10, (3, 7, 7, 3)).astype(np.uint8)
+    weights = []
+    for reward in (0.0, 5.0):
+        learner = PPOLearner(config, (7, 7, 3), num_envs=3, num_actions=7)
+        _fill_rollout(learner, obs, reward)
+        with torch.no_grad():
+            greedy_action = learner.policy.distribution(torch.from_numpy(obs))[0].probs.argmax(-1)[-1].item()
+        assert (learner.storage.actions[:, -1] == greedy_action).all()
+        assert learner.storage.on_policy[:, :2].all() and not learner.storage.on_policy[:, -1].any()
+        learner.update(obs)
+        weights.append(torch.cat([w.flatten() for w in learner.policy.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
+    learner = PPOLearner(config, (7, 7, 3), num_envs=3, num_actions=7)
+    teacher_probs = np.zeros((3, 7), np.float32)
+    teacher_probs[:, 4] = 1.0
+    before = learner.policy.distribution(torch.from_numpy(obs[-1:]))[0].probs[0, 4].item()
+    for _ in range(config.num_steps):
+        learner.act(obs, teacher_probs, np.array([0.0, 0.0, 1.0], np.float32))
+        learner.record(np.zeros(3, np.float32), np.zeros(3), np.zeros(3))
+    learner.update(obs)
+    assert learner.policy.distribution(torch.from_numpy(obs[-1:]))[0].probs[0, 4].item() > before + 0.05
+    with pytest.raises(ValueError, match='greedy_envs'):
+        PPOLearner(PPOConfig(greedy_envs=3), (7, 7, 3), num_envs=3, num_actions=7)
+
+
 def test_env_groups_fill_their_own_columns_at_their_own_pace():
     """Double-buffered sampling: group 1 runs a step ahead of group 0; each writes only its columns,
     and the rollout is full (and updates) only once both groups have all their steps."""

@@ -27,6 +27,7 @@ from student_policy.ppo import PPOLearner
 
 # Columns of progress.csv: fixed, so that rows with and without an evaluation line up.
 CSV_FIELDS = ['frames', 'updates', 'episodes', 'charts/SPS', 'charts/episodic_return', 'charts/success_rate',
+              'charts/greedy_success_rate',
               'charts/learning_rate', 'teacher/weight', 'teacher/coverage', 'teacher/distill_weight',
               'losses/policy_loss', 'losses/value_loss',
               'losses/entropy', 'losses/distill_loss', 'losses/approx_kl', 'losses/clipfrac',
@@ -177,6 +178,9 @@ def plot_learning_curve(run_dir: str | Path) -> Path:
     frames = [int(r['frames']) for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(frames, [float(r['charts/success_rate']) for r in rows], label='success (training, sampled)')
+    if any(r.get('charts/greedy_success_rate') for r in rows):  # a run with greedy probes (greedy_envs)
+        ax.plot(frames, [float(r.get('charts/greedy_success_rate') or 'nan') for r in rows],
+                label='success (training, greedy probes)')
     # eval/frames: the frame of the evaluated weights (a background evaluation lands later)
     evals = [(int(float(r.get('eval/frames') or r['frames'])), float(r['eval/success_rate']))
              for r in rows if r.get('eval/success_rate')]

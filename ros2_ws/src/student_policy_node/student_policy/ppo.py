@@ -147,6 +147,12 @@ class PPOConfig:
     """per-sample weight of the teacher term (see distill_weights): 'ce' (1 everywhere, the paper's),
     'certainty' (the teacher's top-two probability margin: hesitant states are left to PPO), or
     'advantage' (0 where the student left the teacher's choice and it beat the critic's expectation)."""
+    greedy_envs: int = 0
+    """environments (the last ones of the batch) that act greedily (argmax) during training:
+    probes of where the deployed, greedy policy goes. Their steps carry only the teacher term (not
+    PPO's losses: their actions were not sampled from the policy), so the teacher labels the states
+    a greedy loop gets stuck in, which sampled training rarely visits (DAgger on the greedy policy's
+    states). Their success is charts/greedy_success_rate; charts/success_rate counts the others."""
     compile: bool | None = None
     """torch.compile the encoder: ~1.15-1.3x frames/s once compiled, after ~10-20 s of compiling
     at the start; needs a C++ compiler. None (auto): on for budgets of COMPILE_FROM_FRAMES or more,
@@ -159,6 +165,8 @@ class PPOConfig:
         for name in ('total_frames', 'num_steps', 'update_epochs', 'minibatch_size', 'torch_threads'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
+        if self.greedy_envs < 0:
+            raise ValueError(f'greedy_envs must be >= 0, got {self.greedy_envs}')
         if self.distill not in DISTILL_MODES:
             raise ValueError(f'distill must be one of {", ".join(DISTILL_MODES)}, got {self.distill!r}')
         if not 0 < self.learning_rate < 1:
@@ -199,12 +207,17 @@ class PPOLearner:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
         self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions, num_groups)
         self.num_envs, self.num_actions = num_envs, num_actions
+        if config.greedy_envs >= num_envs:
+            raise ValueError(f'greedy_envs ({config.greedy_envs}) must leave some of the {num_envs} environments '
+                             f'sampling actions for PPO: give fewer greedy envs or more environments')
+        self.greedy = np.arange(num_envs) >= num_envs - config.greedy_envs  # the probes, by env column
         self.frames = self.updates = self.episodes = 0
         self.skipped_steps = 0  # gradient steps skipped for a non-finite loss or gradient
         self.behaviour: ActorCritic | None = None  # acts while an overlapped update runs
         self._spare: RolloutStorage | None = None
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.recent_success: deque[float] = deque(maxlen=100)
+        self.recent_greedy_success: deque[float] = deque(maxlen=100)
         self._episode_return = np.zeros(num_envs, np.float32)
 
     @property
@@ -218,9 +231,13 @@ class PPOLearner:
         (call record() next)."""
         policy = self.behaviour if self.behaviour is not None else self.policy  # the behaviour copy is on the CPU
         dist, values = policy.distribution(torch.from_numpy(obs).to(next(policy.parameters()).device))
-        actions = dist.sample()
         s = self.storage
         t, envs = s.steps[group], s.columns(group)
+        greedy = self.greedy[envs]
+        actions = dist.sample()
+        if greedy.any():
+            actions = torch.where(torch.from_numpy(greedy).to(actions.device), dist.probs.argmax(-1), actions)
+        s.on_policy[t, envs] = ~greedy
         s.obs[t, envs] = obs
         s.actions[t, envs] = actions.cpu().numpy()
         s.logprobs[t, envs] = dist.log_prob(actions).cpu().numpy()
@@ -248,9 +265,13 @@ class PPOLearner:
         self.frames += len(rewards)
         returns = self._episode_return[envs]  # a view: updated in place
         returns += rewards
+        greedy = self.greedy[envs]
         for i in np.flatnonzero(dones):
-            self.recent_returns.append(float(returns[i]))
-            self.recent_success.append(float(success[i]))
+            if greedy[i]:
+                self.recent_greedy_success.append(float(success[i]))
+            else:
+                self.recent_returns.append(float(returns[i]))
+                self.recent_success.append(float(success[i]))
             returns[i] = 0.0
             self.episodes += 1
 
@@ -299,17 +320,23 @@ class PPOLearner:
             dist, values = self.policy.distribution(mb.obs)
             logratio = dist.log_prob(mb.actions) - mb.logprobs
             ratio = logratio.exp()
+            # PPO's terms average over the samples whose action the policy sampled (greedy probes' are not)
+            on_policy = mb.on_policy
+            sampled = on_policy.sum().clamp(min=1.0)
+            on_policy_mean = lambda x: (x * on_policy).sum() / sampled  # noqa: E731
             with torch.no_grad():
-                approx_kl = ((ratio - 1) - logratio).mean().item()
+                approx_kl = on_policy_mean((ratio - 1) - logratio).item()
             if approx_kl > kl_limit:
                 break  # the policy already moved as far as this update allows (checked before stepping)
             stats['approx_kl'].append(approx_kl)
             adv = mb.advantages
             if cfg.norm_adv:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-            value_loss = 0.5 * ((values - mb.returns) ** 2).mean()
-            entropy = dist.entropy().mean()
+                mean = on_policy_mean(adv)
+                std = (((adv - mean) ** 2 * on_policy).sum() / (sampled - 1).clamp(min=1.0)).sqrt()
+                adv = (adv - mean) / (std + 1e-8)
+            policy_loss = on_policy_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)))
+            value_loss = 0.5 * on_policy_mean((values - mb.returns) ** 2)
+            entropy = on_policy_mean(dist.entropy())
             # CE(pi_T || pi_theta), weighted per sample, averaged over the samples that carry a
             # suggestion (not over the weights: a down-weighted state is taught less, and lambda keeps
             # its meaning).
@@ -325,7 +352,7 @@ class PPOLearner:
                 skipped += 1  # one bad sample must not put NaN into every weight
                 continue
             self.optimizer.step()
-            stats['clipfrac'].append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item())
+            stats['clipfrac'].append(on_policy_mean(((ratio - 1.0).abs() > cfg.clip_coef).float()).item())
             for name, value in (('policy_loss', policy_loss), ('value_loss', value_loss),
                                 ('entropy', entropy), ('distill_loss', distill_loss)):
                 stats[name].append(value.item())
@@ -345,6 +372,8 @@ class PPOLearner:
             'losses/explained_variance': float(explained),
             'charts/episodic_return': float(np.mean(self.recent_returns)) if self.recent_returns else 0.0,
             'charts/success_rate': float(np.mean(self.recent_success)) if self.recent_success else 0.0,
+            **({'charts/greedy_success_rate': float(np.mean(self.recent_greedy_success))
+                if self.recent_greedy_success else 0.0} if self.greedy.any() else {}),
             'charts/learning_rate': learning_rate,
             'teacher/weight': weight,
             'teacher/coverage': coverage,

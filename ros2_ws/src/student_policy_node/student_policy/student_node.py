@@ -56,6 +56,8 @@ class StudentNode(Node):
                 device=p('device', 'cpu', 'Where the student learns: cpu, or cuda'),
                 compile=COMPILE_CHOICES[p('compile', 'auto', 'torch.compile the encoder: auto (budgets of 200k '
                                           'frames or more, with a C++ compiler), true or false').lower()],
+                greedy_envs=p('greedy_envs', 0, 'Environments (the last of the batch) that act greedily, taught by the '
+                                                'teacher term only: where the deployed greedy policy goes'),
                 overlap=p('overlap', False, 'Update on a worker thread while acting on the next rollout with the '
                                             "previous weights (one update of lag); false: the synchronous loop"),
                 teacher=TeacherSchedule(
