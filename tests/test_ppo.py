@@ -109,7 +109,9 @@ def test_greedy_probes_act_by_argmax_and_teach_only_through_the_teacher_term():
     """greedy_envs: the last envs act greedily; PPO's losses ignore their steps (a reward seen only
     by a probe leaves the update unchanged), the teacher term does not (a suggestion seen only by a
     probe moves the student towards it)."""
-    config = PPOConfig(num_steps=8, minibatch_size=16, greedy_envs=1, teacher=TeacherSchedule(1.0, 1.0))
+    # eager: the two updates are compared bit for bit, and a compiled encoder can fall back to eager
+    # part-way through a long test session (dynamo's recompile limit), which changes the last bits
+    config = PPOConfig(num_steps=8, minibatch_size=16, greedy_envs=1, teacher=TeacherSchedule(1.0, 1.0), compile=False)
     obs = np.random.default_rng(0).integers(0, 10, (3, 7, 7, 3)).astype(np.uint8)
     weights = []
     for reward in (0.0, 5.0):
