@@ -321,8 +321,11 @@ def main():
         jobs = [{**job, 'device': args.device} for job in jobs]
     if args.planner_mode != 'score':
         jobs = [{**job, 'planner_mode': args.planner_mode} for job in jobs]
-    if args.greedy_envs:
-        jobs = [{**job, 'greedy_envs': args.greedy_envs} for job in jobs]
+    if args.greedy_envs:  # probes learn only through a teacher: the arms that have one
+        if args.greedy_envs >= (args.envs or min(EMBODIED_ENVS if is_embodied(t) else 16 for t in args.tasks)):
+            raise SystemExit(f'--greedy-envs {args.greedy_envs} leaves no env sampling for PPO: give fewer, or more --envs')
+        jobs = [{**job, 'greedy_envs': args.greedy_envs} if job['arm'] in ('llm', 'expert', 'llm_lava_blind') else job
+                for job in jobs]
     if args.final_weight != 0.1:
         jobs = [{**job, 'teacher_final': args.final_weight} for job in jobs]
     if args.envs:

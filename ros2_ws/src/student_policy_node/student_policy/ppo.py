@@ -152,7 +152,8 @@ class PPOConfig:
     probes of where the deployed, greedy policy goes. Their steps carry only the teacher term (not
     PPO's losses: their actions were not sampled from the policy), so the teacher labels the states
     a greedy loop gets stuck in, which sampled training rarely visits (DAgger on the greedy policy's
-    states). Their success is charts/greedy_success_rate; charts/success_rate counts the others."""
+    states). Only while the teacher term is on; then they sample like the others. Their success is
+    charts/greedy_success_rate; charts/success_rate counts the others."""
     compile: bool | None = None
     """torch.compile the encoder: ~1.15-1.3x frames/s once compiled, after ~10-20 s of compiling
     at the start; needs a C++ compiler. None (auto): on for budgets of COMPILE_FROM_FRAMES or more,
@@ -224,6 +225,11 @@ class PPOLearner:
     def teacher_weight(self) -> float:
         return self.config.teacher.weight(self.frames)
 
+    def probes(self, envs: slice) -> np.ndarray:
+        """Which of these env columns act greedily now: the greedy_envs, while the teacher term is
+        on (they learn only through it; without it they would only cost PPO samples)."""
+        return self.greedy[envs] & (self.teacher_weight > 0)
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, teacher_probs: np.ndarray | None = None,
             teacher_mask: np.ndarray | None = None, group: int = 0) -> np.ndarray:
@@ -233,7 +239,7 @@ class PPOLearner:
         dist, values = policy.distribution(torch.from_numpy(obs).to(next(policy.parameters()).device))
         s = self.storage
         t, envs = s.steps[group], s.columns(group)
-        greedy = self.greedy[envs]
+        greedy = self.probes(envs)
         actions = dist.sample()
         if greedy.any():
             actions = torch.where(torch.from_numpy(greedy).to(actions.device), dist.probs.argmax(-1), actions)
@@ -265,7 +271,7 @@ class PPOLearner:
         self.frames += len(rewards)
         returns = self._episode_return[envs]  # a view: updated in place
         returns += rewards
-        greedy = self.greedy[envs]
+        greedy = self.probes(envs)
         for i in np.flatnonzero(dones):
             if greedy[i]:
                 self.recent_greedy_success.append(float(success[i]))
@@ -342,7 +348,8 @@ class PPOLearner:
             # its meaning).
             cross_entropy = -(mb.teacher_probs * torch.log_softmax(dist.logits, -1)).sum(-1)
             suggested = mb.teacher_mask.sum().clamp(min=1.0)
-            weights = mb.teacher_mask * distill_weights(cfg.distill, mb.teacher_probs, mb.actions, mb.advantages)
+            weights = mb.teacher_mask * torch.where(  # a probe's step is taught in full: PPO skips it
+                on_policy > 0, distill_weights(cfg.distill, mb.teacher_probs, mb.actions, mb.advantages), 1.0)
             distill_loss = (cross_entropy * weights).sum() / suggested
             loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy + weight * distill_loss
             self.optimizer.zero_grad()
