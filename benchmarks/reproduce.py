@@ -55,6 +55,11 @@ EMBODIED_ENVS = 8
 EMBODIED_CONFIG = dict(encoder='image', num_steps=64, minibatch_size=128, learning_rate=5e-4)
 
 
+def default_envs(task: str) -> int:
+    """Environments (robots) a job runs unless --envs says otherwise."""
+    return EMBODIED_ENVS if is_embodied(task) else 16
+
+
 def expert_teacher(envs):
     """The scripted expert's next action, one-hot, for every env (it reads the true grid)."""
     from habitat_bridge.minigrid.expert import ScriptedExpert
@@ -104,7 +109,7 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
     # Embodied: the camera at job['size'] px square, and the settings of benchmarks/embodied_throughput.py.
     env_options = {'width': job['size'], 'height': job['size']} if embodied else {}
     perceive = kind == 'llm' or embodied and kind == 'expert'
-    envs = make_vec_env(task, job.get('envs', EMBODIED_ENVS if embodied else 16), perceive=perceive, **env_options)
+    envs = make_vec_env(task, job.get('envs', default_envs(task)), perceive=perceive, **env_options)
     teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt'),
                                    planner_mode=job.get('planner_mode', 'score')) if kind == 'llm' else None
     suggest = (expert_teacher(envs) if arm == 'expert' and not embodied
@@ -313,23 +318,18 @@ def main():
         except ValueError as err:
             raise SystemExit(f'{args.prompt_file}: {err}') from err
         jobs = [{**job, 'prompt': prompt} for job in jobs]  # the text, not the path: an edited file is another study
-    if args.overlap:
-        jobs = [{**job, 'overlap': True} for job in jobs]
-    if args.distill != 'ce':  # absent for 'ce', so the studies run before the option existed resume
-        jobs = [{**job, 'distill': args.distill} for job in jobs]
-    if args.device != 'cpu':  # absent by default, like distill: earlier studies resume
-        jobs = [{**job, 'device': args.device} for job in jobs]
-    if args.planner_mode != 'score':
-        jobs = [{**job, 'planner_mode': args.planner_mode} for job in jobs]
+    # Settings away from their defaults go into every job; at the default they stay absent, so the
+    # studies run before an option existed resume.
+    optional = {'overlap': (args.overlap, False), 'distill': (args.distill, 'ce'), 'device': (args.device, 'cpu'),
+                'planner_mode': (args.planner_mode, 'score'), 'teacher_final': (args.final_weight, 0.1),
+                'envs': (args.envs, None)}
+    settings = {key: value for key, (value, default) in optional.items() if value != default}
+    jobs = [{**job, **settings} for job in jobs]
     if args.greedy_envs:  # probes learn only through a teacher: the arms that have one
-        if args.greedy_envs >= (args.envs or min(EMBODIED_ENVS if is_embodied(t) else 16 for t in args.tasks)):
+        if args.greedy_envs >= (args.envs or min(default_envs(task) for task in args.tasks)):
             raise SystemExit(f'--greedy-envs {args.greedy_envs} leaves no env sampling for PPO: give fewer, or more --envs')
-        jobs = [{**job, 'greedy_envs': args.greedy_envs} if job['arm'] in ('llm', 'expert', 'llm_lava_blind') else job
+        jobs = [{**job, 'greedy_envs': args.greedy_envs} if job['arm'] in TRAINED and job['arm'] != 'ppo' else job
                 for job in jobs]
-    if args.final_weight != 0.1:
-        jobs = [{**job, 'teacher_final': args.final_weight} for job in jobs]
-    if args.envs:
-        jobs = [{**job, 'envs': args.envs} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings
         path = job_path(out, job)
         if path.exists() and {k: json.loads(path.read_text()).get(k) for k in job} != job:

@@ -225,11 +225,6 @@ class PPOLearner:
     def teacher_weight(self) -> float:
         return self.config.teacher.weight(self.frames)
 
-    def probes(self, envs: slice) -> np.ndarray:
-        """Which of these env columns act greedily now: the greedy_envs, while the teacher term is
-        on (they learn only through it; without it they would only cost PPO samples)."""
-        return self.greedy[envs] & (self.teacher_weight > 0)
-
     @torch.no_grad()
     def act(self, obs: np.ndarray, teacher_probs: np.ndarray | None = None,
             teacher_mask: np.ndarray | None = None, group: int = 0) -> np.ndarray:
@@ -239,7 +234,8 @@ class PPOLearner:
         dist, values = policy.distribution(torch.from_numpy(obs).to(next(policy.parameters()).device))
         s = self.storage
         t, envs = s.steps[group], s.columns(group)
-        greedy = self.probes(envs)
+        # the probes act greedily only while the teacher term is on: they learn only through it
+        greedy = self.greedy[envs] & (self.teacher_weight > 0)
         actions = dist.sample()
         if greedy.any():
             actions = torch.where(torch.from_numpy(greedy).to(actions.device), dist.probs.argmax(-1), actions)
@@ -271,7 +267,7 @@ class PPOLearner:
         self.frames += len(rewards)
         returns = self._episode_return[envs]  # a view: updated in place
         returns += rewards
-        greedy = self.probes(envs)
+        greedy = s.on_policy[t, envs] == 0  # how each env acted, as act() stored it
         for i in np.flatnonzero(dones):
             if greedy[i]:
                 self.recent_greedy_success.append(float(success[i]))
