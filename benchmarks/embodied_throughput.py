@@ -8,7 +8,7 @@ between days: compare rows, not days). 8 robots, 64-step rollouts, 4 epochs of 1
 minibatches, 1 torch thread, plain PPO (no teacher: the teacher's cost is teacher_cost.py's).
 - sim: random actions, steps/s of EmbodiedVecEnv with and without perception + map (a teacher
   needs them; PPO alone and evaluation do not);
-- in-process: student_policy.ppo.train on EmbodiedVecEnv (rendering, CNN forward and update);
+- in-process: student_policy.lockstep.train on EmbodiedVecEnv (rendering, CNN forward and update);
 - graph: train.launch.py with the same task (batch_sim_node + student_node).
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from habitat_bridge.embodied.vector import EmbodiedVecEnv
-from student_policy.ppo import PPOConfig, TeacherSchedule, train
+from student_policy.lockstep import train
+from student_policy.ppo import PPOConfig, TeacherSchedule
 from training_graph import run_training_graph, steady_fps
 
 NUM_ENVS = 8

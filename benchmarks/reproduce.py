@@ -37,9 +37,7 @@ import numpy as np
 
 from habitat_bridge.vector import is_embodied
 from llm_teacher.mediator import Mediator
-from llm_teacher.planner import PLANNER_MODES
 from llm_teacher_common.stats import wilson_interval
-from student_policy.ppo import DISTILL_MODES
 
 TASKS = ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-DoorKey-8x8-v0', 'MiniGrid-LavaDoorKey-v0',
          'MiniGrid-ColoredDoorKey-v0', 'MiniGrid-TwoDoor-v0']
@@ -53,11 +51,6 @@ EVAL_SEED = 10_000  # held-out seeds of every final evaluation (training envs us
 EMBODIED_TASKS = ['MiniWorld-GoToObject-v0', 'MiniWorld-PutNext-v0']
 EMBODIED_ENVS = 8
 EMBODIED_CONFIG = dict(encoder='image', num_steps=64, minibatch_size=128, learning_rate=5e-4)
-
-
-def default_envs(task: str) -> int:
-    """Environments (robots) a job runs unless --envs says otherwise."""
-    return EMBODIED_ENVS if is_embodied(task) else 16
 
 
 def expert_teacher(envs):
@@ -92,15 +85,15 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
     from llm_teacher.teacher import embedded_teacher
     from student_policy.evaluate import evaluate
     from student_policy.networks import eager_copy
-    from student_policy.ppo import PPOConfig, TeacherSchedule, train
+    from student_policy.lockstep import train
+    from student_policy.ppo import PPOConfig, TeacherSchedule
 
     task, arm, seed, frames, episodes = job['task'], job['arm'], job['seed'], job['frames'], job['episodes']
     start = time.perf_counter()
     kind, avoid_lava = arm.removesuffix('_lava_blind'), not arm.endswith('_lava_blind')
     if kind == 'teacher':
         from llm_teacher.evaluate import act_alone
-        teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt'),
-                                   planner_mode=job.get('planner_mode', 'score'))
+        teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt'))
         alone = act_alone(teacher, task, episodes, seed=EVAL_SEED)
         return {**job, 'final_success_sampled': alone['sampled'], 'final_success_greedy': alone['greedy'],
                 'final_return': alone['sampled_return'], 'llm_calls': teacher.counters.llm_calls,
@@ -109,15 +102,13 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
     # Embodied: the camera at job['size'] px square, and the settings of benchmarks/embodied_throughput.py.
     env_options = {'width': job['size'], 'height': job['size']} if embodied else {}
     perceive = kind == 'llm' or embodied and kind == 'expert'
-    envs = make_vec_env(task, job.get('envs', default_envs(task)), perceive=perceive, **env_options)
-    teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt'),
-                                   planner_mode=job.get('planner_mode', 'score')) if kind == 'llm' else None
+    envs = make_vec_env(task, job.get('envs', EMBODIED_ENVS if embodied else 16), perceive=perceive, **env_options)
+    teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt')) if kind == 'llm' else None
     suggest = (expert_teacher(envs) if arm == 'expert' and not embodied
                else scripted_option_teacher() if arm == 'expert'
                else functools.partial(teacher.suggest_batch, num_actions=envs.num_actions) if teacher is not None
                else None)
-    schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(
-        decay_frames=job['decay_frames'], final=job.get('teacher_final', 0.1))
+    schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(decay_frames=job['decay_frames'])
     curve = []
 
     def record(learner, metrics):
@@ -126,9 +117,7 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
         if len(curve) % 10 == 0:
             print(f'{task} {arm} seed {seed}: {learner.frames} frames, success {curve[-1][1]:.2f}', flush=True)
         return True
-    learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule, anneal_lr=True,
-                              overlap=job.get('overlap', False), distill=job.get('distill', 'ce'),
-                              device=job.get('device', 'cpu'), greedy_envs=job.get('greedy_envs', 0),
+    learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule, device=job.get('device', 'cpu'),
                               **(EMBODIED_CONFIG if embodied else {})), envs,
                     teacher=suggest, callbacks=[record])
     envs.close()
@@ -286,17 +275,6 @@ def main():
                         help='the success the "frames to" column counts to (the embodied study: 0.8)')
     parser.add_argument('--size', type=int, default=48,
                         help='embodied tasks: camera pixels (square) the student sees; see embodied_throughput.py')
-    parser.add_argument('--overlap', action='store_true',
-                        help='overlapped updates (PPOConfig.overlap): the study of whether they hurt learning')
-    parser.add_argument('--distill', default='ce', choices=DISTILL_MODES,
-                        help="the teacher term's per-sample weight (PPOConfig.distill): the study of "
-                             "whether certainty or advantage weighting makes the student more decisive")
-    parser.add_argument('--planner-mode', default='score', choices=PLANNER_MODES,
-                        help="how the LLM teacher scores options (planner.PLANNER_MODES): the length-normalisation study")
-    parser.add_argument('--greedy-envs', type=int, default=0,
-                        help='environments acting greedily in training, taught by the teacher only (PPOConfig.greedy_envs)')
-    parser.add_argument('--final-weight', type=float, default=0.1,
-                        help='the teacher weight lambda decays to (TeacherSchedule.final; the paper: 0.1)')
     parser.add_argument('--device', default='cpu', help="the students' torch device (cuda: on a GPU machine)")
     parser.add_argument('--envs', type=int, help='environments (robots) per job (default: 16 MiniGrid, 8 embodied)')
     parser.add_argument('--summarise', action='store_true',
@@ -320,16 +298,9 @@ def main():
         jobs = [{**job, 'prompt': prompt} for job in jobs]  # the text, not the path: an edited file is another study
     # Settings away from their defaults go into every job; at the default they stay absent, so the
     # studies run before an option existed resume.
-    optional = {'overlap': (args.overlap, False), 'distill': (args.distill, 'ce'), 'device': (args.device, 'cpu'),
-                'planner_mode': (args.planner_mode, 'score'), 'teacher_final': (args.final_weight, 0.1),
-                'envs': (args.envs, None)}
+    optional = {'device': (args.device, 'cpu'), 'envs': (args.envs, None)}
     settings = {key: value for key, (value, default) in optional.items() if value != default}
     jobs = [{**job, **settings} for job in jobs]
-    if args.greedy_envs:  # probes learn only through a teacher: the arms that have one
-        if args.greedy_envs >= (args.envs or min(default_envs(task) for task in args.tasks)):
-            raise SystemExit(f'--greedy-envs {args.greedy_envs} leaves no env sampling for PPO: give fewer, or more --envs')
-        jobs = [{**job, 'greedy_envs': args.greedy_envs} if job['arm'] in TRAINED and job['arm'] != 'ppo' else job
-                for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings
         path = job_path(out, job)
         if path.exists() and {k: json.loads(path.read_text()).get(k) for k in job} != job:

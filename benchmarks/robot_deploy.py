@@ -49,7 +49,8 @@ def train_student(path: Path, frames: int) -> None:
     policy for this benchmark, exported to `path`."""
     from habitat_bridge.embodied.expert import EmbodiedExpert
     from student_policy.checkpoints import export_policy
-    from student_policy.ppo import PPOConfig, TeacherSchedule, train
+    from student_policy.lockstep import train
+    from student_policy.ppo import PPOConfig, TeacherSchedule
     envs = EmbodiedVecEnv(TASK, 8, perceive=False)
     experts = [EmbodiedExpert() for _ in envs.envs]
 

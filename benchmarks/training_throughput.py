@@ -19,7 +19,8 @@ from gymnasium import spaces
 
 from habitat_bridge.minigrid.vector import MiniGridVecEnv, make_env
 from student_policy.networks import GridEncoder
-from student_policy.ppo import PPOConfig, TeacherSchedule, train
+from student_policy.lockstep import train
+from student_policy.ppo import PPOConfig, TeacherSchedule
 from training_graph import run_training_graph, steady_fps
 
 NUM_ENVS = 16
@@ -27,10 +28,9 @@ CONFIG = dict(num_steps=128, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95, up
               minibatch_size=256, clip_coef=0.2, ent_coef=0.001, vf_coef=0.5, max_grad_norm=0.5)
 
 
-def in_process_fps(task: str, frames: int, compile: bool = False, overlap: bool = False) -> float:
+def in_process_fps(task: str, frames: int, compile: bool = False) -> float:
     rates = []
-    config = PPOConfig(total_frames=frames, teacher=TeacherSchedule(0.0, 0.0), compile=compile, overlap=overlap,
-                       **CONFIG)
+    config = PPOConfig(total_frames=frames, teacher=TeacherSchedule(0.0, 0.0), compile=compile, **CONFIG)
     train(config, MiniGridVecEnv(task, NUM_ENVS, perceive=False),
           callbacks=[lambda learner, metrics: rates.append(metrics['charts/SPS']) or True])
     return steady_fps(rates)
@@ -78,9 +78,8 @@ def sb3_fps(task: str, frames: int) -> float:
     return steady_fps([rollout_frames / (b - a) for a, b in zip(rates.starts, rates.starts[1:])])
 
 
-def graph_fps(task: str, frames: int, num_groups: int = 1, overlap: bool = False) -> float:
-    rows = run_training_graph(frames, task, plain_ppo=True, num_groups=num_groups,
-                              student_parameters={'overlap': overlap})
+def graph_fps(task: str, frames: int, num_groups: int = 1) -> float:
+    rows = run_training_graph(frames, task, plain_ppo=True, num_groups=num_groups)
     return steady_fps([float(row['charts/SPS']) for row in rows])
 
 
@@ -96,22 +95,13 @@ def main():
     sb3 = sb3_fps(args.task, args.frames)
     graph = graph_fps(args.task, args.frames)
     double_buffered = graph_fps(args.task, args.frames, num_groups=2)
-    overlapped = in_process_fps(args.task, args.frames, overlap=True)
-    graph_overlapped = graph_fps(args.task, args.frames, overlap=True)
-    graph_both = graph_fps(args.task, args.frames, num_groups=2, overlap=True)
     print(f'{args.task}, plain PPO, {NUM_ENVS} envs x {CONFIG["num_steps"]} steps, {args.frames} frames each, 1 torch thread')
     print(f'Stable-Baselines3 PPO                   {sb3:7.0f} frames/s')
-    print(f'in-process (student_policy.ppo.train)   {ours:7.0f} frames/s   / SB3: {ours / sb3:.2f}x')
+    print(f'in-process (lockstep.train)            {ours:7.0f} frames/s   / SB3: {ours / sb3:.2f}x')
     print(f'in-process, compile=True                {compiled:7.0f} frames/s   / SB3: {compiled / sb3:.2f}x (goal >= 1.2)')
     print(f'ROS 2 graph (train.launch.py)           {graph:7.0f} frames/s   / in-process: {graph / ours:.2f}x (goal >= 0.8)')
     print(f'ROS 2 graph, num_groups:=2              {double_buffered:7.0f} frames/s   / in-process: '
           f'{double_buffered / ours:.2f}x (sim and student overlap)')
-    print(f'in-process, overlap=True                {overlapped:7.0f} frames/s   / SB3: {overlapped / sb3:.2f}x')
-    print(f'ROS 2 graph, overlap:=true              {graph_overlapped:7.0f} frames/s   / SB3: {graph_overlapped / sb3:.2f}x, '
-          f'/ in-process: {graph_overlapped / ours:.2f}x (goals 2.0x, 1.5x)')
-    print(f'ROS 2 graph, overlap + num_groups:=2    {graph_both:7.0f} frames/s   / SB3: {graph_both / sb3:.2f}x, '
-          f'/ in-process: {graph_both / ours:.2f}x')
-
 
 if __name__ == '__main__':
     main()

@@ -29,17 +29,15 @@ ARGUMENTS = {
     'num_groups': ('1', 'Env groups in flight: 2 lets the sim step one half of the envs while the student acts on the '
                    'other (double-buffered sampling); num_envs must split evenly'),
     'seed': ('0', 'Seed of the environments and of the student'),
-    'total_frames': ('450000', 'Environment frames to train for (450k: ~25 min on 2 cores)'),
+    'total_frames': ('450000', 'Environment frames to train for (450k: about 7 minutes on 2 cores)'),
     'run_dir': ('runs/train', 'Where checkpoints, logs and the exported policy go'),
     'plain_ppo': ('false', 'true: train without the teacher term and without a teacher node (the baseline)'),
     'llm_backend': ('transformers', "'transformers' (local model) or 'openai' (OpenAI-compatible server)"),
     'llm_model': ('embedded', "transformers: model directory or 'embedded'; openai: served model name"),
     'llm_url': ('http://127.0.0.1:8000', 'openai backend: server base URL'),
-    'planner_mode': ('score', "'score' (option log-likelihoods summed over tokens), 'score-mean', 'score-first', or 'sample' (K sampled answers)"),
+    'planner_mode': ('score', "'score' (each feasible option's log-likelihood, one batched pass) or 'sample' (K sampled answers, the paper's)"),
     'avoid_lava': ('true', "The teacher's grid skills never step into lava; false: the paper's lava-blind teacher "
                    '(an ablation)'),
-    'overlap': ('false', 'true: the PPO update runs on a worker thread while the next rollout is collected with the '
-                'previous weights (one update of lag); false: the synchronous loop'),
     'roles': ('sim,teacher,learner', 'What this launch starts: any of sim, teacher (the LLM teacher node) and learner '
               '(student, visualisation, recorder), comma-separated; other hosts start the rest'),
     'groups': ('', "Env groups the sim and teacher started here serve, e.g. '0' or '1,3'; '' all (one host)"),
@@ -66,8 +64,7 @@ def nodes(args: dict) -> list:
         graph.append(NodeSpec('student_policy', 'student_node', 'student_node',
                               parameters=[config('student_node'),
                                           {'run_dir': args['run_dir'], 'total_frames': int(args['total_frames']),
-                                           'seed': int(args['seed']), 'task': args['task'],
-                                           'overlap': flag(args, 'overlap')},
+                                           'seed': int(args['seed']), 'task': args['task']},
                                           PLAIN_PPO if plain_ppo else {}]))
     if 'teacher' in roles and not plain_ppo:
         graph.append(NodeSpec('llm_teacher', 'teacher_node', 'teacher_node' + suffix,

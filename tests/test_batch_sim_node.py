@@ -10,7 +10,7 @@ from sensor_msgs.msg import Image
 
 from llm_teacher_common.messages import observations_from_msg, perception_from_msg, top_suggestion
 from habitat_bridge.minigrid.expert import ScriptedExpert
-from habitat_bridge.lockstep import LockstepSim, Verdict
+from llm_teacher_common.lockstep import LockstepSim, Verdict
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from llm_teacher.launch_runner import LaunchRunner, NodeSpec, executable_path
 

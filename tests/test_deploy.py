@@ -14,7 +14,8 @@ from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
 from student_policy.checkpoints import export_policy
 from student_policy.evaluate import evaluate, load_policy
-from student_policy.ppo import PPOConfig, train
+from student_policy.lockstep import train
+from student_policy.ppo import PPOConfig
 
 LAUNCH = Path(__file__).resolve().parent.parent / 'launch'
 

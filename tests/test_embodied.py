@@ -229,8 +229,8 @@ def test_habitat_frames_agree_with_rep103():
 
 
 def test_habitat_visibility_is_a_depth_test():
-    from habitat_bridge.embodied.backend import CameraSpec
-    from habitat_bridge.embodied.backend import visible_in_depth
+    from habitat_bridge.embodied.types import CameraSpec
+    from habitat_bridge.embodied.types import visible_in_depth
     camera = CameraSpec(64, 64, 60.0, 1.5)
     open_view, wall = np.full((64, 64), 20.0, np.float32), np.full((64, 64), 2.0, np.float32)
     assert visible_in_depth(4.0, 0.0, 0.25, open_view, camera)
@@ -281,7 +281,7 @@ def test_habitat_backend_runs_where_habitat_sim_is_installed():
 # --- habitat-lab PointNav: its conversions here, the task where habitat-lab and its data are installed ---
 
 def test_habitat_lab_point_goal_becomes_a_goal_relative_to_base_link():
-    from habitat_bridge.embodied.backend import Pose
+    from habitat_bridge.embodied.types import Pose
     from habitat_bridge.embodied.habitat_lab_backend import goal_perception
     # habitat-lab's [rho, -phi]: -phi is the bearing to the left; 2 m ahead-left at 30 degrees.
     perception = goal_perception(np.array([2.0, math.radians(30)], np.float32), Pose(1.0, 2.0, 0.5))

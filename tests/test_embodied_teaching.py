@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from habitat_bridge.embodied.backend import CameraSpec, Pose
+from habitat_bridge.embodied.types import CameraSpec, Pose
 from habitat_bridge.embodied.expert import segment_distances
 from habitat_bridge.embodied.mapping import OccupancyMapper
 from habitat_bridge.embodied.vector import EmbodiedVecEnv
@@ -18,7 +18,8 @@ from llm_teacher.scripted_options import scripted_option
 from llm_teacher.teacher import embedded_teacher
 from student_policy.checkpoints import export_policy
 from student_policy.networks import ActorCritic
-from student_policy.ppo import PPOConfig, TeacherSchedule, train
+from student_policy.lockstep import train
+from student_policy.ppo import PPOConfig, TeacherSchedule
 
 TASK = 'MiniWorld-GoToObject-v0'
 

@@ -17,7 +17,8 @@ from llm_teacher.report import read_recording
 from student_policy.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 from student_policy.evaluate import evaluate
 from student_policy.inference import load_policy
-from student_policy.lockstep import LockstepLearner, StepIn, suggestion_arrays
+from llm_teacher_common.lockstep import suggestion_arrays
+from student_policy.lockstep import LockstepLearner, StepIn
 from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule
 
 N, A, STEPS = 4, 7, 8

@@ -10,7 +10,8 @@ from student_policy.callbacks import EvalCallback
 from student_policy.checkpoints import CheckpointError, load_learner, save_checkpoint
 from student_policy.evaluate import evaluate
 from student_policy.networks import ActorCritic
-from student_policy.ppo import COMPILE_FROM_FRAMES, PPOConfig, PPOLearner, TeacherSchedule, compile_wanted, train
+from student_policy.lockstep import train
+from student_policy.ppo import COMPILE_FROM_FRAMES, PAPER_SCHEDULE, PPOConfig, PPOLearner, TeacherSchedule, compile_wanted
 from student_policy.storage import compute_gae
 
 PLAIN = TeacherSchedule(initial=0.0, final=0.0)
@@ -36,8 +37,8 @@ def test_gae_bootstraps_from_last_values_when_the_episode_goes_on():
     assert adv[0, 0] == pytest.approx(1.0)
 
 
-def test_default_schedule_is_the_papers_in_frames():
-    schedule = TeacherSchedule()
+def test_the_papers_schedule_in_frames():
+    schedule = PAPER_SCHEDULE
     assert schedule.weight(0) == 10.0
     assert schedule.weight(256 * 100) == pytest.approx(10.0 - 0.005 * 100)  # 0.005 per 256-frame iteration
     assert schedule.weight(256 * 2500) == pytest.approx(0.1)
@@ -96,46 +97,22 @@ def test_distillation_pulls_the_student_towards_the_teacher():
     assert probs[:, 2].min().item() > 0.9
 
 
-def _fill_rollout(learner, obs, rewards_of_last_env: float):
-    """A rollout of learner.config.num_steps steps on fixed observations; only the last env is rewarded."""
-    for _ in range(learner.config.num_steps):
-        learner.act(obs)
-        rewards = np.zeros(learner.num_envs, np.float32)
-        rewards[-1] = rewards_of_last_env
-        learner.record(rewards, np.zeros(learner.num_envs), np.zeros(learner.num_envs))
-
-
-def test_greedy_probes_act_by_argmax_and_teach_only_through_the_teacher_term():
-    """greedy_envs: the last envs act greedily; PPO's losses ignore their steps (a reward seen only
-    by a probe leaves the update unchanged), the teacher term does not (a suggestion seen only by a
-    probe moves the student towards it)."""
-    # eager: the two updates are compared bit for bit, and a compiled encoder can fall back to eager
-    # part-way through a long test session (dynamo's recompile limit), which changes the last bits
-    config = PPOConfig(num_steps=8, minibatch_size=16, greedy_envs=1, teacher=TeacherSchedule(1.0, 1.0), compile=False)
-    obs = np.random.default_rng(0).integers(0, 10, (3, 7, 7, 3)).astype(np.uint8)
-    weights = []
-    for reward in (0.0, 5.0):
-        learner = PPOLearner(config, (7, 7, 3), num_envs=3, num_actions=7)
-        _fill_rollout(learner, obs, reward)
-        with torch.no_grad():
-            greedy_action = learner.policy.distribution(torch.from_numpy(obs))[0].probs.argmax(-1)[-1].item()
-        assert (learner.storage.actions[:, -1] == greedy_action).all()
-        assert learner.storage.on_policy[:, :2].all() and not learner.storage.on_policy[:, -1].any()
-        learner.update(obs)
-        weights.append(torch.cat([w.flatten() for w in learner.policy.parameters()]))
-    assert torch.equal(weights[0], weights[1])
-
-    learner = PPOLearner(config, (7, 7, 3), num_envs=3, num_actions=7)
-    teacher_probs = np.zeros((3, 7), np.float32)
-    teacher_probs[:, 4] = 1.0
-    before = learner.policy.distribution(torch.from_numpy(obs[-1:]))[0].probs[0, 4].item()
-    for _ in range(config.num_steps):
-        learner.act(obs, teacher_probs, np.array([0.0, 0.0, 1.0], np.float32))
-        learner.record(np.zeros(3, np.float32), np.zeros(3), np.zeros(3))
-    learner.update(obs)
-    assert learner.policy.distribution(torch.from_numpy(obs[-1:]))[0].probs[0, 4].item() > before + 0.05
-    with pytest.raises(ValueError, match='greedy_envs'):
-        PPOLearner(PPOConfig(greedy_envs=3), (7, 7, 3), num_envs=3, num_actions=7)
+def test_the_distillation_loss_is_the_cross_entropy_averaged_over_suggested_samples():
+    """Two envs in one state: one with a suggestion, one without. The reported distillation loss is
+    CE(pi_T || pi_theta) of the suggested sample alone (not halved by the other)."""
+    config = PPOConfig(total_frames=1000, num_steps=1, minibatch_size=2, update_epochs=1,
+                       teacher=TeacherSchedule(initial=1.0, final=1.0), compile=False)
+    learner = PPOLearner(config, (5, 5, 4), 2, 4)
+    obs = np.zeros((2, 5, 5, 4), np.uint8)
+    teacher = np.array([[0.0, 0.0, 1.0, 0.0], [0.25] * 4], np.float32)
+    learner.act(obs)
+    learner.attach_teacher(0, teacher, np.array([1.0, 0.0], np.float32))
+    learner.record(np.zeros(2, np.float32), np.ones(2, np.float32), np.zeros(2, bool))
+    with torch.no_grad():
+        log_probs = torch.log_softmax(learner.policy(torch.from_numpy(obs[:1]))[0], -1)[0]
+    metrics = learner.update(obs)
+    assert metrics['losses/distill_loss'] == pytest.approx(-log_probs[2].item(), rel=1e-5)
+    assert metrics['teacher/coverage'] == 0.5
 
 
 def test_env_groups_fill_their_own_columns_at_their_own_pace():
@@ -243,16 +220,3 @@ def test_background_evaluation_lands_at_a_later_update_with_its_own_frames(tmp_p
     assert any(evaluated < frames for frames, evaluated in landed[:-1]), seen  # earlier ones landed later
     final = json.loads((tmp_path / 'eval.json').read_text())
     assert final['test']['episodes'] == 2 and (tmp_path / 'policy.pt').is_file()
-
-
-def test_overlapped_updates_train_to_the_exact_budget():
-    """overlap=True: updates run on a worker thread while the next rollout is collected with the
-    previous weights; the budget's last update runs in the foreground, so frames end exact."""
-    envs = MiniGridVecEnv('MiniGrid-SimpleDoorKey-v0', 2)
-    seen = []
-    learner = train(PPOConfig(total_frames=64 * 5, num_steps=32, minibatch_size=32, teacher=PLAIN, overlap=True), envs,
-                    callbacks=[lambda learner, metrics: seen.append((metrics['charts/frames'], learner.frames)) or True])
-    assert [frames for frames, _ in seen] == [64 * k for k in range(1, 6)]  # one report per rollout, in order
-    assert any(now > trained for trained, now in seen)  # the next rollout went on during an update
-    assert learner.frames == 64 * 5 and learner.updates == 5 and learner.behaviour is None
-    assert all(torch.isfinite(p).all() for p in learner.policy.parameters())

@@ -34,8 +34,8 @@ from llm_teacher_msgs.srv import ResetEnvs
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from habitat_bridge.lockstep import LockstepSim, Verdict
 from habitat_bridge.vector import default_observation, make_vec_env
+from llm_teacher_common.lockstep import LockstepSim, Verdict
 from llm_teacher_common.messages import perception_batch_msg, rgb_image_msg, step_batch_msg
 from llm_teacher_common.node import group_list, parameter, spin
 

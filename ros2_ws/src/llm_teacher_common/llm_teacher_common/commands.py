@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import math
 
+# The embodied simulators' discrete actions: MiniWorld's, which the Habitat backends share.
+TURN_LEFT, TURN_RIGHT, FORWARD, BACK, PICKUP, DROP, TOGGLE, DONE = range(8)
+NUM_EMBODIED_ACTIONS = 8
+
 # Per action set, the motion of each action index: (forward steps, left turns).
 MOTIONS = {
     # minigrid.core.actions.Actions: left, right, forward, pickup, drop, toggle, done

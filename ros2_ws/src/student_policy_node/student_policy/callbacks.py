@@ -27,8 +27,7 @@ from student_policy.ppo import PPOLearner
 
 # Columns of progress.csv: fixed, so that rows with and without an evaluation line up.
 CSV_FIELDS = ['frames', 'updates', 'episodes', 'charts/SPS', 'charts/episodic_return', 'charts/success_rate',
-              'charts/greedy_success_rate',
-              'charts/learning_rate', 'teacher/weight', 'teacher/coverage', 'teacher/distill_weight',
+              'charts/learning_rate', 'teacher/weight', 'teacher/coverage',
               'losses/policy_loss', 'losses/value_loss',
               'losses/entropy', 'losses/distill_loss', 'losses/approx_kl', 'losses/clipfrac',
               'losses/explained_variance', 'eval/success_rate', 'eval/mean_return', 'eval/frames']
@@ -101,7 +100,7 @@ class EvalCallback:
             self.pending = None
         if not finished and learner.updates % self.every != 0:
             return True
-        snapshot, frames = eager_copy(learner.policy), metrics.get('charts/frames', learner.frames)
+        snapshot, frames = eager_copy(learner.policy), learner.frames
         if self.worker is not None and not finished:
             if self.pending is None:
                 self.pending = (self.worker.submit(self.run, snapshot), frames, snapshot)
@@ -178,9 +177,6 @@ def plot_learning_curve(run_dir: str | Path) -> Path:
     frames = [int(r['frames']) for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(frames, [float(r['charts/success_rate']) for r in rows], label='success (training, sampled)')
-    if any(r.get('charts/greedy_success_rate') for r in rows):  # a run with greedy probes (greedy_envs)
-        ax.plot(frames, [float(r.get('charts/greedy_success_rate') or 'nan') for r in rows],
-                label='success (training, greedy probes)')
     # eval/frames: the frame of the evaluated weights (a background evaluation lands later)
     evals = [(int(float(r.get('eval/frames') or r['frames'])), float(r['eval/success_rate']))
              for r in rows if r.get('eval/success_rate')]
@@ -216,7 +212,7 @@ class MetricsLogCallback:
         self.fields = self.csv_path.open().readline().strip().split(',') if self.csv_path.exists() else CSV_FIELDS
 
     def __call__(self, learner: PPOLearner, metrics: dict) -> bool:
-        frames = metrics.get('charts/frames', learner.frames)  # an overlapped update trained on fewer
+        frames = learner.frames
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, frames)
         self.writer.flush()
@@ -235,7 +231,7 @@ class MetricsLogCallback:
 def progress_line(learner: PPOLearner, metrics: dict) -> str:
     """One line of training progress for logs and terminals."""
     total = learner.config.total_frames
-    frames = metrics.get('charts/frames', learner.frames)
+    frames = learner.frames
     return (f'frames {frames}/{total} ({100 * frames / total:.0f}%) | '
             f'fps {metrics["charts/SPS"]:.0f} | return {metrics["charts/episodic_return"]:.3f} | '
             f'success {metrics["charts/success_rate"]:.2f} | teacher weight {metrics["teacher/weight"]:.2f} '

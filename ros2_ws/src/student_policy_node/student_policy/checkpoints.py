@@ -17,6 +17,9 @@ from student_policy.networks import ActorCritic, eager_copy
 from student_policy.ppo import PPOConfig, PPOLearner
 
 FORMAT = 'llm_teacher.student_checkpoint/1'
+# Settings of experiments that were not adopted and left PPOConfig (docs/results.md has their
+# figures), at the value that meant "off": a checkpoint saved with them off resumes.
+REMOVED_SETTINGS = {'overlap': False, 'greedy_envs': 0, 'distill': 'ce', 'target_kl': None}
 
 
 class CheckpointError(ValueError):
@@ -106,7 +109,7 @@ def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=No
         if value is not None and state[key] != value:
             raise CheckpointError(f'checkpoint {path} was trained with {key}={state[key]}, but the environments '
                                   f'have {key}={value}; use a matching task and num_envs, or another run directory')
-    learner = PPOLearner(config or PPOConfig(**state['config']), tuple(state['obs_shape']),
+    learner = PPOLearner(config or saved_config(path, state['config']), tuple(state['obs_shape']),
                          state['num_envs'], state['num_actions'], num_groups)
     learner.policy.load_state_dict(state['model'])
     learner.optimizer.load_state_dict(state['optimizer'])
@@ -117,6 +120,21 @@ def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=No
     learner.rng.bit_generator.state = state['rng']['numpy']
     torch.set_rng_state(state['rng']['torch'])
     return learner
+
+
+def saved_config(path: str | Path, saved: dict) -> PPOConfig:
+    """The PPOConfig a checkpoint was saved with; CheckpointError for a setting this version lacks."""
+    saved = dict(saved)
+    gone = {key: saved.pop(key) for key in REMOVED_SETTINGS if key in saved}
+    on = {key: value for key, value in gone.items() if value != REMOVED_SETTINGS[key]}
+    if on:
+        raise CheckpointError(f'checkpoint {path} was trained with {on}: settings this version no longer has '
+                              f'(docs/results.md names the commit that had them); resume it with that commit')
+    try:
+        return PPOConfig(**saved)
+    except TypeError as err:
+        raise CheckpointError(f'checkpoint {path} holds settings this version does not know ({err}); '
+                              f'resume it with the version that wrote it, or start afresh') from err
 
 
 def export_policy(path: str | Path, policy: ActorCritic, task: str = '') -> Path:

@@ -1,33 +1,30 @@
-"""The learner side of the lock-step protocol, as a plain class (no rclpy): the one PPO loop that
-`ppo.train()` (in-process) and `student_node` (through the ROS graph) both drive.
+"""The learner side of the lock-step protocol (llm_teacher_common.lockstep), as a plain class (no
+rclpy): the one PPO loop that `train()` (in-process) and `student_node` (through the ROS graph)
+both drive.
 
-A simulator sends step batches: seq (increasing, across its env groups), the env group, an epoch
-(random per simulator process start) and what followed the last actions of that group. For each
-batch the learner records the rewards of its previous actions, updates once every group has
-filled its rows of the rollout, and answers with actions for the batch. Teacher suggestions
-attach to the stored sample of their (epoch, seq) whenever they arrive before that rollout's
-update; ones that beat their step batch wait for it.
+For each step batch the learner records the rewards of its previous actions, updates once every
+env group has filled its rows of the rollout, and answers with actions for the batch. Teacher
+suggestions attach to the stored sample of their (epoch, seq) whenever they arrive before that
+rollout's update; ones that beat their step batch wait for it.
 
 Everything that comes in is checked first: a batch of the wrong size, shape or with non-finite
-numbers is refused (counted, never stepped into the learner); a suggestion that is not a
-probability distribution over the actions counts as no suggestion. A new epoch in a group means
-the simulator restarted: that group's unfinished rows of the rollout are dropped and it starts
-again from the new batch.
+numbers is refused (counted, never stepped into the learner). A new epoch in a group means the
+simulator restarted: that group's unfinished rows of the rollout are dropped and it starts again
+from the new batch.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # ppo.train() drives this class
-    from student_policy.ppo import PPOLearner
+from llm_teacher_common.lockstep import LearnerGroups, check_step
+from student_policy.ppo import PPOConfig, PPOLearner
 
-PROBABILITY_TOLERANCE = 1e-3  # |sum - 1| a suggested action distribution may have
+EARLY_WINDOW = 64  # seqs ahead of its group's last for which an early suggestion is kept (bounds memory)
 
 
 @dataclass
@@ -76,25 +73,6 @@ class _Rollout:
     early: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
-def suggestion_arrays(action_probs: list, valid: list[bool], num_actions: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(probs (N, A), mask (N,), invalid count) of N suggested action distributions: a suggestion
-    counts only when valid and a distribution over the A actions (finite, >= 0, sums to 1)."""
-    n = len(valid)
-    probs = np.zeros((n, num_actions), np.float32)
-    mask = np.zeros(n, np.float32)
-    invalid = 0
-    for i, (p, ok) in enumerate(zip(action_probs, valid)):
-        if not ok:
-            continue
-        p = np.asarray(p, np.float64)
-        if (p.shape != (num_actions,) or not np.isfinite(p).all() or (p < 0).any()
-                or abs(p.sum() - 1.0) > PROBABILITY_TOLERANCE):
-            invalid += 1
-            continue
-        probs[i], mask[i] = p, 1.0
-    return probs, mask, invalid
-
-
 class LockstepLearner:
     """Drives a PPOLearner from step batches; see the module docstring.
 
@@ -105,20 +83,14 @@ class LockstepLearner:
     """
 
     def __init__(self, make_learner: Callable[..., PPOLearner], after_update: Callable[[PPOLearner, dict], bool],
-                 log: Callable[[str], None] = print, overlap: bool = False):
+                 log: Callable[[str], None] = print):
         self.make_learner, self.after_update, self.log = make_learner, after_update, log
-        # overlap: update on a worker thread while acting on the next rollout with the weights of
-        # the last update (Sample Factory / IMPALA style, one update of lag at most); the last
-        # rollout of the budget is updated in the foreground, so the frame count ends exact.
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='ppo-update') if overlap else None
-        self.pending: tuple[Future, int] | None = None  # (metrics, frames it trained on)
         self._last_report: tuple[float, int] = (0.0, 0)  # (time, frames) of the last report, for charts/SPS
         self.learner: PPOLearner | None = None
         self.counters = Counters()
         self.rollout = _Rollout()
-        self.epochs: dict[int, int] = {}  # group -> epoch of its simulator
-        self.last_seq: dict[int, int] = {}  # group -> seq of the last step batch taken in
-        self.last_actions: dict[int, ActionsOut] = {}  # group -> the actions that answered it
+        self.groups = LearnerGroups()
+        self.last_actions: dict[int, ActionsOut] = {}  # group -> the actions that answered its last batch
         self.full: dict[int, StepIn] = {}  # groups done with this rollout: their next batch waits for the update
         self.done = False
 
@@ -127,10 +99,6 @@ class LockstepLearner:
         those of every group that waited for it). A resent batch gets its actions again."""
         if self.done:
             return []
-        if self.pending is not None and self.pending[0].done():
-            self.finish_update()
-            if self.done:
-                return []
         error = self.check(step)
         if error:
             self.counters.rejected_steps += 1
@@ -138,13 +106,11 @@ class LockstepLearner:
             self.log(self.counters.last_error)
             return []
         group = step.group
-        if group in self.epochs and step.epoch != self.epochs[group]:
+        if self.groups.restarted(group, step.epoch):
             self.restart(group)
-        self.epochs[group] = step.epoch
-        if step.seq <= self.last_seq.get(group, -1):
+        if self.groups.is_resend(group, step.seq):
             last = self.last_actions.get(group)
             return [last] if last is not None and last.seq == step.seq else []  # our answer was lost
-        self.last_seq[group] = step.seq
         if self.learner is None:
             self.learner = self.make_learner(step.observations.shape[1:], len(step.rewards) * step.num_groups,
                                              step.num_actions, step.encoder, step.num_groups)
@@ -174,34 +140,28 @@ class LockstepLearner:
         if stored is not None:
             step, stored_group = stored
             self.learner.attach_teacher(step, probs, mask, stored_group)
-        elif epoch == self.epochs.get(group) and seq > self.last_seq.get(group, -1):
+        elif self.groups.may_come(group, epoch, seq, EARLY_WINDOW * self.learner.storage.num_groups):
             self.rollout.early[(epoch, seq)] = (probs, mask)
 
     def check(self, step: StepIn) -> str | None:
         """Why a step batch cannot go into the learner, or None."""
-        n = len(step.rewards)
-        if n == 0 or not all(len(a) == n for a in (step.observations, step.terminated, step.truncated, step.success)):
-            return (f'{len(step.observations)} observations, {n} rewards, {len(step.terminated)} terminated, '
-                    f'{len(step.truncated)} truncated, {len(step.success)} success flags: sizes must be equal and > 0')
-        if not 0 <= step.group < step.num_groups:
-            return f'group {step.group} is not in 0..{step.num_groups - 1}'
-        if not np.isfinite(step.rewards).all():
-            return f'non-finite rewards {step.rewards[~np.isfinite(step.rewards)][:3].tolist()}'
-        if self.learner is not None:
+        error = check_step(len(step.rewards), {'observations': len(step.observations), 'terminated': len(step.terminated),
+                                               'truncated': len(step.truncated), 'success flags': len(step.success)},
+                           step.group, step.num_groups, step.rewards)
+        if error is None and self.learner is not None:
             expected = (tuple(self.learner.policy.obs_shape), self.learner.storage.group_size,
                         self.learner.storage.num_groups, self.learner.num_actions)
-            got = (tuple(step.observations.shape[1:]), n, step.num_groups, step.num_actions)
+            got = (tuple(step.observations.shape[1:]), len(step.rewards), step.num_groups, step.num_actions)
             if got != expected:
                 return (f'(obs shape, envs per group, groups, actions) {got} differ from the learner\'s {expected}; '
                         f'a simulator with other settings needs another run directory')
-        return None
+        return error
 
     def restart(self, group: int) -> None:
         """The simulator of `group` restarted: drop the group's unfinished rollout rows and episodes."""
         self.counters.restarts += 1
-        self.log(f'env group {group}: the simulator restarted (epoch {self.epochs[group]:x} -> new); '
+        self.log(f'env group {group}: the simulator restarted (new epoch {self.groups.epochs[group]:x}); '
                  f'dropping its unfinished rollout and starting again from its new batch')
-        self.last_seq.pop(group, None)
         self.last_actions.pop(group, None)
         self.full.pop(group, None)
         self.rollout.steps = {k: v for k, v in self.rollout.steps.items() if v[1] != group}
@@ -216,46 +176,54 @@ class LockstepLearner:
         early = self.rollout.early.pop(key, None)
         if early is not None:
             learner.attach_teacher(learner.storage.steps[group], *early, group)
-        oldest = min(self.last_seq.values())
+        oldest = min(self.groups.last_seq.values())
         self.rollout.early = {k: v for k, v in self.rollout.early.items() if k[1] > oldest}
         out = ActionsOut(step.seq, group, step.epoch, actions, learner.last_probs)
         self.last_actions[group] = out
         return out
 
     def update(self, next_obs: np.ndarray) -> bool:
-        """Update on the full rollout, then after_update; False when training is over. With
-        overlap the update starts on the worker thread and this returns True at once."""
-        if self.pending is not None:
-            self.finish_update()  # the barrier: at most one update in flight
-            if self.done:
-                return False
+        """Update on the full rollout, then after_update; False when training is over."""
         self.rollout.steps.clear()  # suggestions for the used rollout come too late now
         learner = self.learner
-        if self.worker is not None and learner.frames < learner.config.total_frames:
-            full = learner.begin_overlapped_update()
-            self.pending = (self.worker.submit(learner.update, next_obs, full), learner.frames)
-            return True
-        return self.report(learner.update(next_obs), learner.frames)
-
-    def finish_update(self) -> None:
-        """Wait for the update in flight, act with its weights from now on, and report it."""
-        future, frames = self.pending
-        self.pending = None
-        metrics = future.result()
-        self.learner.end_overlapped_update()
-        self.report(metrics, frames)
-
-    def report(self, metrics: dict, frames: int) -> bool:
-        """after_update with the fault counters; False (and done) when training is over."""
-        metrics['charts/frames'] = frames  # the frames this update trained on
-        now = time.perf_counter()  # frames/s of training (acting and updating; with overlap, both at once)
-        metrics['charts/SPS'] = (frames - self._last_report[1]) / max(now - self._last_report[0], 1e-9)
-        self._last_report = (now, frames)
+        metrics = learner.update(next_obs)
+        metrics['charts/frames'] = learner.frames
+        now = time.perf_counter()  # frames/s of training, acting and updating
+        metrics['charts/SPS'] = (learner.frames - self._last_report[1]) / max(now - self._last_report[0], 1e-9)
+        self._last_report = (now, learner.frames)
         metrics.update({'faults/rejected_step_batches': self.counters.rejected_steps,
                         'faults/invalid_suggestions': self.counters.invalid_suggestions,
                         'faults/rejected_suggestion_batches': self.counters.rejected_suggestions,
                         'faults/sim_restarts': self.counters.restarts})
-        keep_going = self.after_update(self.learner, metrics)
-        if frames >= self.learner.config.total_frames or not keep_going:
-            self.done = True
+        keep_going = self.after_update(learner, metrics)
+        self.done = learner.frames >= learner.config.total_frames or not keep_going
         return not self.done
+
+
+def train(config: PPOConfig, envs, teacher=None, callbacks=(), learner: PPOLearner | None = None) -> PPOLearner:
+    """Train in-process on a `MiniGridVecEnv`-like `envs` until `config.total_frames`, through the
+    same lock-step loop the student node runs.
+
+    :param teacher: optional callable(VecStep) -> (probs (N, A) float32, mask (N,) bool): the
+        teacher's action distribution for the states of that step, and where it has one.
+    :param callbacks: callables(learner, metrics) -> bool run after each update; False stops training.
+    :param learner: continue this learner (e.g. restored from a checkpoint) instead of a new one.
+    """
+    if learner is not None and learner.frames >= config.total_frames:
+        return learner
+    loop = LockstepLearner(
+        lambda obs_shape, num_envs, num_actions, *_: learner or PPOLearner(config, obs_shape, num_envs, num_actions),
+        lambda trained, metrics: all([callback(trained, metrics) for callback in callbacks]))
+    step = envs.reset(seed=config.seed + (learner.updates if learner else 0) * envs.num_envs)
+    for seq in itertools.count():
+        answers = loop.on_step(StepIn(seq, step.observations, step.rewards, step.terminated, step.truncated,
+                                      step.success, envs.num_actions, encoder=config.encoder))
+        if not answers:
+            if not loop.done:
+                raise RuntimeError(loop.counters.last_error)
+            break
+        if teacher is not None:
+            probs, mask = teacher(step)
+            loop.on_suggestions(0, seq, 0, probs, mask.astype(np.float32))
+        step = envs.step(answers[0].actions)
+    return loop.learner

@@ -40,7 +40,6 @@ class Minibatch(NamedTuple):
     values: torch.Tensor
     teacher_probs: torch.Tensor
     teacher_mask: torch.Tensor
-    on_policy: torch.Tensor  # 1 where the action was sampled from the policy, 0 for a greedy probe's
 
 
 class RolloutStorage:
@@ -62,7 +61,6 @@ class RolloutStorage:
         self.dones = np.zeros(shape, np.float32)
         self.teacher_probs = np.zeros(shape + (num_actions,), np.float32)
         self.teacher_mask = np.zeros(shape, np.float32)
-        self.on_policy = np.ones(shape, np.float32)
         self.steps = [0] * num_groups  # per group, the next step to fill
 
     def columns(self, group: int) -> slice:
@@ -84,7 +82,6 @@ class RolloutStorage:
             'logprobs': self.logprobs.reshape(total), 'advantages': advantages.reshape(total),
             'returns': returns.reshape(total), 'values': self.values.reshape(total),
             'teacher_probs': self.teacher_probs.reshape(total, -1), 'teacher_mask': self.teacher_mask.reshape(total),
-            'on_policy': self.on_policy.reshape(total),
         }
         order = rng.permutation(total)
         for start in range(0, total, minibatch_size):

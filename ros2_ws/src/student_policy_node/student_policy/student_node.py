@@ -18,12 +18,13 @@ import numpy as np
 from llm_teacher_msgs.msg import ActionBatch, StepBatch, SuggestionBatch, TeacherStatus, TrainingStatus
 from rclpy.node import Node
 
+from llm_teacher_common.lockstep import suggestion_arrays
 from llm_teacher_common.messages import observations_from_msg
 from llm_teacher_common.node import parameter, spin
 from student_policy.callbacks import (CheckpointCallback, EvalCallback, MetricsLogCallback, checkpoint_path,
                                      progress_line)
 from student_policy.checkpoints import CheckpointError, load_learner
-from student_policy.lockstep import LockstepLearner, StepIn, suggestion_arrays
+from student_policy.lockstep import LockstepLearner, StepIn
 from student_policy.networks import encoder_for
 from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule
 
@@ -43,28 +44,25 @@ class StudentNode(Node):
         eval_every = p('eval_every', 25, 'Evaluate greedily every this many updates (and at the end)')
         eval_episodes = p('eval_episodes', 150, 'Episodes per evaluation (150: a 95% interval of +-0.05 at 0.9)')
         test_episodes = p('test_episodes', 200, 'Unseen episodes on which the exported best policy is tested at the end')
+        d, t = PPOConfig(), TeacherSchedule()  # the defaults' one home; config/student_node.yaml is tested equal
         try:
             self.config = PPOConfig(
-                total_frames=p('total_frames', 1_000_000, 'Environment frames to train for'),
-                num_steps=p('num_steps', 128, 'Lock-steps per rollout'),
-                learning_rate=p('learning_rate', 1e-3, 'Adam learning rate'),
-                anneal_lr=p('anneal_lr', True, 'Decay the learning rate linearly to 0 at total_frames'),
-                ent_coef=p('ent_coef', 0.001, 'Entropy bonus'),
-                update_epochs=p('update_epochs', 4, 'PPO epochs per rollout'),
-                minibatch_size=p('minibatch_size', 256, 'Samples per gradient step'),
-                seed=p('seed', 0, 'Seed of torch and numpy'),
-                device=p('device', 'cpu', 'Where the student learns: cpu, or cuda'),
+                total_frames=p('total_frames', d.total_frames, 'Environment frames to train for'),
+                num_steps=p('num_steps', d.num_steps, 'Lock-steps per rollout'),
+                learning_rate=p('learning_rate', d.learning_rate, 'Adam learning rate'),
+                anneal_lr=p('anneal_lr', d.anneal_lr, 'Decay the learning rate linearly to 0 at total_frames'),
+                ent_coef=p('ent_coef', d.ent_coef, 'Entropy bonus'),
+                update_epochs=p('update_epochs', d.update_epochs, 'PPO epochs per rollout'),
+                minibatch_size=p('minibatch_size', d.minibatch_size, 'Samples per gradient step'),
+                seed=p('seed', d.seed, 'Seed of torch and numpy'),
+                device=p('device', d.device, 'Where the student learns: cpu, or cuda'),
                 compile=COMPILE_CHOICES[p('compile', 'auto', 'torch.compile the encoder: auto (budgets of 200k '
                                           'frames or more, with a C++ compiler), true or false').lower()],
-                greedy_envs=p('greedy_envs', 0, 'Environments (the last of the batch) that act greedily, taught by the '
-                                                'teacher term only: where the deployed greedy policy goes'),
-                overlap=p('overlap', False, 'Update on a worker thread while acting on the next rollout with the '
-                                            "previous weights (one update of lag); false: the synchronous loop"),
                 teacher=TeacherSchedule(
-                    initial=p('teacher_initial', 10.0, 'Teacher weight at frame 0 (0 with teacher_final 0: plain PPO)'),
-                    final=p('teacher_final', 0.1, 'Teacher weight floor'),
-                    decay_frames=p('teacher_decay_frames', 300_000, 'Frames of linear decay to the floor'),
-                    off_frames=p('teacher_off_frames', 768_000, 'Frame from which the teacher term is off'),
+                    initial=p('teacher_initial', t.initial, 'Teacher weight at frame 0 (0 with teacher_final 0: plain PPO)'),
+                    final=p('teacher_final', t.final, 'Teacher weight floor'),
+                    decay_frames=p('teacher_decay_frames', t.decay_frames, 'Frames of linear decay to the floor'),
+                    off_frames=p('teacher_off_frames', t.off_frames, 'Frame from which the teacher term is off'),
                 ),
             )
         except KeyError as err:
@@ -83,8 +81,7 @@ class StudentNode(Node):
         self.create_subscription(TeacherStatus, 'teacher_status', lambda msg: setattr(self, 'teacher_status', msg), QOS_DEPTH)
 
         self.loop = LockstepLearner(self.make_learner, self.after_update,
-                                    log=lambda text: self.get_logger().warning(text, throttle_duration_sec=1.0),
-                                    overlap=self.config.overlap)
+                                    log=lambda text: self.get_logger().warning(text, throttle_duration_sec=1.0))
 
     @property
     def done(self) -> bool:

@@ -15,7 +15,8 @@ import math
 
 import numpy as np
 
-TURN_LEFT, TURN_RIGHT, FORWARD, BACK, PICKUP, DROP = 0, 1, 2, 3, 4, 5
+from llm_teacher_common.commands import BACK, DROP, FORWARD, PICKUP, TURN_LEFT, TURN_RIGHT
+
 CELL = 0.2  # m per grid cell
 LOOKAHEAD = 3  # cells down the cost-to-go field the robot steers towards
 MARGIN = 0.05  # m of clearance beyond the robot's radius a cell needs to be used at all

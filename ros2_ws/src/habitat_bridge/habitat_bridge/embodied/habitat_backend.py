@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from habitat_bridge.embodied.backend import CameraSpec, EmbodiedStep, Pose, visible_in_depth
+from habitat_bridge.embodied.types import CameraSpec, EmbodiedStep, Pose, vfov_deg, visible_in_depth
 from habitat_bridge.embodied.mapping import OccupancyMapper
+from llm_teacher_common.commands import BACK, DROP, FORWARD, PICKUP, TURN_LEFT, TURN_RIGHT
 from llm_teacher_common.perception import PerceivedObject, Perception
 
 # Object kinds and the primitive template each is built from.
@@ -41,8 +42,6 @@ WALL = 0.2  # m thick, 2.5 m high
 REACH = 1.0  # m: success distance of GoToObject, and how near an object must be to pick it up
 TASKS = ('Habitat-GoToObject-v0', 'Habitat-PutNext-v0')
 MAX_STEPS = 400
-# Discrete actions, in MiniWorld's order so that both backends share the action set.
-TURN_LEFT, TURN_RIGHT, FORWARD, BACK, PICKUP, DROP, TOGGLE, DONE = range(8)
 
 
 def habitat_to_map(position) -> tuple[float, float]:
@@ -57,10 +56,6 @@ def map_to_habitat(x: float, y: float, height: float = 0.0) -> np.ndarray:
 def yaw_of(rotation) -> float:
     """Yaw (rad, map frame) of a rotation about habitat's up axis, given as a quaternion (w, x, y, z)."""
     return math.remainder(2 * math.atan2(float(rotation.y), float(rotation.w)), math.tau)
-
-
-def vfov_deg(hfov_deg: float, width: int, height: int) -> float:
-    return math.degrees(2 * math.atan(math.tan(math.radians(hfov_deg) / 2) * height / width))
 
 
 @dataclass

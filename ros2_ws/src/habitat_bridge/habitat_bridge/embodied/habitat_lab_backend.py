@@ -24,9 +24,10 @@ import math
 
 import numpy as np
 
-from habitat_bridge.embodied.backend import CameraSpec, EmbodiedStep, Pose
-from habitat_bridge.embodied.habitat_backend import DONE, FORWARD, TURN_LEFT, TURN_RIGHT, habitat_to_map, vfov_deg, yaw_of
+from habitat_bridge.embodied.habitat_backend import habitat_to_map, yaw_of
+from habitat_bridge.embodied.types import CameraSpec, EmbodiedStep, Pose, vfov_deg
 from habitat_bridge.embodied.mapping import OccupancyMapper
+from llm_teacher_common.commands import DONE, FORWARD, TURN_LEFT, TURN_RIGHT
 from llm_teacher_common.perception import PerceivedObject, Perception
 
 # Task id -> habitat-lab config (its own benchmark configs; the test one uses habitat-test-scenes).

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from habitat_bridge.embodied.backend import CameraSpec, Pose
+from habitat_bridge.embodied.types import CameraSpec, Pose
 from llm_teacher_common.perception import BUMP_AHEAD, FREE, OCCUPIED, UNKNOWN, OccupancyGrid
 
 OBSTACLE_BAND = 0.1, 2.0  # m above the floor: a depth point in this band is an obstacle (not floor, not ceiling)

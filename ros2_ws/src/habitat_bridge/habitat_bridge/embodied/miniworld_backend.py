@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from habitat_bridge.embodied.backend import CameraSpec, EmbodiedStep, Pose, visible_in_depth
+from habitat_bridge.embodied.types import CameraSpec, EmbodiedStep, Pose, visible_in_depth
 from habitat_bridge.embodied.mapping import OccupancyMapper
 from llm_teacher_common.perception import PerceivedObject, Perception
 
@@ -136,7 +136,7 @@ class MiniWorldBackend:
                           carrying=holding, x=pose.x, y=pose.y, heading=pose.yaw)
 
     def _in_view(self, pose: Pose, depth: np.ndarray) -> list:
-        """The objects a detector would see in this depth image (backend.visible_in_depth, across
+        """The objects a detector would see in this depth image (types.visible_in_depth, across
         the object's middle). MiniWorld's own occlusion query renders the world once per object
         (~60% of a step) and tests a point at the object's base, which a camera 1.5 m up never
         sees within ~2.6 m."""

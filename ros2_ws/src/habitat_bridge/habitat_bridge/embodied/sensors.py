@@ -14,7 +14,7 @@ from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from habitat_bridge.embodied.backend import CameraSpec, Pose
+from habitat_bridge.embodied.types import CameraSpec, Pose
 
 MAP, ODOM, BASE, CAMERA, OPTICAL = 'map', 'odom', 'base_link', 'camera_link', 'camera_optical_frame'
 # camera_link (x forward, y left, z up) -> optical frame (z forward, x right, y down), REP-103.

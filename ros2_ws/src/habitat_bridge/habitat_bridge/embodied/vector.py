@@ -12,8 +12,9 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from habitat_bridge.embodied.backend import EmbodiedStep, make_backend
-from habitat_bridge.vector import VectorEnv
+from habitat_bridge.embodied.backend import make_backend
+from habitat_bridge.embodied.types import EmbodiedStep
+from habitat_bridge.vector_env import VectorEnv
 from llm_teacher_common.camera import camera_observation, observation_channels
 
 

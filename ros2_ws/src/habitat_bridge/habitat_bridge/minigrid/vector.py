@@ -12,7 +12,7 @@ import numpy as np
 from habitat_bridge.minigrid.fast_view import install as install_fast_view
 from habitat_bridge.minigrid.observation import MemoryMapObservation
 from habitat_bridge.minigrid.tasks import register_tasks
-from habitat_bridge.vector import VectorEnv
+from habitat_bridge.vector_env import VectorEnv
 from llm_teacher_common.perception import Perception
 
 OBSERVATION_MODES = ('memory_map', 'egocentric')
