@@ -26,7 +26,6 @@ def test_study_writes_its_results_and_resumes(tmp_path):
     for run in results['runs']:
         if run['arm'] != 'teacher':  # one point per PPO update of 16 envs x 128 steps
             assert [point[0] for point in run['curve']] == [2048, 4096]
-    assert results['table'][f'{TASK}/llm']['llm_calls'][0] >= 0
     # The embedded teacher acting alone opens the door in most SimpleDoorKey episodes.
     assert results['table'][f'{TASK}/teacher']['final_success_sampled'][0] >= 0.5
     assert (tmp_path / 'learning_curves.png').stat().st_size > 10_000

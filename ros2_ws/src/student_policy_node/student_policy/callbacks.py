@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import sys
 import time
@@ -31,6 +32,20 @@ CSV_FIELDS = ['frames', 'updates', 'episodes', 'charts/SPS', 'charts/episodic_re
               'losses/policy_loss', 'losses/value_loss',
               'losses/entropy', 'losses/distill_loss', 'losses/approx_kl', 'losses/clipfrac',
               'losses/explained_variance', 'eval/success_rate', 'eval/mean_return', 'eval/frames']
+
+
+def run_callbacks(callbacks, learner: PPOLearner, metrics: dict, log=lambda text: print(text, file=sys.stderr)) -> bool:
+    """Run every callback; False when one asks to stop. One that cannot write (a full disk: OSError)
+    is reported and training goes on: what it wrote before is kept whole (files are replaced
+    atomically, a CSV row is written whole or not at all)."""
+    keep_going = True
+    for callback in callbacks:
+        try:
+            keep_going = callback(learner, metrics) and keep_going
+        except OSError as err:
+            log(f'{type(callback).__name__} could not write ({err}); training goes on, the files written before '
+                f'are kept: free some disk space')
+    return keep_going
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
@@ -217,12 +232,19 @@ class MetricsLogCallback:
             self.writer.add_scalar(tag, value, frames)
         self.writer.flush()
         row = {'frames': frames, 'updates': learner.updates, 'episodes': learner.episodes, **metrics}
-        new = not self.csv_path.exists()
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.fields, extrasaction='ignore')
+        if not self.csv_path.exists():
+            writer.writeheader()
+        writer.writerow(row)
         with self.csv_path.open('a', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction='ignore')
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+            size = f.tell()
+            try:
+                f.write(text.getvalue())
+                f.flush()
+            except OSError:
+                f.truncate(size)  # no half row for readers (and resumes) to trip over
+                raise
         if learner.frames >= learner.config.total_frames:
             plot_learning_curve(self.run_dir)
         return True

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pickle
 import tempfile
@@ -28,13 +29,18 @@ class CheckpointError(ValueError):
 
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Create or replace `path` through write(file): into a temporary file beside it, synced, then
-    renamed over it. A crash mid-write leaves the previous file intact; readers never see half a file."""
+    renamed over it. A crash mid-write leaves the previous file intact; readers never see half a file.
+
+    write() fills memory first, so a full disk is an OSError from the file, whatever the serialiser
+    (torch.save's zip writer reports it as a RuntimeError of its own)."""
     path = Path(path)
+    buffer = io.BytesIO()
+    write(buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
     try:
         with os.fdopen(fd, 'wb') as f:
-            write(f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -21,10 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from llm_teacher_common.families import family_of_task
 from llm_teacher_common.lockstep import LearnerGroups, check_step
+from student_policy.callbacks import run_callbacks
 from student_policy.ppo import PPOConfig, PPOLearner
 
 EARLY_WINDOW = 64  # seqs ahead of its group's last for which an early suggestion is kept (bounds memory)
+# What a first step batch may ask the learner to allocate: a rollout is num_steps x all envs x obs.
+MAX_ENVS, MAX_ACTIONS, MAX_OBS_BYTES = 4096, 256, 1 << 20
 
 
 @dataclass
@@ -80,11 +84,13 @@ class LockstepLearner:
         on the first good batch (a node may resume one from a checkpoint there).
     :param after_update: (learner, metrics) -> bool, after each update; False ends training.
     :param log: where notable events go (a restarted simulator, a refused batch).
+    :param task: the run's task id: a first batch whose encoder or action count is not its family's
+        (a stale simulator of another task on the same ROS domain) is refused, not learnt from.
     """
 
     def __init__(self, make_learner: Callable[..., PPOLearner], after_update: Callable[[PPOLearner, dict], bool],
-                 log: Callable[[str], None] = print):
-        self.make_learner, self.after_update, self.log = make_learner, after_update, log
+                 log: Callable[[str], None] = print, task: str = ''):
+        self.make_learner, self.after_update, self.log, self.task = make_learner, after_update, log, task
         self._last_report: tuple[float, int] = (0.0, 0)  # (time, frames) of the last report, for charts/SPS
         self.learner: PPOLearner | None = None
         self.counters = Counters()
@@ -112,8 +118,15 @@ class LockstepLearner:
             last = self.last_actions.get(group)
             return [last] if last is not None and last.seq == step.seq else []  # our answer was lost
         if self.learner is None:
-            self.learner = self.make_learner(step.observations.shape[1:], len(step.rewards) * step.num_groups,
-                                             step.num_actions, step.encoder, step.num_groups)
+            try:
+                self.learner = self.make_learner(step.observations.shape[1:], len(step.rewards) * step.num_groups,
+                                                 step.num_actions, step.encoder, step.num_groups)
+            except ValueError as err:  # an observation no encoder takes
+                self.counters.rejected_steps += 1
+                self.counters.last_error = f'step batch {step.seq} refused: {err}'
+                self.log(self.counters.last_error)
+                self.groups = LearnerGroups()  # the next batch is a first one again
+                return []
             self._last_report = (time.perf_counter(), self.learner.frames)  # a resumed learner counts on
         elif group in self.last_actions:
             self.learner.record(step.rewards.astype(np.float32), step.terminated | step.truncated, step.success, group)
@@ -148,14 +161,28 @@ class LockstepLearner:
         error = check_step(len(step.rewards), {'observations': len(step.observations), 'terminated': len(step.terminated),
                                                'truncated': len(step.truncated), 'success flags': len(step.success)},
                            step.group, step.num_groups, step.rewards)
-        if error is None and self.learner is not None:
+        if error is not None:
+            return error
+        got = (tuple(step.observations.shape[1:]), len(step.rewards), step.num_groups, step.num_actions)
+        if self.learner is not None:
             expected = (tuple(self.learner.policy.obs_shape), self.learner.storage.group_size,
                         self.learner.storage.num_groups, self.learner.num_actions)
-            got = (tuple(step.observations.shape[1:]), len(step.rewards), step.num_groups, step.num_actions)
             if got != expected:
                 return (f'(obs shape, envs per group, groups, actions) {got} differ from the learner\'s {expected}; '
                         f'a simulator with other settings needs another run directory')
-        return error
+            return None
+        # The first batch sizes the learner: refuse what no simulator of this run sends.
+        if (len(step.rewards) * step.num_groups > MAX_ENVS or not 0 < step.num_actions <= MAX_ACTIONS
+                or not 0 < step.observations[0].nbytes <= MAX_OBS_BYTES):
+            return (f'(obs shape, envs per group, groups, actions) {got}: more than {MAX_ENVS} envs, '
+                    f'{MAX_ACTIONS} actions or {MAX_OBS_BYTES} bytes an observation')
+        if self.task:
+            family = family_of_task(self.task)
+            if (step.encoder, step.num_actions) != (family.encoder, len(family.action_names)):
+                return (f'its {step.encoder} observations and {step.num_actions} actions are not those of task '
+                        f'{self.task} ({family.encoder}, {len(family.action_names)}): a simulator of another task '
+                        f'on this ROS domain? Stop it, or give this run its own ROS_DOMAIN_ID')
+        return None
 
     def restart(self, group: int) -> None:
         """The simulator of `group` restarted: drop the group's unfinished rollout rows and episodes."""
@@ -213,7 +240,7 @@ def train(config: PPOConfig, envs, teacher=None, callbacks=(), learner: PPOLearn
         return learner
     loop = LockstepLearner(
         lambda obs_shape, num_envs, num_actions, *_: learner or PPOLearner(config, obs_shape, num_envs, num_actions),
-        lambda trained, metrics: all([callback(trained, metrics) for callback in callbacks]))
+        lambda trained, metrics: run_callbacks(callbacks, trained, metrics))
     step = envs.reset(seed=config.seed + (learner.updates if learner else 0) * envs.num_envs)
     for seq in itertools.count():
         answers = loop.on_step(StepIn(seq, step.observations, step.rewards, step.terminated, step.truncated,

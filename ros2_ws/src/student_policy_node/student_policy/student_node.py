@@ -22,7 +22,7 @@ from llm_teacher_common.lockstep import suggestion_arrays
 from llm_teacher_common.messages import observations_from_msg
 from llm_teacher_common.node import parameter, spin
 from student_policy.callbacks import (CheckpointCallback, EvalCallback, MetricsLogCallback, checkpoint_path,
-                                     progress_line)
+                                     progress_line, run_callbacks)
 from student_policy.checkpoints import CheckpointError, load_learner
 from student_policy.lockstep import LockstepLearner, StepIn
 from student_policy.networks import encoder_for
@@ -81,7 +81,8 @@ class StudentNode(Node):
         self.create_subscription(TeacherStatus, 'teacher_status', lambda msg: setattr(self, 'teacher_status', msg), QOS_DEPTH)
 
         self.loop = LockstepLearner(self.make_learner, self.after_update,
-                                    log=lambda text: self.get_logger().warning(text, throttle_duration_sec=1.0))
+                                    log=lambda text: self.get_logger().warning(text, throttle_duration_sec=1.0),
+                                    task=task)
 
     @property
     def done(self) -> bool:
@@ -136,7 +137,8 @@ class StudentNode(Node):
             metrics.update({'teacher/llm_calls': self.teacher_status.llm_calls,
                             'teacher/cache_hits': self.teacher_status.cache_hits,
                             'teacher/mean_latency_ms': self.teacher_status.mean_latency_ms})
-        keep_going = all([callback(learner, metrics) for callback in self.callbacks])
+        keep_going = run_callbacks(self.callbacks, learner, metrics,
+                                   log=lambda text: self.get_logger().error(text, throttle_duration_sec=10.0))
         self.status_pub.publish(self.status_msg(metrics))
         line = progress_line(learner, metrics)
         if self.teacher_status is not None:
