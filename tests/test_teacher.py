@@ -1,5 +1,6 @@
 """The teacher's parts in-process: grounding, parsing, mediator, skills, cache, planner, embedded LLM."""
 import itertools
+import sqlite3
 import threading
 import zlib
 
@@ -256,7 +257,14 @@ def test_a_corrupt_cache_file_is_refused_clearly(tmp_path):
         AnswerCache(path)
 
 
-class FailingBackend:
+class StandIn:
+    """A stand-in LLM backend: nothing in flight to abort on close()."""
+
+    def close(self):
+        pass
+
+
+class FailingBackend(StandIn):
     name = 'test:failing'
 
     def score(self, prompt, continuations):
@@ -279,32 +287,61 @@ def test_llm_errors_are_counted_and_logged_never_raised(tmp_path):
     teacher.close()
 
 
-class ScoreByText:
+class ScoreByText(StandIn):
     """Scores options by a hash of prompt and option: a deterministic stand-in LLM."""
     name = 'test:score-by-text'
 
     def score(self, prompt, continuations):
-        return [[zlib.crc32((prompt + option).encode()) % 7 / 2] for option in continuations]
+        return [zlib.crc32((prompt + option).encode()) % 7 / 2 for option in continuations]
 
 
-class TokenScores:
-    """Per-token log-probs chosen so that the three score reductions disagree."""
-    name = 'test:token-scores'
-    TOKENS = {'explore': [-1.0], 'go to the red key': [-0.2, -0.2, -0.2, -0.2, -0.2]}
+def test_backend_and_planner_defaults_are_the_teacher_node_yaml():
+    """evaluate and embedded_teacher build the teacher from make_backend's and Planner's defaults:
+    those must be what a user reads in config/teacher_node.yaml."""
+    import inspect
+    from pathlib import Path
 
-    def score(self, prompt, continuations):
-        return [self.TOKENS[option] for option in continuations]
+    import yaml
+    from llm_teacher.backends import make_backend
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / 'config' / 'teacher_node.yaml').read_text())
+    yaml_defaults = config['teacher_node']['ros__parameters']
+    defaults = {name: p.default for name, p in inspect.signature(make_backend).parameters.items()}
+    planner = inspect.signature(Planner).parameters
+    defaults.update(planner_mode=planner['mode'].default, samples=planner['samples'].default)
+    assert defaults == {name: yaml_defaults[name] for name in defaults}
 
 
-@pytest.mark.parametrize('mode, logits', [('score', (-1.0, -1.0)), ('score-mean', (-1.0, -0.2)),
-                                          ('score-first', (-1.0, -0.2))])
-def test_score_modes_sum_average_or_take_the_first_token(mode, logits):
-    """A one-token option and a five-token one: summed, they tie; averaged or first-token, the
-    longer one wins. The planner's softmax over the reduced scores is the distribution."""
-    options = [EXPLORE, Option('go to', 'key', 'red')]
-    result = Planner(TokenScores(), mode).plan('prompt', options).distribution
-    expected = np.exp(logits) / np.exp(logits).sum()
-    assert [result[o.text] for o in options] == pytest.approx(expected)
+@pytest.mark.parametrize('row', ['not json', '[0.5, 0.5]', '{"explore": "high"}', '{"explore": NaN}', 'null'])
+def test_a_foreign_cache_row_is_logged_and_replaced_by_a_new_answer(tmp_path, row):
+    """A row another program (or version) wrote is not a distribution: the teacher says so, asks the
+    LLM, and its answer replaces the row; every other row stays."""
+    path, logged = tmp_path / 'c.sqlite', []
+    teacher = Teacher(Planner(ScoreByText()), AnswerCache(path), Mediator.from_file(), log_error=logged.append)
+    obs, _ = make_env('MiniGrid-SimpleDoorKey-v0').reset(seed=1)
+    perception = Perception('m', objects=[KEY, DOOR])
+    prompt = Mediator.from_file().prompt(perception, feasible_options(perception))
+    teacher.cache.put(ScoreByText.name, 'score', 'another prompt', {'explore': 1.0})
+    with sqlite3.connect(path) as other_program:
+        other_program.execute('INSERT INTO answers VALUES (?, ?, ?, ?)', (ScoreByText.name, 'score', prompt, row))
+    assert not teacher.suggest(perception, obs).valid
+    assert 'is not an option distribution' in logged[0] and teacher.wait_idle(10)
+    assert teacher.suggest(perception, obs).valid and teacher.counters.llm_calls == 1
+    assert set(AnswerCache(path).get(ScoreByText.name, 'score', prompt)) == {o.text for o in feasible_options(perception)}
+    assert AnswerCache(path).get(ScoreByText.name, 'score', 'another prompt') == {'explore': 1.0}
+    teacher.close()
+
+
+def test_answers_kept_in_memory_are_bounded(tmp_path, monkeypatch):
+    import llm_teacher.teacher as teacher_module
+    monkeypatch.setattr(teacher_module, 'MAX_ANSWERS', 3)
+    teacher = Teacher(Planner(ScoreByText()), AnswerCache(tmp_path / 'c.sqlite'), Mediator.from_file())
+    obs, _ = make_env('MiniGrid-SimpleDoorKey-v0').reset(seed=1)
+    for i in range(6):
+        perception = Perception(f'mission {i}', objects=[KEY, DOOR])
+        teacher.suggest(perception, obs)
+        assert teacher.wait_idle(10) and teacher.suggest(perception, obs).valid
+    assert len(teacher._answers) == 3
+    teacher.close()
 
 
 def test_suggestions_kept_by_situation_are_those_made_afresh(tmp_path):
@@ -436,7 +473,7 @@ def test_the_opt_in_gemma_model_scores_a_valid_distribution():
     assert set(distribution) == set(texts(options)) and sum(distribution.values()) == pytest.approx(1.0)
 
 
-class GibberishBackend:
+class GibberishBackend(StandIn):
     name = 'test:gibberish'
     calls = 0
 

@@ -7,18 +7,21 @@
   Gemma's terms of use apply). transformers dequantises a GGUF to fp32 slowly (~25-90 s), so the
   first load converts it once into a local cache directory.
 - OpenAIBackend: any OpenAI-compatible server (vLLM, Ollama, llama.cpp server, a provider) by
-  base URL, with a timeout and retries.
+  base URL, with a deadline per request and retries.
+make_backend() builds either from the teacher's parameters (config/teacher_node.yaml).
 """
 from __future__ import annotations
 
+import http.client
 import importlib
 import importlib.util
 import json
 import os
 import shutil
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -43,16 +46,21 @@ class LLMError(RuntimeError):
     """The LLM could not answer (server down, timeout, bad reply); the message says which and why."""
 
 
+class _Final(LLMError):
+    """An error that asking again will not mend (a redirect, a refused request, shutting down)."""
+
+
 class LLMBackend(Protocol):
     name: str  # 'backend:model', part of the answer cache key
 
     def generate(self, prompt: str, n: int, temperature: float, max_tokens: int) -> list[str]:
         """n sampled answers to a chat prompt."""
 
-    def score(self, prompt: str, continuations: list[str]) -> list[list[float]]:
-        """log p of each token of each continuation, given the prompt as the user's turn and the
-        continuation's earlier tokens as the assistant's answer (the planner sums, averages or
-        takes the first)."""
+    def score(self, prompt: str, continuations: list[str]) -> list[float]:
+        """log p of each continuation as the answer to the prompt (the user's turn)."""
+
+    def close(self) -> None:
+        """Abort what is in flight; later calls fail at once (a node shutting down)."""
 
 
 def default_cache_dir() -> Path:
@@ -130,7 +138,7 @@ class TransformersBackend:
                                       pad_token_id=self.tokenizer.eos_token_id)
         return [self.tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True) for row in out]
 
-    def score(self, prompt: str, continuations: list[str]) -> list[list[float]]:
+    def score(self, prompt: str, continuations: list[str]) -> list[float]:
         """One forward pass over the prompt, then all continuations in one batch on its KV cache."""
         torch = self.torch
         ids = self._prompt_ids(prompt)
@@ -147,48 +155,155 @@ class TransformersBackend:
         # Token j of a continuation is predicted by the prompt's last logits (j=0) or by token j-1.
         prompt_last = first.logits[0, -1].log_softmax(-1)
         logprobs = logits.log_softmax(-1)
-        return [[prompt_last[cont[0]].item()] + [logprobs[i, j - 1, cont[j]].item() for j in range(1, len(cont))]
+        return [prompt_last[cont[0]].item() + sum(logprobs[i, j - 1, cont[j]].item() for j in range(1, len(cont)))
                 for i, cont in enumerate(conts)]
+
+    def close(self) -> None:
+        """Nothing to abort: a forward pass ends on its own within seconds."""
+
+
+MAX_REPLY_BYTES = 1 << 20  # an answer of a few options is a few kB; more is not an LLM reply
 
 
 class OpenAIBackend:
-    """An OpenAI-compatible HTTP server: /v1/chat/completions to sample, /v1/completions to score."""
+    """An OpenAI-compatible HTTP server: /v1/chat/completions to sample.
+
+    Each HTTP request ends within `timeout_s`, however slowly the server sends (a watchdog closes
+    the connection at the deadline: a socket timeout alone restarts at every byte). Redirects are
+    not followed, so the API key goes to `base_url`'s host only; replies are read up to
+    MAX_REPLY_BYTES."""
 
     def __init__(self, base_url: str, model: str, api_key: str = '', timeout_s: float = 30.0, retries: int = 2):
-        self.base_url = base_url.rstrip('/')
+        url = urllib.parse.urlsplit(base_url.rstrip('/'))
+        if url.scheme not in ('http', 'https') or not url.hostname:
+            raise ValueError(f'base_url {base_url!r} is not an http:// or https:// URL')
+        if not 0 < timeout_s < float('inf'):
+            raise ValueError(f'timeout_s {timeout_s} must be a positive number of seconds')
+        self.base_url, self._url = url.geturl(), url
         self.model, self.api_key, self.timeout_s, self.retries = model, api_key, timeout_s, retries
         self.name = f'openai:{model}'
+        self._closed = threading.Event()  # set by close(): a node shutting down
+        self._lock = threading.Lock()
+        self._in_flight: set[http.client.HTTPConnection] = set()  # for close() to abort
+
+    def _request(self, path: str, payload: bytes) -> dict:
+        """One POST, ended by the watchdog at the deadline."""
+        url, deadline = self._url, time.monotonic() + self.timeout_s
+        connection_class = http.client.HTTPSConnection if url.scheme == 'https' else http.client.HTTPConnection
+        connection = connection_class(url.hostname, url.port, timeout=self.timeout_s)
+        watchdog = threading.Timer(self.timeout_s, _abort, (connection,))
+        watchdog.daemon = True
+        with self._lock:
+            self._in_flight.add(connection)
+        watchdog.start()
+        headers = {'Content-Type': 'application/json'}
+        if self.api_key:
+            headers['Authorization'] = f'Bearer {self.api_key}'
+        try:
+            connection.connect()
+            # The watchdog or close() may have fired while connect() had no socket to shut down yet.
+            if self._closed.is_set() or time.monotonic() >= deadline:
+                raise TimeoutError('connecting took the whole deadline')
+            connection.request('POST', url.path + path, body=payload, headers=headers)
+            response = connection.getresponse()
+            data = response.read(MAX_REPLY_BYTES + 1)
+        except (OSError, http.client.HTTPException) as err:
+            if self._closed.is_set():
+                raise _Final(f'{self.name} was closed') from err
+            if time.monotonic() >= deadline:
+                raise LLMError(f'no complete reply within {self.timeout_s} s') from err
+            raise LLMError(f'{type(err).__name__}: {err}') from err
+        finally:
+            watchdog.cancel()
+            connection.close()
+            with self._lock:
+                self._in_flight.discard(connection)
+        if 300 <= response.status < 400:
+            raise _Final(f'HTTP {response.status}: redirect to {response.getheader("Location")!r} not followed '
+                         f'(it could carry the API key elsewhere); set base_url to the server itself')
+        if response.status != 200:
+            error = LLMError if response.status >= 500 else _Final  # a 4xx: the request itself is wrong
+            raise error(f'HTTP {response.status}: {data[:300]!r}')
+        if len(data) > MAX_REPLY_BYTES:
+            raise LLMError(f'reply larger than {MAX_REPLY_BYTES} bytes')
+        try:
+            return json.loads(data)
+        except ValueError as err:
+            raise LLMError(f'reply is not JSON ({err}): {data[:300]!r}') from err
 
     def _post(self, path: str, body: dict) -> dict:
-        request = urllib.request.Request(
-            self.base_url + path, data=json.dumps(body).encode(), method='POST',
-            headers={'Content-Type': 'application/json', **({'Authorization': f'Bearer {self.api_key}'} if self.api_key else {})})
-        error = None
+        payload = json.dumps(body).encode()
         for attempt in range(self.retries + 1):
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as err:
-                error = f'HTTP {err.code}: {err.read()[:300]!r}'
-                if err.code < 500:
-                    break  # the request itself is wrong: retrying will not help
-            except (urllib.error.URLError, TimeoutError, OSError, json.JSONDecodeError) as err:
-                error = f'{type(err).__name__}: {err}'
-            time.sleep(0.2 * 2 ** attempt)
+                return self._request(path, payload)
+            except _Final as err:
+                error = err
+                break
+            except LLMError as err:
+                error = err
+            if self._closed.wait(0.2 * 2 ** attempt):
+                break
         raise LLMError(f'LLM server {self.base_url}{path} (model {self.model}) did not answer after '
-                       f'{self.retries + 1} tries: {error}')
+                       f'{attempt + 1} tries: {error}')
+
+    def _answers(self, body: dict) -> list[str]:
+        reply = self._post('/v1/chat/completions', body)
+        try:
+            answers = [choice['message']['content'] for choice in reply['choices']]
+        except (KeyError, TypeError) as err:
+            raise LLMError(f'LLM server {self.base_url} sent no choices[].message.content: {str(reply)[:300]}') from err
+        if not all(isinstance(a, str) for a in answers):
+            raise LLMError(f'LLM server {self.base_url} sent answers that are not text: {answers[:3]!r}')
+        return answers
 
     def generate(self, prompt: str, n: int, temperature: float, max_tokens: int) -> list[str]:
         body = {'model': self.model, 'messages': [{'role': 'user', 'content': prompt}], 'n': n,
                 'temperature': temperature, 'max_tokens': max_tokens}
-        answers = [c['message']['content'] for c in self._post('/v1/chat/completions', body).get('choices', [])]
-        while 0 < len(answers) < n:  # servers that ignore n answer once per request
-            body['n'] = 1
-            answers += [c['message']['content'] for c in self._post('/v1/chat/completions', body)['choices']]
+        answers = self._answers(body)
+        body['n'] = 1
+        while answers and len(answers) < n:  # servers that ignore n answer once per request
+            more = self._answers(body)
+            if not more:
+                break
+            answers += more
         if not answers:
             raise LLMError(f'LLM server {self.base_url} returned no choices for model {self.model}')
         return answers[:n]
 
-    def score(self, prompt: str, continuations: list[str]) -> list[list[float]]:
+    def score(self, prompt: str, continuations: list[str]) -> list[float]:
         raise LLMError(f'scoring needs prompt log-probabilities, which {self.name} does not offer through '
                        f'this backend; use planner_mode sample')
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed.set()
+            for connection in self._in_flight:
+                _abort(connection)
+
+
+def _abort(connection: http.client.HTTPConnection) -> None:
+    """End a request now: shutdown wakes a thread blocked reading the socket (close does not)."""
+    sock = connection.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+
+BACKENDS = ('transformers', 'openai')
+
+
+def make_backend(backend: str = 'transformers', model: str = 'embedded', device: str = 'cpu',
+                 base_url: str = 'http://127.0.0.1:8000', api_key_env: str = 'OPENAI_API_KEY',
+                 timeout_s: float = 30.0) -> LLMBackend:
+    """The LLM backend the teacher's parameters name (the defaults are config/teacher_node.yaml's).
+
+    :raises ValueError: an unknown backend or a malformed parameter.
+    :raises LLMError: the model cannot be loaded.
+    """
+    if backend == 'transformers':
+        return TransformersBackend(model, device=device)
+    if backend == 'openai':
+        return OpenAIBackend(base_url, model, os.environ.get(api_key_env, ''), timeout_s)
+    raise ValueError(f'backend {backend!r} is not one of {BACKENDS}')

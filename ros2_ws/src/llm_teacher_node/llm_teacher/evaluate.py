@@ -28,7 +28,7 @@ from llm_teacher_common.perception import Perception
 from llm_teacher_common.stats import wilson_interval
 from habitat_bridge.minigrid.vector import make_env
 from habitat_bridge.vector import make_vec_env
-from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir
+from llm_teacher.backends import BACKENDS, LLMError, default_cache_dir, make_backend
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator, describe
 from llm_teacher.options import EXPLORE, Option, feasible_options
@@ -135,11 +135,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m llm_teacher.evaluate', description=__doc__.splitlines()[0])
     parser.add_argument('--task', action='append', help='task id (repeatable); default: the paper tasks')
     parser.add_argument('--episodes', type=int, default=20)
-    parser.add_argument('--backend', choices=('transformers', 'openai'), default='transformers')
-    parser.add_argument('--model', default='embedded')
-    parser.add_argument('--base-url', default='http://127.0.0.1:8000')
-    parser.add_argument('--planner-mode', choices=PLANNER_MODES, default='score')
-    parser.add_argument('--samples', type=int, default=10)
+    # Left out, make_backend's and Planner's defaults apply: a test holds them equal to the YAML.
+    llm = parser.add_argument_group('teacher (defaults: config/teacher_node.yaml)', argument_default=argparse.SUPPRESS)
+    llm.add_argument('--backend', choices=BACKENDS)
+    llm.add_argument('--model')
+    llm.add_argument('--base-url')
+    llm.add_argument('--api-key-env', help='environment variable holding the API key (openai)')
+    llm.add_argument('--timeout-s', type=float)
+    llm.add_argument('--device')
+    llm.add_argument('--planner-mode', choices=PLANNER_MODES, dest='mode')
+    llm.add_argument('--samples', type=int)
     parser.add_argument('--ungrounded', action='store_true', help='offer every option, possible or not')
     parser.add_argument('--prompt-file', help='prompt template to try (default: the packaged ones), '
                                               'with {mission}, {observation} and {options}')
@@ -148,9 +153,11 @@ def main(argv=None) -> int:
     tasks = args.task or ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-LavaDoorKey-v0', 'MiniGrid-ColoredDoorKey-v0',
                           'MiniGrid-TwoDoor-v0']
     try:
-        backend = (TransformersBackend(args.model) if args.backend == 'transformers'
-                   else OpenAIBackend(args.base_url, args.model))
-        teacher = Teacher(Planner(backend, args.planner_mode, args.samples), AnswerCache(args.cache),
+        given = vars(args)
+        backend = make_backend(**{k: given[k] for k in ('backend', 'model', 'device', 'base_url', 'api_key_env',
+                                                        'timeout_s') if k in given})
+        planner = Planner(backend, **{k: given[k] for k in ('mode', 'samples') if k in given})
+        teacher = Teacher(planner, AnswerCache(args.cache),
                           Mediator.from_file(args.prompt_file), log_error=lambda text: print(text, file=sys.stderr))
     except (ValueError, LLMError) as err:
         print(f'evaluate: {err}', file=sys.stderr)

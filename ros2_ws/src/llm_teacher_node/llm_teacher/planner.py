@@ -2,11 +2,10 @@
 
 - sample: K answers sampled from the LLM, parsed (exact, then normalised, else rejected) and
   counted: the paper's uncertainty-aware soft instructions.
-- score: the log-likelihood of each feasible option as the answer, all in one batched pass
-  over the prompt's KV cache; softmax over options gives an exact distribution, no parsing.
-  Summed over the option's tokens ('score', the default), so a longer option pays for each token;
-  'score-mean' averages them (length-normalised) and 'score-first' keeps the first token's alone
-  (docs/results.md, "Decisive students", compares the three).
+- score (the default): the log-likelihood of each feasible option as the answer (summed over its
+  tokens), all in one batched pass over the prompt's KV cache; softmax over options gives an
+  exact distribution, no parsing. (Length-normalised and first-token scores lost on all five
+  tasks: docs/results.md, "Option scoring: sum, mean or first token".)
 Only feasible options (affordance grounding) are offered and can get mass.
 """
 from __future__ import annotations
@@ -18,9 +17,7 @@ import numpy as np
 from llm_teacher.backends import LLMBackend
 from llm_teacher.options import Option, parse_option
 
-# How 'score' modes reduce an option's token log-probs to its logit.
-SCORE_REDUCTIONS = {'score': sum, 'score-mean': lambda t: sum(t) / len(t), 'score-first': lambda t: t[0]}
-PLANNER_MODES = (*SCORE_REDUCTIONS, 'sample')
+PLANNER_MODES = ('score', 'sample')
 
 
 @dataclass
@@ -44,9 +41,8 @@ class Planner:
     def plan(self, prompt: str, options: list[Option]) -> PlanResult:
         if len(options) == 1:  # grounding left one choice: no need to ask
             return PlanResult({options[0].text: 1.0}, [], llm_called=False)
-        if self.mode in SCORE_REDUCTIONS:
-            reduce = SCORE_REDUCTIONS[self.mode]
-            logits = np.array([reduce(tokens) for tokens in self.backend.score(prompt, [o.text for o in options])])
+        if self.mode == 'score':
+            logits = np.array(self.backend.score(prompt, [o.text for o in options]))
             probs = np.exp(logits - logits.max())
             probs /= probs.sum()
             return PlanResult({o.text: float(p) for o, p in zip(options, probs)}, [])

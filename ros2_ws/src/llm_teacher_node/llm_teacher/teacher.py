@@ -3,23 +3,26 @@
 It never blocks its caller: a prompt seen before is answered at once from the cache; a new one
 goes to a worker thread and this state gets no suggestion; when the LLM answers, the answer is
 cached and serves every later state with the same text. LLM errors and unparseable answers are
-counted and logged with the prompt, never raised.
+counted and logged with the prompt, never raised; so are the answer cache's errors (a full disk, a
+row another program wrote): the teacher goes on with the answers it holds in memory.
 Most steps repeat the situation of a step before (mediator.situation: what the options and the
 prompt are made of), so the options, the prompt and, once answered, the option distribution are
 kept by situation: a step builds no text, and pays mostly for the skills.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from llm_teacher_common.perception import Perception
-from llm_teacher.backends import LLMError
-from llm_teacher.cache import AnswerCache
+from llm_teacher.backends import LLMError, default_cache_dir, make_backend
+from llm_teacher.cache import AnswerCache, CacheError
 from llm_teacher.embodied_skills import EmbodiedSkills
 from llm_teacher.mediator import Mediator, situation
 from llm_teacher.options import Option, feasible_options
@@ -63,6 +66,49 @@ class TeacherCounters:
 
 
 MAX_SITUATIONS = 10_000  # situations kept (each with a prompt's text, ~1 kB)
+MAX_ANSWERS = 10_000  # answers (and unanswerable prompts) kept in memory, least recently used dropped
+# What a perception may hold (a step batch comes from whatever is on the ROS domain): beyond these,
+# planning costs more than a step is worth, or never ends (clearance dilations are 1 / resolution).
+MAX_OBJECTS, MAX_MISSION_CHARS = 64, 512
+MAX_GRID_SIDE = 64  # cells of a grid world's memory map (the paper's largest task: 20)
+MAP_RESOLUTION_M = (0.02, 2.0)  # occupancy map m per cell (the embodied sims map at 0.25)
+MAX_MAP_SIDE = 512  # occupancy map cells (the embodied sims map 128 x 128)
+
+
+def check_input(perception: Perception, memory_map: np.ndarray) -> None:
+    """Refuse a state the skills cannot plan on in bounded time: non-finite numbers, too many
+    objects, a map too large or too fine.
+
+    :raises ValueError: what is wrong, with the value and what is allowed.
+    """
+    numbers = [perception.x, perception.y, perception.heading]
+    for obj in perception.objects:
+        numbers += [obj.forward, obj.left]
+    if not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f'pose or object positions are not finite: {[v for v in numbers if not math.isfinite(v)][:3]}')
+    if len(perception.objects) > MAX_OBJECTS or len(perception.mission) > MAX_MISSION_CHARS:
+        raise ValueError(f'{len(perception.objects)} objects and a mission of {len(perception.mission)} characters: '
+                         f'at most {MAX_OBJECTS} and {MAX_MISSION_CHARS}')
+    if perception.task_family == 'gridworld':
+        if memory_map.ndim != 3 or memory_map.shape[2] < 4 or max(memory_map.shape[:2]) > MAX_GRID_SIDE:
+            raise ValueError(f'memory map of shape {memory_map.shape}: (width, height, 4) with sides up to '
+                             f'{MAX_GRID_SIDE} expected')
+    grid = perception.occupancy
+    if grid is not None:
+        low, high = MAP_RESOLUTION_M
+        if not low <= grid.resolution <= high or not all(math.isfinite(v) for v in grid.origin):
+            raise ValueError(f'occupancy map resolution {grid.resolution} m (origin {grid.origin}): '
+                             f'{low}..{high} m per cell and a finite origin expected')
+        if max(grid.cells.shape) > MAX_MAP_SIDE:
+            raise ValueError(f'occupancy map of {grid.cells.shape} cells: at most {MAX_MAP_SIDE} a side')
+
+
+def _remember(store: OrderedDict, key, value) -> None:
+    """Keep `key` as the most recently used, dropping the least recently used beyond MAX_ANSWERS."""
+    store[key] = value
+    store.move_to_end(key)
+    while len(store) > MAX_ANSWERS:
+        store.popitem(last=False)
 
 
 class Teacher:
@@ -76,11 +122,11 @@ class Teacher:
         self.counters = TeacherCounters()
         self.max_pending = max_pending
         # prompt -> (distribution, LLM latency in ms, came from the persistent cache): memory over the cache
-        self._answers: dict[str, tuple[dict[str, float], float, bool]] = {}
+        self._answers: OrderedDict[str, tuple[dict[str, float], float, bool]] = OrderedDict()
         self._pending: set[str] = set()
-        # Prompts whose every sampled answer was unparseable: not asked again this session (they
+        # Prompts whose every sampled answer was unparseable: not asked again while remembered (they
         # would be, on every visit, at full LLM cost); such states carry no teacher term.
-        self._unanswerable: set[str] = set()
+        self._unanswerable: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         # mediator.situation -> its options, prompt and answer; used by the caller's thread only
         self._situations: dict[tuple, _Situation] = {}
@@ -101,7 +147,13 @@ class Teacher:
         """pi_T for this state, or at once an invalid suggestion when its prompt has no answer yet.
 
         `memory_map` is the grid world's observation; embodied skills plan on the occupancy map
-        in the perception instead."""
+        in the perception instead.
+
+        :raises ValueError: a state check_input refuses, or of an unknown task family.
+        """
+        check_input(perception, memory_map)
+        if perception.task_family not in self.skills:
+            raise ValueError(f'task family {perception.task_family!r} is not one of {", ".join(self.skills)}')
         self.counters.requests += 1
         key = situation(perception)
         known = self._situations.get(key)
@@ -155,12 +207,18 @@ class Teacher:
     def _lookup(self, prompt: str):
         with self._lock:
             answer = self._answers.get(prompt)
+            if answer is not None:
+                self._answers.move_to_end(prompt)
         if answer is None:
-            distribution = self.cache.get(self.source, self.planner.mode, prompt)
+            try:
+                distribution = self.cache.get(self.source, self.planner.mode, prompt)
+            except CacheError as err:
+                self.log_error(str(err))
+                return None
             if distribution is not None:
                 answer = (distribution, 0.0, True)
                 with self._lock:
-                    self._answers[prompt] = answer
+                    _remember(self._answers, prompt, answer)
         return answer
 
     def _ask_later(self, prompt: str, options) -> None:
@@ -171,6 +229,13 @@ class Teacher:
         self._worker.submit(self._ask, prompt, options)
 
     def _ask(self, prompt: str, options) -> None:
+        try:
+            self._answer(prompt, options)
+        finally:  # only once answered and stored: wait_idle() then sees the answer, and none is asked twice
+            with self._lock:
+                self._pending.discard(prompt)
+
+    def _answer(self, prompt: str, options) -> None:
         start = time.perf_counter()
         try:
             result = self.planner.plan(prompt, options)
@@ -182,9 +247,6 @@ class Teacher:
             self.counters.llm_errors += 1
             self.log_error(f'{type(err).__name__} in the planner ({err}) for prompt:\n{prompt}')
             return
-        finally:
-            with self._lock:
-                self._pending.discard(prompt)
         latency_ms = 1000 * (time.perf_counter() - start)
         if result.llm_called:
             self.counters.llm_calls += 1
@@ -195,11 +257,14 @@ class Teacher:
                            f'for prompt:\n{prompt}')
         with self._lock:
             if result.distribution:
-                self._answers[prompt] = (result.distribution, latency_ms, False)
+                _remember(self._answers, prompt, (result.distribution, latency_ms, False))
             else:
-                self._unanswerable.add(prompt)
+                _remember(self._unanswerable, prompt, None)
         if result.distribution:
-            self.cache.put(self.source, self.planner.mode, prompt, result.distribution)
+            try:
+                self.cache.put(self.source, self.planner.mode, prompt, result.distribution)
+            except CacheError as err:
+                self.log_error(str(err))
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no prompt is pending (for evaluation and tests); False on timeout."""
@@ -211,6 +276,7 @@ class Teacher:
         return True
 
     def close(self) -> None:
+        self.planner.backend.close()  # a request in flight ends now, so the worker does too
         self._worker.shutdown(wait=False, cancel_futures=True)
         self.cache.close()
 
@@ -221,8 +287,7 @@ def embedded_teacher(cache_path=None, log_error=print, avoid_lava: bool = True, 
     (default: the user's cache directory); avoid_lava False gives the paper's lava-blind skills,
     prompt a template of one's own (its text; default: the packaged ones), planner_mode one of
     planner.PLANNER_MODES."""
-    from llm_teacher.backends import TransformersBackend, default_cache_dir
     cache_path = cache_path or default_cache_dir() / 'answers.sqlite'
     mediator = Mediator(prompt) if prompt else Mediator.from_file()
-    return Teacher(Planner(TransformersBackend(), planner_mode), AnswerCache(cache_path), mediator,
+    return Teacher(Planner(make_backend(), planner_mode), AnswerCache(cache_path), mediator,
                    log_error=log_error, avoid_lava=avoid_lava)

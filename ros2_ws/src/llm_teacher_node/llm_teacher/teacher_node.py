@@ -8,7 +8,6 @@ and, every second, `teacher_status`.
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 from llm_teacher_msgs.msg import PerceptionBatch, StepBatch, SuggestionBatch, TeacherStatus
@@ -17,7 +16,7 @@ from rclpy.node import Node
 
 from llm_teacher_common.messages import observations_from_msg, perceptions_from_msg
 from llm_teacher_common.node import group_list, parameter, spin
-from llm_teacher.backends import LLMError, OpenAIBackend, TransformersBackend, default_cache_dir
+from llm_teacher.backends import LLMError, default_cache_dir, make_backend
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator
 from llm_teacher.planner import Planner
@@ -35,9 +34,9 @@ class TeacherNode(Node):
         model = p('model', 'embedded', "transformers: a model directory or 'embedded'; openai: the served model name")
         base_url = p('base_url', 'http://127.0.0.1:8000', 'openai backend: server base URL')
         api_key_env = p('api_key_env', 'OPENAI_API_KEY', 'openai backend: environment variable holding the API key')
-        timeout_s = p('timeout_s', 30.0, 'openai backend: seconds before a request is abandoned')
+        timeout_s = p('timeout_s', 30.0, 'openai backend: seconds a request may take in all (connect, wait, read) before it is abandoned')
         device = p('device', 'cpu', "transformers backend: 'cpu' or 'cuda'")
-        mode = p('planner_mode', 'score', "'score' (option log-likelihoods summed over tokens; 'score-mean' averages, 'score-first' the first token) or 'sample' (K answers, the paper's)")
+        mode = p('planner_mode', 'score', "'score' (option log-likelihoods, one batched pass) or 'sample' (K answers, the paper's)")
         samples = p('samples', 10, 'sample mode: answers per prompt')
         cache_path = p('cache_path', '', "Persistent answer cache (SQLite); '' the user's cache directory") or str(
             default_cache_dir() / 'answers.sqlite')
@@ -48,12 +47,7 @@ class TeacherNode(Node):
         try:
             served = group_list(groups)  # the teacher does not know how many groups the sims have
             self.groups = set(served) if served is not None else None
-            if backend == 'transformers':
-                llm = TransformersBackend(model, device=device)
-            elif backend == 'openai':
-                llm = OpenAIBackend(base_url, model, os.environ.get(api_key_env, ''), timeout_s)
-            else:
-                raise ValueError(f"backend {backend!r} is not 'transformers' or 'openai'")
+            llm = make_backend(backend, model, device, base_url, api_key_env, timeout_s)
             self.teacher = Teacher(Planner(llm, mode, samples), AnswerCache(cache_path), Mediator.from_file(prompt_file or None),
                                    log_error=lambda text: self.get_logger().error(text, throttle_duration_sec=5.0),
                                    avoid_lava=avoid_lava)
@@ -70,7 +64,6 @@ class TeacherNode(Node):
                                  lambda b: self.on_batch(b, self.perceptions, self.steps), QOS_DEPTH)
         self.create_timer(1.0, self.publish_status)
         self.last_key = (0, -1)
-        self.rejected = 0
         self.get_logger().info(f'teacher {self.teacher.source} ({mode}), cache {cache_path}')
 
     def on_batch(self, batch: StepBatch | PerceptionBatch, mine: dict, other: dict) -> None:
@@ -101,9 +94,11 @@ class TeacherNode(Node):
                     valid=s.valid, options=s.options, option_probs=s.option_probs,
                     action_probs=np.asarray(s.action_probs, np.float32).tolist(), source=self.teacher.source,
                     cache_hit=s.cache_hit, latency_ms=s.latency_ms))
-        except (ValueError, KeyError, IndexError) as err:  # nothing on the domain may crash the teacher
-            self.rejected += 1
-            self.get_logger().error(f'step batch {step.seq} not answered: {err}', throttle_duration_sec=5.0)
+        except Exception as err:  # noqa: BLE001
+            # Teacher.suggest refuses what it cannot plan on in bounded time (ValueError); any other
+            # fault of a malformed batch is caught too: nothing on the domain may end the teacher.
+            self.get_logger().error(f'step batch {step.seq} not answered: {type(err).__name__}: {err}',
+                                    throttle_duration_sec=5.0)
             return
         self.suggestion_pub.publish(out)
 
