@@ -7,7 +7,10 @@ A launch file of this project defines
 
 `llm_teacher_launch FILE [name:=value ...]` starts the same table where launch_ros and ros2cli
 are not installed: each node as a process with `--ros-args`, logs prefixed with the node name,
-and every node stopped (SIGINT, then SIGTERM) on Ctrl-C or as soon as one of them exits.
+and every node stopped (SIGINT, then SIGTERM, then SIGKILL) on Ctrl-C or as soon as one of them
+exits; another Ctrl-C while stopping moves on to the next signal, never skips the escalation.
+The nodes' output is always drained, also once the runner's own output is gone
+(`llm_teacher_launch ... | head`), so that no node ever blocks on a full pipe.
 """
 from __future__ import annotations
 
@@ -147,6 +150,15 @@ class LaunchRunner:
         self.specs, self.env, self.log = specs, env, log
         self.processes: dict[str, subprocess.Popen] = {}
         self._threads: list[threading.Thread] = []
+        self._output_lost = False
+
+    def _say(self, text: str) -> None:
+        if self._output_lost:
+            return
+        try:
+            self.log(text)
+        except (OSError, ValueError):  # our stdout is closed (`| head` exited): drop the output from now on
+            self._output_lost = True
 
     def start(self) -> None:
         """Start every node; if one cannot be started, stop those already running and raise."""
@@ -160,16 +172,17 @@ class LaunchRunner:
         for spec in self.specs:
             command = [executable_path(spec.package, spec.executable)] + spec.ros_args()
             process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
+                                       text=True, errors='replace', bufsize=1, start_new_session=True,
+                                       preexec_fn=_die_with_parent)
             self.processes[spec.name] = process
             thread = threading.Thread(target=self._stream, args=(spec.name, process), daemon=True)
             thread.start()
             self._threads.append(thread)
-            self.log(f'[launch] started {spec.name} (pid {process.pid})')
+            self._say(f'[launch] started {spec.name} (pid {process.pid})')
 
     def _stream(self, name: str, process: subprocess.Popen) -> None:
         for line in process.stdout:
-            self.log(f'[{name}] {line.rstrip()}')
+            self._say(f'[{name}] {line.rstrip()}')
 
     def wait(self) -> int:
         """Block until one node exits (or Ctrl-C); stop the rest; return the worst exit code."""
@@ -177,22 +190,38 @@ class LaunchRunner:
             while all(p.poll() is None for p in self.processes.values()):
                 time.sleep(0.2)
             exited = next(name for name, p in self.processes.items() if p.poll() is not None)
-            self.log(f'[launch] {exited} exited with code {self.processes[exited].returncode}; stopping the others')
+            self._say(f'[launch] {exited} exited with code {self.processes[exited].returncode}; stopping the others')
         except KeyboardInterrupt:
-            self.log('[launch] Ctrl-C: stopping every node')
+            self._say('[launch] Ctrl-C: stopping every node (Ctrl-C again: SIGTERM now)')
         return self.stop()
 
     def stop(self) -> int:
-        """SIGINT every running node, SIGTERM then SIGKILL what outlives the grace period."""
-        for sig, grace in ((signal.SIGINT, SHUTDOWN_GRACE_S), (signal.SIGTERM, 3.0), (signal.SIGKILL, 1.0)):
-            running = [p for p in self.processes.values() if p.poll() is None]
-            if not running:
-                break
-            for process in running:
-                os.killpg(process.pid, sig)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and any(p.poll() is None for p in running):
-                time.sleep(0.05)
+        """SIGINT every running node, SIGTERM then SIGKILL what outlives the grace period.
+
+        Meanwhile (from the main thread) a Ctrl-C or SIGTERM cuts the current grace period short,
+        rather than raising out of the escalation and leaving nodes running."""
+        hurry = []  # a list, not an Event: a signal handler must take no lock its thread may hold
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, lambda *_: hurry.append(True))
+        try:
+            for sig, grace in ((signal.SIGINT, SHUTDOWN_GRACE_S), (signal.SIGTERM, 3.0), (signal.SIGKILL, 1.0)):
+                running = [p for p in self.processes.values() if p.poll() is None]
+                if not running:
+                    break
+                if sig != signal.SIGINT:
+                    names = [name for name, p in self.processes.items() if p in running]
+                    self._say(f'[launch] {signal.Signals(sig).name} to {", ".join(names)}')
+                hurry.clear()
+                for process in running:
+                    os.killpg(process.pid, sig)
+                deadline = time.monotonic() + grace
+                while time.monotonic() < deadline and not hurry and any(p.poll() is None for p in running):
+                    time.sleep(0.05)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         for thread in self._threads:
             thread.join(timeout=1.0)
         codes = [p.returncode for p in self.processes.values()]
