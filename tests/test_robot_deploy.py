@@ -77,7 +77,7 @@ def test_observation_from_a_robots_topics_is_the_training_observation():
     assert big.shape == (64, 64, 4) and (big[..., 3] == round(2.0 / DEPTH_STEP_M)).all()
     no_return = Image(height=1, width=2, encoding='16UC1', step=4, data=np.array([0, 1500], np.uint16).tobytes())
     assert np.isnan(depth_from_image(no_return)[0, 0]) and camera_observation(
-        np.zeros((1, 2, 3), np.uint8), depth_from_image(no_return))[0, :, 3].tolist() == [255, round(1.5 / DEPTH_STEP_M)]
+        np.zeros((1, 2, 3), np.uint8), depth_from_image(no_return))[0, :, 3].tolist() == [0, round(1.5 / DEPTH_STEP_M)]  # unknown: near
     with pytest.raises(ValueError, match="encoding 'mono8' is not supported"):
         rgb_from_image(Image(height=1, width=1, encoding='mono8', step=1, data=b'\x00'))
     with pytest.raises(ValueError, match='too few for its size'):
@@ -106,7 +106,7 @@ def test_stamp_pairing():
 @pytest.mark.parametrize('params, message', [
     (['observation:=rgb'], "shape \\(64, 64, 4\\) .* but this node gives 'rgb' camera images with 3 channels"),
     (['action_set:=minigrid'], "chooses among 8 actions, but action set 'minigrid' has 7"),
-    (['max_linear:=0.0'], 'max_linear must be > 0'),
+    (['max_linear:=0.0'], r'max_linear must be a finite number in \(0, inf\), got 0.0'),
 ])
 def test_robot_node_refuses_a_policy_that_does_not_fit(exported, params, message):
     process = robot_node(exported, *params)

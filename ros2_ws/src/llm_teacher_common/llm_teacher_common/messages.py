@@ -140,10 +140,18 @@ def rgb_image_msg(frame: np.ndarray, stamp: Time, frame_id: str) -> Image:
 
 RGB_ENCODINGS = {'rgb8': (3, False), 'bgr8': (3, True), 'rgba8': (4, False), 'bgra8': (4, True)}
 DEPTH_ENCODINGS = {'32FC1': (np.float32, 1.0), '16UC1': (np.uint16, 0.001)}  # REP-118: metres; millimetres
+# Above a 16-megapixel frame an image is refused: cameras a policy runs on are far smaller, and
+# converting such a frame would hold the node's one thread (and its watchdog) for long.
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 def _pixels(m: Image, dtype, channels: int) -> np.ndarray:
-    """The (H, W[, C]) pixels of an image, honouring its row stride and byte order."""
+    """The (H, W[, C]) pixels of an image, honouring its row stride and byte order.
+
+    :raises ValueError: an empty image, one over MAX_IMAGE_PIXELS, or data too short for its size.
+    """
+    if not (0 < m.width * m.height <= MAX_IMAGE_PIXELS):
+        raise ValueError(f'{m.encoding} image {m.width}x{m.height}: size must be 1..{MAX_IMAGE_PIXELS} pixels')
     itemsize = np.dtype(dtype).itemsize
     row = m.width * channels * itemsize
     if m.step < row or len(m.data) < m.step * m.height:
@@ -158,7 +166,7 @@ def _pixels(m: Image, dtype, channels: int) -> np.ndarray:
 def rgb_from_image(m: Image) -> np.ndarray:
     """(H, W, 3) uint8, red first, of an rgb8, bgr8, rgba8 or bgra8 sensor_msgs/Image.
 
-    :raises ValueError: another encoding, or data too short for the image's size.
+    :raises ValueError: another encoding, an empty or oversized image, or data too short for its size.
     """
     if m.encoding not in RGB_ENCODINGS:
         raise ValueError(f'colour image encoding {m.encoding!r} is not supported; use one of {", ".join(RGB_ENCODINGS)}')
@@ -171,7 +179,7 @@ def depth_from_image(m: Image) -> np.ndarray:
     """(H, W) float32 metres of a 32FC1 (metres) or 16UC1 (millimetres) sensor_msgs/Image; a 16UC1
     0 (no return) becomes NaN, as 32FC1 marks it.
 
-    :raises ValueError: another encoding, or data too short for the image's size.
+    :raises ValueError: another encoding, an empty or oversized image, or data too short for its size.
     """
     if m.encoding not in DEPTH_ENCODINGS:
         raise ValueError(f'depth image encoding {m.encoding!r} is not supported; use one of {", ".join(DEPTH_ENCODINGS)}')

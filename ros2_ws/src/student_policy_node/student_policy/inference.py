@@ -55,7 +55,10 @@ def torch_device(name: str) -> torch.device:
 
 
 class Policy:
-    """An exported policy: `policy(obs)` gives action logits (torch, float32) for a uint8 batch."""
+    """An exported policy: `policy(obs)` gives action logits (torch, float32) for a uint8 batch.
+
+    A .pt (TorchScript) file runs code from its archive when loaded; .onnx is data only (load_policy).
+    """
 
     def __init__(self, path: str | Path, device: str = 'cpu'):
         """:raises ValueError: missing or unusable file, or an unknown suffix, naming the file."""
@@ -70,6 +73,8 @@ class Policy:
             self._load_torchscript()
 
     def _load_torchscript(self) -> None:
+        # torch.jit.load runs the code inside the archive: a policy.pt is a program. Load only files
+        # this project exported (or that you would run as code); policy.onnx is the data-only format.
         extra = {INFO_FILE: ''}
         try:
             self._module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=extra).eval()
@@ -99,7 +104,13 @@ class Policy:
 
 
 def load_policy(path: str | Path, device: str = 'cpu') -> Policy:
-    """The exported policy at `path` (.pt TorchScript or .onnx); ValueError naming the file if unusable."""
+    """The exported policy at `path` (.pt TorchScript or .onnx); ValueError naming the file if unusable.
+
+    Security: a .pt file is loaded with torch.jit.load, which runs the TorchScript code inside the
+    archive: a policy.pt from elsewhere is a program, to be trusted as one. For a file you did not
+    export yourself prefer its policy.onnx (a graph of standard operators and weights, run by
+    onnxruntime: data, not code). See docs/safety.md.
+    """
     return Policy(path, device)
 
 

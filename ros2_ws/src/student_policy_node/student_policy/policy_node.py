@@ -4,10 +4,17 @@ no simulator on its path). A robot with a camera runs robot_policy_node instead.
 Loads an exported policy (run_dir/policy.pt or .onnx), and answers each observation batch on
 `step_batch` with actions on `action_batch` (greedy, or sampled with greedy:=false). For a mobile
 robot it also publishes the action of environment `twist_env` as geometry_msgs/Twist on `cmd_vel`
-(mapping in llm_teacher_common.commands: the velocity that does the action in `step_duration` s).
-Remap the topics to a robot's:
+(mapping in llm_teacher_common.commands: the velocity that does the action in `step_duration` s,
+clipped to max_linear / max_angular). Remap the topics to a robot's:
 
     ros2 run student_policy policy_node --ros-args -p policy_path:=runs/train/policy.pt -r step_batch:=/robot/observations
+
+It trusts what arrives no more than robot_policy_node does (docs/safety.md, the same pieces of
+student_policy.robot_control): a batch whose observations do not fit the policy, or that the policy
+answers with non-finite logits, is not answered and stops the robot; a batch stamped negative,
+more than max_clock_skew ahead or older than max_sensor_age is answered but moves nothing; the
+robot stops (a zero Twist) within max_sensor_age + step_duration of the last batch that moved it,
+and on shutdown.
 """
 from __future__ import annotations
 
@@ -19,10 +26,11 @@ from geometry_msgs.msg import Twist
 from llm_teacher_msgs.msg import ActionBatch, StepBatch
 from rclpy.node import Node
 
-from llm_teacher_common.commands import MOTIONS, velocity_for_action
-from llm_teacher_common.messages import observations_from_msg
+from llm_teacher_common.commands import MOTIONS
 from llm_teacher_common.node import parameter, spin
-from student_policy.inference import choose_actions, load_policy
+from student_policy.inference import load_policy
+from student_policy.robot_control import (SensorWatchdog, VelocityCommands, batch_observations, checked_actions,
+                                          stamp_ns)
 
 QOS_DEPTH = 10
 
@@ -35,36 +43,76 @@ class PolicyNode(Node):
         path = p('policy_path', 'runs/train/policy.pt', 'Exported policy (TorchScript .pt or .onnx)')
         self.greedy = p('greedy', False, 'true: the most likely action; false: sample from the policy (escapes loops)')
         self.twist_env = p('twist_env', 0, 'Environment (robot) whose action goes out on cmd_vel; -1: publish no Twist')
-        self.twist_mapping = {
-            'action_set': p('action_set', 'minigrid', f'Meaning of the action indices: {", ".join(MOTIONS)}'),
-            'step_length': p('step_length', 0.5, 'Metres one forward action moves'),
-            'turn_angle': p('turn_angle', 1.5707963, 'Radians one turn action turns'),
-            'step_duration': p('step_duration', 1.0, 'Seconds one action takes on the robot'),
-        }
-        try:
-            velocity_for_action(0, **self.twist_mapping)
-        except ValueError as err:
-            raise SystemExit(f'policy_node: {err}') from err
-        torch.set_num_threads(1)
-        try:
+        try:  # every parameter is checked before anything moves
+            step_duration = p('step_duration', 1.0, 'Seconds one action takes on the robot (> 0); the watchdog '
+                                                    'checks the input this often')
+            self.commands = VelocityCommands(
+                action_set=p('action_set', 'minigrid', f'Meaning of the action indices: {", ".join(MOTIONS)}'),
+                step_length=p('step_length', 0.5, 'Metres one forward action moves (> 0)'),
+                turn_angle=p('turn_angle', 1.5707963, 'Radians one turn action turns (> 0)'),
+                step_duration=step_duration,
+                max_linear=p('max_linear', 1.0, 'Largest |linear.x| sent (m/s, > 0)'),
+                max_angular=p('max_angular', 2.0, 'Largest |angular.z| sent (rad/s, > 0)'))
+            self.sensors = SensorWatchdog(
+                p('max_sensor_age', 2.0, 'Stop the robot when the newest batch that moved it is older (s, > 0)'),
+                p('max_clock_skew', 0.05, 'Batches stamped more than this ahead of this node\'s clock move nothing '
+                                          '(s, 0..max_sensor_age)'))
+            torch.set_num_threads(1)
             self.policy = load_policy(path)
-        except ValueError as err:
+        except (ValueError, OverflowError) as err:
             raise SystemExit(f'policy_node: {err}') from err
+        self.policy_shape = tuple(self.policy.info.obs_shape) if self.policy.info is not None else None
         self.action_pub = self.create_publisher(ActionBatch, 'action_batch', QOS_DEPTH)
         self.twist_pub = self.create_publisher(Twist, 'cmd_vel', QOS_DEPTH)
         self.create_subscription(StepBatch, 'step_batch', self.on_step, QOS_DEPTH)
+        if self.twist_env >= 0:
+            self.create_timer(step_duration, self.watchdog)
+        self.stopped = True
         self.get_logger().info(f'serving {path}')
 
     def on_step(self, batch: StepBatch) -> None:
-        obs = observations_from_msg(batch)
-        actions = choose_actions(self.policy(obs), self.greedy)
+        try:
+            obs = batch_observations(batch.observations, batch.num_envs, batch.obs_shape, self.policy_shape)
+            actions, _ = checked_actions(self.policy(obs), None, self.greedy)
+            moving = 0 <= self.twist_env < len(actions)
+            if moving:
+                twist = Twist()
+                twist.linear.x, twist.angular.z = self.commands.velocity(int(actions[self.twist_env]))
+        except Exception as err:  # noqa: BLE001 - nothing on the domain may end the node; in doubt, stand still
+            self.get_logger().error(f'step batch {batch.seq} not answered ({type(err).__name__}: {err})',
+                                    throttle_duration_sec=5.0)
+            self.stop()
+            return
         out = ActionBatch(seq=batch.seq, epoch=batch.epoch, group=batch.group, actions=actions.astype(np.int32).tolist())
         out.header.stamp = self.get_clock().now().to_msg()
         self.action_pub.publish(out)
-        if 0 <= self.twist_env < len(actions):
-            twist = Twist()
-            twist.linear.x, twist.angular.z = velocity_for_action(int(actions[self.twist_env]), **self.twist_mapping)
+        if moving:
+            now = self.get_clock().now().nanoseconds
+            try:
+                stamp = stamp_ns(batch.header.stamp.sec, batch.header.stamp.nanosec)
+                self.sensors.check(stamp, now)
+            except ValueError as err:
+                self.get_logger().warning(f'step batch {batch.seq} moves nothing: {err}', throttle_duration_sec=5.0)
+                return
             self.twist_pub.publish(twist)
+            self.sensors.fed(stamp, now)
+            self.stopped = False
+
+    def watchdog(self) -> None:
+        if self.sensors.stale(self.get_clock().now().nanoseconds):
+            if not self.stopped:
+                self.get_logger().warning(f'no step batch moved the robot in the last '
+                                          f'{self.sensors.max_age_ns / 1e9:g} s: stopping it')
+            self.stop()
+
+    def stop(self) -> None:
+        if self.twist_env >= 0:
+            self.twist_pub.publish(Twist())
+        self.stopped = True
+
+    def destroy_node(self):
+        self.stop()  # the last word to the base: stand still
+        super().destroy_node()
 
 
 def main(args=None):

@@ -1,18 +1,140 @@
-"""The deployed student on a robot, as plain classes (no rclpy): pair rgb and depth frames by
-stamp, build the observation the student was trained on, choose an action, and turn it into a
-bounded velocity command. robot_policy_node is the ROS shell around them.
+"""The deployed student on a robot, as plain classes (no rclpy): check what arrives (stamps,
+sizes, parameters), pair rgb and depth frames by stamp, build the observation the student was
+trained on, choose an action, turn it into a bounded velocity command, and decide when the robot
+must stop. robot_policy_node and policy_node are the ROS shells around them (docs/safety.md).
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from llm_teacher_common.camera import camera_observation, observation_channels
+from llm_teacher_common.camera import camera_observation, invalid_depth_fraction, observation_channels
 from llm_teacher_common.commands import MOTIONS, velocity_for_action
 from student_policy.inference import Policy, choose_actions
+
+NS = 1_000_000_000
+
+
+def checked_number(name: str, value: float, low: float = 0.0, high: float = math.inf,
+                   low_inclusive: bool = False) -> float:
+    """`value` when it is a finite number in (low, high] ([low, high] with `low_inclusive`).
+
+    A plain `value <= 0` check lets NaN through (NaN compares false with everything), and an
+    infinite limit or age is a check that never fires: both are refused here.
+
+    :raises ValueError: quoting the parameter, its value and the allowed range.
+    """
+    value = float(value)
+    above = value >= low if low_inclusive else value > low
+    if not (math.isfinite(value) and above and value <= high):
+        bound = f'{"[" if low_inclusive else "("}{low:g}, {high:g}{"]" if math.isfinite(high) else ")"}'
+        raise ValueError(f'{name} must be a finite number in {bound}, got {value!r}')
+    return value
+
+
+def stamp_ns(sec: int, nanosec: int) -> int:
+    """Nanoseconds of a builtin_interfaces/Time (sec, nanosec).
+
+    :raises ValueError: a negative time, or nanosec outside 0..999999999 (rclpy's Time.from_msg
+        raises on the first outside any handler of ours, which ended the node).
+    """
+    if not 0 <= nanosec < NS or sec < 0:
+        raise ValueError(f'stamp {sec} s {nanosec} ns is not a valid time (sec >= 0, nanosec < 1e9)')
+    return sec * NS + nanosec
+
+
+class SensorWatchdog:
+    """When a robot must stop because what it sees is not fresh (as nav2's collision monitor's
+    `source_timeout`).
+
+    Input is refused when stamped before `max_age_s` ago or more than `max_skew_s` ahead of the
+    node's clock (a camera clock ahead would otherwise make one frame look fresh for ever). The
+    freshness of accepted input is its stamp, but never later than when it arrived, so a frame
+    stamped slightly ahead does not keep the robot going longer: checked every control period,
+    `stale()` stops the robot within max_age_s + one period of the last good input.
+    """
+
+    def __init__(self, max_age_s: float, max_skew_s: float):
+        self.max_age_ns = int(checked_number('max_sensor_age', max_age_s) * NS)
+        self.max_skew_ns = int(checked_number('max_clock_skew', max_skew_s, 0.0, max_age_s, low_inclusive=True) * NS)
+        self.fresh_ns: int | None = None
+
+    def check(self, stamp: int, now_ns: int) -> None:
+        """:raises ValueError: `stamp` (ns) is too old or too far in the future to act on."""
+        if stamp > now_ns + self.max_skew_ns:
+            raise ValueError(f'stamped {(stamp - now_ns) / NS:.3f} s ahead of this node\'s clock (more than '
+                             f'max_clock_skew {self.max_skew_ns / NS:g} s): is the sensor\'s clock synchronised?')
+        if now_ns - stamp > self.max_age_ns:
+            raise ValueError(f'stamped {(now_ns - stamp) / NS:.3f} s ago, older than max_sensor_age '
+                             f'{self.max_age_ns / NS:g} s')
+
+    def fed(self, stamp: int, now_ns: int) -> None:
+        """Input stamped `stamp` (checked) was acted on at `now_ns`."""
+        fresh = min(stamp, now_ns)
+        self.fresh_ns = fresh if self.fresh_ns is None else max(self.fresh_ns, fresh)
+
+    def stale(self, now_ns: int) -> bool:
+        return self.fresh_ns is None or now_ns - self.fresh_ns > self.max_age_ns
+
+
+class VelocityCommands:
+    """Discrete actions as bounded velocities (linear.x m/s, angular.z rad/s): the velocity that
+    carries an action out in one control period (llm_teacher_common.commands), clipped to
+    max_linear / max_angular.
+
+    :raises ValueError: an unknown action set, or a value that is not a finite number > 0.
+    """
+
+    def __init__(self, action_set: str = 'miniworld', step_length: float = 0.15, turn_angle: float = 0.2617994,
+                 step_duration: float = 0.1, max_linear: float = 0.5, max_angular: float = 1.5):
+        if action_set not in MOTIONS:
+            raise ValueError(f'unknown action set {action_set!r}; known: {", ".join(MOTIONS)}')
+        self.motion = dict(action_set=action_set, step_length=checked_number('step_length', step_length),
+                           turn_angle=checked_number('turn_angle', turn_angle),
+                           step_duration=checked_number('step_duration', step_duration))
+        self.max_linear = checked_number('max_linear', max_linear)
+        self.max_angular = checked_number('max_angular', max_angular)
+
+    def velocity(self, action: int) -> tuple[float, float]:
+        """(linear.x, angular.z) that carry out `action` in one control period, within the limits."""
+        linear, angular = velocity_for_action(action, **self.motion)
+        return (float(np.clip(linear, -self.max_linear, self.max_linear)),
+                float(np.clip(angular, -self.max_angular, self.max_angular)))
+
+
+def checked_actions(logits: torch.Tensor, mask: np.ndarray | None, greedy: bool,
+                    generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(actions (B,), probabilities (B, A)) of a policy's logits (B, A), only among the actions
+    `mask` allows.
+
+    :raises FloatingPointError: non-finite logits (the caller stops the robot).
+    """
+    if not torch.isfinite(logits).all():
+        raise FloatingPointError(f'the policy gave non-finite logits {logits[~torch.isfinite(logits)][:5].tolist()}')
+    if mask is not None:
+        logits = logits.masked_fill(torch.from_numpy(~mask), float('-inf'))
+    return choose_actions(logits, greedy, generator), torch.softmax(logits, -1).numpy()
+
+
+def batch_observations(data: bytes, num_envs: int, obs_shape, policy_shape: tuple[int, ...] | None) -> np.ndarray:
+    """The (num_envs, *obs_shape) uint8 observations of a StepBatch, checked against the policy.
+
+    :raises ValueError: no environments, a shape that is not the policy's, or a buffer whose size
+        is not num_envs x the observation size.
+    """
+    shape = tuple(int(n) for n in obs_shape)
+    if policy_shape is not None and shape != tuple(policy_shape):
+        raise ValueError(f'observations of shape {shape}, but the policy takes {tuple(policy_shape)}')
+    if num_envs <= 0 or not shape or min(shape) <= 0:
+        raise ValueError(f'{num_envs} environments of shape {shape}: nothing to act on')
+    size = num_envs * math.prod(shape)
+    if len(data) != size:
+        raise ValueError(f'{len(data)} observation bytes for {num_envs} x {shape} ({size} bytes)')
+    return np.frombuffer(data, np.uint8).reshape(num_envs, *shape)
 
 
 @dataclass
@@ -30,9 +152,7 @@ class StampPairer:
     stamp, within `slop_s`; a pair is given once, and never one older than the last given."""
 
     def __init__(self, slop_s: float, queue_size: int = 5):
-        if slop_s < 0:
-            raise ValueError(f'slop must be >= 0 s, got {slop_s}')
-        self.slop_ns = int(slop_s * 1e9)
+        self.slop_ns = int(checked_number('slop', slop_s, low_inclusive=True) * NS)
         self.rgb: deque[tuple[int, np.ndarray]] = deque(maxlen=queue_size)
         self.depth: deque[tuple[int, np.ndarray]] = deque(maxlen=queue_size)
         self.last_stamp_ns = -1
@@ -73,15 +193,16 @@ class CameraPolicy:
     :param step_length, turn_angle: metres and radians one forward and one turn action make.
     :param step_duration: seconds one action takes (the control period).
     :param max_linear, max_angular: limits (m/s, rad/s) the velocity command is clipped to.
+    :param max_invalid_depth: largest fraction of invalid depth pixels (NaN, inf, <= 0) a frame
+        may have to be acted on (observation 'rgbd'): a blinded depth camera stops the robot.
     :raises ValueError: the policy does not fit these settings (both sides named), or a bad value.
     """
 
     def __init__(self, policy: Policy, observation: str = 'rgbd', action_set: str = 'miniworld',
                  greedy: bool = True, motion_only: bool = True, step_length: float = 0.15,
-                 turn_angle: float = 0.2617994, step_duration: float = 0.1, max_linear: float = 2.0,
-                 max_angular: float = 3.0, seed: int = 0):
-        if action_set not in MOTIONS:
-            raise ValueError(f'unknown action set {action_set!r}; known: {", ".join(MOTIONS)}')
+                 turn_angle: float = 0.2617994, step_duration: float = 0.1, max_linear: float = 0.5,
+                 max_angular: float = 1.5, max_invalid_depth: float = 0.5, seed: int = 0):
+        self.commands = VelocityCommands(action_set, step_length, turn_angle, step_duration, max_linear, max_angular)
         channels = observation_channels(observation)
         info = policy.info
         if info is None:
@@ -95,19 +216,23 @@ class CameraPolicy:
             raise ValueError(f'{policy.path} chooses among {info.num_actions} actions, but action set '
                              f'{action_set!r} has {len(MOTIONS[action_set])}: set action_set to the one it was '
                              f'trained with ({", ".join(f"{k}: {len(v)}" for k, v in MOTIONS.items())})')
-        for name, value in (('max_linear', max_linear), ('max_angular', max_angular), ('step_duration', step_duration)):
-            if value <= 0:
-                raise ValueError(f'{name} must be > 0, got {value}')
+        self.max_invalid_depth = checked_number('max_invalid_depth', max_invalid_depth, 0.0, 1.0, low_inclusive=True)
         self.policy, self.observation, self.action_set, self.greedy = policy, observation, action_set, greedy
         self.size = tuple(info.obs_shape[:2])
         self.mask = motion_mask(action_set, info.num_actions) if motion_only else np.ones(info.num_actions, bool)
-        self.motion = dict(action_set=action_set, step_length=step_length, turn_angle=turn_angle,
-                           step_duration=step_duration)
-        self.max_linear, self.max_angular = max_linear, max_angular
         self.generator = torch.Generator().manual_seed(seed)
 
     def observe(self, pair: FramePair) -> np.ndarray:
-        """The (H, W, C) uint8 observation of a frame pair, resized to the policy's input."""
+        """The (H, W, C) uint8 observation of a frame pair, resized to the policy's input.
+
+        :raises ValueError: unusable frames, or (observation 'rgbd') more than max_invalid_depth of
+            the depth image invalid: too little is known of what is ahead to drive.
+        """
+        if self.observation == 'rgbd' and pair.depth is not None:
+            invalid = invalid_depth_fraction(pair.depth)
+            if invalid > self.max_invalid_depth:
+                raise ValueError(f'{invalid:.0%} of the depth image is invalid (NaN, inf or <= 0; '
+                                 f'max_invalid_depth {self.max_invalid_depth:g}): is the depth camera blinded?')
         return camera_observation(pair.rgb, pair.depth, self.observation, self.size)
 
     def act(self, obs: np.ndarray) -> tuple[int, np.ndarray]:
@@ -115,15 +240,9 @@ class CameraPolicy:
 
         :raises FloatingPointError: the policy gave non-finite logits (the caller stops the robot).
         """
-        logits = self.policy(obs[None])[0]
-        if not torch.isfinite(logits).all():
-            raise FloatingPointError(f'the policy gave non-finite logits {logits.tolist()}')
-        logits = logits.masked_fill(torch.from_numpy(~self.mask), float('-inf'))
-        action = int(choose_actions(logits[None], self.greedy, self.generator)[0])
-        return action, torch.softmax(logits, -1).numpy()
+        actions, probs = checked_actions(self.policy(obs[None]), self.mask, self.greedy, self.generator)
+        return int(actions[0]), probs[0]
 
     def velocity(self, action: int) -> tuple[float, float]:
         """(linear.x, angular.z) that carry out `action` in one control period, within the limits."""
-        linear, angular = velocity_for_action(action, **self.motion)
-        return (float(np.clip(linear, -self.max_linear, self.max_linear)),
-                float(np.clip(angular, -self.max_angular, self.max_angular)))
+        return self.commands.velocity(action)

@@ -10,8 +10,13 @@ trained on (llm_teacher_common.camera, the function the simulators use), runs th
     policy_action    llm_teacher_msgs/ActionBatch: the action and its distribution (stamp = the
                      frames'), for rviz2 / Foxglove and for checking
 
-It stops the robot (a zero Twist) when the newest frame pair is older than max_sensor_age, when
-inference fails, and on shutdown. Imports rclpy, numpy, torch, opencv and the interfaces only.
+It trusts nothing it receives (docs/safety.md): a frame stamped negative, more than
+max_clock_skew ahead of this node's clock or older than max_sensor_age, an empty, oversized or
+short image, an unknown encoding, are refused; a pair whose depth image is mostly invalid, or
+that the policy answers with non-finite logits, stops the robot at once. It stops the robot (a
+zero Twist) within max_sensor_age + one control period of the last pair acted on, whatever
+arrives after it, and on shutdown. Parameters that are not finite, or out of range, end it at
+start-up with an error naming them. Imports rclpy, numpy, torch, opencv and the interfaces only.
 
     ros2 run student_policy robot_policy_node --ros-args -p policy_path:=runs/train/policy.pt \
         -r camera/image_raw:=/robot/rgb -r camera/depth/image_raw:=/robot/depth -r cmd_vel:=/robot/cmd_vel
@@ -32,7 +37,10 @@ from llm_teacher_common.commands import MOTIONS
 from llm_teacher_common.messages import depth_from_image, rgb_from_image
 from llm_teacher_common.node import parameter, spin
 from student_policy.inference import load_policy
-from student_policy.robot_control import CameraPolicy, FramePair, StampPairer
+from student_policy.robot_control import (CameraPolicy, FramePair, SensorWatchdog, StampPairer, checked_number,
+                                          stamp_ns)
+
+MAX_RATE_HZ = 1000.0  # a faster timer would busy the node's one thread
 
 
 class RobotPolicyNode(Node):
@@ -42,13 +50,17 @@ class RobotPolicyNode(Node):
         p = functools.partial(parameter, self)
         path = p('policy_path', 'runs/train/policy.pt', 'Exported student policy (TorchScript .pt or .onnx)')
         device = p('device', 'cpu', 'Where the policy runs: cpu, or cuda (.pt only)')
-        rate = p('control_rate_hz', 10.0, 'Most actions per second; one action lasts 1 / rate s (the Twist carries '
-                                          'it out in that time), and the watchdog checks the sensors at this rate')
-        self.max_sensor_age = p('max_sensor_age', 0.5, 'Stop the robot when the newest rgb+depth pair is older (s)')
-        slop = p('slop', 0.02, 'Largest stamp difference (s) between an rgb and a depth frame taken together')
-        try:
-            if rate <= 0:
-                raise ValueError(f'control_rate_hz must be > 0, got {rate}')
+        try:  # every parameter, even its type cast (-p seed:=.inf), is checked before anything moves
+            rate = checked_number('control_rate_hz', p(
+                'control_rate_hz', 10.0, f'Most actions per second (0..{MAX_RATE_HZ:g}); one action lasts 1 / rate s '
+                                         '(the Twist carries it out in that time), and the watchdog checks the '
+                                         'sensors at this rate'), high=MAX_RATE_HZ)
+            self.sensors = SensorWatchdog(
+                p('max_sensor_age', 0.5, 'Stop the robot when the newest rgb+depth pair acted on is older (s, > 0)'),
+                p('max_clock_skew', 0.05, 'Frames stamped more than this ahead of this node\'s clock are refused '
+                                          '(s, 0..max_sensor_age)'))
+            self.pairer = StampPairer(p('slop', 0.02, 'Largest stamp difference (s, >= 0) between an rgb and a '
+                                                      'depth frame taken together'))
             torch.set_num_threads(1)
             self.controller = CameraPolicy(
                 load_policy(path, device),
@@ -56,14 +68,15 @@ class RobotPolicyNode(Node):
                 action_set=p('action_set', 'miniworld', f'Meaning of the action indices: {", ".join(MOTIONS)}'),
                 greedy=p('greedy', True, 'true: the most likely action; false: sample from the policy'),
                 motion_only=p('motion_only', True, 'Choose only among actions that move the base'),
-                step_length=p('step_length', 0.15, 'Metres one forward action moves (MiniWorld: 0.15)'),
-                turn_angle=p('turn_angle', 0.2617994, 'Radians one turn action turns (MiniWorld: 15 deg)'),
+                step_length=p('step_length', 0.15, 'Metres one forward action moves (> 0; MiniWorld: 0.15)'),
+                turn_angle=p('turn_angle', 0.2617994, 'Radians one turn action turns (> 0; MiniWorld: 15 deg)'),
                 step_duration=1.0 / rate,
-                max_linear=p('max_linear', 2.0, 'Largest |linear.x| sent (m/s)'),
-                max_angular=p('max_angular', 3.0, 'Largest |angular.z| sent (rad/s)'),
+                max_linear=p('max_linear', 0.5, 'Largest |linear.x| sent (m/s, > 0)'),
+                max_angular=p('max_angular', 1.5, 'Largest |angular.z| sent (rad/s, > 0)'),
+                max_invalid_depth=p('max_invalid_depth', 0.5, 'Stop the robot when more than this fraction (0..1) '
+                                                               'of a depth image is NaN, inf or <= 0'),
                 seed=p('seed', 0, 'Seed of sampled actions (greedy: false)'))
-            self.pairer = StampPairer(slop)
-        except ValueError as err:
+        except (ValueError, OverflowError) as err:
             raise SystemExit(f'robot_policy_node: {err}') from err
         self.min_period_ns = int(0.5e9 / rate)  # frames faster than twice the control rate are skipped
         self.cmd_pub = self.create_publisher(Twist, 'cmd_vel', 10)
@@ -71,7 +84,6 @@ class RobotPolicyNode(Node):
         self.create_subscription(Image, 'camera/image_raw', self.on_rgb, qos_profile_sensor_data)
         self.create_subscription(Image, 'camera/depth/image_raw', self.on_depth, qos_profile_sensor_data)
         self.create_timer(1.0 / rate, self.watchdog)
-        self.newest_ns: int | None = None  # stamp of the newest pair acted on
         self.last_action_ns = -self.min_period_ns
         self.seq = 0
         self.stopped = True
@@ -86,43 +98,44 @@ class RobotPolicyNode(Node):
         self.take(msg, depth_from_image, self.pairer.add_depth)
 
     def take(self, msg: Image, convert, add) -> None:
+        now = self.get_clock().now().nanoseconds
         try:
+            stamp = stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
+            self.sensors.check(stamp, now)
             frame = convert(msg)
         except ValueError as err:
-            self.get_logger().error(f'{err}; frame dropped', throttle_duration_sec=5.0)
+            self.get_logger().warning(f'{msg.encoding[:16]!r} frame refused: {err}', throttle_duration_sec=5.0)
             return
-        pair = add(Time.from_msg(msg.header.stamp).nanoseconds, frame)
+        pair = add(stamp, frame)
         if pair is not None:
-            self.act(pair)
+            self.act(pair, now)
 
-    def act(self, pair: FramePair) -> None:
+    def act(self, pair: FramePair, now: int) -> None:
         if pair.stamp_ns - self.last_action_ns < self.min_period_ns:
             return
-        self.newest_ns = self.last_action_ns = pair.stamp_ns
-        if self.too_old(pair.stamp_ns):
-            return  # the watchdog stops the robot
+        self.last_action_ns = pair.stamp_ns
         try:
             action, probs = self.controller.act(self.controller.observe(pair))
-        except (ValueError, FloatingPointError, RuntimeError) as err:
-            self.get_logger().error(f'inference failed ({err}); stopping the robot', throttle_duration_sec=5.0)
+            twist = Twist()
+            twist.linear.x, twist.angular.z = self.controller.velocity(action)
+        except Exception as err:  # noqa: BLE001 - whatever went wrong, a robot in doubt stands still
+            self.get_logger().error(f'frame pair not acted on ({type(err).__name__}: {err}); stopping the robot',
+                                    throttle_duration_sec=5.0)
             self.stop()
             return
-        twist = Twist()
-        twist.linear.x, twist.angular.z = self.controller.velocity(action)
         self.cmd_pub.publish(twist)
+        self.sensors.fed(pair.stamp_ns, now)
         self.stopped = False
         out = ActionBatch(seq=self.seq, actions=[action], action_probs=probs.tolist())
         out.header.stamp = Time(nanoseconds=pair.stamp_ns).to_msg()
         self.seq += 1
         self.action_pub.publish(out)
 
-    def too_old(self, stamp_ns: int) -> bool:
-        return self.get_clock().now().nanoseconds - stamp_ns > self.max_sensor_age * 1e9
-
     def watchdog(self) -> None:
-        if self.newest_ns is None or self.too_old(self.newest_ns):
+        if self.sensors.stale(self.get_clock().now().nanoseconds):
             if not self.stopped:
-                self.get_logger().warning(f'no rgb+depth pair newer than {self.max_sensor_age:g} s: stopping the robot')
+                self.get_logger().warning(f'no rgb+depth pair acted on in the last '
+                                          f'{self.sensors.max_age_ns / 1e9:g} s: stopping the robot')
             self.stop()
 
     def stop(self) -> None:
