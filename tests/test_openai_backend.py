@@ -75,7 +75,7 @@ def test_scoring_is_refused_with_what_to_do_instead(server):
 
 def test_a_dead_server_gives_a_clear_error_after_retries():
     backend = OpenAIBackend(f'http://127.0.0.1:{free_port()}', 'm', timeout_s=2, retries=1)
-    with pytest.raises(LLMError, match=r'did not answer after 2 tries: URLError'):
+    with pytest.raises(LLMError, match=r'did not answer after 2 tries: ConnectionRefusedError'):
         backend.generate('hello', 1, 0.0, 4)
 
 

@@ -199,31 +199,34 @@ class OpenAIBackend:
         headers = {'Content-Type': 'application/json'}
         if self.api_key:
             headers['Authorization'] = f'Bearer {self.api_key}'
+        error = None
         try:
             connection.connect()
             # The watchdog or close() may have fired while connect() had no socket to shut down yet.
-            if self._closed.is_set() or time.monotonic() >= deadline:
-                raise TimeoutError('connecting took the whole deadline')
-            connection.request('POST', url.path + path, body=payload, headers=headers)
-            response = connection.getresponse()
-            data = response.read(MAX_REPLY_BYTES + 1)
+            if not self._closed.is_set() and time.monotonic() < deadline:
+                connection.request('POST', url.path + path, body=payload, headers=headers)
+                response = connection.getresponse()
+                data = response.read(MAX_REPLY_BYTES + 1)
         except (OSError, http.client.HTTPException) as err:
-            if self._closed.is_set():
-                raise _Final(f'{self.name} was closed') from err
-            if time.monotonic() >= deadline:
-                raise LLMError(f'no complete reply within {self.timeout_s} s') from err
-            raise LLMError(f'{type(err).__name__}: {err}') from err
+            error = err
         finally:
             watchdog.cancel()
             connection.close()
             with self._lock:
                 self._in_flight.discard(connection)
+        # A connection shut down part-way may also read as a short, clean reply: these come first.
+        if self._closed.is_set():
+            raise _Final(f'{self.name} was closed')
+        if time.monotonic() >= deadline:
+            raise LLMError(f'no complete reply within {self.timeout_s} s')
+        if error is not None:
+            raise LLMError(f'{type(error).__name__}: {error}') from error
         if 300 <= response.status < 400:
             raise _Final(f'HTTP {response.status}: redirect to {response.getheader("Location")!r} not followed '
                          f'(it could carry the API key elsewhere); set base_url to the server itself')
         if response.status != 200:
-            error = LLMError if response.status >= 500 else _Final  # a 4xx: the request itself is wrong
-            raise error(f'HTTP {response.status}: {data[:300]!r}')
+            kind = LLMError if response.status >= 500 else _Final  # a 4xx: the request itself is wrong
+            raise kind(f'HTTP {response.status}: {data[:300]!r}')
         if len(data) > MAX_REPLY_BYTES:
             raise LLMError(f'reply larger than {MAX_REPLY_BYTES} bytes')
         try:

@@ -8,13 +8,16 @@ otherwise because subscribing to them makes the sim compute them. Messages are s
 (CDR), so `ros2 bag play`, Foxglove and any MCAP reader replay them.
 
 Each start writes a new recording under run_dir/recordings/<date-time>/; the file is finalised on
-Ctrl-C or SIGTERM, and an MCAP cut short by a kill still reads up to its last chunk.
+Ctrl-C or SIGTERM, and an MCAP cut short by a kill still reads up to its last chunk. A write that
+fails (a full disk) stops the recording, not the node nor the run: the error is logged and the
+file ends after its last complete chunk, readable as any other.
 
     ros2 run llm_teacher recorder_node --ros-args -p run_dir:=runs/train
 """
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +25,10 @@ from ament_index_python.packages import get_package_share_directory
 from rclpy.node import Node
 
 from llm_teacher_common.node import parameter, spin
+from mcap.exceptions import McapError
+from mcap.records import DataEnd, Footer, Message, RecordBuilder
+from mcap.stream_reader import StreamReader
+from mcap.writer import MCAP0_MAGIC
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -55,6 +62,30 @@ def typestore_with_project_messages():
     return typestore
 
 
+def end_cut_recording(mcap_path: Path) -> int:
+    """End an MCAP whose writing failed part-way: cut it after its last complete record and add
+    an end without a summary (readers then read it through). Returns the messages it keeps.
+
+    :raises OSError: the file cannot be cut or ended.
+    """
+    kept, end = 0, 0
+    with open(mcap_path, 'r+b') as f:
+        try:
+            for record in StreamReader(f, skip_magic=False).records:  # a chunk's messages come after it is read whole
+                if isinstance(record, DataEnd):
+                    break  # an ended file: only its summary is replaced
+                end, kept = f.tell(), kept + isinstance(record, Message)
+        except McapError:
+            pass  # the record cut short by the failed write, and nothing after it
+        builder = RecordBuilder()
+        DataEnd(data_section_crc=0).write(builder)
+        Footer(summary_start=0, summary_offset_start=0, summary_crc=0).write(builder)
+        f.truncate(end)
+        f.seek(0, os.SEEK_END)
+        f.write(builder.end() + MCAP0_MAGIC)
+    return kept
+
+
 class RecorderNode(Node):
 
     def __init__(self):
@@ -85,6 +116,8 @@ class RecorderNode(Node):
         self.get_logger().info(f'recording {", ".join(self.connections)} to {self.path}')
 
     def on_message(self, topic: str, data: bytes) -> None:
+        if self.writer is None:
+            return  # stopped after a failed write
         if topic == 'step_batch':
             batch = deserialize_message(data, StepBatch)
             seen = self.steps_seen[batch.group] = self.steps_seen.get(batch.group, 0) + 1
@@ -97,12 +130,34 @@ class RecorderNode(Node):
             if seq not in self.recorded_seqs[topic]:
                 return
             self.recorded_seqs[topic].discard(seq)
-        self.writer.write(self.connections[topic], self.get_clock().now().nanoseconds, data)
+        try:
+            self.writer.write(self.connections[topic], self.get_clock().now().nanoseconds, data)
+        except OSError as err:
+            self.stop_recording(err)
+            return
         self.counts[topic] += 1
 
+    def stop_recording(self, err: OSError) -> None:
+        """After a failed write: close the file without writing to it again, and end it readable."""
+        self.get_logger().error(f'recording stopped, the run goes on: writing {self.path} failed ({err})')
+        try:
+            self.writer.storage.bio.close()  # flushes what it buffered: that fails too on a full disk
+        except OSError:
+            pass
+        self.writer = None
+        try:
+            kept = end_cut_recording(self.path / f'{self.path.name}.mcap')
+            self.get_logger().error(f'{self.path} ends after its last complete chunk: {kept} messages kept')
+        except OSError as cut_err:
+            self.get_logger().error(f'{self.path} could not be ended ({cut_err})')
+
     def destroy_node(self) -> None:
-        self.writer.close()
-        self.get_logger().info(f'recording closed: {self.path} ({self.counts})')
+        if self.writer is not None:
+            try:
+                self.writer.close()
+                self.get_logger().info(f'recording closed: {self.path} ({self.counts})')
+            except OSError as err:
+                self.stop_recording(err)
         super().destroy_node()
 
 

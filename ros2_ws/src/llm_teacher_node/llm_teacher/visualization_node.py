@@ -14,6 +14,8 @@ ws://127.0.0.1:<port> (0: a free port, logged): /image (foxglove.RawImage), /tea
 """
 from __future__ import annotations
 
+import math
+
 import foxglove
 from foxglove.channels import RawImageChannel
 from foxglove.messages import RawImage, Timestamp
@@ -48,7 +50,7 @@ def action_markers(probs: list[float], stamp, names: tuple[str, ...]) -> list[Ma
         label.pose.orientation.w = 1.0
         label.scale.z = 0.12
         label.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
-        label.text = f'{names[i] if i < len(names) else i} {p:.2f}'
+        label.text = f'{names[i]} {p:.2f}'
         markers += [bar, label]
     return markers
 
@@ -94,14 +96,16 @@ class VisualizationNode(Node):
         self.log('suggestion', {'seq': batch.seq, 'env': self.env, 'option': text, 'probability': probability})
 
     def on_actions(self, batch: ActionBatch) -> None:
-        if not batch.action_probs or not batch.actions:
+        # Two markers per action: only a batch with the task's number of actions per env is drawn,
+        # so a malformed one cannot make a marker array of any size.
+        num_actions = len(self.action_names)
+        if not batch.actions or len(batch.action_probs) != len(batch.actions) * num_actions:
             return
         env = index_in_batch(self.env, batch.group, len(batch.actions))
         if env is None:
             return  # the batch of another env group
-        num_actions = len(batch.action_probs) // len(batch.actions)
         probs = list(batch.action_probs[env * num_actions:(env + 1) * num_actions])
-        if probs:
+        if all(math.isfinite(p) for p in probs):
             self.marker_pub.publish(MarkerArray(markers=action_markers(probs, batch.header.stamp, self.action_names)))
             self.log('actions', {'seq': batch.seq, 'env': self.env, 'action': int(batch.actions[env]),
                                  'probs': dict(zip(self.action_names, probs))})
