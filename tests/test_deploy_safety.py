@@ -234,7 +234,8 @@ class Camera:
             self.last_good = time.monotonic()
             self.publish()
             self.spin(0.1)
-        assert self.twists[-1] != Twist(), what
+        # cmd_vel and policy_action are two topics: the Twist of that action may come a moment later
+        spin_until(self.node, lambda: self.twists[-1] != Twist(), 5, f'motion on fresh frames ({what})')
 
     def spin(self, seconds):
         end = time.monotonic() + seconds
