@@ -180,29 +180,16 @@ def test_an_sqlite_error_is_logged_and_the_teacher_goes_on(tmp_path):
 
 FULL_DISK_CHILD = textwrap.dedent('''
     import resource, signal, sys
-    from habitat_bridge.minigrid.vector import make_env
-    from llm_teacher_common.perception import PerceivedObject, Perception
-    from llm_teacher.cache import AnswerCache
-    from llm_teacher.mediator import Mediator
-    from llm_teacher.planner import Planner
-    from llm_teacher.teacher import Teacher
-
-    class ScoreByLength:
-        name = 'test:score-by-length'
-        def score(self, prompt, continuations):
-            return [-len(c) / 10 for c in continuations]
-        def close(self):
-            pass
+    from test_teacher_faults import DOOR, KEY, AnswerCache, Mediator, Perception, Planner, ScoreByLength, Teacher, make_env
 
     teacher = Teacher(Planner(ScoreByLength()), AnswerCache(sys.argv[1]), Mediator.from_file(),
                       log_error=lambda text: print('LOG', text, flush=True))
     obs, _ = make_env('MiniGrid-SimpleDoorKey-v0').reset(seed=1)
-    objects = [PerceivedObject('key', 'yellow', grid_x=2, grid_y=2), PerceivedObject('door', 'yellow', 'locked')]
     for i in range(40):
         if i == 20:  # the disk is full from here on: no file of this process may grow
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
-        perception = Perception(f'mission {i}', objects=objects)
+        perception = Perception(f'mission {i}', objects=[KEY, DOOR])
         teacher.suggest(perception, obs)
         teacher.wait_idle(10)
         print('VALID', i, teacher.suggest(perception, obs).valid, flush=True)
@@ -213,7 +200,7 @@ FULL_DISK_CHILD = textwrap.dedent('''
 def test_a_full_disk_under_the_cache_is_logged_and_loses_nothing_stored(tmp_path):
     path = tmp_path / 'answers.sqlite'
     child = subprocess.run([sys.executable, '-c', FULL_DISK_CHILD, str(path)], capture_output=True, text=True,
-                           timeout=120)
+                           timeout=120, cwd=os.path.dirname(__file__))
     assert child.returncode == 0, child.stdout + child.stderr
     assert child.stdout.count('True') == 40  # every state answered, stored or not
     assert 'storing an answer failed (OperationalError' in child.stdout, child.stdout

@@ -69,10 +69,12 @@ MAX_SITUATIONS = 10_000  # situations kept (each with a prompt's text, ~1 kB)
 MAX_ANSWERS = 10_000  # answers (and unanswerable prompts) kept in memory, least recently used dropped
 # What a perception may hold (a step batch comes from whatever is on the ROS domain): beyond these,
 # planning costs more than a step is worth, or never ends (clearance dilations are 1 / resolution).
-MAX_OBJECTS, MAX_MISSION_CHARS = 64, 512
+MAX_OBJECTS, MAX_MISSION_CHARS = 32, 512
 MAX_GRID_SIDE = 64  # cells of a grid world's memory map (the paper's largest task: 20)
 MAP_RESOLUTION_M = (0.02, 2.0)  # occupancy map m per cell (the embodied sims map at 0.25)
-MAX_MAP_SIDE = 512  # occupancy map cells (the embodied sims map 128 x 128)
+# Occupancy map cells a side: the embodied sims map 128 x 128. At 256 and MAX_OBJECTS a state costs
+# the skills up to ~0.15 s (measured); at 512, 2.3 s.
+MAX_MAP_SIDE = 256
 
 
 def check_input(perception: Perception, memory_map: np.ndarray) -> None:
