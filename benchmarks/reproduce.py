@@ -118,16 +118,15 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
             print(f'{task} {arm} seed {seed}: {learner.frames} frames, success {curve[-1][1]:.2f}', flush=True)
         return True
     learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule, device=job.get('device', 'cpu'),
-                              **(EMBODIED_CONFIG if embodied else {})), envs,
+                              recurrent=job.get('recurrent', 0), **(EMBODIED_CONFIG if embodied else {})), envs,
                     teacher=suggest, callbacks=[record])
     envs.close()
     if policy_path is not None:
         from student_policy.checkpoints import export_policy
         export_policy(policy_path, learner.policy, task)
     student = eager_copy(learner.policy)  # on the CPU, where evaluate() feeds observations, whatever the training device
-    actor = lambda obs: student(obs)[0]  # noqa: E731  (logits; evaluate() runs without gradients)
-    greedy = evaluate(actor, task, episodes, seed=EVAL_SEED, env_options=env_options)
-    sampled = evaluate(actor, task, episodes, seed=EVAL_SEED, greedy=False, env_options=env_options)
+    greedy = evaluate(student, task, episodes, seed=EVAL_SEED, env_options=env_options)
+    sampled = evaluate(student, task, episodes, seed=EVAL_SEED, greedy=False, env_options=env_options)
     return {**job, 'curve': curve, 'final_success_greedy': greedy['success_rate'],
             'final_success_sampled': sampled['success_rate'], 'final_return': sampled['mean_return'],
             'llm_calls': teacher.counters.llm_calls if teacher else 0, 'seconds': time.perf_counter() - start}
@@ -275,6 +274,8 @@ def main():
                         help='the success the "frames to" column counts to (the embodied study: 0.8)')
     parser.add_argument('--size', type=int, default=48,
                         help='embodied tasks: camera pixels (square) the student sees; see embodied_throughput.py')
+    parser.add_argument('--recurrent', type=int, default=0,
+                        help="units of the students' GRU memory (PPOConfig.recurrent); 0: reactive students")
     parser.add_argument('--device', default='cpu', help="the students' torch device (cuda: on a GPU machine)")
     parser.add_argument('--envs', type=int, help='environments (robots) per job (default: 16 MiniGrid, 8 embodied)')
     parser.add_argument('--summarise', action='store_true',
@@ -298,7 +299,7 @@ def main():
         jobs = [{**job, 'prompt': prompt} for job in jobs]  # the text, not the path: an edited file is another study
     # Settings away from their defaults go into every job; at the default they stay absent, so the
     # studies run before an option existed resume.
-    optional = {'device': (args.device, 'cpu'), 'envs': (args.envs, None)}
+    optional = {'device': (args.device, 'cpu'), 'envs': (args.envs, None), 'recurrent': (args.recurrent, 0)}
     settings = {key: value for key, (value, default) in optional.items() if value != default}
     jobs = [{**job, **settings} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings

@@ -102,6 +102,9 @@ def test_velocity_commands_map_back_to_their_actions():
         expected = action if motion != (0, 0) else None
         assert action_for_velocity(*command, 'miniworld', 0.15, math.radians(15), 0.1) == expected
     assert action_for_velocity(0.2, 0.1, 'minigrid') is None  # a nudge: stand still
+    # far beyond one step, or no number at all (fuzzed cmd_vel once overflowed squaring 1e300)
+    assert action_for_velocity(1e300, 0.0, 'minigrid') == 2 and action_for_velocity(0.0, -1e300, 'minigrid') == 1
+    assert action_for_velocity(float('nan'), 1.0, 'minigrid') is None
 
 
 def test_unknown_environment_is_a_clear_error():

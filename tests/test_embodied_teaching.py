@@ -163,14 +163,14 @@ def test_embodied_skills_do_the_task_with_the_scripted_options(task, episodes, a
 
 def test_image_policy_exports_and_runs_on_camera_observations(tmp_path):
     policy = ActorCritic((64, 64, 4), 8, encoder='image')
-    logits, values = policy(torch.zeros((3, 64, 64, 4), dtype=torch.uint8))
+    logits, values, _ = policy(torch.zeros((3, 64, 64, 4), dtype=torch.uint8), policy.initial_state(3))
     assert logits.shape == (3, 8) and values.shape == (3,)
     with pytest.raises(ValueError, match='36x36'):
         ActorCritic((16, 16, 3), 8, encoder='image')
 
     exported = torch.jit.load(str(export_policy(tmp_path / 'policy.pt', policy)))
     obs = torch.randint(0, 255, (2, 64, 64, 4), dtype=torch.uint8)
-    assert torch.allclose(exported(obs), policy(obs)[0], atol=1e-5)
+    assert torch.allclose(exported(obs), policy.step(obs, policy.initial_state(2))[0], atol=1e-5)
 
 
 @pytest.mark.slow

@@ -407,12 +407,6 @@ def fuzz_nodes(ros_node, nodes, workdir: Path, examples: int) -> list[FuzzReport
 
 
 # Nodes whose fuzz found a crash that their owner is to fix (issue 33): reason per node.
-KNOWN_CRASHES = {
-    'visualization_node': 'IndexError in llm_teacher_common.messages.top_suggestion: a SuggestionBatch with no '
-                          'suggestions (group 0) indexes suggestions[0] (issue 33, owner: visualization)',
-    'robot_sim_node': 'OverflowError in llm_teacher_common.commands.action_for_velocity (from the tick timer): a '
-                      'cmd_vel of ~1e300 m/s squares past the float range (issue 33, owner: the simulators)',
-}
 
 
 @pytest.fixture(scope='module')
@@ -428,8 +422,7 @@ def reports(tmp_path_factory):
         rclpy.shutdown(context=context)
 
 
-@pytest.mark.parametrize('name', [pytest.param(n.name, marks=pytest.mark.xfail(strict=False, reason=KNOWN_CRASHES[n.name]))
-                                  if n.name in KNOWN_CRASHES else n.name for n in NODES])
+@pytest.mark.parametrize('name', [n.name for n in NODES])
 def test_fuzzed_messages_do_not_end_the_node(reports, name):
     report = reports[name]
     assert not report.died, report.died

@@ -78,9 +78,8 @@ def test_evaluation_plays_one_episode_per_seed_however_many_envs_run_them():
     short ones, and the figure would depend on how many envs ran them."""
     torch.manual_seed(0)
     policy = ActorCritic((5, 5, 4), 7)
-    actor = lambda obs: policy(obs)[0]  # noqa: E731
-    wide = evaluate(actor, 'MiniGrid-DoorKey-5x5-v0', 12, seed=500, num_envs=16)
-    narrow = evaluate(actor, 'MiniGrid-DoorKey-5x5-v0', 12, seed=500, num_envs=5)
+    wide = evaluate(policy, 'MiniGrid-DoorKey-5x5-v0', 12, seed=500, num_envs=16)
+    narrow = evaluate(policy, 'MiniGrid-DoorKey-5x5-v0', 12, seed=500, num_envs=5)
     assert wide == narrow and wide['episodes'] == 12
 
 
@@ -93,7 +92,7 @@ def test_distillation_pulls_the_student_towards_the_teacher():
     target[:, 2] = 1.0  # "forward"
     learner = train(config, envs, teacher=lambda step: (target, np.ones(4, bool)))
     obs = envs.reset(seed=99).observations
-    probs = torch.softmax(learner.policy(torch.from_numpy(obs))[0], -1)
+    probs = torch.softmax(learner.policy.step(torch.from_numpy(obs), learner.policy.initial_state(4))[0], -1)
     assert probs[:, 2].min().item() > 0.9
 
 
@@ -109,7 +108,7 @@ def test_the_distillation_loss_is_the_cross_entropy_averaged_over_suggested_samp
     learner.attach_teacher(0, teacher, np.array([1.0, 0.0], np.float32))
     learner.record(np.zeros(2, np.float32), np.ones(2, np.float32), np.zeros(2, bool))
     with torch.no_grad():
-        log_probs = torch.log_softmax(learner.policy(torch.from_numpy(obs[:1]))[0], -1)[0]
+        log_probs = torch.log_softmax(learner.policy.step(torch.from_numpy(obs[:1]), learner.policy.initial_state(1))[0], -1)[0]
     metrics = learner.update(obs)
     assert metrics['losses/distill_loss'] == pytest.approx(-log_probs[2].item(), rel=1e-5)
     assert metrics['teacher/coverage'] == 0.5

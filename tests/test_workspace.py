@@ -57,7 +57,8 @@ ROSDEP_KEYS = {'numpy': 'python3-numpy', 'cv2': 'python3-opencv', 'yaml': 'pytho
                'matplotlib': 'python3-matplotlib', 'pyglet': 'python3-pyglet', 'gymnasium': 'python3-gymnasium-pip',
                'minigrid': 'python3-minigrid-pip', 'miniworld': 'python3-miniworld-pip',
                'transformers': 'python3-transformers-pip', 'rosbags': 'python3-rosbags-pip',
-               'mcap_ros2': 'python3-mcap-ros2-support-pip', 'foxglove': 'python3-foxglove-sdk-pip',
+               'mcap': 'python3-mcap-pip', 'mcap_ros2': 'python3-mcap-ros2-support-pip',
+               'foxglove': 'python3-foxglove-sdk-pip',
                'onnxruntime': 'python3-onnxruntime-pip', 'launch': 'launch_ros'}
 OPTIONAL = {'habitat', 'habitat_sim'}
 

@@ -50,13 +50,15 @@ def action_for_velocity(linear_x: float, angular_z: float, action_set: str = 'mi
     the command is closer to standing still (under half a step and half a turn).
 
     The inverse of velocity_for_action for motions: a joystick or a deployed policy drives a
-    simulator that only has discrete actions.
+    simulator that only has discrete actions. A non-finite command is None (stand still).
     """
     if action_set not in MOTIONS:
         raise ValueError(f'unknown action set {action_set!r}; known: {", ".join(MOTIONS)}')
     steps = linear_x * step_duration / step_length
     turns = angular_z * step_duration / turn_angle
-    if abs(steps) < 0.5 and abs(turns) < 0.5:
-        return None
+    if not (math.isfinite(steps) and math.isfinite(turns)) or abs(steps) < 0.5 and abs(turns) < 0.5:
+        return None  # a command that is no number stands still
+    # More than a step or a turn per period is still that motion (and 1e300 squared overflows)
+    steps, turns = max(-2.0, min(2.0, steps)), max(-2.0, min(2.0, turns))
     moving = [(i, m) for i, m in enumerate(MOTIONS[action_set]) if m != (0, 0)]
     return min(moving, key=lambda im: (im[1][0] - steps) ** 2 + (im[1][1] - turns) ** 2)[0]

@@ -59,7 +59,7 @@ def top_suggestion(batch: msg.SuggestionBatch, env: int) -> tuple[str, float] | 
     ('go to the yellow key', 0.82); None when `env` is in another group's batch or has no answer."""
     # getattr: recordings made before env groups existed have no `group` field (all were group 0)
     index = index_in_batch(env, getattr(batch, 'group', 0), len(batch.suggestions))
-    if index is None or not batch.suggestions[index].valid:
+    if index is None or index >= len(batch.suggestions) or not batch.suggestions[index].valid:
         return None
     suggestion = batch.suggestions[index]
     probs = np.asarray(suggestion.option_probs, np.float64)

@@ -64,11 +64,12 @@ class VisualizationNode(Node):
         self.action_names = family_of_task(task).action_names
         port = parameter(self, 'foxglove_port', 8765, 'Foxglove WebSocket port on 127.0.0.1 (-1: off, 0: any free port)')
         self.marker_pub = self.create_publisher(MarkerArray, 'teacher_markers', 10)
-        self.create_subscription(SuggestionBatch, 'suggestion_batch', self.on_suggestions, 10)
-        self.create_subscription(ActionBatch, 'action_batch', self.on_actions, 10)
-        self.create_subscription(Image, 'image', self.on_image, 1)
-        self.create_subscription(TrainingStatus, 'training_status', self.on_training_status, 10)
-        self.create_subscription(TeacherStatus, 'teacher_status', self.on_teacher_status, 10)
+        for kind, topic, callback, depth in ((SuggestionBatch, 'suggestion_batch', self.on_suggestions, 10),
+                                             (ActionBatch, 'action_batch', self.on_actions, 10),
+                                             (Image, 'image', self.on_image, 1),
+                                             (TrainingStatus, 'training_status', self.on_training_status, 10),
+                                             (TeacherStatus, 'teacher_status', self.on_teacher_status, 10)):
+            self.create_subscription(kind, topic, self.shown_or_skipped(callback), depth)
         self.server = None
         if port >= 0:
             self.server = foxglove.start_server(name='llm_teacher', host='127.0.0.1', port=port)
@@ -80,6 +81,17 @@ class VisualizationNode(Node):
                 'teacher': foxglove.Channel('/teacher/status', message_encoding='json'),
             }
             self.get_logger().info(f'Foxglove WebSocket server on ws://127.0.0.1:{self.server.port}')
+
+    def shown_or_skipped(self, callback):
+        """A view shows what it can: a message it cannot draw or log (any field out of what Foxglove or
+        rviz2 accept) is skipped with a warning, never the end of the node."""
+        def guarded(msg) -> None:
+            try:
+                callback(msg)
+            except Exception as err:  # noqa: BLE001 - nothing on the domain may end a view
+                self.get_logger().warning(f'{type(msg).__name__} not shown ({type(err).__name__}: {err})',
+                                          throttle_duration_sec=5.0)
+        return guarded
 
     def on_suggestions(self, batch: SuggestionBatch) -> None:
         if index_in_batch(self.env, batch.group, len(batch.suggestions)) is None:

@@ -16,8 +16,6 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import torch
-
 from llm_teacher_common.stats import rate_text
 from student_policy.checkpoints import CheckpointError, export_policy, save_checkpoint, write_atomically
 from student_policy.evaluate import env_options_for, evaluate
@@ -139,10 +137,8 @@ class EvalCallback:
         """Greedy evaluation of `policy` (on the worker thread, or here), with the seconds it took
         (what selecting the best policy costs)."""
         start = time.perf_counter()
-        with torch.no_grad():
-            actor = lambda obs: policy(obs)[0]  # noqa: E731  (logits, as the exported policy)
-            greedy = evaluate(actor, self.task, self.episodes,
-                              env_options=env_options_for(policy.obs_shape, policy.encoder_name))
+        greedy = evaluate(policy, self.task, self.episodes,
+                          env_options=env_options_for(policy.obs_shape, policy.encoder_name))
         return {**greedy, 'seconds': time.perf_counter() - start}
 
     def record(self, results, frames: int, policy: ActorCritic, metrics: dict) -> None:

@@ -144,32 +144,41 @@ def saved_config(path: str | Path, saved: dict) -> PPOConfig:
 
 
 def export_policy(path: str | Path, policy: ActorCritic, task: str = '') -> Path:
-    """The actor, obs (B, *obs_shape) uint8 -> action logits (B, A), for the deploy nodes: TorchScript
-    at `path` and ONNX (opset ONNX_OPSET, dynamic batch) beside it as <name>.onnx with <name>.json,
-    each carrying PolicyInfo (what the policy expects). Each file is written atomically."""
+    """The actor for the deploy nodes: obs (B, *obs_shape) uint8 -> action logits (B, A), and for a
+    recurrent policy (obs, state (B, H)) -> (logits, next state). TorchScript at `path` and ONNX
+    (opset ONNX_OPSET, dynamic batch) beside it as <name>.onnx with <name>.json, each carrying
+    PolicyInfo (what the policy expects). Each file is written atomically."""
     actor = _Actor(eager_copy(policy)).eval()  # a compiled policy cannot be traced
-    example = torch.zeros((1,) + policy.obs_shape, dtype=torch.uint8)
-    info = PolicyInfo(policy.obs_shape, policy.num_actions, policy.encoder_name, task)
+    example = (torch.zeros((1,) + policy.obs_shape, dtype=torch.uint8),)
+    names, outputs = ['obs'], ['logits']
+    if policy.recurrent:
+        example += (policy.initial_state(1),)
+        names, outputs = ['obs', 'state'], ['logits', 'next_state']
+    info = PolicyInfo(policy.obs_shape, policy.num_actions, policy.encoder_name, task, policy.recurrent)
     with torch.no_grad():
         traced = torch.jit.trace(actor, example)
     path = Path(path)
-    write_atomically(path.with_suffix('.onnx'), lambda f: _export_onnx(actor, example, f))
+    write_atomically(path.with_suffix('.onnx'), lambda f: _export_onnx(actor, example, names, outputs, f))
     write_atomically(path.with_suffix('.json'), lambda f: f.write(info.to_json().encode()))
     return write_atomically(path, lambda f: torch.jit.save(traced, f, _extra_files={INFO_FILE: info.to_json()}))
 
 
-def _export_onnx(actor: torch.nn.Module, example: torch.Tensor, f: BinaryIO) -> None:
+def _export_onnx(actor: torch.nn.Module, example: tuple, names: list[str], outputs: list[str], f: BinaryIO) -> None:
     with warnings.catch_warnings():
         # The TorchScript-based exporter: the torch.export one needs onnxscript and gives the same graph here.
         warnings.simplefilter('ignore', DeprecationWarning)
-        torch.onnx.export(actor, (example,), f, dynamo=False, opset_version=ONNX_OPSET, input_names=['obs'],
-                          output_names=['logits'], dynamic_axes={'obs': {0: 'batch'}, 'logits': {0: 'batch'}})
+        torch.onnx.export(actor, example, f, dynamo=False, opset_version=ONNX_OPSET, input_names=names,
+                          output_names=outputs, dynamic_axes={name: {0: 'batch'} for name in names + outputs})
 
 
 class _Actor(torch.nn.Module):
-    def __init__(self, policy):
+    """The policy as deployed: logits alone for a reactive one, (logits, next state) for a recurrent one."""
+
+    def __init__(self, policy: ActorCritic):
         super().__init__()
         self.policy = policy
 
-    def forward(self, obs):
-        return self.policy(obs)[0]
+    def forward(self, obs: torch.Tensor, state: torch.Tensor | None = None):
+        if state is None:
+            return self.policy.step(obs, self.policy.initial_state(obs.shape[0]))[0]
+        return self.policy.step(obs, state)

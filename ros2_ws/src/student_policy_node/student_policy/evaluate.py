@@ -23,6 +23,9 @@ def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int
     """One episode on each seed seed .. seed + episodes - 1 (env i plays seeds i, i + n, ...);
     greedy or sampled. env_options go to the vector env (e.g. an embodied camera's width and height).
 
+    `policy` acts as an exported one does (inference.Policy, or networks.ActorCritic):
+    step(obs, state) -> (logits, state), its state zeroed at each episode's start.
+
     Every seed's episode counts, however long: counting the first `episodes` episodes to end
     instead would favour short ones (quick successes) and overstate success."""
     n = min(num_envs, episodes)
@@ -32,10 +35,13 @@ def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int
     returns, successes = np.zeros(episodes), np.zeros(episodes, bool)
     episode_return = np.zeros(n)
     generator = torch.Generator().manual_seed(seed)
+    state = policy.initial_state(n)
     with torch.no_grad():
         while (np.arange(n) + n * played < episodes).any():
-            actions = choose_actions(policy(torch.from_numpy(step.observations)), greedy, generator)
+            logits, state = policy.step(torch.from_numpy(step.observations), state)
+            actions = choose_actions(logits, greedy, generator)
             step = envs.step(actions, reset_seeds=seed + np.arange(n) + n * (played + 1))
+            state[torch.from_numpy(step.terminated | step.truncated)] = 0.0  # a new episode, a new memory
             episode_return += step.rewards
             for i in np.flatnonzero(step.terminated | step.truncated):
                 k = i + n * played[i]  # the seed offset of the episode that ended

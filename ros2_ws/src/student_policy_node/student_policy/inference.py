@@ -2,9 +2,10 @@
 and numpy (onnxruntime for .onnx files), so a robot runs the policy with nothing of training,
 simulation or the LLM installed.
 
-An export is the actor alone: obs (B, *obs_shape) uint8 -> action logits (B, A). Beside the
-weights it carries what it was trained on (`PolicyInfo`), so a node can refuse a policy that does
-not fit its sensors or its robot before it drives anything.
+An export is the actor alone: obs (B, *obs_shape) uint8 -> action logits (B, A); a recurrent one
+takes its state too, (obs, state (B, H)) -> (logits, next state). Beside the weights it carries
+what it was trained on (`PolicyInfo`), so a node can refuse a policy that does not fit its sensors
+or its robot before it drives anything.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class PolicyInfo:
     """'grid' or 'image'."""
     task: str = ''
     """the task it was trained on ('' when not recorded)."""
+    recurrent: int = 0
+    """size H of its state (the GRU's units); 0: a reactive policy, whose state is empty."""
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), 'obs_shape': list(self.obs_shape)})
@@ -37,7 +40,8 @@ class PolicyInfo:
     @classmethod
     def from_json(cls, text: str | bytes) -> PolicyInfo:
         data = json.loads(text)
-        return cls(tuple(data['obs_shape']), int(data['num_actions']), data['encoder'], data.get('task', ''))
+        return cls(tuple(data['obs_shape']), int(data['num_actions']), data['encoder'], data.get('task', ''),
+                   int(data.get('recurrent', 0)))
 
 
 def torch_device(name: str) -> torch.device:
@@ -55,7 +59,8 @@ def torch_device(name: str) -> torch.device:
 
 
 class Policy:
-    """An exported policy: `policy(obs)` gives action logits (torch, float32) for a uint8 batch.
+    """An exported policy: `step(obs, state)` gives action logits (torch, float32) for a uint8 batch
+    and the next state (empty for a reactive policy).
 
     A .pt (TorchScript) file runs code from its archive when loaded; .onnx is data only (load_policy).
     """
@@ -93,14 +98,30 @@ class Policy:
         self.info = PolicyInfo.from_json(info.read_text()) if info.is_file() else None
         self._module = None
 
+    @property
+    def state_size(self) -> int:
+        return self.info.recurrent if self.info is not None else 0
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        """The state of `batch` robots at an episode's start (zeros; (batch, 0) for a reactive policy)."""
+        return torch.zeros(batch, self.state_size)
+
     @torch.no_grad()
-    def __call__(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Action logits (B, A) on the CPU of observations (B, *obs_shape) uint8."""
+    def step(self, obs: np.ndarray | torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action logits (B, A), next state (B, H)) on the CPU, of observations (B, *obs_shape) uint8
+        and the state the last step returned (or initial_state)."""
+        recurrent = self.state_size > 0
         if self._session is not None:
-            obs = obs.numpy() if isinstance(obs, torch.Tensor) else obs
-            return torch.from_numpy(self._session.run(None, {'obs': np.ascontiguousarray(obs, np.uint8)})[0])
+            feed = {'obs': np.ascontiguousarray(obs.numpy() if isinstance(obs, torch.Tensor) else obs, np.uint8)}
+            if recurrent:
+                feed['state'] = np.ascontiguousarray(state.numpy(), np.float32)
+            out = self._session.run(None, feed)
+            return torch.from_numpy(out[0]), torch.from_numpy(out[1]) if recurrent else state
         obs = torch.as_tensor(obs).to(self.device)
-        return self._module(obs).float().cpu()
+        if recurrent:
+            logits, state = self._module(obs, state.to(self.device))
+            return logits.float().cpu(), state.float().cpu()
+        return self._module(obs).float().cpu(), state
 
 
 def load_policy(path: str | Path, device: str = 'cpu') -> Policy:

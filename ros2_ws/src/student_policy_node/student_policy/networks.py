@@ -76,37 +76,70 @@ def encoder_for(obs_encoding: str) -> str:
 
 
 class ActorCritic(nn.Module):
-    """pi(a|s) and V(s): linear heads on one shared encoder, initialised as in CleanRL's Atari agent.
+    """pi(a|s) and V(s): linear heads on one shared encoder, initialised as in CleanRL's Atari agent;
+    with `recurrent` > 0, a GRU core of that many units between the encoder and the heads, so that
+    the policy acts on what it saw earlier in the episode (a memory).
 
+    The state of a reactive policy is an empty (B, 0) tensor, so every caller handles both alike:
+    `step(obs, state) -> (logits, new state)`, with the state of a new episode all zeros.
     (A 64-unit tanh MLP actor head, tried first, could not fit even the agent's heading from the
     memory map within hundreds of steps; the linear head fits it at once.)
     """
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, features: int = 256, encoder: str = 'grid'):
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, features: int = 256, encoder: str = 'grid',
+                 recurrent: int = 0):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f'encoder {encoder!r} is not one of {tuple(ENCODERS)}')
+        if recurrent < 0:
+            raise ValueError(f'recurrent (the GRU size) must be >= 0 (0: no memory), got {recurrent}')
         self.obs_shape, self.num_actions, self.encoder_name = tuple(obs_shape), num_actions, encoder
+        self.recurrent = recurrent
         self.encoder = ENCODERS[encoder](obs_shape, features)
-        self.actor = nn.Linear(features, num_actions)
-        self.critic = nn.Linear(features, 1)
-        for head, gain in ((self.actor, 1.0), (self.critic, 1.0)):
-            nn.init.orthogonal_(head.weight, gain)
-            nn.init.zeros_(head.bias)
+        self.core = nn.GRUCell(features, recurrent) if recurrent else None
+        head = recurrent or features
+        self.actor = nn.Linear(head, num_actions)
+        self.critic = nn.Linear(head, 1)
+        for layer, gain in ((self.actor, 1.0), (self.critic, 1.0)):
+            nn.init.orthogonal_(layer.weight, gain)
+            nn.init.zeros_(layer.bias)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Action logits (B, A) and values (B,)."""
+    def initial_state(self, batch: int, device: torch.device | str = 'cpu') -> torch.Tensor:
+        return torch.zeros(batch, self.recurrent, device=device)
+
+    def forward(self, obs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Action logits (B, A), values (B,) and the next state (B, H) of observations (B, *obs_shape)."""
         features = self.encoder(obs)
+        if self.core is not None:
+            state = features = self.core(features, state)
+        return self.actor(features), self.critic(features).squeeze(-1), state
+
+    def step(self, obs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, next state): what acting needs, in the shape of an exported policy."""
+        logits, _, state = self(obs, state)
+        return logits, state
+
+    def unroll(self, obs: torch.Tensor, state: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (T, B, A) and values (T, B) along sequences obs (T, B, *obs_shape) from `state`
+        (B, H), zeroing the state where starts (T, B) marks an episode's first observation."""
+        steps, batch = obs.shape[:2]
+        features = self.encoder(obs.flatten(0, 1)).view(steps, batch, -1)
+        if self.core is not None:
+            outputs = []
+            for t in range(steps):  # the CNN ran on all steps at once; only the small core loops
+                state = self.core(features[t], state * (1.0 - starts[t]).unsqueeze(-1))
+                outputs.append(state)
+            features = torch.stack(outputs)
         return self.actor(features), self.critic(features).squeeze(-1)
 
-    def distribution(self, obs: torch.Tensor) -> tuple[Categorical, torch.Tensor]:
-        logits, values = self(obs)
-        return Categorical(logits=logits), values
+    def distribution(self, obs: torch.Tensor, state: torch.Tensor) -> tuple[Categorical, torch.Tensor, torch.Tensor]:
+        logits, values, state = self(obs, state)
+        return Categorical(logits=logits), values, state
 
 
 def eager_copy(policy: ActorCritic) -> ActorCritic:
     """A plain (not compiled) copy of a policy's current weights, on the CPU: to trace and export,
     to evaluate or act with while the original trains on."""
-    copy = ActorCritic(policy.obs_shape, policy.num_actions, encoder=policy.encoder_name)
+    copy = ActorCritic(policy.obs_shape, policy.num_actions, encoder=policy.encoder_name, recurrent=policy.recurrent)
     copy.load_state_dict({k: v.detach().cpu().clone() for k, v in policy.state_dict().items()})
     return copy.eval()

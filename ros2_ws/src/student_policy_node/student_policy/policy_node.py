@@ -5,7 +5,9 @@ Loads an exported policy (run_dir/policy.pt or .onnx), and answers each observat
 `step_batch` with actions on `action_batch` (greedy, or sampled with greedy:=false). For a mobile
 robot it also publishes the action of environment `twist_env` as geometry_msgs/Twist on `cmd_vel`
 (mapping in llm_teacher_common.commands: the velocity that does the action in `step_duration` s,
-clipped to max_linear / max_angular). Remap the topics to a robot's:
+clipped to max_linear / max_angular). A recurrent policy keeps a state per environment, zeroed at
+each episode's start, for a new simulator (epoch), on an std_msgs/Empty on `reset` and after the
+input went stale. Remap the topics to a robot's:
 
     ros2 run student_policy policy_node --ros-args -p policy_path:=runs/train/policy.pt -r step_batch:=/robot/observations
 
@@ -25,12 +27,13 @@ import torch
 from geometry_msgs.msg import Twist
 from llm_teacher_msgs.msg import ActionBatch, StepBatch
 from rclpy.node import Node
+from std_msgs.msg import Empty
 
 from llm_teacher_common.commands import MOTIONS
 from llm_teacher_common.node import parameter, spin
 from student_policy.inference import load_policy
-from student_policy.robot_control import (SensorWatchdog, VelocityCommands, batch_observations, checked_actions,
-                                          stamp_ns)
+from student_policy.robot_control import (BatchStates, SensorWatchdog, VelocityCommands, batch_observations,
+                                          checked_actions, stamp_ns)
 
 QOS_DEPTH = 10
 
@@ -62,9 +65,11 @@ class PolicyNode(Node):
         except (ValueError, OverflowError) as err:
             raise SystemExit(f'policy_node: {err}') from err
         self.policy_shape = tuple(self.policy.info.obs_shape) if self.policy.info is not None else None
+        self.states = BatchStates(self.policy)
         self.action_pub = self.create_publisher(ActionBatch, 'action_batch', QOS_DEPTH)
         self.twist_pub = self.create_publisher(Twist, 'cmd_vel', QOS_DEPTH)
         self.create_subscription(StepBatch, 'step_batch', self.on_step, QOS_DEPTH)
+        self.create_subscription(Empty, 'reset', lambda _: self.states.reset(), QOS_DEPTH)
         if self.twist_env >= 0:
             self.create_timer(step_duration, self.watchdog)
         self.stopped = True
@@ -73,7 +78,10 @@ class PolicyNode(Node):
     def on_step(self, batch: StepBatch) -> None:
         try:
             obs = batch_observations(batch.observations, batch.num_envs, batch.obs_shape, self.policy_shape)
-            actions, _ = checked_actions(self.policy(obs), None, self.greedy)
+            ended = episode_ends(batch)
+            logits, state = self.policy.step(obs, self.states.before(batch.epoch, ended))
+            actions, _ = checked_actions(logits, None, self.greedy)
+            self.states.after(state)
             moving = 0 <= self.twist_env < len(actions)
             if moving:
                 twist = Twist()
@@ -103,6 +111,7 @@ class PolicyNode(Node):
             if not self.stopped:
                 self.get_logger().warning(f'no step batch moved the robot in the last '
                                           f'{self.sensors.max_age_ns / 1e9:g} s: stopping it')
+            self.states.reset()  # what follows is a new episode
             self.stop()
 
     def stop(self) -> None:
@@ -113,6 +122,18 @@ class PolicyNode(Node):
     def destroy_node(self):
         self.stop()  # the last word to the base: stand still
         super().destroy_node()
+
+
+def episode_ends(batch: StepBatch) -> np.ndarray:
+    """Which environments of a batch start a new episode; a publisher that sends no end flags
+    (terminated and truncated empty) ends none.
+
+    :raises ValueError: flags for another number of environments.
+    """
+    flags = [np.asarray(f, bool) for f in (batch.terminated, batch.truncated) if len(f)]
+    if any(len(f) != batch.num_envs for f in flags):
+        raise ValueError(f'{[len(f) for f in flags]} episode-end flags for {batch.num_envs} environments')
+    return np.logical_or.reduce(flags) if flags else np.zeros(batch.num_envs, bool)
 
 
 def main(args=None):

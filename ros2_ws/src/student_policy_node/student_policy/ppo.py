@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.distributions import Categorical
 
 from student_policy.inference import torch_device
 from student_policy.networks import ActorCritic
@@ -67,6 +68,9 @@ class PPOConfig:
     encoder: str = 'grid'
     """observation encoder: 'grid' (MiniGrid memory maps and egocentric views) or 'image' (camera
     rgb or rgb + depth)."""
+    recurrent: int = 0
+    """units of the policy's GRU memory between encoder and heads; 0: a reactive policy (acts on
+    the present observation alone)."""
     total_frames: int = 1_000_000
     """environment frames to train for (all environments together)."""
     num_steps: int = 128
@@ -150,12 +154,18 @@ class PPOLearner:
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.device = torch_device(config.device)
-        self.policy = ActorCritic(obs_shape, num_actions, encoder=config.encoder).to(self.device)
+        self.policy = ActorCritic(obs_shape, num_actions, encoder=config.encoder,
+                                  recurrent=config.recurrent).to(self.device)
         if compile_wanted(config):
             self.policy.encoder.compile()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
-        self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions, num_groups)
+        self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions, num_groups, config.recurrent)
         self.num_envs, self.num_actions = num_envs, num_actions
+        # The policy's state per env, and whether its next observation starts an episode (the state
+        # is zeroed then). A resumed learner starts from zero states: its envs' episodes go on from
+        # where the simulator is, which the checkpoint does not know.
+        self.state = self.policy.initial_state(num_envs, self.device)
+        self.starts = np.ones(num_envs, np.float32)
         self.frames = self.updates = self.episodes = 0
         self.skipped_steps = 0  # gradient steps skipped for a non-finite loss or gradient
         self.recent_returns: deque[float] = deque(maxlen=100)
@@ -170,10 +180,15 @@ class PPOLearner:
     def act(self, obs: np.ndarray, group: int = 0) -> np.ndarray:
         """Sample actions for a batch of observations (of env group `group`) and store the step
         (call record() next; a teacher's suggestion for it comes through attach_teacher())."""
-        dist, values = self.policy.distribution(torch.from_numpy(obs).to(self.device))
-        actions = dist.sample()
         s = self.storage
         t, envs = s.steps[group], s.columns(group)
+        if t == 0:
+            s.initial_state[envs] = self.state[envs].cpu().numpy()
+        starts = torch.from_numpy(self.starts[envs]).to(self.device)
+        dist, values, self.state[envs] = self.policy.distribution(
+            torch.from_numpy(obs).to(self.device), self.state[envs] * (1.0 - starts).unsqueeze(-1))
+        actions = dist.sample()
+        s.starts[t, envs] = self.starts[envs]
         s.obs[t, envs] = obs
         s.actions[t, envs] = actions.cpu().numpy()
         s.logprobs[t, envs] = dist.log_prob(actions).cpu().numpy()
@@ -196,6 +211,7 @@ class PPOLearner:
         t, envs = s.steps[group], s.columns(group)
         s.rewards[t, envs] = rewards
         s.dones[t, envs] = dones
+        self.starts[envs] = dones
         s.steps[group] += 1
         self.frames += len(rewards)
         returns = self._episode_return[envs]  # a view: updated in place
@@ -209,9 +225,11 @@ class PPOLearner:
     def drop_group_rollout(self, group: int) -> None:
         """Forget env group `group`'s rows of this rollout and its unfinished episodes (its simulator
         restarted: what follows does not continue them)."""
+        envs = self.storage.columns(group)
         self.storage.steps[group] = 0
-        self.storage.teacher_mask[:, self.storage.columns(group)] = 0.0
-        self._episode_return[self.storage.columns(group)] = 0.0
+        self.storage.teacher_mask[:, envs] = 0.0
+        self._episode_return[envs] = 0.0
+        self.starts[envs] = 1.0
 
     def update(self, next_obs: np.ndarray) -> dict[str, float]:
         """PPO epochs over the full rollout, in CleanRL's order; returns metrics by TensorBoard tag."""
@@ -219,7 +237,8 @@ class PPOLearner:
         if not s.full:
             raise RuntimeError(f'update() needs a full rollout, have {s.steps} of {s.num_steps} steps')
         with torch.no_grad():
-            _, next_values = self.policy(torch.from_numpy(next_obs).to(self.device))
+            starts = torch.from_numpy(self.starts).to(self.device).unsqueeze(-1)
+            _, next_values, _ = self.policy(torch.from_numpy(next_obs).to(self.device), self.state * (1.0 - starts))
         advantages, returns = compute_gae(s.rewards, s.values, s.dones, next_values.cpu().numpy(), cfg.gamma,
                                           cfg.gae_lambda)
         lr = cfg.learning_rate * (1.0 - self.frames / cfg.total_frames if cfg.anneal_lr else 1.0)
@@ -229,7 +248,8 @@ class PPOLearner:
         skipped = 0
         for _ in range(cfg.update_epochs):
             for mb in s.minibatches(advantages, returns, cfg.minibatch_size, self.rng, self.device):
-                dist, new_values = self.policy.distribution(mb.obs)
+                logits, new_values = self.policy.unroll(mb.obs, mb.state, mb.starts)
+                dist = Categorical(logits=logits)
                 logratio = dist.log_prob(mb.actions) - mb.logprobs
                 ratio = logratio.exp()
                 with torch.no_grad():
@@ -242,7 +262,7 @@ class PPOLearner:
                 value_loss = 0.5 * ((new_values - mb.returns) ** 2).mean()
                 entropy = dist.entropy().mean()
                 # CE(pi_T || pi_theta), averaged over the samples that carry a suggestion
-                cross_entropy = -(mb.teacher_probs * torch.log_softmax(dist.logits, -1)).sum(-1)
+                cross_entropy = -(mb.teacher_probs * torch.log_softmax(logits, -1)).sum(-1)
                 distill_loss = (cross_entropy * mb.teacher_mask).sum() / mb.teacher_mask.sum().clamp(min=1.0)
                 loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss + weight * distill_loss
 

@@ -178,6 +178,36 @@ class StampPairer:
         return pair
 
 
+class BatchStates:
+    """A recurrent policy's state for each environment of the step batches a node answers: zeros
+    where an episode starts (after an episode end a batch holds the next episode's first
+    observation), for a new simulator (another epoch or number of environments), and after reset()."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.state = policy.initial_state(0)
+        self.source: tuple[int, int] | None = None  # (epoch, num_envs) of the simulator the state follows
+
+    def before(self, epoch: int, ended: np.ndarray) -> torch.Tensor:
+        """The state to act on for a batch whose environments `ended` (bool, one per env) an episode."""
+        if (epoch, len(ended)) != self.source:
+            self.source = (epoch, len(ended))
+            return self.policy.initial_state(len(ended))
+        return self.state.masked_fill(torch.from_numpy(ended)[:, None], 0.0)
+
+    def after(self, state: torch.Tensor) -> None:
+        """The state the policy returned for the batch just answered.
+
+        :raises FloatingPointError: a non-finite state (kept out: the caller stops the robot).
+        """
+        if not torch.isfinite(state).all():
+            raise FloatingPointError('the policy gave a non-finite state')
+        self.state = state
+
+    def reset(self) -> None:
+        self.source = None
+
+
 def motion_mask(action_set: str, num_actions: int) -> np.ndarray:
     """True for the actions that move the base (a robot cannot pick up or toggle)."""
     return np.array([MOTIONS[action_set][a] != (0, 0) for a in range(num_actions)])
@@ -221,6 +251,12 @@ class CameraPolicy:
         self.size = tuple(info.obs_shape[:2])
         self.mask = motion_mask(action_set, info.num_actions) if motion_only else np.ones(info.num_actions, bool)
         self.generator = torch.Generator().manual_seed(seed)
+        self.memory = BatchStates(policy)  # a recurrent policy's memory of this episode
+
+    def reset(self) -> None:
+        """Forget what this episode saw (a recurrent policy): a new mission, the robot was moved,
+        or the sensors went stale, so what it remembers no longer holds."""
+        self.memory.reset()
 
     def observe(self, pair: FramePair) -> np.ndarray:
         """The (H, W, C) uint8 observation of a frame pair, resized to the policy's input.
@@ -236,11 +272,14 @@ class CameraPolicy:
         return camera_observation(pair.rgb, pair.depth, self.observation, self.size)
 
     def act(self, obs: np.ndarray) -> tuple[int, np.ndarray]:
-        """(action, probabilities over all actions) for one observation.
+        """(action, probabilities over all actions) for one observation; the state moves on.
 
-        :raises FloatingPointError: the policy gave non-finite logits (the caller stops the robot).
+        :raises FloatingPointError: the policy gave non-finite logits or state (the caller stops the
+            robot; the state is kept as it was).
         """
-        actions, probs = checked_actions(self.policy(obs[None]), self.mask, self.greedy, self.generator)
+        logits, state = self.policy.step(obs[None], self.memory.before(0, np.zeros(1, bool)))
+        actions, probs = checked_actions(logits, self.mask, self.greedy, self.generator)
+        self.memory.after(state)
         return int(actions[0]), probs[0]
 
     def velocity(self, action: int) -> tuple[float, float]:

@@ -10,6 +10,9 @@ trained on (llm_teacher_common.camera, the function the simulators use), runs th
     policy_action    llm_teacher_msgs/ActionBatch: the action and its distribution (stamp = the
                      frames'), for rviz2 / Foxglove and for checking
 
+A recurrent policy (policy.json "recurrent" > 0) remembers the episode: an std_msgs/Empty on
+`reset` (a new mission, the robot was carried elsewhere) and sensors gone stale start it afresh.
+
 It trusts nothing it receives (docs/safety.md): a frame stamped negative, more than
 max_clock_skew ahead of this node's clock or older than max_sensor_age, an empty, oversized or
 short image, an unknown encoding, are refused; a pair whose depth image is mostly invalid, or
@@ -32,6 +35,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import Image
+from std_msgs.msg import Empty
 
 from llm_teacher_common.commands import MOTIONS
 from llm_teacher_common.messages import depth_from_image, rgb_from_image
@@ -83,6 +87,7 @@ class RobotPolicyNode(Node):
         self.action_pub = self.create_publisher(ActionBatch, 'policy_action', 10)
         self.create_subscription(Image, 'camera/image_raw', self.on_rgb, qos_profile_sensor_data)
         self.create_subscription(Image, 'camera/depth/image_raw', self.on_depth, qos_profile_sensor_data)
+        self.create_subscription(Empty, 'reset', self.on_reset, 10)
         self.create_timer(1.0 / rate, self.watchdog)
         self.last_action_ns = -self.min_period_ns
         self.seq = 0
@@ -131,11 +136,17 @@ class RobotPolicyNode(Node):
         self.seq += 1
         self.action_pub.publish(out)
 
+    def on_reset(self, _: Empty) -> None:
+        self.controller.reset()
+        self.get_logger().info('reset: the policy starts a new episode')
+
     def watchdog(self) -> None:
         if self.sensors.stale(self.get_clock().now().nanoseconds):
             if not self.stopped:
                 self.get_logger().warning(f'no rgb+depth pair acted on in the last '
-                                          f'{self.sensors.max_age_ns / 1e9:g} s: stopping the robot')
+                                          f'{self.sensors.max_age_ns / 1e9:g} s: stopping the robot and '
+                                          f'starting a new episode')
+                self.controller.reset()  # what it remembers may no longer hold when it goes on
             self.stop()
 
     def stop(self) -> None:

@@ -32,6 +32,11 @@ def compute_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last
 
 
 class Minibatch(NamedTuple):
+    """Samples as sequences (T, B, ...): a recurrent policy's are whole env trajectories of the
+    rollout (T = its steps) from their first state; a reactive policy's are single steps (T = 1)."""
+
+    state: torch.Tensor  # (B, H) at each sequence's start (H = 0: a reactive policy)
+    starts: torch.Tensor  # (T, B) 1 where an episode starts: the state is zeroed before that step
     obs: torch.Tensor
     actions: torch.Tensor
     logprobs: torch.Tensor
@@ -47,7 +52,7 @@ class RolloutStorage:
     groups of columns that fill at their own pace (double-buffered sampling)."""
 
     def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], num_actions: int,
-                 num_groups: int = 1):
+                 num_groups: int = 1, state_size: int = 0):
         if num_groups < 1 or num_envs % num_groups:
             raise ValueError(f'{num_envs} environments do not split into {num_groups} equal groups')
         shape = (num_steps, num_envs)
@@ -61,6 +66,8 @@ class RolloutStorage:
         self.dones = np.zeros(shape, np.float32)
         self.teacher_probs = np.zeros(shape + (num_actions,), np.float32)
         self.teacher_mask = np.zeros(shape, np.float32)
+        self.starts = np.zeros(shape, np.float32)
+        self.initial_state = np.zeros((num_envs, state_size), np.float32)  # the policy's state at step 0
         self.steps = [0] * num_groups  # per group, the next step to fill
 
     def columns(self, group: int) -> slice:
@@ -75,15 +82,24 @@ class RolloutStorage:
 
     def minibatches(self, advantages: np.ndarray, returns: np.ndarray, minibatch_size: int,
                     rng: np.random.Generator, device: torch.device | str = 'cpu'):
-        """Shuffled minibatches over all T*N samples, as torch tensors on `device`."""
+        """Shuffled minibatches of about `minibatch_size` samples, as torch tensors on `device`:
+        single samples for a reactive policy, whole env columns (with their initial states) for a
+        recurrent one (CleanRL's ppo_atari_lstm)."""
+        per_step = {'starts': self.starts, 'obs': self.obs, 'actions': self.actions, 'logprobs': self.logprobs,
+                    'advantages': advantages, 'returns': returns, 'values': self.values,
+                    'teacher_probs': self.teacher_probs, 'teacher_mask': self.teacher_mask}
+        if self.initial_state.shape[1]:
+            envs = max(1, minibatch_size // self.num_steps)
+            order = rng.permutation(self.num_envs)
+            for start in range(0, self.num_envs, envs):
+                index = order[start:start + envs]
+                yield Minibatch(torch.from_numpy(self.initial_state[index]).to(device),
+                                **{k: torch.from_numpy(v[:, index]).to(device) for k, v in per_step.items()})
+            return
         total = self.num_steps * self.num_envs
-        flat = {
-            'obs': self.obs.reshape(total, *self.obs.shape[2:]), 'actions': self.actions.reshape(total),
-            'logprobs': self.logprobs.reshape(total), 'advantages': advantages.reshape(total),
-            'returns': returns.reshape(total), 'values': self.values.reshape(total),
-            'teacher_probs': self.teacher_probs.reshape(total, -1), 'teacher_mask': self.teacher_mask.reshape(total),
-        }
         order = rng.permutation(total)
         for start in range(0, total, minibatch_size):
             index = order[start:start + minibatch_size]
-            yield Minibatch(**{k: torch.from_numpy(v[index]).to(device) for k, v in flat.items()})
+            yield Minibatch(torch.zeros(len(index), 0, device=device),
+                            **{k: torch.from_numpy(v.reshape(total, *v.shape[2:])[index][None]).to(device)
+                               for k, v in per_step.items()})

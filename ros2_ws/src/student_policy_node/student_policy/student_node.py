@@ -47,6 +47,7 @@ class StudentNode(Node):
         d, t = PPOConfig(), TeacherSchedule()  # the defaults' one home; config/student_node.yaml is tested equal
         try:
             self.config = PPOConfig(
+                recurrent=p('recurrent', d.recurrent, "Units of the policy's GRU memory (0: a reactive policy)"),
                 total_frames=p('total_frames', d.total_frames, 'Environment frames to train for'),
                 num_steps=p('num_steps', d.num_steps, 'Lock-steps per rollout'),
                 learning_rate=p('learning_rate', d.learning_rate, 'Adam learning rate'),
