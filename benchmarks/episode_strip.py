@@ -14,7 +14,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from habitat_bridge.vector import make_vec_env
 from llm_teacher.options import EXPLORE, feasible_options
@@ -34,7 +33,7 @@ def run_episode(policy_path: str, task: str, seed: int, teacher_kind: str, greed
     envs = make_vec_env(task, 1, perceive=True, **env_options_for(policy.info.obs_shape, policy.info.encoder))
     teacher = embedded_teacher() if teacher_kind == 'llm' else None
     names = family_of_task(task).action_names
-    step = envs.reset(seed=seed)
+    step, state = envs.reset(seed=seed), policy.initial_state(1)
     steps = []
     while True:
         perception = step.perceptions[0]
@@ -44,7 +43,8 @@ def run_episode(policy_path: str, task: str, seed: int, teacher_kind: str, greed
             distribution = teacher.option_distribution(perception, feasible_options(perception)) or {EXPLORE.text: 1.0}
             text, p = max(distribution.items(), key=lambda item: item[1])
             suggestion = f'{text} ({p:.2f})'
-        action = int(choose_actions(policy(torch.from_numpy(step.observations)), greedy)[0])
+        logits, state = policy.step(step.observations, state)
+        action = int(choose_actions(logits, greedy)[0])
         steps.append({'rgb': envs.render(0), 'pose': (perception.x, perception.y), 'suggestion': suggestion,
                       'action': names[action], 'map': perception.occupancy, 'objects': perception.objects,
                       'heading': perception.heading})

@@ -4,7 +4,7 @@
     ros2 launch llm_teacher train.launch.py task:=MiniWorld-GoToObject-v0 num_envs:=8   # from camera images
     python -m llm_teacher.launch_runner train.launch.py task:=MiniGrid-LavaDoorKey-v0   # without ROS 2 launch
 
-Across machines (DDS is the transport; README "Training across machines"): each host starts the roles
+Across machines (DDS is the transport; docs/ros2.md "Training across machines"): each host starts the roles
 it plays, and each sim or teacher host the env groups it serves:
 
     ros2 launch llm_teacher train.launch.py roles:=learner num_envs:=32 num_groups:=2      # the GPU host

@@ -366,3 +366,25 @@ def test_markers_per_action_batch_are_bounded(tmp_path, ros_node):
         assert [len(a.markers) for a in arrays] == [14]
     finally:
         assert stop_node(node) == 0, ''.join(node.lines)
+
+
+def test_a_recording_cut_by_a_kill_reads_back_up_to_its_last_chunk(tmp_path):
+    """A recorder killed with SIGKILL writes no summary: the report still reads what reached disk."""
+    from rclpy.serialization import serialize_message
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+    bag = tmp_path / 'run' / 'recordings' / 'cut'
+    writer = Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    connection = writer.add_connection('/image', 'sensor_msgs/msg/Image', typestore=get_typestore(Stores.ROS2_JAZZY))
+    frame = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8).tobytes()  # ~200 kB each
+    for i in range(40):  # several chunks
+        message = Image(height=256, width=256, encoding='rgb8', step=768, data=frame)
+        message.header.stamp.sec = i
+        writer.write(connection, i, serialize_message(message))
+    writer.close()
+    whole = next(bag.glob('*.mcap'))
+    assert len(read_recording(tmp_path / 'run')['/image']) == 40
+    whole.write_bytes(whole.read_bytes()[:int(whole.stat().st_size * 0.7)])  # the kill: no end, half a chunk
+    images = read_recording(tmp_path / 'run')['/image']
+    assert 0 < len(images) < 40 and [m.header.stamp.sec for _, m in images] == list(range(len(images)))

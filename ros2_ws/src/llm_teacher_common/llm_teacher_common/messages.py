@@ -3,6 +3,7 @@ batches, occupancy grids, and camera images (no rclpy import, no simulator)."""
 from __future__ import annotations
 
 import array
+import math
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -102,6 +103,9 @@ def occupancy_grid_from_msg(m: OccupancyGridMsg) -> OccupancyGrid:
 
 
 def perception_from_msg(m: msg.Perception) -> Perception:
+    """:raises ValueError: a pose that is not finite."""
+    if not all(math.isfinite(v) for v in (m.pose.x, m.pose.y, m.pose.theta)):
+        raise ValueError(f'perception pose ({m.pose.x}, {m.pose.y}, {m.pose.theta}) is not finite')
     return Perception(
         mission=m.mission, task_family=m.task_family,
         objects=[_object_from_msg(o) for o in m.objects],

@@ -33,13 +33,51 @@ def read_progress(run_dir: Path) -> list[dict]:
 
 
 def read_recording(run_dir: Path) -> dict[str, list]:
-    """Messages of the newest recording by topic, as (time_ns, message); empty if none."""
+    """Messages of the newest recording by topic, as (time_ns, message); empty if none. A recording
+    cut short (its recorder was killed) has no summary: it is read front to back up to its last
+    complete chunk."""
+    from mcap.exceptions import McapError
+    from mcap.records import Channel, Message, Schema
+    from mcap.stream_reader import StreamReader
+    from mcap_ros2.decoder import DecoderFactory
     from mcap_ros2.reader import read_ros2_messages
     recordings = sorted((run_dir / 'recordings').glob('*/*.mcap'))
     topics: dict[str, list] = {}
-    if recordings:
+    if not recordings:
+        return topics
+    try:
         for m in read_ros2_messages(str(recordings[-1])):
             topics.setdefault(m.channel.topic, []).append((m.log_time_ns, m.ros_msg))
+    except McapError:
+        topics.clear()
+        schemas, channels, decoders = {}, {}, DecoderFactory()
+        with open(recordings[-1], 'rb') as f:
+            try:  # a chunk's messages come once it is read whole
+                for record in StreamReader(f, skip_magic=False).records:
+                    if isinstance(record, Schema):
+                        schemas[record.id] = record
+                    elif isinstance(record, Channel):
+                        channels[record.id] = record
+                    elif isinstance(record, Message):
+                        channel = channels[record.channel_id]
+                        schema = schemas[channel.schema_id]
+                        decode = decoders.decoder_for(channel.message_encoding, schema)
+                        topics.setdefault(channel.topic, []).append((record.log_time, decode(record.data)))
+            except McapError:
+                pass  # the cut: what came before it is all there is
+    return topics
+    try:
+        for m in read_ros2_messages(str(recordings[-1])):
+            topics.setdefault(m.channel.topic, []).append((m.log_time_ns, m.ros_msg))
+    except McapError:
+        topics.clear()
+        with open(recordings[-1], 'rb') as f:
+            try:
+                for _, channel, message, decoded in NonSeekingReader(
+                        f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
+                    topics.setdefault(channel.topic, []).append((message.log_time, decoded))
+            except McapError:
+                pass  # the cut: what came before it is all there is
     return topics
 
 
