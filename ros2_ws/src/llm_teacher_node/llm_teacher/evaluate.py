@@ -125,10 +125,13 @@ def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: i
     alone = act_alone(teacher, task, episodes, grounded, seed + episodes)
     counters = teacher.counters
     return {'task': task, 'teacher': teacher.source, 'planner_mode': teacher.planner.mode, 'grounded': grounded,
-            'accuracy': correct / max(total, 1), 'situations': total, 'act_alone_success': alone['sampled'],
-            'act_alone_success_greedy': alone['greedy'], 'greedy_failures': alone['greedy_failures'],
-            'episodes': episodes, 'llm_calls': counters.llm_calls, 'llm_errors': counters.llm_errors,
-            'parse_failures': counters.parse_failures}
+            'accuracy': correct / max(total, 1), 'situations': total,
+            'act_alone_success': alone['sampled'], 'act_alone_success_greedy': alone['greedy'],
+            'sampled_interval95': alone['sampled_interval95'], 'greedy_interval95': alone['greedy_interval95'],
+            'greedy_failures': alone['greedy_failures'], 'episodes': episodes,
+            # counters run on over the tasks of one evaluation: calls (and their mean time) so far
+            'llm_calls': counters.llm_calls, 'seconds_per_new_prompt': round(counters.mean_latency_ms / 1000, 2),
+            'llm_errors': counters.llm_errors, 'parse_failures': counters.parse_failures}
 
 
 def main(argv=None) -> int:
