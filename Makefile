@@ -22,7 +22,7 @@ $(VENV)/.built: $(VENV)/.deps $(WORKSPACE_SOURCES)
 
 # The main job: train a student on MiniGrid through the ROS 2 graph (see README.md).
 train: setup
-	$(VENV)/bin/python -m llm_teacher.launch_runner train.launch.py $(TRAIN_ARGS)
+	$(VENV)/bin/python -m llm_teacher_common.launch_runner train.launch.py $(TRAIN_ARGS)
 
 # Every test, end-to-end ones included; `make test-fast` leaves out those marked slow.
 test: setup

@@ -23,7 +23,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Int32  # noqa: E402
 
 from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend  # noqa: E402
-from llm_teacher.launch_runner import LaunchRunner, NodeSpec  # noqa: E402
+from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec  # noqa: E402
 
 TURN_LEFT = 0
 

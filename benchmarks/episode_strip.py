@@ -22,7 +22,7 @@ from llm_teacher.teacher import embedded_teacher
 from llm_teacher_common.families import family_of_task
 from llm_teacher_common.perception import FREE, OCCUPIED
 from student_policy.evaluate import env_options_for
-from student_policy.inference import choose_actions, load_policy
+from student_deploy.inference import choose_actions, load_policy
 
 FRAMES = 8
 

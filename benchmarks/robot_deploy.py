@@ -6,7 +6,7 @@ the same seeds, and the latency from a sensor stamp to the velocity command.
 robot_sim_node (MiniWorld-GoToObject-v0) is the robot: it is driven only through cmd_vel, and
 episode k starts from seed SEED + k. robot_policy_node drives it from camera/image_raw and
 camera/depth/image_raw. In-process, the same exported policy acts on the same seeds with the
-same rules (student_policy.robot_control.CameraPolicy: motion actions only; greedy, or --sample
+same rules (student_deploy.robot_control.CameraPolicy: motion actions only; greedy, or --sample
 from the node's seeded generator). A --policy that does not exist is trained first (PPO
 distilling the privileged scripted expert, --train-frames frames) and exported there.
 Success is measured at --rate-hz (fast, so 50 episodes fit in minutes); latency at 10 Hz.
@@ -33,11 +33,11 @@ from llm_teacher_msgs.msg import ActionBatch  # noqa: E402
 from rclpy.time import Time  # noqa: E402
 
 from habitat_bridge.embodied.vector import EmbodiedVecEnv  # noqa: E402
-from llm_teacher.launch_runner import LaunchRunner, NodeSpec, executable_path  # noqa: E402
+from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec, executable_path  # noqa: E402
 from llm_teacher_common.node import make_executor  # noqa: E402
 from llm_teacher_common.stats import wilson_interval  # noqa: E402
-from student_policy.inference import load_policy  # noqa: E402
-from student_policy.robot_control import CameraPolicy  # noqa: E402
+from student_deploy.inference import load_policy  # noqa: E402
+from student_deploy.robot_control import CameraPolicy  # noqa: E402
 
 TASK = 'MiniWorld-GoToObject-v0'
 SEED = 30_000  # not a training or evaluation seed of any run
@@ -102,7 +102,7 @@ def through_topics(path: Path, episodes: int, rate_hz: float, greedy: bool, seco
             ended.append(float(found.group(2)) > 0)
     sim = NodeSpec('habitat_bridge', 'robot_sim_node', 'robot_sim_node',
                    parameters=[{'env': TASK, 'rate_hz': rate_hz, 'seed': SEED}])
-    robot = NodeSpec('student_policy', 'robot_policy_node', 'robot_policy_node',
+    robot = NodeSpec('student_deploy', 'robot_policy_node', 'robot_policy_node',
                      parameters=[{'policy_path': str(path), 'control_rate_hz': rate_hz, 'greedy': greedy,
                                   'max_linear': 100.0, 'max_angular': 100.0}])
     context = rclpy.Context()
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument('--sample', action='store_true', help='sampled actions (seeded) instead of greedy')
     args = parser.parse_args()
     torch.set_num_threads(1)
-    executable_path('student_policy', 'robot_policy_node')  # fails early with a clear message if not built
+    executable_path('student_deploy', 'robot_policy_node')  # fails early with a clear message if not built
     if not args.policy.exists():
         train_student(args.policy, args.train_frames)
     greedy = not args.sample

@@ -31,7 +31,7 @@ from llm_teacher_common.node import make_executor  # noqa: E402
 from llm_teacher_msgs.msg import ActionBatch, PerceptionBatch, StepBatch  # noqa: E402
 
 from habitat_bridge.minigrid.vector import MiniGridVecEnv  # noqa: E402
-from llm_teacher.launch_runner import LaunchRunner, NodeSpec  # noqa: E402
+from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec  # noqa: E402
 
 WINDOW_S = 2.0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', str(10 + os.getpid() % 90))
 
-from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments  # noqa: E402
+from llm_teacher_common.launch_runner import LaunchRunner, load_launch_file, resolve_arguments  # noqa: E402
 
 LAUNCH = Path(__file__).resolve().parent.parent / 'launch' / 'train.launch.py'
 

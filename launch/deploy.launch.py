@@ -1,13 +1,13 @@
 """Deploy the student alone (no LLM, no training, no simulator) on a robot's own topics.
 
-    ros2 launch llm_teacher deploy.launch.py policy_path:=runs/train/policy.pt rgb:=/camera/color/image_raw depth:=/camera/depth/image_rect_raw cmd_vel:=/cmd_vel
+    ros2 launch student_deploy deploy.launch.py policy_path:=runs/train/policy.pt rgb:=/camera/color/image_raw depth:=/camera/depth/image_rect_raw cmd_vel:=/cmd_vel
 
 robot:=true (default) runs robot_policy_node: rgb + depth images in, geometry_msgs/Twist out.
 robot:=false runs policy_node for grid simulators: StepBatch in, ActionBatch out.
 """
 from pathlib import Path
 
-from llm_teacher.launch_runner import NodeSpec, flag, launch_description
+from llm_teacher_common.launch_runner import NodeSpec, flag, launch_description
 
 CONFIG = Path(__file__).resolve().parent.parent / 'config'
 
@@ -26,13 +26,13 @@ ARGUMENTS = {
 
 def nodes(args: dict) -> list:
     if flag(args, 'robot'):
-        return [NodeSpec('student_policy', 'robot_policy_node', 'robot_policy_node',
+        return [NodeSpec('student_deploy', 'robot_policy_node', 'robot_policy_node',
                          parameters=[CONFIG / 'robot_policy_node.yaml',
                                      {'policy_path': args['policy_path'], 'device': args['device'],
                                       'control_rate_hz': float(args['control_rate_hz'])}],
                          remappings=[('camera/image_raw', args['rgb']), ('camera/depth/image_raw', args['depth']),
                                      ('cmd_vel', args['cmd_vel'])])]
-    return [NodeSpec('student_policy', 'policy_node', 'policy_node',
+    return [NodeSpec('student_deploy', 'policy_node', 'policy_node',
                      parameters=[CONFIG / 'policy_node.yaml', {'policy_path': args['policy_path']}],
                      remappings=[('step_batch', args['observations']), ('action_batch', args['actions'])])]
 

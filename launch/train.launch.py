@@ -2,7 +2,7 @@
 
     ros2 launch llm_teacher train.launch.py task:=MiniGrid-LavaDoorKey-v0 total_frames:=600000
     ros2 launch llm_teacher train.launch.py task:=MiniWorld-GoToObject-v0 num_envs:=8   # from camera images
-    python -m llm_teacher.launch_runner train.launch.py task:=MiniGrid-LavaDoorKey-v0   # without ROS 2 launch
+    python -m llm_teacher_common.launch_runner train.launch.py task:=MiniGrid-LavaDoorKey-v0   # without ROS 2 launch
 
 Across machines (DDS is the transport; docs/ros2.md "Training across machines"): each host starts the roles
 it plays, and each sim or teacher host the env groups it serves:
@@ -15,7 +15,7 @@ Every argument has a default; list them with `ros2 launch llm_teacher train.laun
 """
 from pathlib import Path
 
-from llm_teacher.launch_runner import NodeSpec, flag, launch_description, yaml_parameters
+from llm_teacher_common.launch_runner import NodeSpec, flag, launch_description, yaml_parameters
 
 CONFIG = Path(__file__).resolve().parent.parent / 'config'
 

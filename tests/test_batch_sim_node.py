@@ -12,7 +12,7 @@ from llm_teacher_common.messages import observations_from_msg, perception_from_m
 from habitat_bridge.minigrid.expert import ScriptedExpert
 from llm_teacher_common.lockstep import LockstepSim, Verdict
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
-from llm_teacher.launch_runner import LaunchRunner, NodeSpec, executable_path
+from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec, executable_path
 
 TASK, NUM_ENVS, SEED = 'MiniGrid-SimpleDoorKey-v0', 8, 5
 

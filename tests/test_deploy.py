@@ -11,7 +11,7 @@ from ros_helpers import spin_until
 
 from llm_teacher_common.commands import velocity_for_action
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
-from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
+from llm_teacher_common.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
 from student_policy.checkpoints import export_policy
 from student_policy.evaluate import evaluate, load_policy
 from student_policy.lockstep import train
@@ -72,10 +72,3 @@ def test_action_to_velocity_mapping():
                          ((0, 'minigrid', 0.5, 1.0, 0.0), 'step_duration must be > 0')):
         with pytest.raises(ValueError, match=message):
             velocity_for_action(*bad)
-
-
-def test_deploy_launch_remaps_to_a_robots_topics():
-    launch = load_launch_file(LAUNCH / 'deploy.launch.py')
-    spec, = launch.nodes(resolve_arguments(launch.ARGUMENTS, ['robot:=false', 'observations:=/robot/obs', 'actions:=/robot/cmd']))
-    assert ('step_batch', '/robot/obs') in spec.remappings and ('action_batch', '/robot/cmd') in spec.remappings
-    assert '-r' in spec.ros_args() and 'step_batch:=/robot/obs' in spec.ros_args()

@@ -1,6 +1,6 @@
 """A deploy node trusts nothing (issue 33, docs/safety.md): stamps, sizes, encodings, depth readings,
 logits and parameters are checked, and the robot stops within max_sensor_age + one control period
-of the last good frame whatever arrives after it. Unit checks of student_policy.robot_control and
+of the last good frame whatever arrives after it. Unit checks of student_deploy.robot_control and
 the conversions, then the real nodes as processes over DDS."""
 import math
 import re
@@ -23,9 +23,9 @@ from sensor_msgs.msg import Image
 from llm_teacher_common.camera import DEPTH_STEP_M, FAR, camera_observation, encode_depth
 from llm_teacher_common.messages import MAX_IMAGE_PIXELS, depth_from_image, rgb_from_image, rgb_image_msg
 from student_policy.checkpoints import export_policy
-from student_policy.inference import load_policy
+from student_deploy.inference import load_policy
 from student_policy.networks import ActorCritic
-from student_policy.robot_control import (CameraPolicy, FramePair, SensorWatchdog, StampPairer, VelocityCommands,
+from student_deploy.robot_control import (CameraPolicy, FramePair, SensorWatchdog, StampPairer, VelocityCommands,
                                           batch_observations, checked_actions, stamp_ns)
 
 CONFIG = Path(__file__).resolve().parent.parent / 'config'
@@ -58,7 +58,7 @@ def start(module, path, *params, rate=None, namespace=None):
         args += ['-p', f'control_rate_hz:={rate}']
     for param in params:
         args += ['-p', param]
-    return subprocess.Popen([sys.executable, '-m', f'student_policy.{module}', *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, '-m', f'student_deploy.{module}', *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

@@ -19,7 +19,7 @@ from llm_teacher_common.commands import MOTIONS, action_for_velocity, velocity_f
 from habitat_bridge.embodied import sensors
 from habitat_bridge.embodied.expert import EmbodiedExpert
 from habitat_bridge.embodied.miniworld_backend import MiniWorldBackend
-from llm_teacher.launch_runner import LaunchRunner, NodeSpec
+from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec
 
 ENV = 'MiniWorld-PutNext-v0'
 TURN_LEFT, TURN_RIGHT, FORWARD = 0, 1, 2

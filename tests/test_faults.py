@@ -12,11 +12,11 @@ from llm_teacher_msgs.msg import (ActionBatch, PerceptionBatch, StepBatch, Sugge
                                   TrainingStatus)
 from ros_helpers import spin_until
 
-from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
+from llm_teacher_common.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
 from llm_teacher.report import read_recording
 from student_policy.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 from student_policy.evaluate import evaluate
-from student_policy.inference import load_policy
+from student_deploy.inference import load_policy
 from llm_teacher_common.lockstep import suggestion_arrays
 from student_policy.lockstep import LockstepLearner, StepIn
 from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule

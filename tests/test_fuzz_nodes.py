@@ -33,7 +33,7 @@ from ros_helpers import spin_until
 from sensor_msgs.msg import Image
 from std_msgs.msg import Int32
 
-from llm_teacher.launch_runner import executable_path
+from llm_teacher_common.launch_runner import executable_path
 from student_policy.checkpoints import export_policy
 from student_policy.networks import ActorCritic
 
@@ -218,10 +218,10 @@ class NodeUnderFuzz:
 
 
 NODES = [
-    NodeUnderFuzz('robot_policy_node', 'student_policy',
+    NodeUnderFuzz('robot_policy_node', 'student_deploy',
                   {'camera/image_raw': Image, 'camera/depth/image_raw': Image},
                   {'control_rate_hz': 20.0, 'max_sensor_age': 0.3}, deploy=True),
-    NodeUnderFuzz('policy_node', 'student_policy', {'step_batch': StepBatch},
+    NodeUnderFuzz('policy_node', 'student_deploy', {'step_batch': StepBatch},
                   {'step_duration': 0.1, 'max_sensor_age': 0.3}, deploy=True),
     NodeUnderFuzz('student_node', 'student_policy',
                   {'step_batch': StepBatch, 'suggestion_batch': SuggestionBatch, 'teacher_status': TeacherStatus},

@@ -34,7 +34,7 @@ def launch(tmp_path):
         executable.write_text(f'#!{sys.executable}\n' + code)
         executable.chmod(0o755)
         (tmp_path / f'{name}.launch.py').write_text(textwrap.dedent(f'''
-            from llm_teacher.launch_runner import NodeSpec
+            from llm_teacher_common.launch_runner import NodeSpec
             ARGUMENTS = {{}}
             def nodes(args):
                 return [NodeSpec('standins', '{name}', '{name}')]
@@ -47,7 +47,7 @@ def test_a_runner_whose_output_is_gone_keeps_draining_its_nodes(launch):
     """`llm_teacher_launch ... | head -n 1`: head exits after one line, the runner's output then
     fails, and the node still writes all its output and exits (it would block on a full pipe)."""
     tmp_path, env = launch
-    command = f'{sys.executable} -m llm_teacher.launch_runner chatty.launch.py | head -n 1'
+    command = f'{sys.executable} -m llm_teacher_common.launch_runner chatty.launch.py | head -n 1'
     pipeline = subprocess.Popen(['bash', '-c', command], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -61,7 +61,7 @@ def test_a_runner_whose_output_is_gone_keeps_draining_its_nodes(launch):
 
 def test_a_second_ctrl_c_still_escalates_to_sigkill(launch):
     tmp_path, env = launch
-    runner = subprocess.Popen([sys.executable, '-m', 'llm_teacher.launch_runner', 'stubborn.launch.py'], cwd=tmp_path,
+    runner = subprocess.Popen([sys.executable, '-m', 'llm_teacher_common.launch_runner', 'stubborn.launch.py'], cwd=tmp_path,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     threading.Thread(target=lambda: lines.extend(runner.stdout), daemon=True).start()

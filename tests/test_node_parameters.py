@@ -2,6 +2,7 @@
 config/<node>.yaml, with the same defaults, and each with a description."""
 import subprocess
 import sys
+from xml.etree import ElementTree
 from pathlib import Path
 
 import pytest
@@ -10,14 +11,15 @@ from rclpy.parameter import parameter_value_to_python
 from rclpy.parameter_client import AsyncParameterClient
 from ros_helpers import spin_until
 
-from llm_teacher.launch_runner import executable_path
+from llm_teacher_common.launch_runner import executable_path, load_launch_file, resolve_arguments
 from student_policy.checkpoints import export_policy
 from student_policy.networks import ActorCritic
 
 CONFIG = Path(__file__).resolve().parent.parent / 'config'
+SRC = Path(__file__).resolve().parent.parent / 'ros2_ws' / 'src'
 NODES = {'batch_sim_node': 'habitat_bridge', 'robot_sim_node': 'habitat_bridge', 'teacher_node': 'llm_teacher',
          'recorder_node': 'llm_teacher', 'visualization_node': 'llm_teacher', 'student_node': 'student_policy',
-         'policy_node': 'student_policy', 'robot_policy_node': 'student_policy'}
+         'policy_node': 'student_deploy', 'robot_policy_node': 'student_deploy'}
 ROS_OWN = {'use_sim_time', 'start_type_description_service'}  # every rclpy node declares these
 # Started with these instead of their defaults (a free port); their defaults are compared as text.
 OVERRIDES = {'visualization_node': {'foxglove_port': '0'}}
@@ -81,20 +83,44 @@ def test_declared_parameters_are_the_config_files(node, running_nodes, ros_node)
     assert not differ, f'{node}: code default vs YAML: {differ}'
 
 
-def test_robot_imports_are_declared():
-    """The deploy path imports only what student_policy's package.xml declares for it (no simulator,
-    no LLM, no training library): checked by importing it with those made unimportable."""
+ROBOT_FORBIDDEN = ('habitat_bridge', 'llm_teacher', 'student_policy', 'python3-gymnasium-pip', 'python3-minigrid-pip',
+                   'python3-miniworld-pip', 'python3-transformers-pip', 'python3-matplotlib')
+
+
+def exec_depends(package: str) -> set[str]:
+    """The exec_depend keys of one of this workspace's packages (others: ROS or system packages)."""
+    folders = {'student_deploy': 'student_deploy', 'llm_teacher_common': 'llm_teacher_common',
+               'llm_teacher_msgs': 'llm_teacher_msgs', 'student_policy': 'student_policy_node',
+               'habitat_bridge': 'habitat_bridge', 'llm_teacher': 'llm_teacher_node'}
+    if package not in folders:
+        return set()
+    manifest = ElementTree.parse(SRC / folders[package] / 'package.xml').getroot()
+    return {e.text for e in manifest.iter('exec_depend')} | {e.text for e in manifest.iter('depend')}
+
+
+def test_a_robot_installs_neither_a_simulator_nor_the_llm():
+    """What `rosdep install --from-paths ros2_ws/src/student_deploy` pulls (student_deploy and,
+    recursively, the workspace packages it depends on) holds no simulator, LLM or training package;
+    and the deploy nodes run with exactly those importable: the rest made unimportable."""
+    closure, todo = set(), ['student_deploy']
+    while todo:
+        package = todo.pop()
+        if package not in closure:
+            closure.add(package)
+            todo.extend(exec_depends(package))
+    assert not closure & set(ROBOT_FORBIDDEN), sorted(closure & set(ROBOT_FORBIDDEN))
     blocked = ('gymnasium', 'minigrid', 'miniworld', 'transformers', 'habitat_bridge', 'stable_baselines3',
-               'llm_teacher', 'matplotlib', 'tensorboard')
+               'llm_teacher', 'student_policy', 'matplotlib', 'tensorboard')
     code = (f'import sys; sys.modules.update(dict.fromkeys({blocked!r})); '
-            'import student_policy.robot_policy_node, student_policy.policy_node, student_policy.inference; '
+            'import student_deploy.robot_policy_node, student_deploy.policy_node, student_deploy.inference; '
             'print(sorted({m.split(".")[0] for m in sys.modules}))')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     imported = set(eval(result.stdout))  # noqa: S307 (our own subprocess's list of names)
-    manifest = (Path(__file__).resolve().parent.parent / 'ros2_ws/src/student_policy_node/package.xml').read_text()
     for module, key in (('torch', 'python3-torch'), ('cv2', 'python3-opencv'), ('numpy', 'python3-numpy'),
                         ('rclpy', 'rclpy'), ('llm_teacher_msgs', 'llm_teacher_msgs'),
                         ('llm_teacher_common', 'llm_teacher_common'), ('sensor_msgs', 'sensor_msgs'),
                         ('geometry_msgs', 'geometry_msgs')):
-        assert module in imported and f'<exec_depend>{key}</exec_depend>' in manifest, module
+        assert module in imported and key in closure, module
+    launch = load_launch_file(Path(__file__).resolve().parent.parent / 'launch' / 'deploy.launch.py')
+    assert {spec.package for spec in launch.nodes(resolve_arguments(launch.ARGUMENTS, []))} == {'student_deploy'}

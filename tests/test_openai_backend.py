@@ -17,7 +17,7 @@ from llm_teacher_common.perception import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from llm_teacher.backends import LLMError, OpenAIBackend, embedded_model_dir
 from llm_teacher.cache import AnswerCache
-from llm_teacher.launch_runner import LaunchRunner, NodeSpec
+from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec
 from llm_teacher.mediator import Mediator
 from llm_teacher.options import feasible_options
 from llm_teacher.planner import Planner

@@ -169,10 +169,10 @@ def test_every_script_and_module_the_readme_runs_exists():
 
 @pytest.mark.parametrize('line, expected', [
     ('make train TRAIN_ARGS="task:=X total_frames:=6"', [('train.launch.py', 'task'), ('train.launch.py', 'total_frames')]),
-    ('ros2 launch llm_teacher deploy.launch.py robot:=false policy_path:=p.onnx',
+    ('ros2 launch student_deploy deploy.launch.py robot:=false policy_path:=p.onnx',
      [('deploy.launch.py', 'robot'), ('deploy.launch.py', 'policy_path')]),
     ('python -m habitat_bridge.robot_sim_node --ros-args -p env:=MiniWorld-GoToObject-v0', []),
-    ('python -m llm_teacher.launch_runner eval.launch.py --ros-args -p x:=1', []),
+    ('python -m llm_teacher_common.launch_runner eval.launch.py --ros-args -p x:=1', []),
 ])
 def test_launch_arguments_are_read_from_commands(line, expected):
     assert launch_arguments(line) == expected

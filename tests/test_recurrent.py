@@ -7,11 +7,11 @@ import torch
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from student_policy.checkpoints import export_policy, load_learner, save_checkpoint
 from student_policy.evaluate import evaluate
-from student_policy.inference import load_policy
+from student_deploy.inference import load_policy
 from student_policy.lockstep import train
 from student_policy.networks import ActorCritic
 from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule
-from student_policy.robot_control import BatchStates
+from student_deploy.robot_control import BatchStates
 
 TASK = 'MiniGrid-SimpleDoorKey-v0'
 PLAIN = TeacherSchedule(0.0, 0.0)

@@ -19,21 +19,21 @@ from std_msgs.msg import Empty
 
 from habitat_bridge.embodied import sensors
 from habitat_bridge.embodied.vector import EmbodiedVecEnv
-from llm_teacher.launch_runner import LaunchRunner, NodeSpec, load_launch_file, resolve_arguments
+from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec, load_launch_file, resolve_arguments
 from llm_teacher_common.camera import DEPTH_STEP_M, camera_observation
 from llm_teacher_common.commands import velocity_for_action
 from llm_teacher_common.messages import depth_from_image, rgb_from_image, rgb_image_msg
 from student_policy.checkpoints import export_policy
-from student_policy.inference import load_policy
+from student_deploy.inference import load_policy
 from student_policy.networks import ActorCritic
-from student_policy.robot_control import StampPairer, motion_mask
+from student_deploy.robot_control import StampPairer, motion_mask
 
 TASK = 'MiniWorld-GoToObject-v0'
 LAUNCH = Path(__file__).resolve().parent.parent / 'launch'
 BLOCKED = ('gymnasium', 'minigrid', 'miniworld', 'transformers', 'habitat_bridge', 'stable_baselines3')
 # The robot node as a robot runs it: importing any of BLOCKED raises ImportError.
 ROBOT_NODE = (f'import sys; sys.modules.update(dict.fromkeys({BLOCKED!r})); '
-              'from student_policy.robot_policy_node import main; main()')
+              'from student_deploy.robot_policy_node import main; main()')
 
 
 @pytest.fixture(scope='module')
@@ -202,8 +202,10 @@ def test_deploy_launch_takes_a_robots_topics():
     spec, = launch.nodes(resolve_arguments(launch.ARGUMENTS, ['rgb:=/robot/rgb', 'depth:=/robot/depth', 'cmd_vel:=/robot/cmd_vel']))
     assert spec.executable == 'robot_policy_node'
     assert {('camera/image_raw', '/robot/rgb'), ('camera/depth/image_raw', '/robot/depth'), ('cmd_vel', '/robot/cmd_vel')} <= set(spec.remappings)
-    grid, = launch.nodes(resolve_arguments(launch.ARGUMENTS, ['robot:=false', 'observations:=/robot/obs']))
-    assert grid.executable == 'policy_node' and ('step_batch', '/robot/obs') in grid.remappings
+    grid, = launch.nodes(resolve_arguments(launch.ARGUMENTS, ['robot:=false', 'observations:=/robot/obs',
+                                                            'actions:=/robot/cmd']))
+    assert grid.executable == 'policy_node' and {('step_batch', '/robot/obs'), ('action_batch', '/robot/cmd')} <= set(grid.remappings)
+    assert 'step_batch:=/robot/obs' in grid.ros_args()
 
 
 @pytest.mark.slow

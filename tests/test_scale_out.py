@@ -6,7 +6,7 @@ import pytest
 from llm_teacher_msgs.msg import SuggestionBatch, TrainingStatus
 from ros_helpers import spin_until
 
-from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
+from llm_teacher_common.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
 
 LAUNCH = Path(__file__).resolve().parent.parent / 'launch' / 'train.launch.py'
 NUM_ENVS, NUM_STEPS = 8, 32  # two groups of 4

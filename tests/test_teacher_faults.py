@@ -28,7 +28,7 @@ from llm_teacher_common.steps import VecStep
 from habitat_bridge.minigrid.vector import make_env
 from llm_teacher.backends import MAX_REPLY_BYTES, LLMError, OpenAIBackend
 from llm_teacher.cache import AnswerCache
-from llm_teacher.launch_runner import executable_path
+from llm_teacher_common.launch_runner import executable_path
 from llm_teacher.mediator import Mediator
 from llm_teacher.options import feasible_options
 from llm_teacher.planner import Planner

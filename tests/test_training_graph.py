@@ -15,7 +15,7 @@ from sensor_msgs.msg import Image
 from websockets.sync.client import connect
 
 from llm_teacher_common.messages import top_suggestion
-from llm_teacher.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
+from llm_teacher_common.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
 from llm_teacher.report import frame_strip, make_report, read_recording, suggestion_at
 from student_policy.checkpoints import read_checkpoint
 
@@ -214,7 +214,7 @@ def test_an_embodied_robot_learns_from_its_camera_through_the_graph(tmp_path, ro
 
 def test_ctrl_c_stops_every_node_and_the_next_run_resumes(tmp_path):
     """As a user would: the launch command in a terminal, Ctrl-C (SIGINT) once a checkpoint exists, run again."""
-    command = [sys.executable, '-m', 'llm_teacher.launch_runner', str(LAUNCH), f'run_dir:={tmp_path}',
+    command = [sys.executable, '-m', 'llm_teacher_common.launch_runner', str(LAUNCH), f'run_dir:={tmp_path}',
                'num_envs:=4', 'plain_ppo:=true', 'foxglove_port:=0', 'total_frames:=1000000']
     checkpoint = tmp_path / 'checkpoints' / 'last.pt'
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

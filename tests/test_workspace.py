@@ -8,16 +8,17 @@ from xml.etree import ElementTree
 
 import pytest
 
-from llm_teacher.launch_runner import executable_path
+from llm_teacher_common.launch_runner import executable_path
 
 SRC = Path(__file__).resolve().parent.parent / 'ros2_ws' / 'src'
 PYTHON_PACKAGES = {'llm_teacher_node': 'llm_teacher', 'student_policy_node': 'student_policy',
-                   'habitat_bridge': 'habitat_bridge', 'llm_teacher_common': 'llm_teacher_common'}
+                   'student_deploy': 'student_deploy', 'habitat_bridge': 'habitat_bridge',
+                   'llm_teacher_common': 'llm_teacher_common'}
 EXECUTABLES = [('habitat_bridge', 'batch_sim_node'), ('habitat_bridge', 'robot_sim_node'),
-               ('student_policy', 'student_node'), ('student_policy', 'policy_node'),
-               ('student_policy', 'robot_policy_node'), ('llm_teacher', 'teacher_node'),
+               ('student_policy', 'student_node'), ('student_deploy', 'policy_node'),
+               ('student_deploy', 'robot_policy_node'), ('llm_teacher', 'teacher_node'),
                ('llm_teacher', 'recorder_node'), ('llm_teacher', 'visualization_node'),
-               ('llm_teacher', 'llm_teacher_launch')]
+               ('llm_teacher_common', 'llm_teacher_launch')]
 
 
 @pytest.mark.parametrize('folder, package', PYTHON_PACKAGES.items())
@@ -43,10 +44,10 @@ def test_executables_are_installed_where_ros2_run_finds_them(package, executable
 
 
 def test_launch_cli_lists_arguments_and_rejects_unknown_ones():
-    shown = subprocess.run([sys.executable, '-m', 'llm_teacher.launch_runner', 'train.launch.py', '--show-args'],
+    shown = subprocess.run([sys.executable, '-m', 'llm_teacher_common.launch_runner', 'train.launch.py', '--show-args'],
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "'task':" in shown.stdout and 'MiniGrid-SimpleDoorKey-v0' in shown.stdout
-    bad = subprocess.run([sys.executable, '-m', 'llm_teacher.launch_runner', 'train.launch.py', 'tsak:=x'],
+    bad = subprocess.run([sys.executable, '-m', 'llm_teacher_common.launch_runner', 'train.launch.py', 'tsak:=x'],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown launch argument 'tsak'" in bad.stderr
 

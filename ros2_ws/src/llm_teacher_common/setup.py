@@ -20,4 +20,9 @@ setup(
     ],
     install_requires=['setuptools'],
     zip_safe=True,
+    entry_points={
+        'console_scripts': [
+            'llm_teacher_launch = llm_teacher_common.launch_runner:main',
+        ],
+    },
 )

@@ -1,10 +1,17 @@
-"""ament_python package llm_teacher, which also installs the launch files and config; metadata comes from package.xml."""
+"""ament_python package llm_teacher, which also installs the training launch files, their config and rviz
+setups (student_deploy installs the deploy ones); metadata comes from package.xml."""
 from glob import glob
 from xml.etree import ElementTree
 
 from setuptools import find_packages, setup
 
 manifest = ElementTree.parse('package.xml').getroot()
+DEPLOY = {'launch/deploy.launch.py', 'config/robot_policy_node.yaml', 'config/policy_node.yaml'}  # student_deploy's
+
+
+def files(pattern: str) -> list[str]:
+    return sorted(set(glob(pattern)) - DEPLOY)
+
 package_name = manifest.findtext('name')
 
 setup(
@@ -19,8 +26,8 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
-        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml')),
+        ('share/' + package_name + '/launch', files('launch/*.launch.py')),
+        ('share/' + package_name + '/config', files('config/*.yaml')),
         ('share/' + package_name + '/rviz', glob('rviz/*.rviz')),
     ],
     install_requires=['setuptools'],
@@ -30,7 +37,6 @@ setup(
             'teacher_node = llm_teacher.teacher_node:main',
             'recorder_node = llm_teacher.recorder_node:main',
             'visualization_node = llm_teacher.visualization_node:main',
-            'llm_teacher_launch = llm_teacher.launch_runner:main',
         ],
     },
 )

@@ -23,8 +23,6 @@ setup(
     entry_points={
         'console_scripts': [
             'student_node = student_policy.student_node:main',
-            'policy_node = student_policy.policy_node:main',
-            'robot_policy_node = student_policy.robot_policy_node:main',
         ],
     },
 )

@@ -10,7 +10,7 @@ Invalid depth (NaN, +-inf, <= 0: no return, too close, or an error; REP-117/118)
 nearest value, "something at the lens": never as open space. The simulators render finite,
 positive depth everywhere, so a policy never saw "unknown"; of the values it knows, the one least
 likely to send it forward is the honest stand-in. (A robot whose depth image is mostly invalid is
-stopped before any policy sees it: student_policy.robot_control.CameraPolicy.)
+stopped before any policy sees it: student_deploy.robot_control.CameraPolicy.)
 """
 from __future__ import annotations
 

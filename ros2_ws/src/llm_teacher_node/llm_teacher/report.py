@@ -66,19 +66,6 @@ def read_recording(run_dir: Path) -> dict[str, list]:
             except McapError:
                 pass  # the cut: what came before it is all there is
     return topics
-    try:
-        for m in read_ros2_messages(str(recordings[-1])):
-            topics.setdefault(m.channel.topic, []).append((m.log_time_ns, m.ros_msg))
-    except McapError:
-        topics.clear()
-        with open(recordings[-1], 'rb') as f:
-            try:
-                for _, channel, message, decoded in NonSeekingReader(
-                        f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
-                    topics.setdefault(channel.topic, []).append((message.log_time, decoded))
-            except McapError:
-                pass  # the cut: what came before it is all there is
-    return topics
 
 
 def teacher_alone_success(run_dir: Path, task: str, episodes: int) -> float | None:

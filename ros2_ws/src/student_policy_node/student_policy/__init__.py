@@ -1,1 +1,1 @@
-"""The student: policy networks, PPO with teacher distillation, checkpoints, the training and deploy nodes."""
+"""The student in training: policy networks, PPO with teacher distillation, checkpoints, the training node."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from llm_teacher_common.stats import rate_text
 from student_policy.checkpoints import CheckpointError, export_policy, save_checkpoint, write_atomically
 from student_policy.evaluate import env_options_for, evaluate
-from student_policy.inference import load_policy
+from student_deploy.inference import load_policy
 from student_policy.networks import ActorCritic, eager_copy
 from student_policy.ppo import PPOLearner
 

@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import torch
 
-from student_policy.inference import INFO_FILE, ONNX_OPSET, PolicyInfo
+from student_deploy.inference import INFO_FILE, ONNX_OPSET, PolicyInfo
 from student_policy.networks import ActorCritic, eager_copy
 from student_policy.ppo import PPOConfig, PPOLearner
 

@@ -15,7 +15,7 @@ import torch
 
 from habitat_bridge.vector import make_vec_env
 from llm_teacher_common.stats import wilson_interval
-from student_policy.inference import choose_actions, load_policy
+from student_deploy.inference import choose_actions, load_policy
 
 
 def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int = 16, greedy: bool = True,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from student_policy.inference import torch_device
+from student_deploy.inference import torch_device
 from student_policy.networks import ActorCritic
 from student_policy.storage import RolloutStorage, compute_gae
 

@@ -14,7 +14,7 @@ import torch
 
 from llm_teacher_common.camera import camera_observation, invalid_depth_fraction, observation_channels
 from llm_teacher_common.commands import MOTIONS, velocity_for_action
-from student_policy.inference import Policy, choose_actions
+from student_deploy.inference import Policy, choose_actions
 
 NS = 1_000_000_000
 

@@ -236,20 +236,36 @@ class LaunchRunner:
         self.stop()
 
 
+LAUNCH_PACKAGES = ('llm_teacher', 'student_deploy')  # where this project's launch files are installed
+
+
 def find_launch_file(name: str) -> Path:
-    """A path as given, else a file of this package's installed launch directory."""
+    """A path as given, else a file of the installed launch directory of llm_teacher (training,
+    evaluation) or student_deploy (the robot's deploy.launch.py), whichever is installed and has it.
+
+    :raises ValueError: no such file, naming where it was looked for.
+    """
     if Path(name).is_file():
         return Path(name)
-    from ament_index_python.packages import get_package_share_directory
+    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
     ensure_ament_prefix()
-    return Path(get_package_share_directory('llm_teacher')) / 'launch' / name
+    searched = []
+    for package in LAUNCH_PACKAGES:
+        try:
+            path = Path(get_package_share_directory(package)) / 'launch' / name
+        except PackageNotFoundError:
+            continue
+        if path.is_file():
+            return path
+        searched.append(str(path.parent))
+    raise ValueError(f'no launch file {name!r} here or in {", ".join(searched) or "an installed package"}')
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog='llm_teacher_launch',
         description='Run a launch file of this project without ROS 2 launch tools '
-                    '(same node table as `ros2 launch llm_teacher FILE`).')
+                    '(same node table as `ros2 launch llm_teacher FILE` or `ros2 launch student_deploy deploy.launch.py`).')
     parser.add_argument('launch_file', help='e.g. train.launch.py, or a path to one')
     parser.add_argument('arguments', nargs='*', help='launch arguments as name:=value')
     parser.add_argument('--show-args', action='store_true', help='list the launch arguments and exit')

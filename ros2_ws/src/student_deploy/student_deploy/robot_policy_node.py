@@ -21,7 +21,7 @@ zero Twist) within max_sensor_age + one control period of the last pair acted on
 arrives after it, and on shutdown. Parameters that are not finite, or out of range, end it at
 start-up with an error naming them. Imports rclpy, numpy, torch, opencv and the interfaces only.
 
-    ros2 run student_policy robot_policy_node --ros-args -p policy_path:=runs/train/policy.pt \
+    ros2 run student_deploy robot_policy_node --ros-args -p policy_path:=runs/train/policy.pt \
         -r camera/image_raw:=/robot/rgb -r camera/depth/image_raw:=/robot/depth -r cmd_vel:=/robot/cmd_vel
 """
 from __future__ import annotations
@@ -40,8 +40,8 @@ from std_msgs.msg import Empty
 from llm_teacher_common.commands import MOTIONS
 from llm_teacher_common.messages import depth_from_image, rgb_from_image
 from llm_teacher_common.node import parameter, spin
-from student_policy.inference import load_policy
-from student_policy.robot_control import (CameraPolicy, FramePair, SensorWatchdog, StampPairer, checked_number,
+from student_deploy.inference import load_policy
+from student_deploy.robot_control import (CameraPolicy, FramePair, SensorWatchdog, StampPairer, checked_number,
                                           stamp_ns)
 
 MAX_RATE_HZ = 1000.0  # a faster timer would busy the node's one thread

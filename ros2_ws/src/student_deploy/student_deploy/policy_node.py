@@ -9,10 +9,10 @@ clipped to max_linear / max_angular). A recurrent policy keeps a state per envir
 each episode's start, for a new simulator (epoch), on an std_msgs/Empty on `reset` and after the
 input went stale. Remap the topics to a robot's:
 
-    ros2 run student_policy policy_node --ros-args -p policy_path:=runs/train/policy.pt -r step_batch:=/robot/observations
+    ros2 run student_deploy policy_node --ros-args -p policy_path:=runs/train/policy.pt -r step_batch:=/robot/observations
 
 It trusts what arrives no more than robot_policy_node does (docs/safety.md, the same pieces of
-student_policy.robot_control): a batch whose observations do not fit the policy, or that the policy
+student_deploy.robot_control): a batch whose observations do not fit the policy, or that the policy
 answers with non-finite logits, is not answered and stops the robot; a batch stamped negative,
 more than max_clock_skew ahead or older than max_sensor_age is answered but moves nothing; the
 robot stops (a zero Twist) within max_sensor_age + step_duration of the last batch that moved it,
@@ -31,8 +31,8 @@ from std_msgs.msg import Empty
 
 from llm_teacher_common.commands import MOTIONS
 from llm_teacher_common.node import parameter, spin
-from student_policy.inference import load_policy
-from student_policy.robot_control import (BatchStates, SensorWatchdog, VelocityCommands, batch_observations,
+from student_deploy.inference import load_policy
+from student_deploy.robot_control import (BatchStates, SensorWatchdog, VelocityCommands, batch_observations,
                                           checked_actions, stamp_ns)
 
 QOS_DEPTH = 10
