@@ -15,7 +15,7 @@ from llm_teacher_common.perception import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import make_env
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator, describe, situation
-from llm_teacher.options import EXPLORE, Option, feasible_options, parse_option
+from llm_teacher.options import EXPLORE, Option, feasible_options, parse_option, without_subsumed
 from llm_teacher.planner import Planner
 from llm_teacher.skills import HERE, SkillContext, explore, skill_action, teacher_policy
 from llm_teacher.teacher import Teacher
@@ -40,6 +40,17 @@ def test_grounding_offers_only_possible_options():
                                                  'open the yellow door']
     wrong_key = Perception('open the locked door', objects=[DOOR], carrying=PerceivedObject('key', 'red'))
     assert 'open the yellow door' not in texts(feasible_options(wrong_key))
+
+
+def test_subsumed_go_tos_can_be_left_out():
+    def offered(perception):
+        return texts(without_subsumed(feasible_options(perception), perception))
+    seen = Perception('open the locked door', objects=[KEY, DOOR])
+    assert offered(seen) == ['explore', 'pick up the yellow key']  # the locked door: not without its key
+    carrying = Perception('open the locked door', objects=[DOOR], carrying=PerceivedObject('key', 'yellow'))
+    assert offered(carrying) == ['explore', 'drop the yellow key', 'open the yellow door']
+    named = Perception('go to the yellow key', objects=[KEY])
+    assert offered(named) == ['explore', 'go to the yellow key', 'pick up the yellow key']
 
 
 @pytest.mark.parametrize('answer, expected', [
