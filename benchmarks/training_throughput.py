@@ -24,13 +24,14 @@ from student_policy.ppo import PPOConfig, TeacherSchedule
 from training_graph import run_training_graph, steady_fps
 
 NUM_ENVS = 16
+RECURRENT = 128  # the GRU size of the recurrent rows (student_node recurrent)
 CONFIG = dict(num_steps=128, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95, update_epochs=4,
               minibatch_size=256, clip_coef=0.2, ent_coef=0.001, vf_coef=0.5, max_grad_norm=0.5)
 
 
-def in_process_fps(task: str, frames: int, compile: bool = False) -> float:
+def in_process_fps(task: str, frames: int, compile: bool = False, recurrent: int = 0) -> float:
     rates = []
-    config = PPOConfig(total_frames=frames, teacher=TeacherSchedule(0.0, 0.0), compile=compile, **CONFIG)
+    config = PPOConfig(total_frames=frames, teacher=TeacherSchedule(0.0, 0.0), compile=compile, recurrent=recurrent, **CONFIG)
     train(config, MiniGridVecEnv(task, NUM_ENVS, perceive=False),
           callbacks=[lambda learner, metrics: rates.append(metrics['charts/SPS']) or True])
     return steady_fps(rates)
@@ -78,8 +79,9 @@ def sb3_fps(task: str, frames: int) -> float:
     return steady_fps([rollout_frames / (b - a) for a, b in zip(rates.starts, rates.starts[1:])])
 
 
-def graph_fps(task: str, frames: int, num_groups: int = 1) -> float:
-    rows = run_training_graph(frames, task, plain_ppo=True, num_groups=num_groups)
+def graph_fps(task: str, frames: int, num_groups: int = 1, recurrent: int = 0) -> float:
+    rows = run_training_graph(frames, task, plain_ppo=True, num_groups=num_groups,
+                              student_parameters={'recurrent': recurrent})
     return steady_fps([float(row['charts/SPS']) for row in rows])
 
 
@@ -95,6 +97,8 @@ def main():
     sb3 = sb3_fps(args.task, args.frames)
     graph = graph_fps(args.task, args.frames)
     double_buffered = graph_fps(args.task, args.frames, num_groups=2)
+    recurrent = in_process_fps(args.task, args.frames, recurrent=RECURRENT)
+    graph_recurrent = graph_fps(args.task, args.frames, recurrent=RECURRENT)
     print(f'{args.task}, plain PPO, {NUM_ENVS} envs x {CONFIG["num_steps"]} steps, {args.frames} frames each, 1 torch thread')
     print(f'Stable-Baselines3 PPO                   {sb3:7.0f} frames/s')
     print(f'in-process (lockstep.train)            {ours:7.0f} frames/s   / SB3: {ours / sb3:.2f}x')
@@ -102,6 +106,10 @@ def main():
     print(f'ROS 2 graph (train.launch.py)           {graph:7.0f} frames/s   / in-process: {graph / ours:.2f}x (goal >= 0.8)')
     print(f'ROS 2 graph, num_groups:=2              {double_buffered:7.0f} frames/s   / in-process: '
           f'{double_buffered / ours:.2f}x (sim and student overlap)')
+    print(f'in-process, recurrent={RECURRENT}          {recurrent:7.0f} frames/s   / reactive: {recurrent / ours:.2f}x (goal >= 0.8)')
+    print(f'ROS 2 graph, recurrent:={RECURRENT}        {graph_recurrent:7.0f} frames/s   / reactive graph: '
+          f'{graph_recurrent / graph:.2f}x (goal >= 0.8)')
+
 
 if __name__ == '__main__':
     main()
