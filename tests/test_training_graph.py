@@ -99,11 +99,14 @@ def test_student_and_sim_train_across_processes(tmp_path, ros_node):
 
 def test_double_buffered_sampling_trains_through_the_graph(tmp_path, ros_node):
     """num_groups:=2: the sim steps one half of the envs while the student acts on the other; the
-    student fills one rollout of all envs from both groups' batches and updates once per rollout."""
+    student fills one rollout of all envs from both groups' batches and updates once per rollout.
+    The student has a memory (recurrent): its states follow both groups, and what it exports carries it."""
     statuses = []
     ros_node.create_subscription(TrainingStatus, 'training_status', statuses.append, 10)
     logs = []
-    runner = LaunchRunner(training_graph(tmp_path, total_frames=3 * ROLLOUT, num_groups=2), log=logs.append)
+    specs = training_graph(tmp_path, total_frames=3 * ROLLOUT, num_groups=2)
+    next(s for s in specs if s.executable == 'student_node').parameters.append({'recurrent': 16})
+    runner = LaunchRunner(specs, log=logs.append)
     with runner:
         spin_until(ros_node, lambda: any(s.frames == 3 * ROLLOUT for s in statuses), 180,
                    'the training_status of the last update')
@@ -111,7 +114,9 @@ def test_double_buffered_sampling_trains_through_the_graph(tmp_path, ros_node):
     assert code == 0, '\n'.join(logs)
     assert any(f'new student for {NUM_ENVS} envs (2 group(s))' in line for line in logs), '\n'.join(logs)
     assert all(s.frames == s.updates * ROLLOUT for s in statuses)
-    assert read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')['counters']['frames'] == 3 * ROLLOUT
+    saved = read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')
+    assert saved['counters']['frames'] == 3 * ROLLOUT and saved['config']['recurrent'] == 16
+    assert json.loads((tmp_path / 'policy.json').read_text())['recurrent'] == 16
     recording, = (tmp_path / 'recordings').glob('*/*.mcap')
     steps = [m.ros_msg for m in read_ros2_messages(str(recording)) if m.channel.topic == '/step_batch']
     assert {msg.group for msg in steps} == {0, 1}  # the recorder samples every group
