@@ -192,9 +192,15 @@ def test_the_deploy_nodes_refuse_bad_parameters_at_start_up(exported, grid_polic
              ('policy_node', grid_policies[0], 'max_angular:=-.inf', 'max_angular must be a finite number'),
              ('policy_node', grid_policies[0], 'step_duration:=.nan', 'step_duration must be a finite number')]
     processes = [start(node, path, param) for node, path, param, _ in cases]  # side by side: one start-up's time
-    for process, (node, _, param, message) in zip(processes, cases):
-        out, _ = process.communicate(timeout=120)
-        assert process.returncode != 0 and re.search(message, out), (param, out[-2000:])
+    try:
+        for process, (node, _, param, message) in zip(processes, cases):
+            out, _ = process.communicate(timeout=120)
+            assert process.returncode != 0 and re.search(message, out), (param, out[-2000:])
+    finally:  # a node that accepted a bad value keeps running: never leave one behind
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
 
 
 class Camera:

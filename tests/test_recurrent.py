@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
-from student_policy.checkpoints import export_policy, load_learner, save_checkpoint
+from student_policy.checkpoints import CheckpointError, export_policy, load_learner, save_checkpoint
 from student_policy.evaluate import evaluate
 from student_deploy.inference import load_policy
 from student_policy.lockstep import train
@@ -22,8 +22,8 @@ def test_unrolling_a_sequence_gives_what_acting_step_by_step_gave():
     policy = ActorCritic((5, 5, 4), 7, recurrent=16)
     obs = torch.randint(0, 10, (6, 3, 5, 5, 4), dtype=torch.uint8)
     starts = torch.zeros(6, 3)
-    starts[0], starts[3, 1] = 1.0, 1.0  # env 1 begins a new episode at step 3
-    state = torch.randn(3, 16)  # what came before the sequence: forgotten where an episode starts
+    starts[0, 0], starts[3, 1] = 1.0, 1.0  # env 0 starts an episode at once, env 1 at step 3
+    state = torch.randn(3, 16)  # what came before the sequence: carried on, forgotten where one starts
     logits, values = policy.unroll(obs, state, starts)
     acting = state
     for t in range(6):
@@ -72,7 +72,8 @@ def test_a_restarted_simulator_and_a_resume_start_from_zero_states(tmp_path):
     learner.drop_group_rollout(0)  # its simulator restarted: what follows starts afresh
     assert learner.starts.tolist() == [1.0, 1.0]
     restored = load_learner(save_checkpoint(tmp_path / 'last.pt', learner))
-    assert restored.config.recurrent == 8 and restored.state.abs().sum() == 0 and restored.starts.all()
+    assert restored.config.recurrent == 8 and restored.policy.core.hidden_size == 8
+    assert restored.state.abs().sum() == 0 and restored.starts.all()  # zero states: the episodes go on unknown
 
 
 def test_exports_carry_the_state_and_agree_over_a_whole_episode(tmp_path):
@@ -110,28 +111,39 @@ def test_a_reactive_policy_file_keeps_its_one_input(tmp_path):
 
 
 def test_a_deploy_node_keeps_a_state_per_environment_and_starts_it_with_each_episode(tmp_path):
-    """policy_node's per-env memory (robot_control.BatchStates) on the step batches of 3 envs:
-    the actions equal in-process greedy acting that zeroes each env's state when its episode ends;
-    a new simulator (epoch) and reset() start every env afresh."""
+    """policy_node's per-env memory (robot_control.BatchStates) on the step batches of 3 envs: the
+    actions equal in-process greedy acting that zeroes each env's state when its episode ends; a
+    resent batch is answered from the same state; env groups keep their own; a new simulator
+    (epoch), a failed step and reset() start afresh."""
     torch.manual_seed(1)
     envs = MiniGridVecEnv(TASK, 3)
     net = ActorCritic(envs.observation_space.shape, 7, recurrent=16).eval()
     policy = load_policy(export_policy(tmp_path / 'policy.pt', net, TASK).with_suffix('.onnx'))
     states = BatchStates(policy)
     step, state, ended, episodes = envs.reset(seed=3), net.initial_state(3), np.zeros(3, bool), 0
-    for _ in range(300):
-        logits, new_state = policy.step(step.observations, states.before(epoch=1, ended=ended))
-        states.after(new_state)
+    for seq in range(300):
+        for _ in range(1 + (seq % 50 == 7)):  # now and then a batch comes twice (a resend)
+            logits, new_state = policy.step(step.observations, states.before(0, 1, seq, ended))
+            states.after(0, new_state)
         with torch.no_grad():
             want, state = net.step(torch.from_numpy(step.observations), state.masked_fill(torch.from_numpy(ended)[:, None], 0))
         assert (logits.argmax(-1) == want.argmax(-1)).all()
         step = envs.step(want.argmax(-1).numpy())
         ended = step.terminated | step.truncated
         episodes += ended.sum()
-    assert episodes >= 3 and states.state.abs().sum() > 0
-    assert states.before(epoch=2, ended=np.zeros(3, bool)).abs().sum() == 0  # the simulator restarted
-    states.after(torch.ones(3, 16))
-    states.reset()
-    assert states.before(epoch=2, ended=np.zeros(3, bool)).abs().sum() == 0
+    assert episodes >= 3 and states.before(0, 1, 300, np.zeros(3, bool)).abs().sum() > 0
+    assert states.before(1, 1, 301, np.zeros(3, bool)).abs().sum() == 0  # group 1 has its own memory
+    assert states.before(0, 2, 0, np.zeros(3, bool)).abs().sum() == 0  # group 0's simulator restarted
+    states.reset()  # before a step that then fails: the next batch still starts from zeros
+    assert states.before(0, 2, 1, np.zeros(3, bool)).abs().sum() == 0
+    assert states.before(0, 2, 2, np.zeros(3, bool)).abs().sum() == 0
     with pytest.raises(FloatingPointError, match='non-finite state'):
-        states.after(torch.full((3, 16), float('nan')))
+        states.after(0, torch.full((3, 16), float('nan')))
+
+
+def test_a_resume_with_another_memory_size_is_refused_clearly(tmp_path):
+    envs = MiniGridVecEnv(TASK, 2)
+    config = PPOConfig(total_frames=32, num_steps=16, minibatch_size=16, recurrent=8, teacher=PLAIN, compile=False)
+    path = save_checkpoint(tmp_path / 'last.pt', train(config, envs))
+    with pytest.raises(CheckpointError, match="trained with recurrent=8, but this run has recurrent=0"):
+        load_learner(path, config=PPOConfig(total_frames=64))

@@ -224,7 +224,8 @@ def test_a_recurrent_policy_on_the_robot_acts_as_in_process_over_a_whole_episode
     rgb_pub = ros_node.create_publisher(Image, 'camera/image_raw', qos_profile_sensor_data)
     depth_pub = ros_node.create_publisher(Image, 'camera/depth/image_raw', qos_profile_sensor_data)
     reset_pub = ros_node.create_publisher(Empty, 'reset', 10)
-    process = robot_node(path, 'greedy:=true', 'control_rate_hz:=1000.0')
+    # a long max_sensor_age: the watchdog's reset must not be what makes the reset check pass
+    process = robot_node(path, 'greedy:=true', 'control_rate_hz:=1000.0', 'max_sensor_age:=30.0')
     envs = EmbodiedVecEnv(TASK, 1)
     step, state, mask = envs.reset(seed=11), net.initial_state(1), torch.from_numpy(motion_mask('miniworld', 8))
     try:

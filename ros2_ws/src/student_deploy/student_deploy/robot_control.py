@@ -178,34 +178,47 @@ class StampPairer:
         return pair
 
 
+@dataclass
+class _GroupMemory:
+    source: tuple[int, int]  # (epoch, num_envs) of the simulator it follows
+    seq: int | None  # the last batch acted on
+    before: torch.Tensor  # the state that batch was acted on from
+    after: torch.Tensor  # the state the policy returned for it
+
+
 class BatchStates:
-    """A recurrent policy's state for each environment of the step batches a node answers: zeros
-    where an episode starts (after an episode end a batch holds the next episode's first
-    observation), for a new simulator (another epoch or number of environments), and after reset()."""
+    """A recurrent policy's state for each environment of the step batches a node answers, kept per
+    env group: zeros where an episode starts (after an episode end a batch holds the next episode's
+    first observation), for a new simulator (another epoch or number of environments) and after
+    reset(); a batch sent again (same seq) is acted on from the same state, not one step further."""
 
     def __init__(self, policy: Policy):
         self.policy = policy
-        self.state = policy.initial_state(0)
-        self.source: tuple[int, int] | None = None  # (epoch, num_envs) of the simulator the state follows
+        self.groups: dict[int, _GroupMemory] = {}
 
-    def before(self, epoch: int, ended: np.ndarray) -> torch.Tensor:
-        """The state to act on for a batch whose environments `ended` (bool, one per env) an episode."""
-        if (epoch, len(ended)) != self.source:
-            self.source = (epoch, len(ended))
-            return self.policy.initial_state(len(ended))
-        return self.state.masked_fill(torch.from_numpy(ended)[:, None], 0.0)
+    def before(self, group: int, epoch: int, seq: int | None, ended: np.ndarray) -> torch.Tensor:
+        """The state to act on for batch `seq` (None: no seq, never a resend) of env group `group`,
+        whose environments `ended` (bool, one per env) an episode."""
+        memory = self.groups.get(group)
+        if memory is None or memory.source != (epoch, len(ended)):
+            zeros = self.policy.initial_state(len(ended))
+            memory = self.groups[group] = _GroupMemory((epoch, len(ended)), None, zeros, zeros)
+        elif seq is None or seq != memory.seq:
+            memory.before = memory.after.masked_fill(torch.from_numpy(ended)[:, None], 0.0)
+        memory.seq = seq
+        return memory.before
 
-    def after(self, state: torch.Tensor) -> None:
-        """The state the policy returned for the batch just answered.
+    def after(self, group: int, state: torch.Tensor) -> None:
+        """The state the policy returned for the batch of `group` just answered.
 
         :raises FloatingPointError: a non-finite state (kept out: the caller stops the robot).
         """
         if not torch.isfinite(state).all():
             raise FloatingPointError('the policy gave a non-finite state')
-        self.state = state
+        self.groups[group].after = state
 
     def reset(self) -> None:
-        self.source = None
+        self.groups.clear()
 
 
 def motion_mask(action_set: str, num_actions: int) -> np.ndarray:
@@ -277,9 +290,9 @@ class CameraPolicy:
         :raises FloatingPointError: the policy gave non-finite logits or state (the caller stops the
             robot; the state is kept as it was).
         """
-        logits, state = self.policy.step(obs[None], self.memory.before(0, np.zeros(1, bool)))
+        logits, state = self.policy.step(obs[None], self.memory.before(0, 0, None, np.zeros(1, bool)))
         actions, probs = checked_actions(logits, self.mask, self.greedy, self.generator)
-        self.memory.after(state)
+        self.memory.after(0, state)
         return int(actions[0]), probs[0]
 
     def velocity(self, action: int) -> tuple[float, float]:

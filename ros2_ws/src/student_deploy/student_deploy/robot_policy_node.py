@@ -146,7 +146,7 @@ class RobotPolicyNode(Node):
                 self.get_logger().warning(f'no rgb+depth pair acted on in the last '
                                           f'{self.sensors.max_age_ns / 1e9:g} s: stopping the robot and '
                                           f'starting a new episode')
-                self.controller.reset()  # what it remembers may no longer hold when it goes on
+            self.controller.reset()  # however it stopped, what it remembers may no longer hold
             self.stop()
 
     def stop(self) -> None:

@@ -11,15 +11,18 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from torch.utils.tensorboard import SummaryWriter
+
 from llm_teacher_common.stats import rate_text
+from student_deploy.inference import load_policy
 from student_policy.checkpoints import CheckpointError, export_policy, save_checkpoint, write_atomically
 from student_policy.evaluate import env_options_for, evaluate
-from student_deploy.inference import load_policy
 from student_policy.networks import ActorCritic, eager_copy
 from student_policy.ppo import PPOLearner
 
@@ -215,35 +218,51 @@ class MetricsLogCallback:
     """TensorBoard scalars against global_step (frames) and a CSV copy for plots and reports."""
 
     def __init__(self, run_dir: str | Path):
-        from torch.utils.tensorboard import SummaryWriter
         self.run_dir = Path(run_dir)
         self.writer = SummaryWriter(str(self.run_dir / 'tensorboard'))
         self.csv_path = self.run_dir / 'progress.csv'
         # A resumed run keeps the columns its file has.
-        self.fields = self.csv_path.open().readline().strip().split(',') if self.csv_path.exists() else CSV_FIELDS
+        self.fields = (self.csv_path.open().readline().strip().split(',')
+                       if self.csv_path.exists() and self.csv_path.stat().st_size else CSV_FIELDS)
 
     def __call__(self, learner: PPOLearner, metrics: dict) -> bool:
         frames = learner.frames
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, frames)
-        self.writer.flush()
         row = {'frames': frames, 'updates': learner.updates, 'episodes': learner.episodes, **metrics}
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=self.fields, extrasaction='ignore')
-        if not self.csv_path.exists():
+        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
             writer.writeheader()
         writer.writerow(row)
-        with self.csv_path.open('a', newline='') as f:
-            size = f.tell()
-            try:
-                f.write(text.getvalue())
-                f.flush()
-            except OSError:
-                f.truncate(size)  # no half row for readers (and resumes) to trip over
-                raise
+        append_whole(self.csv_path, text.getvalue().encode())  # first: the CSV is what plots and reports read
+        try:
+            for tag, value in metrics.items():
+                self.writer.add_scalar(tag, value, frames)
+            self.writer.flush()
+        except OSError:
+            # TensorBoard's writer thread keeps a failed write's error for ever: a new writer
+            # (a new event file) goes on once there is room again
+            self.writer = SummaryWriter(str(self.run_dir / 'tensorboard'))
+            raise
         if learner.frames >= learner.config.total_frames:
             plot_learning_curve(self.run_dir)
         return True
+
+
+def append_whole(path: Path, data: bytes) -> None:
+    """Append `data` to `path` all or nothing: a failed write (a full disk) is cut back off, so no
+    reader (nor the next append) finds half a row."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def progress_line(learner: PPOLearner, metrics: dict) -> str:

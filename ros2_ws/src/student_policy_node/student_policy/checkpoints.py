@@ -115,7 +115,12 @@ def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=No
         if value is not None and state[key] != value:
             raise CheckpointError(f'checkpoint {path} was trained with {key}={state[key]}, but the environments '
                                   f'have {key}={value}; use a matching task and num_envs, or another run directory')
-    learner = PPOLearner(config or saved_config(path, state['config']), tuple(state['obs_shape']),
+    saved = saved_config(path, state['config'])
+    for key in ('encoder', 'recurrent'):  # what shapes the network: the weights fit no other
+        if config is not None and getattr(config, key) != getattr(saved, key):
+            raise CheckpointError(f'checkpoint {path} was trained with {key}={getattr(saved, key)!r}, but this run '
+                                  f'has {key}={getattr(config, key)!r}: set {key} to match, or use another run directory')
+    learner = PPOLearner(config or saved, tuple(state['obs_shape']),
                          state['num_envs'], state['num_actions'], num_groups)
     learner.policy.load_state_dict(state['model'])
     learner.optimizer.load_state_dict(state['optimizer'])
