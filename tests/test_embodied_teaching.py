@@ -11,8 +11,9 @@ from habitat_bridge.embodied.expert import segment_distances
 from habitat_bridge.embodied.mapping import OccupancyMapper
 from habitat_bridge.embodied.vector import EmbodiedVecEnv
 from llm_teacher_common.camera import DEPTH_STEP_M, decode_depth
+from llm_teacher_common.commands import BACK, FORWARD
 from llm_teacher_common.perception import FREE, OCCUPIED, OccupancyGrid, PerceivedObject, Perception
-from llm_teacher.embodied_skills import BACK, FORWARD, EmbodiedSkills
+from llm_teacher.embodied_skills import EmbodiedSkills
 from llm_teacher.options import EXPLORE, Option, feasible_options
 from llm_teacher.scripted_options import scripted_option
 from llm_teacher.teacher import embedded_teacher

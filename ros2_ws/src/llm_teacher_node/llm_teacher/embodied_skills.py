@@ -23,12 +23,9 @@ import math
 
 import numpy as np
 
+from llm_teacher_common.commands import BACK, DROP, FORWARD, NUM_EMBODIED_ACTIONS, PICKUP, TURN_LEFT, TURN_RIGHT
 from llm_teacher_common.perception import BUMP_AHEAD, FREE, OCCUPIED, UNKNOWN, OccupancyGrid, Perception
 from llm_teacher.options import Option
-
-# MiniWorld's action indices (llm_teacher_common.commands.MOTIONS['miniworld']).
-TURN_LEFT, TURN_RIGHT, FORWARD, BACK, PICKUP, DROP = 0, 1, 2, 3, 4, 5
-NUM_EMBODIED_ACTIONS = 8
 
 ROBOT_RADIUS = 0.45  # m kept between the robot's centre and mapped obstacles
 # MiniWorld: the robot's radius is 0.4 m, objects' 0.42-0.6 m; a held one hangs 1.05 * (0.57 m +
