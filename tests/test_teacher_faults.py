@@ -50,6 +50,9 @@ class Server(http.server.ThreadingHTTPServer):
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 self.server.requests.append((self.path, dict(self.headers)))
+                # read the request body first, as a real server does: closing with it unread makes
+                # the kernel reset the connection, and the client may lose the reply to that reset
+                self.rfile.read(int(self.headers.get('Content-Length', 0)))
                 handle(self)
 
             def log_message(self, *args):
