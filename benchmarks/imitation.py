@@ -33,12 +33,25 @@ from llm_teacher_common.stats import rate_text
 
 EVAL_SEED = 20_000  # closed-loop seeds; training episodes come from seeds 0.. and their streams
 CROP_CELLS, CROP_RESOLUTIONS = 48, (0.25, 0.5)  # the map input: 12 m and 24 m square round the robot
+TARGET_MARK = 0.5  # m: the radius of the named object's mark in the map input
 
 
-def map_crop(perception: Perception, cells: int = CROP_CELLS) -> np.ndarray:
+def map_crop(perception: Perception, cells: int = CROP_CELLS, mark_target: bool = False) -> np.ndarray:
     """(cells, cells, 2) uint8 egocentric occupancy at two scales (CROP_RESOLUTIONS): the robot at
-    the centre facing up (row 0 is ahead, column 0 is its left); unknown 0, free 128, occupied 255."""
-    return np.concatenate([_crop(perception, cells, r) for r in CROP_RESOLUTIONS], axis=-1)
+    the centre facing up (row 0 is ahead, column 0 is its left); unknown 0, free 128, occupied 255.
+    mark_target: two more channels, 255 within TARGET_MARK of where the object the mission names
+    was last perceived (what a detector that reads the mission, and remembers, would give)."""
+    layers = [_crop(perception, cells, r) for r in CROP_RESOLUTIONS]
+    if mark_target:
+        named = [o for o in perception.objects if f'{o.color} {o.type}' in perception.mission]
+        offsets = cells / 2 - np.arange(cells) - 0.5
+        for resolution in CROP_RESOLUTIONS:
+            forward, left = np.meshgrid(offsets * resolution, offsets * resolution, indexing='ij')
+            mark = np.zeros((cells, cells), bool)
+            for o in named:
+                mark |= np.hypot(forward - o.forward, left - o.left) <= max(TARGET_MARK, resolution)
+            layers.append((mark * 255).astype(np.uint8)[..., None])
+    return np.concatenate(layers, axis=-1)
 
 
 def _crop(perception: Perception, cells: int, resolution: float) -> np.ndarray:
@@ -115,18 +128,22 @@ def impala_cnn(channels: int) -> nn.Module:
 ENCODERS = {'atari': atari_cnn, 'small': small_cnn, 'impala': impala_cnn}
 
 
+def crop_channels(use_map: str) -> int:
+    return len(CROP_RESOLUTIONS) * (2 if use_map == 'target' else 1)
+
+
 class Student(nn.Module):
     """Camera (and optionally the map crop) -> features -> (GRU) -> action logits."""
 
-    def __init__(self, obs_shape, num_actions: int, encoder: str, use_map: bool, recurrent: int, features: int = 256):
+    def __init__(self, obs_shape, num_actions: int, encoder: str, use_map: str, recurrent: int, features: int = 256):
         super().__init__()
         height, width, channels = obs_shape
         self.camera = ENCODERS[encoder](channels)
-        self.map = small_cnn(len(CROP_RESOLUTIONS)) if use_map else None
+        self.map = small_cnn(crop_channels(use_map)) if use_map else None
         with torch.no_grad():
             flat = self.camera(torch.zeros(1, channels, height, width)).shape[1]
             if self.map is not None:
-                flat += self.map(torch.zeros(1, len(CROP_RESOLUTIONS), CROP_CELLS, CROP_CELLS)).shape[1]
+                flat += self.map(torch.zeros(1, crop_channels(use_map), CROP_CELLS, CROP_CELLS)).shape[1]
         self.head = nn.Sequential(nn.Linear(flat, features), nn.ReLU())
         self.recurrent = recurrent
         self.core = nn.GRUCell(features, recurrent) if recurrent else None
@@ -177,7 +194,7 @@ class Dataset:
                 np.array(self.verbs), np.array(self.visible))
 
 
-def collect(envs: EmbodiedVecEnv, teacher: Teacher, data: Dataset, frames: int, seed: int, use_map: bool,
+def collect(envs: EmbodiedVecEnv, teacher: Teacher, data: Dataset, frames: int, seed: int, use_map: str,
             student: Student | None = None, beta: float = 1.0, rng=None) -> dict:
     """Step until `frames` more labelled steps; the teacher drives with probability beta per step,
     else the student (greedy). Returns the episodes' success counts of this collection."""
@@ -188,7 +205,7 @@ def collect(envs: EmbodiedVecEnv, teacher: Teacher, data: Dataset, frames: int, 
     target = len(data) + frames
     while len(data) < target:
         labels = [teacher(p) for p in step.perceptions]
-        crops = np.stack([map_crop(p) for p in step.perceptions]) if use_map else None
+        crops = np.stack([map_crop(p, mark_target=use_map == 'target') for p in step.perceptions]) if use_map else None
         actions = np.array([int(np.argmax(probs)) for probs, _, _ in labels])
         if student is not None:
             with torch.no_grad():
@@ -280,7 +297,7 @@ def agreement(student: Student, data: Dataset, episodes, rng) -> dict:
     return out
 
 
-def closed_loop(student: Student, task: str, size: int, episodes: int, use_map: bool, teacher: Teacher | None = None,
+def closed_loop(student: Student, task: str, size: int, episodes: int, use_map: str, teacher: Teacher | None = None,
                 student_does: str = 'all', num_envs: int = 10) -> dict:
     """Greedy success over seeds EVAL_SEED.. (never seen in training). student_does 'explore' or
     'go to': the student acts only while the teacher does that, the teacher in the other steps
@@ -294,7 +311,7 @@ def closed_loop(student: Student, task: str, size: int, episodes: int, use_map: 
     state = student.initial_state(n)
     with torch.no_grad():
         while (np.arange(n) + n * played < episodes).any():
-            crops = torch.from_numpy(np.stack([map_crop(p) for p in step.perceptions])) if use_map else None
+            crops = torch.from_numpy(np.stack([map_crop(p, mark_target=use_map == 'target') for p in step.perceptions])) if use_map else None
             logits, state = student.step(torch.from_numpy(step.observations), crops, state)
             actions = logits.argmax(-1).numpy()
             if student_does != 'all':
@@ -322,13 +339,17 @@ def main():
     parser.add_argument('--frames', type=int, default=50_000, help='teacher-driven frames (behaviour cloning)')
     parser.add_argument('--size', type=int, default=48, help='camera frames are size x size')
     parser.add_argument('--encoder', choices=sorted(ENCODERS), default='small')
-    parser.add_argument('--map', action='store_true', help='the occupancy map crop as a second input')
+    parser.add_argument('--map', nargs='?', const='map', default='', choices=('map', 'target'),
+                        help='the occupancy map crop as a second input; "--map target" marks the object the '
+                             'mission names in it too')
     parser.add_argument('--recurrent', type=int, default=0, help='GRU size (0: reactive)')
     parser.add_argument('--epochs', type=int, default=8)
     parser.add_argument('--chunk', type=int, default=0, help='steps per training sequence (default: 1 reactive, 64 recurrent)')
     parser.add_argument('--lr', type=float, default=5e-4)
     parser.add_argument('--dagger', type=int, default=0, help='DAgger rounds after cloning')
     parser.add_argument('--dagger-frames', type=int, default=20_000, help='student-driven frames per round')
+    parser.add_argument('--dagger-epochs', type=int, default=0, help='epochs over all the data per DAgger round '
+                        '(default: --epochs; the student goes on from the last round)')
     parser.add_argument('--eval-episodes', type=int, default=50)
     parser.add_argument('--envs', type=int, default=8)
     parser.add_argument('--hybrid', action='store_true',
@@ -360,7 +381,8 @@ def main():
         held = {id(e) for e in held_out}
         train_episodes = [e for e in data.episodes if id(e) not in held]
         start = time.perf_counter()
-        loss = train(student, data, train_episodes, args.epochs, args.lr, args.chunk or (64 if args.recurrent else 1), rng)
+        epochs = args.dagger_epochs if round_ and args.dagger_epochs else args.epochs
+        loss = train(student, data, train_episodes, epochs, args.lr, args.chunk or (64 if args.recurrent else 1), rng)
         seconds = round(time.perf_counter() - start)
         result = {'stage': f'round {round_}', 'frames': len(data), 'loss': round(loss, 3), 'train_seconds': seconds,
                   **agreement(student, data, held_out, rng)}
