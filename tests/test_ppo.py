@@ -11,7 +11,7 @@ from student_policy.checkpoints import CheckpointError, load_learner, save_check
 from student_policy.evaluate import evaluate
 from student_policy.networks import ActorCritic
 from student_policy.lockstep import train
-from student_policy.ppo import COMPILE_FROM_FRAMES, PAPER_SCHEDULE, PPOConfig, PPOLearner, TeacherSchedule, compile_wanted
+from student_policy.ppo import PAPER_SCHEDULE, PPOConfig, PPOLearner, TeacherSchedule
 from student_policy.storage import compute_gae
 
 PLAIN = TeacherSchedule(initial=0.0, final=0.0)
@@ -63,14 +63,6 @@ def test_config_rejects_bad_values():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match='no CUDA device here; use device cpu'):
             PPOConfig(device='cuda')
-
-
-def test_compile_is_on_for_long_budgets_and_says_why_it_is_off_without_a_compiler(monkeypatch, capsys):
-    assert not compile_wanted(PPOConfig(total_frames=COMPILE_FROM_FRAMES - 1))
-    assert not compile_wanted(PPOConfig(total_frames=10**9, compile=False))
-    monkeypatch.setenv('CXX', '/nonexistent/c++')
-    assert not compile_wanted(PPOConfig(total_frames=COMPILE_FROM_FRAMES))
-    assert 'torch.compile is off: no C++ compiler (/nonexistent/c++)' in capsys.readouterr().err
 
 
 def test_evaluation_plays_one_episode_per_seed_however_many_envs_run_them():

@@ -8,11 +8,16 @@ at a time: in-process (`lockstep.train()`, for tests and benchmarks) or from the
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 import shutil
 import sys
+import tempfile
+import threading
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -111,10 +116,12 @@ class PPOConfig:
     """where the student learns: cpu, or cuda (a GPU; the simulators stay on the CPU). Checkpoints
     and exports are CPU tensors either way."""
     compile: bool | None = None
-    """torch.compile the encoder: ~1.15-1.3x frames/s once compiled, after ~10-20 s of compiling
-    at the start; needs a C++ compiler. None (auto): on for budgets of COMPILE_FROM_FRAMES or more,
-    where the speed-up repays the compile time, when a C++ compiler is found (else a message says
-    why it is off). Checkpoints and exports are the same either way."""
+    """torch.compile the encoder: ~1.2-1.3x frames/s once compiled, after ~25 s of compiling at
+    the first start on a machine and ~3-4 s at later ones (the compiled code is cached, see
+    setup_compile); needs a C++ compiler. None (auto): on where the speed-up repays the start, for
+    budgets of COMPILE_FROM_FRAMES or more, or COMPILE_WARM_FROM_FRAMES when the same student
+    compiled before, and a C++ compiler is found (else a message says why it is off). Checkpoints
+    and exports are the same either way."""
 
     def __post_init__(self):
         if isinstance(self.teacher, dict):
@@ -128,20 +135,153 @@ class PPOConfig:
 
 
 COMPILE_FROM_FRAMES = 200_000
+"""auto compiles budgets from this on: where ~1.2x frames/s repays a first compile (~25 s on 2 cores)."""
+COMPILE_WARM_FROM_FRAMES = 60_000
+"""... and from this on when the same student compiled before into the same cache (it then loads in ~3-4 s)."""
+_NETWORK_CODE = Path(inspect.getfile(ActorCritic))  # a changed network compiles anew
 
 
-def compile_wanted(config: PPOConfig) -> bool:
-    """Whether to torch.compile (see PPOConfig.compile); says so when a C++ compiler is missing."""
-    wanted = config.total_frames >= COMPILE_FROM_FRAMES if config.compile is None else config.compile
+def compile_cache_dir() -> Path:
+    """Where torch.compile keeps the student's compiled code between runs on this machine:
+    TORCHINDUCTOR_CACHE_DIR when set, else $XDG_CACHE_HOME/llm_teacher/torchinductor
+    (~/.cache/llm_teacher/torchinductor). torch's own default is under /tmp, which a reboot empties."""
+    if os.environ.get('TORCHINDUCTOR_CACHE_DIR'):
+        return Path(os.environ['TORCHINDUCTOR_CACHE_DIR'])
+    return _default_compile_cache()
+
+
+def _default_compile_cache() -> Path:
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'llm_teacher' / 'torchinductor'
+
+
+def _say(text: str) -> None:
+    print(f'student: {text}', file=sys.stderr, flush=True)
+
+
+@dataclass
+class CompileCache:
+    """Where a compiled student's code is cached (from setup_compile); check() after its first update."""
+
+    directory: Path
+    marker: Path
+    """exists once this student (same graphs, torch and network code) compiled into `directory`."""
+    failures_before: int
+    """compile_failures() before the student's first compiled call."""
+
+    def check(self) -> bool:
+        """Whether everything compiled. When not, the cache may hold corrupt code (a truncated .so
+        fails the compile at every start): says so, and clears the cache when it is ours, so that
+        the next start compiles afresh. Training goes on eager either way."""
+        if compile_failures() <= self.failures_before:
+            try:
+                self.marker.parent.mkdir(parents=True, exist_ok=True)
+                self.marker.touch()
+            except OSError:
+                pass  # auto then waits for COMPILE_FROM_FRAMES budgets: slower starts, nothing worse
+            return True
+        self.marker.unlink(missing_ok=True)
+        if self.directory == _default_compile_cache():
+            shutil.rmtree(self.directory, ignore_errors=True)
+            then = f'{self.directory} is cleared: the next start compiles afresh'
+        else:
+            then = f'delete {self.directory} if the next start fails the same way'
+        _say(f'torch.compile failed (the warning above says why; a corrupt compile cache is one cause): '
+             f'training goes on eager (~15% slower); {then}')
+        return False
+
+
+def setup_compile(config: PPOConfig, graphs: str) -> CompileCache | None:
+    """Whether to torch.compile (see PPOConfig.compile) and, when so, where its compiled code is
+    cached: the one place that decides both, for train() and student_node alike (through PPOLearner).
+
+    The first compile on a machine takes ~25 s on 2 cores; inductor's FX graph cache and AOT
+    autograd cache in compile_cache_dir() let every later start load the compiled code instead
+    (~3-4 s). A cache directory that cannot be written gives a compile into a temporary one for this
+    run; when none can be had, training runs eager (a log line says which). A corrupt cache is
+    caught after the first update (CompileCache.check). Loading torch's compiler takes ~3 s of the
+    warm start: warm_up_compile does it beforehand where the caller has to wait anyway.
+
+    :param graphs: what shapes the compiled graphs (encoder, observation shape, batch sizes, device):
+        auto compiles from COMPILE_WARM_FROM_FRAMES when a student with the same compiled before.
+    """
+    cache = compile_cache_dir()
+    key = hashlib.sha256(f'{torch.__version__}\n{graphs}\n'.encode() + _NETWORK_CODE.read_bytes()).hexdigest()[:24]
+    marker = cache / 'llm_teacher-students' / key
+    if config.compile is None:
+        wanted = config.total_frames >= (COMPILE_WARM_FROM_FRAMES if marker.exists() else COMPILE_FROM_FRAMES)
+    else:
+        wanted = config.compile
     if not wanted:
-        return False
-    compiler = os.environ.get('CXX') or 'g++'
-    if shutil.which(compiler) is None:
-        print(f'student: torch.compile is off: no C++ compiler ({compiler}) on PATH, training runs eager '
-              f'(~15% slower); install one (apt-get install g++) or set CXX to turn it on', file=sys.stderr, flush=True)
-        return False
+        return None
+    if shutil.which(_cxx()) is None:
+        _say(f'torch.compile is off: no C++ compiler ({_cxx()}) on PATH, training runs eager '
+             f'(~15% slower); install one (apt-get install g++) or set CXX to turn it on')
+        return None
+    problem = _unwritable(cache)
+    if problem:
+        try:
+            fallback = Path(tempfile.mkdtemp(prefix='llm_teacher-torchinductor-'))
+        except OSError as err:
+            _say(f'torch.compile is off: its cache directory {cache} cannot be written ({problem}) and no '
+                 f'temporary one made ({err}); training runs eager. Set TORCHINDUCTOR_CACHE_DIR to a writable directory')
+            return None
+        _say(f'torch.compile cache {cache} cannot be written ({problem}): compiling into {fallback} for this run '
+             f'only, so every start pays the compile; set TORCHINDUCTOR_CACHE_DIR to a writable directory')
+        cache, marker = fallback, fallback / marker.relative_to(cache)
+    os.environ['TORCHINDUCTOR_CACHE_DIR'] = str(cache)  # torch reads it at each compile
+    from torch._functorch import config as functorch_config
+    from torch._inductor import config as inductor_config
+    inductor_config.fx_graph_cache = True  # inductor's generated code, by graph
+    functorch_config.enable_autograd_cache = True  # forward + backward graphs, skipping AOT tracing
     torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eager instead of stopping training
-    return True
+    _say('torch.compile on: ' + (f'loading the compiled student from {cache}' if marker.exists() else
+                                  f'compiling the student (~25 s on 2 cores; later starts load it from {cache})'))
+    return CompileCache(cache, marker, compile_failures())
+
+
+def warm_up_compile(config: PPOConfig) -> threading.Thread | None:
+    """Load torch's compiler (~2 s) and probe the CPU's vector instructions (~1 s) in a background
+    thread, for a caller that waits for something else first (student_node waits for the simulator's
+    first step batch). join() it before PPOLearner (setup_compile): the two must not import at once.
+    None where this run cannot compile."""
+    if config.compile is False or config.total_frames < COMPILE_WARM_FROM_FRAMES and config.compile is None:
+        return None
+    if shutil.which(_cxx()) is None:
+        return None
+
+    def load() -> None:
+        try:
+            import torch._inductor.compile_fx  # noqa: F401
+            from torch._inductor.cpu_vec_isa import pick_vec_isa
+            pick_vec_isa()  # cached for the process
+        except Exception:  # noqa: BLE001  the compile itself meets it again and says so
+            pass
+
+    os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR', str(compile_cache_dir()))  # before torch sets its own default
+    thread = threading.Thread(target=load, name='compile-warm-up', daemon=True)
+    thread.start()
+    return thread
+
+
+def _cxx() -> str:
+    return os.environ.get('CXX') or 'g++'  # what inductor compiles with
+
+
+def _unwritable(path: Path) -> str:
+    """Why `path` cannot hold a cache ('' when it can)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        return f'{type(err).__name__}: {err.strerror or err}'
+    return ''
+
+
+def compile_failures() -> int:
+    """Frames torch.compile failed to compile in this process so far (they run eager)."""
+    frames = torch._dynamo.utils.counters['frames']
+    return frames['total'] - frames['ok']
 
 
 class PPOLearner:
@@ -156,7 +296,10 @@ class PPOLearner:
         self.device = torch_device(config.device)
         self.policy = ActorCritic(obs_shape, num_actions, encoder=config.encoder,
                                   recurrent=config.recurrent).to(self.device)
-        if compile_wanted(config):
+        graphs = (f'{config.encoder} {tuple(obs_shape)} recurrent {config.recurrent}, {num_envs} envs in '
+                  f'{num_groups} groups, minibatch {config.minibatch_size}, {config.device}')
+        self.compile_cache = setup_compile(config, graphs)  # None: eager, or checked after the first update
+        if self.compile_cache is not None:
             self.policy.encoder.compile()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
         self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions, num_groups, config.recurrent)
@@ -281,6 +424,9 @@ class PPOLearner:
         explained = float('nan') if variance == 0 else 1 - np.var(returns - s.values) / variance
         coverage = float(s.teacher_mask.mean())
         s.steps = [0] * len(s.steps)
+        if self.compile_cache is not None:  # the first update has compiled all that training runs
+            self.compile_cache.check()
+            self.compile_cache = None
         self.skipped_steps += skipped
         self.updates += 1
         return {

@@ -26,7 +26,7 @@ from student_policy.callbacks import (CheckpointCallback, EvalCallback, MetricsL
 from student_policy.checkpoints import CheckpointError, load_learner
 from student_policy.lockstep import LockstepLearner, StepIn
 from student_policy.networks import encoder_for
-from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule
+from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule, warm_up_compile
 
 QOS_DEPTH = 10
 COMPILE_CHOICES = {'auto': None, 'true': True, 'false': False}
@@ -57,8 +57,9 @@ class StudentNode(Node):
                 minibatch_size=p('minibatch_size', d.minibatch_size, 'Samples per gradient step'),
                 seed=p('seed', d.seed, 'Seed of torch and numpy'),
                 device=p('device', d.device, 'Where the student learns: cpu, or cuda'),
-                compile=COMPILE_CHOICES[p('compile', 'auto', 'torch.compile the encoder: auto (budgets of 200k '
-                                          'frames or more, with a C++ compiler), true or false').lower()],
+                compile=COMPILE_CHOICES[p('compile', 'auto', 'torch.compile the encoder: auto (where it pays: budgets '
+                                          'of 200k frames or more, 60k once the same student compiled on this machine; '
+                                          'with a C++ compiler), true or false').lower()],
                 teacher=TeacherSchedule(
                     initial=p('teacher_initial', t.initial, 'Teacher weight at frame 0 (0 with teacher_final 0: plain PPO)'),
                     final=p('teacher_final', t.final, 'Teacher weight floor'),
@@ -70,6 +71,7 @@ class StudentNode(Node):
             raise SystemExit(f'student_node: compile must be one of {", ".join(COMPILE_CHOICES)}, got {err}') from err
         except ValueError as err:
             raise SystemExit(f'student_node: {err}') from err
+        self.compile_warm_up = warm_up_compile(self.config)  # while the simulator starts
         self.evaluation = EvalCallback(self.run_dir, task, eval_every, eval_episodes, test_episodes, background=True)
         self.callbacks = [CheckpointCallback(self.run_dir, checkpoint_every, task), self.evaluation,
                           MetricsLogCallback(self.run_dir)]
@@ -119,6 +121,8 @@ class StudentNode(Node):
 
     def make_learner(self, obs_shape, num_envs: int, num_actions: int, encoder: str, num_groups: int) -> PPOLearner:
         self.config.encoder = encoder
+        if self.compile_warm_up is not None:
+            self.compile_warm_up.join()
         path = checkpoint_path(self.run_dir)
         if self.resume and path.exists():
             try:
