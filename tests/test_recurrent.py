@@ -43,25 +43,54 @@ def fill_rollout(learner, envs, seed=0):
     return step
 
 
-def test_ppo_recomputes_the_acting_policys_log_probs_over_whole_trajectories():
-    """The rollout keeps each env's state at its start and where episodes began: unrolled from them,
-    the policy gives back the log-probs it acted with (PPO's ratio starts at 1), across episode ends."""
+def test_ppo_recomputes_the_acting_policys_log_probs_over_chunks_from_the_stored_states():
+    """The rollout keeps the state each env's policy acted from at every step and where episodes
+    began: each minibatch sequence (16 consecutive steps of one env, envs mixed), unrolled from the
+    state stored at its first step, gives back the log-probs and values it acted with (PPO's ratio
+    starts at 1), across episode ends inside it; so does the whole rollout from its first states."""
     envs = MiniGridVecEnv('MiniGrid-Empty-5x5-v0', 4)
-    learner = PPOLearner(PPOConfig(num_steps=64, recurrent=32, compile=False), envs.observation_space.shape, 4, 7)
+    config = PPOConfig(num_steps=64, recurrent=32, bptt_steps=16, minibatch_size=64, compile=False)
+    learner = PPOLearner(config, envs.observation_space.shape, 4, 7)
     fill_rollout(learner, envs)  # a first rollout, so that the second starts from non-zero states
     learner.update(envs.reset(seed=1).observations)
     fill_rollout(learner, envs, seed=2)
     s = learner.storage
-    assert np.abs(s.initial_state).sum() > 0 and s.starts[1:].sum() > 0  # states carried in, episodes ended inside
+    assert np.abs(s.states[0]).sum() > 0  # states carried in from the last rollout
+    assert s.starts.reshape(4, 16, 4)[:, 1:].sum() > 0  # episodes start inside chunks, not only at their first step
     with torch.no_grad():
-        logits, values = learner.policy.unroll(torch.from_numpy(s.obs), torch.from_numpy(s.initial_state),
+        logits, values = learner.policy.unroll(torch.from_numpy(s.obs), torch.from_numpy(s.states[0]),
                                                torch.from_numpy(s.starts))
     logprobs = torch.distributions.Categorical(logits=logits).log_prob(torch.from_numpy(s.actions))
     np.testing.assert_allclose(logprobs.numpy(), s.logprobs, atol=1e-5)
     np.testing.assert_allclose(values.numpy(), s.values, atol=1e-5)
+
+    sample = np.arange(64 * 4, dtype=np.float32).reshape(64, 4)  # t * 4 + env: which sample a minibatch holds
+    seen, envs_mixed = [], False
+    for mb in s.minibatches(sample, sample, 64, 16, np.random.default_rng(0)):
+        assert mb.obs.shape[:2] == (16, 4) and mb.state.shape == (4, 32)
+        ids = mb.advantages.numpy()
+        assert (np.diff(ids, axis=0) == 4).all()  # consecutive steps of one env
+        envs_mixed |= len(set(ids[0] % 4)) > 1
+        seen.extend(ids.ravel())
+        with torch.no_grad():
+            logits, values = learner.policy.unroll(mb.obs, mb.state, mb.starts)
+        logprobs = torch.distributions.Categorical(logits=logits).log_prob(mb.actions)
+        torch.testing.assert_close(logprobs, mb.logprobs, atol=1e-5, rtol=0)
+        torch.testing.assert_close(values, mb.values, atol=1e-5, rtol=0)
+    assert sorted(seen) == list(range(64 * 4)) and envs_mixed  # every sample once an epoch
     metrics = learner.update(envs.reset(seed=3).observations)
-    # 256 samples a minibatch: 4 whole trajectories of 64 steps, so one gradient step per epoch
-    assert np.isfinite(metrics['losses/policy_loss']) and metrics['losses/gradient_steps'] == 4
+    # 64 samples a minibatch: 4 chunks of 16 steps, 16 chunks a rollout, so 4 gradient steps per epoch
+    assert np.isfinite(metrics['losses/policy_loss']) and metrics['losses/gradient_steps'] == 16
+
+
+def test_sequences_cut_the_rollout_evenly():
+    assert PPOConfig(num_steps=128, recurrent=8).sequence_length == 16
+    assert PPOConfig(num_steps=8, recurrent=8).sequence_length == 8  # a shorter rollout is one sequence
+    assert PPOConfig(num_steps=20).sequence_length == 1  # a reactive policy learns from single samples
+    with pytest.raises(ValueError, match=r'bptt_steps must be at least 1 and divide num_steps \(20\), got 16'):
+        PPOConfig(num_steps=20, recurrent=8)
+    with pytest.raises(ValueError, match='got 0'):
+        PPOConfig(bptt_steps=0)
 
 
 def test_a_restarted_simulator_and_a_resume_start_from_zero_states(tmp_path):

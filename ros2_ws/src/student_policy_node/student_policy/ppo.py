@@ -76,6 +76,13 @@ class PPOConfig:
     recurrent: int = 0
     """units of the policy's GRU memory between encoder and heads; 0: a reactive policy (acts on
     the present observation alone)."""
+    bptt_steps: int = 16
+    """with `recurrent`: steps a minibatch sequence holds (truncated back-propagation through time,
+    Sample Factory's `recurrence`): the update unrolls the GRU over chunks of this many consecutive
+    steps of one env, each from the state the policy acted from at its first step, instead of over
+    whole rollouts. GRU 128 on SimpleDoorKey, frames/s of the reactive student's: whole 128-step
+    rollouts 0.49-0.62x, 32 steps 0.69-0.74x, 16 steps 0.82-0.84x. num_steps must be a multiple of
+    it (or smaller: then one sequence is a whole rollout)."""
     total_frames: int = 1_000_000
     """environment frames to train for (all environments together)."""
     num_steps: int = 128
@@ -129,9 +136,17 @@ class PPOConfig:
         for name in ('total_frames', 'num_steps', 'update_epochs', 'minibatch_size', 'torch_threads'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
+        if self.bptt_steps < 1 or self.recurrent and self.num_steps % self.sequence_length:
+            raise ValueError(f'bptt_steps must be at least 1 and divide num_steps ({self.num_steps}), '
+                             f'got {self.bptt_steps}')
         if not 0 < self.learning_rate < 1:
             raise ValueError(f'learning_rate must be in (0, 1), got {self.learning_rate}')
         torch_device(self.device)  # a clear error now, not at the first update
+
+    @property
+    def sequence_length(self) -> int:
+        """Consecutive steps of one env a minibatch sequence holds: 1 for a reactive policy."""
+        return min(self.bptt_steps, self.num_steps) if self.recurrent else 1
 
 
 COMPILE_FROM_FRAMES = 200_000
@@ -325,11 +340,10 @@ class PPOLearner:
         (call record() next; a teacher's suggestion for it comes through attach_teacher())."""
         s = self.storage
         t, envs = s.steps[group], s.columns(group)
-        if t == 0:
-            s.initial_state[envs] = self.state[envs].cpu().numpy()
         starts = torch.from_numpy(self.starts[envs]).to(self.device)
-        dist, values, self.state[envs] = self.policy.distribution(
-            torch.from_numpy(obs).to(self.device), self.state[envs] * (1.0 - starts).unsqueeze(-1))
+        state = self.state[envs] * (1.0 - starts).unsqueeze(-1)
+        s.states[t, envs] = state.cpu().numpy()
+        dist, values, self.state[envs] = self.policy.distribution(torch.from_numpy(obs).to(self.device), state)
         actions = dist.sample()
         s.starts[t, envs] = self.starts[envs]
         s.obs[t, envs] = obs
@@ -390,7 +404,7 @@ class PPOLearner:
         stats = {k: [] for k in ('policy_loss', 'value_loss', 'entropy', 'distill_loss', 'approx_kl', 'clipfrac')}
         skipped = 0
         for _ in range(cfg.update_epochs):
-            for mb in s.minibatches(advantages, returns, cfg.minibatch_size, self.rng, self.device):
+            for mb in s.minibatches(advantages, returns, cfg.minibatch_size, cfg.sequence_length, self.rng, self.device):
                 logits, new_values = self.policy.unroll(mb.obs, mb.state, mb.starts)
                 dist = Categorical(logits=logits)
                 logratio = dist.log_prob(mb.actions) - mb.logprobs

@@ -32,11 +32,11 @@ def compute_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last
 
 
 class Minibatch(NamedTuple):
-    """Samples as sequences (T, B, ...): a recurrent policy's are whole env trajectories of the
-    rollout (T = its steps) from their first state; a reactive policy's are single steps (T = 1)."""
+    """Samples as sequences (L, B, ...) of L consecutive steps of one env each, from the state the
+    policy acted from at each sequence's first step: L = 1 for a reactive policy (single samples)."""
 
-    state: torch.Tensor  # (B, H) at each sequence's start (H = 0: a reactive policy)
-    starts: torch.Tensor  # (T, B) 1 where an episode starts: the state is zeroed before that step
+    state: torch.Tensor  # (B, H) the acting state at each sequence's first step (H = 0: a reactive policy)
+    starts: torch.Tensor  # (L, B) 1 where an episode starts: the state is zeroed before that step
     obs: torch.Tensor
     actions: torch.Tensor
     logprobs: torch.Tensor
@@ -67,7 +67,7 @@ class RolloutStorage:
         self.teacher_probs = np.zeros(shape + (num_actions,), np.float32)
         self.teacher_mask = np.zeros(shape, np.float32)
         self.starts = np.zeros(shape, np.float32)
-        self.initial_state = np.zeros((num_envs, state_size), np.float32)  # the policy's state at step 0
+        self.states = np.zeros(shape + (state_size,), np.float32)  # what the policy acted from (zeros at a start)
         self.steps = [0] * num_groups  # per group, the next step to fill
 
     def columns(self, group: int) -> slice:
@@ -80,26 +80,29 @@ class RolloutStorage:
     def full(self) -> bool:
         return all(step == self.num_steps for step in self.steps)
 
-    def minibatches(self, advantages: np.ndarray, returns: np.ndarray, minibatch_size: int,
+    def minibatches(self, advantages: np.ndarray, returns: np.ndarray, minibatch_size: int, sequence: int,
                     rng: np.random.Generator, device: torch.device | str = 'cpu'):
-        """Shuffled minibatches of about `minibatch_size` samples, as torch tensors on `device`:
-        single samples for a reactive policy, whole env columns (with their initial states) for a
-        recurrent one (CleanRL's ppo_atari_lstm)."""
-        per_step = {'starts': self.starts, 'obs': self.obs, 'actions': self.actions, 'logprobs': self.logprobs,
-                    'advantages': advantages, 'returns': returns, 'values': self.values,
-                    'teacher_probs': self.teacher_probs, 'teacher_mask': self.teacher_mask}
-        if self.initial_state.shape[1]:
-            envs = max(1, minibatch_size // self.num_steps)
-            order = rng.permutation(self.num_envs)
-            for start in range(0, self.num_envs, envs):
-                index = order[start:start + envs]
-                yield Minibatch(torch.from_numpy(self.initial_state[index]).to(device),
-                                **{k: torch.from_numpy(v[:, index]).to(device) for k, v in per_step.items()})
-            return
-        total = self.num_steps * self.num_envs
-        order = rng.permutation(total)
-        for start in range(0, total, minibatch_size):
-            index = order[start:start + minibatch_size]
-            yield Minibatch(torch.zeros(len(index), 0, device=device),
-                            **{k: torch.from_numpy(v.reshape(total, *v.shape[2:])[index][None]).to(device)
-                               for k, v in per_step.items()})
+        """One epoch of shuffled minibatches of about `minibatch_size` samples, as torch tensors on
+        `device`: sequences of `sequence` consecutive steps of one env (the rollout cut into aligned
+        chunks, each sample in one), several envs mixed in a minibatch, each with the state stored
+        at its first step (truncated back-propagation through time, as Sample Factory's
+        `recurrence`). sequence = 1: single samples (a reactive policy)."""
+        if sequence < 1 or self.num_steps % sequence:
+            raise ValueError(f'a rollout of {self.num_steps} steps does not cut into sequences of {sequence}')
+        chunks = self.num_steps // sequence
+
+        def by_chunk(v: np.ndarray) -> np.ndarray:  # (T, N, ...) -> (L, chunks * N, ...)
+            return v.reshape(chunks, sequence, *v.shape[1:]).swapaxes(0, 1).reshape(
+                sequence, chunks * self.num_envs, *v.shape[2:])
+
+        per_step = {k: by_chunk(v) for k, v in (
+            ('starts', self.starts), ('obs', self.obs), ('actions', self.actions), ('logprobs', self.logprobs),
+            ('advantages', advantages), ('returns', returns), ('values', self.values),
+            ('teacher_probs', self.teacher_probs), ('teacher_mask', self.teacher_mask))}
+        first_states = self.states[::sequence].reshape(chunks * self.num_envs, self.states.shape[-1])
+        per_minibatch = max(1, minibatch_size // sequence)
+        order = rng.permutation(chunks * self.num_envs)
+        for start in range(0, len(order), per_minibatch):
+            index = order[start:start + per_minibatch]
+            yield Minibatch(torch.from_numpy(first_states[index]).to(device),
+                            **{k: torch.from_numpy(v[:, index]).to(device) for k, v in per_step.items()})
