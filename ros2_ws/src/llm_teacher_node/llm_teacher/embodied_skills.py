@@ -157,9 +157,7 @@ class EmbodiedSkills:
                 return self.turn(perception, bearing > 0) if abs(bearing) > self.turn_angle / 2 else FORWARD
         else:
             goal = to_target <= GOAL_REACH
-            # By sight: the last bit, and all the way whenever the target is in view and the
-            # straight way to it is clear (what a camera student can copy).
-            if distance <= SIGHT or goal[robot] or target.visible and self._clear_line(perception, (tx, ty)):
+            if distance <= SIGHT or goal[robot]:  # the last bit by sight
                 if abs(bearing) > self.turn_angle / 2:
                     return self.turn(perception, bearing > 0)
                 return PICKUP if option.verb == 'pick up' and distance <= REACH else FORWARD
@@ -243,27 +241,6 @@ class EmbodiedSkills:
         if not blocked_ahead(perception, -BUMP_AHEAD):
             return BACK
         return TURN_RIGHT if left else TURN_LEFT
-
-    def _clear_line(self, perception: Perception, target: tuple[float, float]) -> bool:
-        """Whether the straight line to within GOAL_REACH of `target` (a map point) crosses only
-        known free cells clear of obstacles and other objects (no clearance kept; the variant
-        with a robot radius of clearance tests the second level of `passable` instead)."""
-        grid = perception.occupancy
-        blocked = grid.cells == OCCUPIED
-        cx, cy = grid.centre_of(*np.indices(grid.cells.shape))
-        for obj in perception.objects:
-            ox, oy = self._to_map(perception, obj.forward, obj.left)
-            blocked |= np.hypot(cx - ox, cy - oy) <= OBJECT_RADIUS
-        blocked &= np.hypot(cx - target[0], cy - target[1]) > TARGET_FOOTPRINT
-        passable = (grid.cells == FREE) & ~blocked
-        passable[grid.cell_of(perception.x, perception.y)] = True
-        dx, dy = target[0] - perception.x, target[1] - perception.y
-        length = math.hypot(dx, dy)
-        for s in np.arange(0.0, max(length - GOAL_REACH, 0.0), grid.resolution / 2):
-            i, j = grid.cell_of(perception.x + dx * s / length, perception.y + dy * s / length)
-            if not (0 <= i < passable.shape[0] and 0 <= j < passable.shape[1] and passable[i, j]):
-                return False
-        return True
 
     def _clear_way(self, perception: Perception, target, x, y):
         """Whether a held object pushed straight from (x, y) (map points) to `target` passes clear
