@@ -80,9 +80,10 @@ class PPOConfig:
     """with `recurrent`: steps a minibatch sequence holds (truncated back-propagation through time,
     Sample Factory's `recurrence`): the update unrolls the GRU over chunks of this many consecutive
     steps of one env, each from the state the policy acted from at its first step, instead of over
-    whole rollouts. GRU 128 on SimpleDoorKey, frames/s of the reactive student's: whole 128-step
-    rollouts 0.49-0.62x, 32 steps 0.69-0.74x, 16 steps 0.82-0.84x. num_steps must be a multiple of
-    it (or smaller: then one sequence is a whole rollout)."""
+    whole rollouts. GRU 128 on SimpleDoorKey, frames/s of the reactive student's (4 rounds, shared
+    2-core machine): 16 steps 0.82-1.00x, 32 steps 0.69-0.96x, whole 128-step rollouts 0.49-0.65x;
+    16 learnt as fast as whole rollouts (docs/results.md). num_steps must be a multiple of it (or
+    smaller: then one sequence is a whole rollout)."""
     total_frames: int = 1_000_000
     """environment frames to train for (all environments together)."""
     num_steps: int = 128
