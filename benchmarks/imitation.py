@@ -30,6 +30,7 @@ from llm_teacher.embodied_skills import EmbodiedSkills
 from llm_teacher.scripted_options import scripted_option
 from llm_teacher_common.perception import OCCUPIED, UNKNOWN, Perception
 from llm_teacher_common.stats import rate_text
+from student_policy.networks import ImageEncoder
 
 EVAL_SEED = 20_000  # closed-loop seeds; training episodes come from seeds 0.. and their streams
 CROP_CELLS, CROP_RESOLUTIONS = 48, (0.25, 0.5)  # the map input: 12 m and 24 m square round the robot
@@ -74,6 +75,13 @@ def _crop(perception: Perception, cells: int, resolution: float) -> np.ndarray:
     return encoded.reshape(cells, sub, cells, sub).max(axis=(1, 3))[..., None]
 
 
+def map_inputs(perceptions: list[Perception], use_map: str) -> np.ndarray | None:
+    """The map input of each robot (see map_crop), (N, cells, cells, C); None without one."""
+    if not use_map:
+        return None
+    return np.stack([map_crop(p, mark_target=use_map == 'target') for p in perceptions])
+
+
 def target_in_view(perception: Perception, option) -> bool:
     return any(o.visible and o.type == option.type and o.color == option.color for o in perception.objects)
 
@@ -92,9 +100,8 @@ class Teacher:
 # -- students ------------------------------------------------------------------------------------
 
 def atari_cnn(channels: int) -> nn.Module:
-    """CleanRL's Atari CNN (Nature DQN): 48x48 -> 2x2 features."""
-    return nn.Sequential(nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-                         nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten())
+    """The student's own camera CNN (networks.ImageEncoder: CleanRL's Atari CNN): 48x48 -> 2x2 features."""
+    return ImageEncoder((48, 48, channels)).cnn
 
 
 def small_cnn(channels: int) -> nn.Module:
@@ -205,7 +212,7 @@ def collect(envs: EmbodiedVecEnv, teacher: Teacher, data: Dataset, frames: int, 
     target = len(data) + frames
     while len(data) < target:
         labels = [teacher(p) for p in step.perceptions]
-        crops = np.stack([map_crop(p, mark_target=use_map == 'target') for p in step.perceptions]) if use_map else None
+        crops = map_inputs(step.perceptions, use_map)
         actions = np.array([int(np.argmax(probs)) for probs, _, _ in labels])
         if student is not None:
             with torch.no_grad():
@@ -256,9 +263,8 @@ def batches(data_arrays, sequences: list[list[int]], batch: int, rng, shuffle=Tr
                torch.from_numpy(probs[index]), torch.from_numpy(mask), torch.from_numpy(starts), index)
 
 
-def train(student: Student, data: Dataset, train_episodes, epochs: int, lr: float, chunk: int, rng) -> float:
+def train(student: Student, arrays, train_episodes, epochs: int, lr: float, chunk: int, rng) -> float:
     """Cross-entropy to the teacher's distribution, minibatches of ~256 steps."""
-    arrays = data.arrays()
     sequences = chunks(train_episodes, chunk)
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
     for _ in range(epochs):
@@ -274,9 +280,8 @@ def train(student: Student, data: Dataset, train_episodes, epochs: int, lr: floa
     return float(np.mean(losses))
 
 
-def agreement(student: Student, data: Dataset, episodes, rng) -> dict:
+def agreement(student: Student, arrays, episodes, rng) -> dict:
     """Share of held-out steps where the student's argmax is the teacher's, overall and split."""
-    arrays = data.arrays()
     verbs, visible = arrays[3], arrays[4]
     hits, where = [], []
     with torch.no_grad():
@@ -311,7 +316,8 @@ def closed_loop(student: Student, task: str, size: int, episodes: int, use_map: 
     state = student.initial_state(n)
     with torch.no_grad():
         while (np.arange(n) + n * played < episodes).any():
-            crops = torch.from_numpy(np.stack([map_crop(p, mark_target=use_map == 'target') for p in step.perceptions])) if use_map else None
+            crops = map_inputs(step.perceptions, use_map)
+            crops = None if crops is None else torch.from_numpy(crops)
             logits, state = student.step(torch.from_numpy(step.observations), crops, state)
             actions = logits.argmax(-1).numpy()
             if student_does != 'all':
@@ -382,10 +388,11 @@ def main():
         train_episodes = [e for e in data.episodes if id(e) not in held]
         start = time.perf_counter()
         epochs = args.dagger_epochs if round_ and args.dagger_epochs else args.epochs
-        loss = train(student, data, train_episodes, epochs, args.lr, args.chunk or (64 if args.recurrent else 1), rng)
+        arrays = data.arrays()  # ~1 GB at 100k frames: stacked once a round
+        loss = train(student, arrays, train_episodes, epochs, args.lr, args.chunk or (64 if args.recurrent else 1), rng)
         seconds = round(time.perf_counter() - start)
         result = {'stage': f'round {round_}', 'frames': len(data), 'loss': round(loss, 3), 'train_seconds': seconds,
-                  **agreement(student, data, held_out, rng)}
+                  **agreement(student, arrays, held_out, rng)}
         start = time.perf_counter()
         result.update(closed_loop(student, args.task, args.size, args.eval_episodes, args.map))
         if args.hybrid:
