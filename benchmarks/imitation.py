@@ -30,7 +30,8 @@ from llm_teacher.embodied_skills import EmbodiedSkills
 from llm_teacher.scripted_options import scripted_option
 from llm_teacher_common.perception import OCCUPIED, UNKNOWN, Perception
 from llm_teacher_common.stats import rate_text
-from student_policy.networks import ImageEncoder
+from student_deploy.missions import MissionVocabulary
+from student_policy.networks import ImageEncoder, MissionEncoder
 
 EVAL_SEED = 20_000  # closed-loop seeds; training episodes come from seeds 0.. and their streams
 CROP_CELLS, CROP_RESOLUTIONS = 48, (0.25, 0.5)  # the map input: 12 m and 24 m square round the robot
@@ -140,41 +141,48 @@ def crop_channels(use_map: str) -> int:
 
 
 class Student(nn.Module):
-    """Camera (and optionally the map crop) -> features -> (GRU) -> action logits."""
+    """Camera (and optionally the map crop, the mission) -> features -> (GRU) -> action logits."""
 
-    def __init__(self, obs_shape, num_actions: int, encoder: str, use_map: str, recurrent: int, features: int = 256):
+    def __init__(self, obs_shape, num_actions: int, encoder: str, use_map: str, recurrent: int, mission: bool = False,
+                 features: int = 256):
         super().__init__()
         height, width, channels = obs_shape
         self.camera = ENCODERS[encoder](channels)
         self.map = small_cnn(crop_channels(use_map)) if use_map else None
+        self.mission = MissionEncoder() if mission else None  # the student's own (student_policy.networks)
         with torch.no_grad():
             flat = self.camera(torch.zeros(1, channels, height, width)).shape[1]
             if self.map is not None:
                 flat += self.map(torch.zeros(1, crop_channels(use_map), CROP_CELLS, CROP_CELLS)).shape[1]
+            if self.mission is not None:
+                flat += self.mission.features
         self.head = nn.Sequential(nn.Linear(flat, features), nn.ReLU())
         self.recurrent = recurrent
         self.core = nn.GRUCell(features, recurrent) if recurrent else None
         self.actor = nn.Linear(recurrent or features, num_actions)
 
-    def encode(self, obs, crop):
+    def encode(self, obs, crop, mission):
         x = self.camera(obs.permute(0, 3, 1, 2).float() / 255.0)
         if self.map is not None:
             x = torch.cat([x, self.map(crop.permute(0, 3, 1, 2).float() / 255.0)], dim=1)
+        if self.mission is not None:
+            x = torch.cat([x, self.mission(mission)], dim=1)
         return self.head(x)
 
     def initial_state(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, self.recurrent)
 
-    def step(self, obs, crop, state):
-        features = self.encode(obs, crop)
+    def step(self, obs, crop, mission, state):
+        features = self.encode(obs, crop, mission)
         if self.core is not None:
             state = features = self.core(features, state)
         return self.actor(features), state
 
-    def unroll(self, obs, crop, starts):
+    def unroll(self, obs, crop, mission, starts):
         """Logits (T, B, A) of sequences (T, B, ...) from a zero state, reset where starts marks one."""
         steps, batch = obs.shape[:2]
-        features = self.encode(obs.flatten(0, 1), None if crop is None else crop.flatten(0, 1)).view(steps, batch, -1)
+        flat = [None if x is None else x.flatten(0, 1) for x in (crop, mission)]
+        features = self.encode(obs.flatten(0, 1), *flat).view(steps, batch, -1)
         if self.core is not None:
             state, outputs = self.initial_state(batch), []
             for t in range(steps):
@@ -190,15 +198,16 @@ class Dataset:
     """Teacher-labelled steps, grouped by episode (each a run of consecutive steps of one robot)."""
 
     def __init__(self):
-        self.obs, self.crops, self.probs, self.verbs, self.visible = [], [], [], [], []
+        self.obs, self.crops, self.missions, self.probs, self.verbs, self.visible = [], [], [], [], [], []
         self.episodes: list[list[int]] = []  # step indices of each episode, in order
+        self.vocabulary = MissionVocabulary()
 
     def __len__(self):
         return len(self.obs)
 
     def arrays(self):
         return (np.stack(self.obs), np.stack(self.crops) if self.crops else None, np.stack(self.probs),
-                np.array(self.verbs), np.array(self.visible))
+                np.array(self.verbs), np.array(self.visible), np.stack(self.missions))
 
 
 def collect(envs: EmbodiedVecEnv, teacher: Teacher, data: Dataset, frames: int, seed: int, use_map: str,
@@ -213,11 +222,13 @@ def collect(envs: EmbodiedVecEnv, teacher: Teacher, data: Dataset, frames: int, 
     while len(data) < target:
         labels = [teacher(p) for p in step.perceptions]
         crops = map_inputs(step.perceptions, use_map)
+        missions = data.vocabulary.encode(step.missions, grow=True)
         actions = np.array([int(np.argmax(probs)) for probs, _, _ in labels])
         if student is not None:
             with torch.no_grad():
                 logits, state = student.step(torch.from_numpy(step.observations),
-                                             None if crops is None else torch.from_numpy(crops), state)
+                                             None if crops is None else torch.from_numpy(crops),
+                                             torch.from_numpy(missions), state)
             mine = logits.argmax(-1).numpy()
             actions = np.where(rng.random(envs.num_envs) < beta, actions, mine)
         for i, (probs, verb, visible) in enumerate(labels):
@@ -225,6 +236,7 @@ def collect(envs: EmbodiedVecEnv, teacher: Teacher, data: Dataset, frames: int, 
             data.obs.append(step.observations[i])
             if use_map:
                 data.crops.append(crops[i])
+            data.missions.append(missions[i])
             data.probs.append(probs)
             data.verbs.append(verb)
             data.visible.append(visible)
@@ -247,8 +259,9 @@ def chunks(episodes: list[list[int]], length: int) -> list[list[int]]:
 
 
 def batches(data_arrays, sequences: list[list[int]], batch: int, rng, shuffle=True):
-    """(obs, crops, probs, mask, starts, index) of `batch` sequences, padded to the longest, time first."""
-    obs, crops, probs = data_arrays[:3]
+    """(obs, crops, missions, probs, mask, starts, index) of `batch` sequences, padded to the longest,
+    time first."""
+    obs, crops, probs, missions = *data_arrays[:3], data_arrays[5]
     order = rng.permutation(len(sequences)) if shuffle else np.arange(len(sequences))
     for k in range(0, len(order), batch):
         chosen = [sequences[e] for e in order[k:k + batch]]
@@ -260,7 +273,8 @@ def batches(data_arrays, sequences: list[list[int]], batch: int, rng, shuffle=Tr
         starts = np.zeros((length, len(chosen)), np.float32)
         starts[0] = 1.0
         yield (torch.from_numpy(obs[index]), None if crops is None else torch.from_numpy(crops[index]),
-               torch.from_numpy(probs[index]), torch.from_numpy(mask), torch.from_numpy(starts), index)
+               torch.from_numpy(missions[index]), torch.from_numpy(probs[index]), torch.from_numpy(mask),
+               torch.from_numpy(starts), index)
 
 
 def train(student: Student, arrays, train_episodes, epochs: int, lr: float, chunk: int, rng) -> float:
@@ -269,8 +283,8 @@ def train(student: Student, arrays, train_episodes, epochs: int, lr: float, chun
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
     for _ in range(epochs):
         losses = []
-        for obs, crops, probs, mask, starts, _ in batches(arrays, sequences, max(256 // chunk, 1), rng):
-            logits = student.unroll(obs, crops, starts)
+        for obs, crops, missions, probs, mask, starts, _ in batches(arrays, sequences, max(256 // chunk, 1), rng):
+            logits = student.unroll(obs, crops, missions, starts)
             loss = -(probs * torch.log_softmax(logits, -1)).sum(-1)[mask].mean()
             optimizer.zero_grad()
             loss.backward()
@@ -285,8 +299,8 @@ def agreement(student: Student, arrays, episodes, rng) -> dict:
     verbs, visible = arrays[3], arrays[4]
     hits, where = [], []
     with torch.no_grad():
-        for obs, crops, probs, mask, starts, index in batches(arrays, episodes, 8, rng, shuffle=False):
-            logits = student.unroll(obs, crops, starts)
+        for obs, crops, missions, probs, mask, starts, index in batches(arrays, episodes, 8, rng, shuffle=False):
+            logits = student.unroll(obs, crops, missions, starts)
             same = (logits.argmax(-1) == probs.argmax(-1))[mask].numpy()
             hits.append(same)
             where.append(index[mask.numpy()])
@@ -302,8 +316,8 @@ def agreement(student: Student, arrays, episodes, rng) -> dict:
     return out
 
 
-def closed_loop(student: Student, task: str, size: int, episodes: int, use_map: str, teacher: Teacher | None = None,
-                student_does: str = 'all', num_envs: int = 10) -> dict:
+def closed_loop(student: Student, task: str, size: int, episodes: int, use_map: str, vocabulary: MissionVocabulary,
+                teacher: Teacher | None = None, student_does: str = 'all', num_envs: int = 10) -> dict:
     """Greedy success over seeds EVAL_SEED.. (never seen in training). student_does 'explore' or
     'go to': the student acts only while the teacher does that, the teacher in the other steps
     (which part of the task the student fails)."""
@@ -318,7 +332,8 @@ def closed_loop(student: Student, task: str, size: int, episodes: int, use_map: 
         while (np.arange(n) + n * played < episodes).any():
             crops = map_inputs(step.perceptions, use_map)
             crops = None if crops is None else torch.from_numpy(crops)
-            logits, state = student.step(torch.from_numpy(step.observations), crops, state)
+            missions = torch.from_numpy(vocabulary.encode(step.missions))
+            logits, state = student.step(torch.from_numpy(step.observations), crops, missions, state)
             actions = logits.argmax(-1).numpy()
             if student_does != 'all':
                 for i, perception in enumerate(step.perceptions):
@@ -349,6 +364,8 @@ def main():
                         help='the occupancy map crop as a second input; "--map target" marks the object the '
                              'mission names in it too')
     parser.add_argument('--recurrent', type=int, default=0, help='GRU size (0: reactive)')
+    parser.add_argument('--mission', action='store_true', help="the student reads the mission (the student's "
+                        'mission encoder, networks.MissionEncoder): GoToObject names its target only there')
     parser.add_argument('--epochs', type=int, default=8)
     parser.add_argument('--chunk', type=int, default=0, help='steps per training sequence (default: 1 reactive, 64 recurrent)')
     parser.add_argument('--lr', type=float, default=5e-4)
@@ -374,7 +391,8 @@ def main():
               'seconds': round(time.perf_counter() - start)}
     print(json.dumps(report), flush=True)
     held_out = [e for k, e in enumerate(data.episodes) if k % 10 == 0]
-    student = Student(envs.observation_space.shape, envs.num_actions, args.encoder, args.map, args.recurrent)
+    student = Student(envs.observation_space.shape, envs.num_actions, args.encoder, args.map, args.recurrent,
+                      args.mission)
     results = []
     for round_ in range(args.dagger + 1):
         if round_:
@@ -394,10 +412,11 @@ def main():
         result = {'stage': f'round {round_}', 'frames': len(data), 'loss': round(loss, 3), 'train_seconds': seconds,
                   **agreement(student, arrays, held_out, rng)}
         start = time.perf_counter()
-        result.update(closed_loop(student, args.task, args.size, args.eval_episodes, args.map))
+        result.update(closed_loop(student, args.task, args.size, args.eval_episodes, args.map, data.vocabulary))
         if args.hybrid:
             for part in ('explore', 'go to'):
-                result.update(closed_loop(student, args.task, args.size, args.eval_episodes, args.map, teacher, part))
+                result.update(closed_loop(student, args.task, args.size, args.eval_episodes, args.map, data.vocabulary,
+                                          teacher, part))
         result['eval_seconds'] = round(time.perf_counter() - start)
         results.append(result)
         print(json.dumps(result), flush=True)

@@ -117,9 +117,10 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
         if len(curve) % 10 == 0:
             print(f'{task} {arm} seed {seed}: {learner.frames} frames, success {curve[-1][1]:.2f}', flush=True)
         return True
-    learner = train(PPOConfig(total_frames=frames, seed=seed, teacher=schedule, device=job.get('device', 'cpu'),
-                              recurrent=job.get('recurrent', 0), **(EMBODIED_CONFIG if embodied else {})), envs,
-                    teacher=suggest, callbacks=[record])
+    config = PPOConfig(total_frames=frames, seed=seed, teacher=schedule, device=job.get('device', 'cpu'),
+                       recurrent=job.get('recurrent', 0), mission=job.get('mission', False),
+                       **(EMBODIED_CONFIG if embodied else {}))
+    learner = train(config, envs, teacher=suggest, callbacks=[record])
     envs.close()
     if policy_path is not None:
         from student_policy.checkpoints import export_policy
@@ -276,6 +277,8 @@ def main():
                         help='embodied tasks: camera pixels (square) the student sees; see embodied_throughput.py')
     parser.add_argument('--recurrent', type=int, default=0,
                         help="units of the students' GRU memory (PPOConfig.recurrent); 0: reactive students")
+    parser.add_argument('--mission', action='store_true',
+                        help='the students read the mission text too (PPOConfig.mission): tasks whose mission varies')
     parser.add_argument('--device', default='cpu', help="the students' torch device (cuda: on a GPU machine)")
     parser.add_argument('--envs', type=int, help='environments (robots) per job (default: 16 MiniGrid, 8 embodied)')
     parser.add_argument('--summarise', action='store_true',
@@ -299,7 +302,8 @@ def main():
         jobs = [{**job, 'prompt': prompt} for job in jobs]  # the text, not the path: an edited file is another study
     # Settings away from their defaults go into every job; at the default they stay absent, so the
     # studies run before an option existed resume.
-    optional = {'device': (args.device, 'cpu'), 'envs': (args.envs, None), 'recurrent': (args.recurrent, 0)}
+    optional = {'device': (args.device, 'cpu'), 'envs': (args.envs, None), 'recurrent': (args.recurrent, 0),
+                'mission': (args.mission, False)}
     settings = {key: value for key, (value, default) in optional.items() if value != default}
     jobs = [{**job, **settings} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings

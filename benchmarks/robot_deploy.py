@@ -43,7 +43,7 @@ TASK = 'MiniWorld-GoToObject-v0'
 SEED = 30_000  # not a training or evaluation seed of any run
 
 
-def train_student(path: Path, frames: int) -> None:
+def train_student(path: Path, frames: int, mission: bool) -> None:
     """PPO with the privileged expert as a one-hot teacher at a constant weight of 10 (the
     distillation term dominates: imitation on the student's own states, as DAgger): a quick camera
     policy for this benchmark, exported to `path`."""
@@ -66,7 +66,8 @@ def train_student(path: Path, frames: int) -> None:
         if learner.updates % 10 == 0:
             export_policy(path, learner.policy, TASK)
         return True
-    config = PPOConfig(encoder='image', total_frames=frames, num_steps=64, minibatch_size=128, learning_rate=5e-4,
+    config = PPOConfig(encoder='image', mission=mission, total_frames=frames, num_steps=64, minibatch_size=128,
+                       learning_rate=5e-4,
                        teacher=TeacherSchedule(initial=10.0, final=10.0, decay_frames=1, off_frames=10**9))
     learner = train(config, envs, teacher=teacher, callbacks=[progress])
     export_policy(path, learner.policy, TASK)
@@ -81,6 +82,7 @@ def in_process(path: Path, episodes: int, greedy: bool) -> list[bool]:
     results = []
     for k in range(episodes):
         step = envs.reset(seed=SEED + k)
+        controller.set_mission(step.missions[0])  # as robot_sim_node's mission topic tells the node
         while True:
             action, _ = controller.act(step.observations[0])
             step = envs.step(np.array([action]))
@@ -130,11 +132,13 @@ def main() -> None:
     parser.add_argument('--rate-hz', type=float, default=20.0, help='sim and control rate of the success run')
     parser.add_argument('--latency-seconds', type=float, default=60.0)
     parser.add_argument('--sample', action='store_true', help='sampled actions (seeded) instead of greedy')
+    parser.add_argument('--mission', action='store_true',
+                        help='a policy trained here reads the mission (robot_sim_node publishes it on `mission`)')
     args = parser.parse_args()
     torch.set_num_threads(1)
     executable_path('student_deploy', 'robot_policy_node')  # fails early with a clear message if not built
     if not args.policy.exists():
-        train_student(args.policy, args.train_frames)
+        train_student(args.policy, args.train_frames, args.mission)
     greedy = not args.sample
     local = in_process(args.policy, args.episodes, greedy)
     print(f'in-process: {sum(local)}/{len(local)} episodes succeeded', flush=True)

@@ -17,6 +17,7 @@ ARGUMENTS = {
     'rgb': ('camera/image_raw', "The robot's colour image topic (sensor_msgs/Image rgb8/bgr8)"),
     'depth': ('camera/depth/image_raw', "The robot's depth image topic (sensor_msgs/Image 32FC1 m or 16UC1 mm)"),
     'cmd_vel': ('cmd_vel', 'Where velocity commands go (geometry_msgs/Twist)'),
+    'mission': ('mission', 'Where the mission comes from (std_msgs/String), for a policy that reads one'),
     'control_rate_hz': ('10.0', 'Actions per second; one action is carried out in 1 / rate s'),
     'device': ('cpu', 'cpu or cuda'),
     'observations': ('step_batch', 'robot:=false: topic of the observation batches (llm_teacher_msgs/StepBatch)'),
@@ -31,7 +32,7 @@ def nodes(args: dict) -> list:
                                      {'policy_path': args['policy_path'], 'device': args['device'],
                                       'control_rate_hz': float(args['control_rate_hz'])}],
                          remappings=[('camera/image_raw', args['rgb']), ('camera/depth/image_raw', args['depth']),
-                                     ('cmd_vel', args['cmd_vel'])])]
+                                     ('cmd_vel', args['cmd_vel']), ('mission', args['mission'])])]
     return [NodeSpec('student_deploy', 'policy_node', 'policy_node',
                      parameters=[CONFIG / 'policy_node.yaml', {'policy_path': args['policy_path']}],
                      remappings=[('step_batch', args['observations']), ('action_batch', args['actions'])])]

@@ -8,7 +8,7 @@ import torch
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from student_policy.callbacks import EvalCallback
 from student_policy.checkpoints import CheckpointError, load_learner, save_checkpoint
-from student_policy.evaluate import evaluate
+from student_policy.evaluate import LOOP_WINDOW, ends_in_loop, evaluate
 from student_policy.networks import ActorCritic
 from student_policy.lockstep import train
 from student_policy.ppo import PAPER_SCHEDULE, PPOConfig, PPOLearner, TeacherSchedule
@@ -73,6 +73,21 @@ def test_evaluation_plays_one_episode_per_seed_however_many_envs_run_them():
     wide = evaluate(policy, 'MiniGrid-DoorKey-5x5-v0', 12, seed=500, num_envs=16)
     narrow = evaluate(policy, 'MiniGrid-DoorKey-5x5-v0', 12, seed=500, num_envs=5)
     assert wide == narrow and wide['episodes'] == 12
+
+
+def test_a_failure_that_repeats_a_short_cycle_of_actions_is_a_loop():
+    assert ends_in_loop([2, 0, 1] * 3 + [0, 1] * (LOOP_WINDOW // 2))  # left-right at the end
+    assert ends_in_loop([5] * LOOP_WINDOW)  # toggle facing a wall
+    assert ends_in_loop([0, 2, 2, 1] * 10)  # a cycle of 4
+    assert not ends_in_loop([0, 2, 2, 2, 1] * 10)  # of 5: a path, as far as this test can tell
+    assert not ends_in_loop([0, 1] * (LOOP_WINDOW // 2 - 1))  # too short to tell
+    # A policy that only turns left fails every episode, each one a loop.
+    left = ActorCritic((5, 5, 4), 7)
+    torch.nn.init.zeros_(left.actor.weight)
+    with torch.no_grad():
+        left.actor.bias.copy_(torch.tensor([9.0, 0, 0, 0, 0, 0, 0]))
+    result = evaluate(left, 'MiniGrid-DoorKey-5x5-v0', 4, seed=500)
+    assert result['success_rate'] == 0.0 and result['loops'] == 4
 
 
 def test_distillation_pulls_the_student_towards_the_teacher():

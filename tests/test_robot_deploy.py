@@ -1,8 +1,6 @@
 """The student on a robot: its own camera topics in, cmd_vel out, with no simulator, LLM or training
 library importable; the stand-in robot is robot_sim_node (MiniWorld) driven only through cmd_vel."""
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ from geometry_msgs.msg import Twist
 from llm_teacher_msgs.msg import ActionBatch
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
-from ros_helpers import spin_until
+from ros_helpers import robot_node, spin_until
 from sensor_msgs.msg import Image
 from std_msgs.msg import Empty
 
@@ -30,10 +28,6 @@ from student_deploy.robot_control import StampPairer, motion_mask
 
 TASK = 'MiniWorld-GoToObject-v0'
 LAUNCH = Path(__file__).resolve().parent.parent / 'launch'
-BLOCKED = ('gymnasium', 'minigrid', 'miniworld', 'transformers', 'habitat_bridge', 'stable_baselines3')
-# The robot node as a robot runs it: importing any of BLOCKED raises ImportError.
-ROBOT_NODE = (f'import sys; sys.modules.update(dict.fromkeys({BLOCKED!r})); '
-              'from student_deploy.robot_policy_node import main; main()')
 
 
 @pytest.fixture(scope='module')
@@ -45,14 +39,6 @@ def exported(tmp_path_factory):
 def spin_for(node, seconds: float) -> None:
     end = time.monotonic() + seconds
     spin_until(node, lambda: time.monotonic() > end, seconds + 5, 'time to pass')
-
-
-def robot_node(path, *params, log=None):
-    args = ['--ros-args', '-p', f'policy_path:={path}', '-p', 'control_rate_hz:=20.0']
-    for param in params:
-        args += ['-p', param]
-    return subprocess.Popen([sys.executable, '-c', ROBOT_NODE, *args], stdout=log or subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def test_observation_from_a_robots_topics_is_the_training_observation():
@@ -160,9 +146,18 @@ def test_robot_node_stops_the_robot_on_stale_sensors_and_on_shutdown(exported, r
 
 
 @pytest.mark.slow
-def test_closed_loop_actions_through_the_topics_equal_in_process_greedy_actions(exported, ros_node, tmp_path):
+@pytest.mark.parametrize('task', [TASK, 'MiniWorld-GoToRedBall-v0'])
+def test_closed_loop_actions_through_the_topics_equal_in_process_greedy_actions(exported, task, ros_node, tmp_path):
     """robot_sim_node is the robot (cmd_vel only); for more than a whole episode (GoToObject ends by
-    400 steps), each action the node took equals the in-process greedy action on the same frames."""
+    400 steps), each action the node took equals the in-process greedy action on the same frames.
+    On GoToRedBall the policy reads the mission, which the node takes from the sim's `mission` topic
+    (the same every episode there, so each action's mission is known)."""
+    mission = None
+    if task != TASK:
+        torch.manual_seed(5)
+        net = ActorCritic((64, 64, 4), 8, encoder='image', mission=True)
+        net.encode_missions(['go to the red ball'], grow=True)
+        exported, mission = export_policy(tmp_path / 'mission.pt', net, task), 'go to the red ball'
     frames = {'rgb': {}, 'depth': {}}
     actions, twists = [], []
     ros_node.create_subscription(Image, 'camera/image_raw', lambda m: frames['rgb'].__setitem__(Time.from_msg(m.header.stamp).nanoseconds, m), 1000)
@@ -170,7 +165,7 @@ def test_closed_loop_actions_through_the_topics_equal_in_process_greedy_actions(
     ros_node.create_subscription(ActionBatch, 'policy_action', actions.append, 1000)
     ros_node.create_subscription(Twist, 'cmd_vel', twists.append, 1000)
     sim = NodeSpec('habitat_bridge', 'robot_sim_node', 'robot_sim_node',
-                   parameters=[{'env': TASK, 'rate_hz': 20.0, 'seed': 7}])
+                   parameters=[{'env': task, 'rate_hz': 20.0, 'seed': 7}])
     logs = []
     with open(tmp_path / 'robot.log', 'w') as log, LaunchRunner([sim], log=logs.append):
         process = robot_node(exported, 'greedy:=true', 'max_linear:=10.0', 'max_angular:=10.0', log=log)
@@ -187,7 +182,8 @@ def test_closed_loop_actions_through_the_topics_equal_in_process_greedy_actions(
         if stamp not in frames['rgb'] or stamp not in frames['depth']:
             continue  # taken before this test's subscriptions matched
         obs = camera_observation(rgb_from_image(frames['rgb'][stamp]), depth_from_image(frames['depth'][stamp]), 'rgbd', (64, 64))
-        expected = int(policy.step(obs[None], policy.initial_state(1))[0][0].masked_fill(~mask, float('-inf')).argmax())
+        tokens = policy.encode_missions([mission]) if mission else None
+        expected = int(policy.step(obs[None], policy.initial_state(1), tokens)[0][0].masked_fill(~mask, float('-inf')).argmax())
         assert action.actions[0] == expected
         checked += 1
     assert checked >= 400
@@ -199,9 +195,11 @@ def test_closed_loop_actions_through_the_topics_equal_in_process_greedy_actions(
 
 def test_deploy_launch_takes_a_robots_topics():
     launch = load_launch_file(LAUNCH / 'deploy.launch.py')
-    spec, = launch.nodes(resolve_arguments(launch.ARGUMENTS, ['rgb:=/robot/rgb', 'depth:=/robot/depth', 'cmd_vel:=/robot/cmd_vel']))
+    spec, = launch.nodes(resolve_arguments(launch.ARGUMENTS, ['rgb:=/robot/rgb', 'depth:=/robot/depth', 'cmd_vel:=/robot/cmd_vel',
+                                                            'mission:=/robot/mission']))
     assert spec.executable == 'robot_policy_node'
-    assert {('camera/image_raw', '/robot/rgb'), ('camera/depth/image_raw', '/robot/depth'), ('cmd_vel', '/robot/cmd_vel')} <= set(spec.remappings)
+    assert {('camera/image_raw', '/robot/rgb'), ('camera/depth/image_raw', '/robot/depth'), ('cmd_vel', '/robot/cmd_vel'),
+            ('mission', '/robot/mission')} <= set(spec.remappings)
     grid, = launch.nodes(resolve_arguments(launch.ARGUMENTS, ['robot:=false', 'observations:=/robot/obs',
                                                             'actions:=/robot/cmd']))
     assert grid.executable == 'policy_node' and {('step_batch', '/robot/obs'), ('action_batch', '/robot/cmd')} <= set(grid.remappings)

@@ -245,7 +245,7 @@ def embodied(resolution: float) -> Perception:
 
 def batch(seq, perception, obs):
     step = VecStep(obs[None], np.zeros(1, np.float32), np.zeros(1, bool), np.zeros(1, bool), np.zeros(1, bool),
-                   np.zeros(1, np.int64), [perception])
+                   np.zeros(1, np.int64), [perception], [perception.mission])
     stamp = Time(sec=1)
     return step_batch_msg(step, seq, stamp, 'memory_map', 7), perception_batch_msg([perception], seq, stamp)
 

@@ -13,6 +13,7 @@ stamp:
     /tf, /tf_static                            map -> odom -> base_link -> camera_link -> camera_optical_frame
     perception                                 llm_teacher_msgs/Perception (what the teacher reads)
     map                                        nav_msgs/OccupancyGrid (the robot's map from depth and odometry)
+    mission                                    std_msgs/String: what the episode asks for ("go to the red ball")
 
 Commands: `action` (std_msgs/Int32, one discrete action, applied once) and `cmd_vel`
 (geometry_msgs/Twist, held until it is zero or older than cmd_vel_timeout; mapped to the nearest
@@ -29,7 +30,7 @@ from nav_msgs.msg import OccupancyGrid, Odometry
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Int32
+from std_msgs.msg import Int32, String
 from tf2_msgs.msg import TFMessage
 
 from llm_teacher_common.commands import MOTIONS, action_for_velocity, velocity_for_action
@@ -67,6 +68,7 @@ class RobotSimNode(Node):
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_publisher(TFMessage, '/tf_static', latched).publish(
             TFMessage(transforms=sensors.static_transforms(self.sim.camera, self.get_clock().now().to_msg())))
+        self.mission_pub = self.create_publisher(String, 'mission', 10)
         self.create_subscription(Int32, 'action', self.on_action, 10)
         self.create_subscription(Twist, 'cmd_vel', self.on_cmd_vel, 10)
         self.pending_action: int | None = None
@@ -116,6 +118,7 @@ class RobotSimNode(Node):
         self.odom_pub.publish(sensors.odometry_msg(step.pose, velocity, stamp))
         self.tf_pub.publish(TFMessage(transforms=sensors.dynamic_transforms(step.pose, stamp)))
         self.perception_pub.publish(perception_msg(step.perception))
+        self.mission_pub.publish(String(data=step.perception.mission))  # with every frame: a late listener hears it
         if step.perception.occupancy is not None:
             grid = occupancy_grid_msg(step.perception.occupancy)
             grid.header.stamp = stamp

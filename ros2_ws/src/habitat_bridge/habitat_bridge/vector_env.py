@@ -14,7 +14,7 @@ class VectorEnv:
     carries each env's episode id and (with perceive=True) its perception.
 
     Subclasses set self.envs and say how one env resets and steps (_reset_one, _step_one) and
-    what it perceives (_perception).
+    what it perceives (_perception) and is asked to do (_mission).
     """
 
     def __init__(self, num_envs: int, perceive: bool):
@@ -34,6 +34,9 @@ class VectorEnv:
     def _perception(self, i: int) -> Perception:
         raise NotImplementedError
 
+    def _mission(self, i: int) -> str:
+        raise NotImplementedError
+
     def reset(self, seed: int | None = None) -> VecStep:
         """Start a new episode everywhere: env i with seed + i, or its own random stream if None."""
         obs = [self._reset_one(i, None if seed is None else seed + i) for i in range(self.num_envs)]
@@ -41,7 +44,7 @@ class VectorEnv:
             self._episode_ids[i] = self._new_episode_id()
         zeros = np.zeros(self.num_envs, bool)
         return VecStep(np.stack(obs), np.zeros(self.num_envs, np.float32), zeros, zeros.copy(), zeros.copy(),
-                       self._episode_ids.copy(), self.perceptions())
+                       self._episode_ids.copy(), self.perceptions(), self.missions())
 
     def step(self, actions: np.ndarray, reset_seeds: np.ndarray | None = None) -> VecStep:
         """Step every env with its action; an env whose episode ends is reset in the same step,
@@ -56,10 +59,13 @@ class VectorEnv:
                 obs[i] = self._reset_one(i, None if reset_seeds is None else int(reset_seeds[i]))
                 self._episode_ids[i] = self._new_episode_id()
         return VecStep(np.stack(obs), rewards, terminated, truncated, success, self._episode_ids.copy(),
-                       self.perceptions())
+                       self.perceptions(), self.missions())
 
     def perceptions(self) -> list[Perception]:
         return [self._perception(i) for i in range(self.num_envs)] if self.perceive else []
+
+    def missions(self) -> list[str]:
+        return [self._mission(i) for i in range(self.num_envs)]
 
     def close(self) -> None:
         for env in self.envs:

@@ -34,6 +34,7 @@ def step_batch_msg(step: VecStep, seq: int, stamp: Time, obs_encoding: str, num_
     out.truncated = step.truncated.tolist()
     out.success = step.success.tolist()
     out.episode_ids = (step.episode_ids * num_groups + group).tolist()
+    out.missions = step.missions
     return out
 
 

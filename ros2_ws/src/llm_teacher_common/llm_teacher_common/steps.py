@@ -20,3 +20,4 @@ class VecStep:
     success: np.ndarray  # bool: the episode that ended here succeeded
     episode_ids: np.ndarray  # uint64: episode each observation belongs to
     perceptions: list[Perception]  # empty when the vector env was made with perceive=False
+    missions: list[str]  # what each env's episode asks for, in words ("go to the red ball")

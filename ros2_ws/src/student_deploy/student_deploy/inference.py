@@ -3,7 +3,8 @@ and numpy (onnxruntime for .onnx files), so a robot runs the policy with nothing
 simulation or the LLM installed.
 
 An export is the actor alone: obs (B, *obs_shape) uint8 -> action logits (B, A); a recurrent one
-takes its state too, (obs, state (B, H)) -> (logits, next state). Beside the weights it carries
+takes its state too, (obs, state (B, H)) -> (logits, next state), and one that reads the mission
+takes its token ids (B, L) last (student_deploy.missions). Beside the weights it carries
 what it was trained on (`PolicyInfo`), so a node can refuse a policy that does not fit its sensors
 or its robot before it drives anything.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from student_deploy.missions import MissionVocabulary
 
 INFO_FILE = 'policy.json'  # inside the TorchScript archive (_extra_files); beside an .onnx file as <name>.json
 ONNX_OPSET = 17
@@ -33,15 +36,20 @@ class PolicyInfo:
     """the task it was trained on ('' when not recorded)."""
     recurrent: int = 0
     """size H of its state (the GRU's units); 0: a reactive policy, whose state is empty."""
+    mission_words: tuple[str, ...] = ()
+    """the words of the missions it learnt from, in token id order (student_deploy.missions)."""
+    mission_length: int = 0
+    """tokens L of its mission input; 0: a policy that reads no mission."""
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), 'obs_shape': list(self.obs_shape)})
+        return json.dumps({**asdict(self), 'obs_shape': list(self.obs_shape), 'mission_words': list(self.mission_words)})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PolicyInfo:
         data = json.loads(text)
         return cls(tuple(data['obs_shape']), int(data['num_actions']), data['encoder'], data.get('task', ''),
-                   int(data.get('recurrent', 0)))
+                   int(data.get('recurrent', 0)), tuple(data.get('mission_words', ())),
+                   int(data.get('mission_length', 0)))
 
 
 def torch_device(name: str) -> torch.device:
@@ -76,6 +84,7 @@ class Policy:
             self._load_onnx()
         else:
             self._load_torchscript()
+        self.vocabulary = MissionVocabulary(self.info.mission_words) if self.reads_mission else None
 
     def _load_torchscript(self) -> None:
         # torch.jit.load runs the code inside the archive: a policy.pt is a program. Load only files
@@ -102,26 +111,49 @@ class Policy:
     def state_size(self) -> int:
         return self.info.recurrent if self.info is not None else 0
 
+    @property
+    def reads_mission(self) -> bool:
+        return self.info is not None and self.info.mission_length > 0
+
+    def encode_missions(self, texts: list[str]) -> torch.Tensor | None:
+        """Token ids (B, L) of mission texts; None for a policy that reads no mission.
+
+        :raises ValueError: a mission with words the policy never learnt (named), or too long.
+        """
+        if not self.reads_mission:
+            return None
+        return torch.from_numpy(self.vocabulary.encode(texts, strict=True))
+
     def initial_state(self, batch: int) -> torch.Tensor:
         """The state of `batch` robots at an episode's start (zeros; (batch, 0) for a reactive policy)."""
         return torch.zeros(batch, self.state_size)
 
     @torch.no_grad()
-    def step(self, obs: np.ndarray | torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, obs: np.ndarray | torch.Tensor, state: torch.Tensor,
+             mission: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(action logits (B, A), next state (B, H)) on the CPU, of observations (B, *obs_shape) uint8
-        and the state the last step returned (or initial_state)."""
+        and the state the last step returned (or initial_state); a policy that reads the mission
+        needs its token ids (encode_missions)."""
         recurrent = self.state_size > 0
+        if self.reads_mission and mission is None:
+            raise ValueError(f'{self.path} reads the mission: give its token ids (encode_missions)')
         if self._session is not None:
             feed = {'obs': np.ascontiguousarray(obs.numpy() if isinstance(obs, torch.Tensor) else obs, np.uint8)}
             if recurrent:
                 feed['state'] = np.ascontiguousarray(state.numpy(), np.float32)
+            if self.reads_mission:
+                feed['mission'] = np.ascontiguousarray(mission.numpy(), np.int64)
             out = self._session.run(None, feed)
             return torch.from_numpy(out[0]), torch.from_numpy(out[1]) if recurrent else state
-        obs = torch.as_tensor(obs).to(self.device)
+        inputs = [torch.as_tensor(obs).to(self.device)]
         if recurrent:
-            logits, state = self._module(obs, state.to(self.device))
-            return logits.float().cpu(), state.float().cpu()
-        return self._module(obs).float().cpu(), state
+            inputs.append(state.to(self.device))
+        if self.reads_mission:
+            inputs.append(mission.to(self.device))
+        out = self._module(*inputs)
+        if recurrent:
+            return out[0].float().cpu(), out[1].float().cpu()
+        return out.float().cpu(), state
 
 
 def load_policy(path: str | Path, device: str = 'cpu') -> Policy:

@@ -5,7 +5,8 @@ Loads an exported policy (run_dir/policy.pt or .onnx), and answers each observat
 `step_batch` with actions on `action_batch` (greedy, or sampled with greedy:=false). For a mobile
 robot it also publishes the action of environment `twist_env` as geometry_msgs/Twist on `cmd_vel`
 (mapping in llm_teacher_common.commands: the velocity that does the action in `step_duration` s,
-clipped to max_linear / max_angular). A recurrent policy keeps a state per environment (per env group),
+clipped to max_linear / max_angular). A policy that reads the mission takes each env's from the
+batch (StepBatch.missions; one with words it never learnt is not answered). A recurrent policy keeps a state per environment (per env group),
 zeroed at each episode's start, for a new simulator (epoch), on an std_msgs/Empty on `reset` and
 after the input went stale; a resent batch is answered from the same state. Remap the topics to a robot's:
 
@@ -79,7 +80,12 @@ class PolicyNode(Node):
         try:
             obs = batch_observations(batch.observations, batch.num_envs, batch.obs_shape, self.policy_shape)
             ended = episode_ends(batch)
-            logits, state = self.policy.step(obs, self.states.before(batch.group, batch.epoch, batch.seq, ended))
+            missions = self.policy.encode_missions(list(batch.missions)) if self.policy.reads_mission else None
+            if missions is not None and len(missions) != batch.num_envs:
+                raise ValueError(f'{len(missions)} missions for {batch.num_envs} environments: this policy reads '
+                                 f'one per environment')
+            logits, state = self.policy.step(obs, self.states.before(batch.group, batch.epoch, batch.seq, ended),
+                                             missions)
             actions, _ = checked_actions(logits, None, self.greedy)
             self.states.after(batch.group, state)
             moving = 0 <= self.twist_env < len(actions)

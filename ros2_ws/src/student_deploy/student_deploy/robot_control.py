@@ -265,6 +265,30 @@ class CameraPolicy:
         self.mask = motion_mask(action_set, info.num_actions) if motion_only else np.ones(info.num_actions, bool)
         self.generator = torch.Generator().manual_seed(seed)
         self.memory = BatchStates(policy)  # a recurrent policy's memory of this episode
+        self.mission: str | None = None  # what the robot is asked to do (a policy that reads it)
+        self._mission_tokens: torch.Tensor | None = None
+
+    def set_mission(self, text: str) -> bool:
+        """Take a new mission (for a policy that reads one; others ignore it); a mission other than
+        the one before starts a new episode. False when nothing changed.
+
+        :raises ValueError: an empty mission, or words the policy never learnt (named); the robot
+            then has no mission (it stays stopped) until a readable one comes.
+        """
+        if not self.policy.reads_mission:
+            return False
+        if text == self.mission:
+            return False
+        self.clear_mission()
+        if not text.strip():
+            raise ValueError('an empty mission: say what the robot should do, e.g. "go to the red ball"')
+        self._mission_tokens = self.policy.encode_missions([text])
+        self.mission = text
+        self.reset()
+        return True
+
+    def clear_mission(self) -> None:
+        self.mission, self._mission_tokens = None, None
 
     def reset(self) -> None:
         """Forget what this episode saw (a recurrent policy): a new mission, the robot was moved,
@@ -289,8 +313,13 @@ class CameraPolicy:
 
         :raises FloatingPointError: the policy gave non-finite logits or state (the caller stops the
             robot; the state is kept as it was).
+        :raises ValueError: the policy reads the mission and none (or none it could read) came.
         """
-        logits, state = self.policy.step(obs[None], self.memory.before(0, 0, None, np.zeros(1, bool)))
+        if self.policy.reads_mission and self._mission_tokens is None:
+            raise ValueError('no mission yet: this policy needs one (std_msgs/String on the mission topic, '
+                             'e.g. "go to the red ball") before it moves')
+        logits, state = self.policy.step(obs[None], self.memory.before(0, 0, None, np.zeros(1, bool)),
+                                         self._mission_tokens)
         actions, probs = checked_actions(logits, self.mask, self.greedy, self.generator)
         self.memory.after(0, state)
         return int(actions[0]), probs[0]

@@ -11,7 +11,13 @@ trained on (llm_teacher_common.camera, the function the simulators use), runs th
                      frames'), for rviz2 / Foxglove and for checking
 
 A recurrent policy (policy.json "recurrent" > 0) remembers the episode: an std_msgs/Empty on
-`reset` (a new mission, the robot was carried elsewhere) and sensors gone stale start it afresh.
+`reset` (the robot was carried elsewhere), a new mission and sensors gone stale start it afresh.
+
+A policy that reads the mission (policy.json "mission_length" > 0) takes it as std_msgs/String on
+`mission` (volatile, so `ros2 topic pub` reaches it; a publisher repeats it, as robot_sim_node
+does with every frame, or publishes it after this node started). Until a mission
+comes the robot does not move; a mission with words the policy never learnt is refused, naming
+them, and the robot stays stopped until a readable one comes.
 
 It trusts nothing it receives (docs/safety.md): a frame stamped negative, more than
 max_clock_skew ahead of this node's clock or older than max_sensor_age, an empty, oversized or
@@ -35,7 +41,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import Image
-from std_msgs.msg import Empty
+from std_msgs.msg import Empty, String
 
 from llm_teacher_common.commands import MOTIONS
 from llm_teacher_common.messages import depth_from_image, rgb_from_image
@@ -88,13 +94,15 @@ class RobotPolicyNode(Node):
         self.create_subscription(Image, 'camera/image_raw', self.on_rgb, qos_profile_sensor_data)
         self.create_subscription(Image, 'camera/depth/image_raw', self.on_depth, qos_profile_sensor_data)
         self.create_subscription(Empty, 'reset', self.on_reset, 10)
+        self.create_subscription(String, 'mission', self.on_mission, 10)
         self.create_timer(1.0 / rate, self.watchdog)
         self.last_action_ns = -self.min_period_ns
         self.seq = 0
         self.stopped = True
         info = self.controller.policy.info
         self.get_logger().info(f'serving {path} ({info.task or "task unknown"}, input {tuple(info.obs_shape)}) '
-                               f'at up to {rate:g} Hz on {device}')
+                               f'at up to {rate:g} Hz on {device}' +
+                               (': waiting for a mission on the mission topic' if info.mission_length else ''))
 
     def on_rgb(self, msg: Image) -> None:
         self.take(msg, rgb_from_image, self.pairer.add_rgb)
@@ -135,6 +143,14 @@ class RobotPolicyNode(Node):
         out.header.stamp = Time(nanoseconds=pair.stamp_ns).to_msg()
         self.seq += 1
         self.action_pub.publish(out)
+
+    def on_mission(self, msg: String) -> None:
+        try:
+            if self.controller.set_mission(msg.data):
+                self.get_logger().info(f'mission {msg.data[:200]!r}: a new episode starts')
+        except ValueError as err:
+            self.get_logger().error(f'mission refused, the robot stays stopped: {err}', throttle_duration_sec=5.0)
+            self.stop()
 
     def on_reset(self, _: Empty) -> None:
         self.controller.reset()

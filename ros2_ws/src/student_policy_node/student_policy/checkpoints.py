@@ -14,6 +14,7 @@ from typing import BinaryIO
 import torch
 
 from student_deploy.inference import INFO_FILE, ONNX_OPSET, PolicyInfo
+from student_deploy.missions import MISSION_LENGTH
 from student_policy.networks import ActorCritic, eager_copy
 from student_policy.ppo import PPOConfig, PPOLearner
 
@@ -70,6 +71,7 @@ def save_checkpoint(path: str | Path, learner: PPOLearner) -> Path:
         'num_envs': learner.num_envs,
         'num_actions': learner.num_actions,
         'model': learner.policy.state_dict(),
+        'mission_words': list(learner.policy.vocabulary.words) if learner.policy.reads_mission else [],
         'optimizer': learner.optimizer.state_dict(),
         'counters': {'frames': learner.frames, 'updates': learner.updates, 'episodes': learner.episodes},
         'recent_returns': list(learner.recent_returns),
@@ -116,12 +118,12 @@ def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=No
             raise CheckpointError(f'checkpoint {path} was trained with {key}={state[key]}, but the environments '
                                   f'have {key}={value}; use a matching task and num_envs, or another run directory')
     saved = saved_config(path, state['config'])
-    for key in ('encoder', 'recurrent'):  # what shapes the network: the weights fit no other
+    for key in ('encoder', 'recurrent', 'mission'):  # what shapes the network: the weights fit no other
         if config is not None and getattr(config, key) != getattr(saved, key):
             raise CheckpointError(f'checkpoint {path} was trained with {key}={getattr(saved, key)!r}, but this run '
                                   f'has {key}={getattr(config, key)!r}: set {key} to match, or use another run directory')
-    learner = PPOLearner(config or saved, tuple(state['obs_shape']),
-                         state['num_envs'], state['num_actions'], num_groups)
+    learner = PPOLearner(config or saved, tuple(state['obs_shape']), state['num_envs'], state['num_actions'],
+                         num_groups, state.get('mission_words', []))
     learner.policy.load_state_dict(state['model'])
     learner.optimizer.load_state_dict(state['optimizer'])
     for key, value in state['counters'].items():
@@ -149,21 +151,29 @@ def saved_config(path: str | Path, saved: dict) -> PPOConfig:
 
 
 def export_policy(path: str | Path, policy: ActorCritic, task: str = '') -> Path:
-    """The actor for the deploy nodes: obs (B, *obs_shape) uint8 -> action logits (B, A), and for a
-    recurrent policy (obs, state (B, H)) -> (logits, next state). TorchScript at `path` and ONNX
-    (opset ONNX_OPSET, dynamic batch) beside it as <name>.onnx with <name>.json, each carrying
-    PolicyInfo (what the policy expects). Each file is written atomically."""
+    """The actor for the deploy nodes: obs (B, *obs_shape) uint8 -> action logits (B, A); a recurrent
+    policy also takes its state (B, H) and returns the next one, and one that reads the mission takes
+    its token ids (B, L) last: (obs[, state][, mission]) -> logits or (logits, next state).
+    TorchScript at `path` and ONNX (opset ONNX_OPSET, dynamic batch) beside it as <name>.onnx with
+    <name>.json, each carrying PolicyInfo (what the policy expects, its mission words included).
+    Each file is written atomically."""
     actor = _Actor(eager_copy(policy)).eval()  # a compiled policy cannot be traced
-    example = (torch.zeros((1,) + policy.obs_shape, dtype=torch.uint8),)
-    names, outputs = ['obs'], ['logits']
+    example, names = (torch.zeros((1,) + policy.obs_shape, dtype=torch.uint8),), ['obs']
     if policy.recurrent:
-        example += (policy.initial_state(1),)
-        names, outputs = ['obs', 'state'], ['logits', 'next_state']
-    info = PolicyInfo(policy.obs_shape, policy.num_actions, policy.encoder_name, task, policy.recurrent)
-    with torch.no_grad():
+        example, names = example + (policy.initial_state(1),), names + ['state']
+    if policy.reads_mission:
+        example, names = example + (policy.encode_missions(['']),), names + ['mission']
+    outputs = ['logits', 'next_state'] if policy.recurrent else ['logits']
+    info = PolicyInfo(policy.obs_shape, policy.num_actions, policy.encoder_name, task, policy.recurrent,
+                      tuple(policy.vocabulary.words) if policy.reads_mission else (),
+                      MISSION_LENGTH if policy.reads_mission else 0)
+    with torch.no_grad(), warnings.catch_warnings():
+        # nn.GRU's input checks (the mission encoder) read shapes as Python values while tracing
+        # (here and in the ONNX export): they hold at any batch size (tested), so the graphs are right.
+        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning, module='torch.nn.modules.rnn')
         traced = torch.jit.trace(actor, example)
-    path = Path(path)
-    write_atomically(path.with_suffix('.onnx'), lambda f: _export_onnx(actor, example, names, outputs, f))
+        path = Path(path)
+        write_atomically(path.with_suffix('.onnx'), lambda f: _export_onnx(actor, example, names, outputs, f))
     write_atomically(path.with_suffix('.json'), lambda f: f.write(info.to_json().encode()))
     return write_atomically(path, lambda f: torch.jit.save(traced, f, _extra_files={INFO_FILE: info.to_json()}))
 
@@ -172,18 +182,24 @@ def _export_onnx(actor: torch.nn.Module, example: tuple, names: list[str], outpu
     with warnings.catch_warnings():
         # The TorchScript-based exporter: the torch.export one needs onnxscript and gives the same graph here.
         warnings.simplefilter('ignore', DeprecationWarning)
+        # The mission encoder's GRU gets its first state as an input (MissionEncoder), which is what
+        # this warning asks for: its graph runs at any batch size (tested).
+        warnings.filterwarnings('ignore', 'Exporting a model to ONNX with a batch_size other than 1')
         torch.onnx.export(actor, example, f, dynamo=False, opset_version=ONNX_OPSET, input_names=names,
                           output_names=outputs, dynamic_axes={name: {0: 'batch'} for name in names + outputs})
 
 
 class _Actor(torch.nn.Module):
-    """The policy as deployed: logits alone for a reactive one, (logits, next state) for a recurrent one."""
+    """The policy as deployed: (obs[, state][, mission]) -> logits alone for a reactive one,
+    (logits, next state) for a recurrent one."""
 
     def __init__(self, policy: ActorCritic):
         super().__init__()
         self.policy = policy
 
-    def forward(self, obs: torch.Tensor, state: torch.Tensor | None = None):
-        if state is None:
-            return self.policy.step(obs, self.policy.initial_state(obs.shape[0]))[0]
-        return self.policy.step(obs, state)
+    def forward(self, obs: torch.Tensor, *inputs: torch.Tensor):
+        recurrent = self.policy.recurrent > 0
+        state = inputs[0] if recurrent else self.policy.initial_state(obs.shape[0])
+        mission = inputs[-1] if self.policy.reads_mission else None
+        logits, state = self.policy.step(obs, state, mission)
+        return (logits, state) if recurrent else logits

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import deque
 
 import numpy as np
 import torch
@@ -24,22 +25,27 @@ def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int
     greedy or sampled. env_options go to the vector env (e.g. an embodied camera's width and height).
 
     `policy` acts as an exported one does (inference.Policy, or networks.ActorCritic):
-    step(obs, state) -> (logits, state), its state zeroed at each episode's start.
+    step(obs, state, mission tokens) -> (logits, state), its state zeroed at each episode's start.
 
     Every seed's episode counts, however long: counting the first `episodes` episodes to end
-    instead would favour short ones (quick successes) and overstate success."""
+    instead would favour short ones (quick successes) and overstate success. `loops` counts the
+    failed episodes that ended in a loop (see ends_in_loop): how a greedy policy without memory fails."""
     n = min(num_envs, episodes)
     envs = make_vec_env(task, n, perceive=False, **(env_options or {}))
     step = envs.reset(seed=seed)
     played = np.zeros(n, int)  # episodes env i has finished; it plays seed + i + n * played[i] now
     returns, successes = np.zeros(episodes), np.zeros(episodes, bool)
     episode_return = np.zeros(n)
+    recent = [deque(maxlen=LOOP_WINDOW) for _ in range(n)]  # each env's last actions
+    loops = 0
     generator = torch.Generator().manual_seed(seed)
     state = policy.initial_state(n)
     with torch.no_grad():
         while (np.arange(n) + n * played < episodes).any():
-            logits, state = policy.step(torch.from_numpy(step.observations), state)
+            logits, state = policy.step(torch.from_numpy(step.observations), state, policy.encode_missions(step.missions))
             actions = choose_actions(logits, greedy, generator)
+            for i in range(n):
+                recent[i].append(int(actions[i]))
             step = envs.step(actions, reset_seeds=seed + np.arange(n) + n * (played + 1))
             state[torch.from_numpy(step.terminated | step.truncated)] = 0.0  # a new episode, a new memory
             episode_return += step.rewards
@@ -47,12 +53,25 @@ def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int
                 k = i + n * played[i]  # the seed offset of the episode that ended
                 if k < episodes:
                     returns[k], successes[k] = episode_return[i], step.success[i]
+                    loops += not step.success[i] and ends_in_loop(recent[i])
                 played[i] += 1
+                recent[i].clear()
                 episode_return[i] = 0.0
     envs.close()
     wins = int(successes.sum())
     return {'task': task, 'episodes': episodes, 'greedy': greedy, 'success_rate': wins / episodes,
-            'interval95': wilson_interval(wins, episodes), 'mean_return': float(returns.mean())}
+            'interval95': wilson_interval(wins, episodes), 'mean_return': float(returns.mean()), 'loops': loops}
+
+
+LOOP_WINDOW, LOOP_PERIOD = 30, 4
+
+
+def ends_in_loop(actions) -> bool:
+    """Whether an episode's last LOOP_WINDOW actions repeat one cycle of at most LOOP_PERIOD actions
+    (left-right-left-right, toggle-toggle facing a wall): the diagnosis of docs/results.md."""
+    last = list(actions)[-LOOP_WINDOW:]
+    return len(last) == LOOP_WINDOW and any(
+        all(last[t] == last[t + period] for t in range(LOOP_WINDOW - period)) for period in range(1, LOOP_PERIOD + 1))
 
 
 def env_options_for(obs_shape: tuple[int, ...], encoder: str) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 
 from llm_teacher_common.families import family_of_task
 from llm_teacher_common.lockstep import LearnerGroups, check_step
+from student_deploy.missions import MISSION_LENGTH, words_of
 from student_policy.callbacks import run_callbacks
 from student_policy.ppo import PPOConfig, PPOLearner
 
@@ -47,6 +48,8 @@ class StepIn:
     num_groups: int = 1
     epoch: int = 0
     encoder: str = 'grid'
+    missions: list[str] | None = None
+    """what each env's episode asks for (read by a policy with PPOConfig.mission)."""
 
 
 @dataclass
@@ -86,11 +89,14 @@ class LockstepLearner:
     :param log: where notable events go (a restarted simulator, a refused batch).
     :param task: the run's task id: a first batch whose encoder or action count is not its family's
         (a stale simulator of another task on the same ROS domain) is refused, not learnt from.
+    :param reads_mission: the policy reads the missions (PPOConfig.mission): a batch without one
+        per env is refused.
     """
 
     def __init__(self, make_learner: Callable[..., PPOLearner], after_update: Callable[[PPOLearner, dict], bool],
-                 log: Callable[[str], None] = print, task: str = ''):
+                 log: Callable[[str], None] = print, task: str = '', reads_mission: bool = False):
         self.make_learner, self.after_update, self.log, self.task = make_learner, after_update, log, task
+        self.reads_mission = reads_mission
         self._last_report: tuple[float, int] = (0.0, 0)  # (time, frames) of the last report, for charts/SPS
         self.learner: PPOLearner | None = None
         self.counters = Counters()
@@ -137,7 +143,8 @@ class LockstepLearner:
                 if not self.learner.storage.full:
                     return []
                 waiting = [self.full.pop(g) for g in sorted(self.full)]
-                if not self.update(np.concatenate([s.observations for s in waiting])):
+                missions = [m for s in waiting for m in s.missions] if self.reads_mission else None
+                if not self.update(np.concatenate([s.observations for s in waiting]), missions):
                     return []
                 return [self.act(s) for s in waiting]
         return [self.act(step)]
@@ -163,6 +170,15 @@ class LockstepLearner:
                            step.group, step.num_groups, step.rewards)
         if error is not None:
             return error
+        if self.reads_mission and len(step.missions or ()) != len(step.rewards):
+            return (f'the policy reads the mission, but the batch carries {len(step.missions or ())} missions for '
+                    f'{len(step.rewards)} envs: a simulator that does not send them (one from before missions '
+                    f'were sent?), or train with mission off')
+        if self.reads_mission:
+            long = [m for m in step.missions if len(words_of(m)) > MISSION_LENGTH]
+            if long:
+                return f'mission {long[0][:120]!r} has more than the {MISSION_LENGTH} words a policy reads'
+
         got = (tuple(step.observations.shape[1:]), len(step.rewards), step.num_groups, step.num_actions)
         if self.learner is not None:
             expected = (tuple(self.learner.policy.obs_shape), self.learner.storage.group_size,
@@ -199,7 +215,7 @@ class LockstepLearner:
         group, learner = step.group, self.learner
         key = (step.epoch, step.seq)
         self.rollout.steps[key] = (learner.storage.steps[group], group)
-        actions = learner.act(step.observations, group=group)
+        actions = learner.act(step.observations, group=group, missions=step.missions)
         early = self.rollout.early.pop(key, None)
         if early is not None:
             learner.attach_teacher(learner.storage.steps[group], *early, group)
@@ -209,11 +225,11 @@ class LockstepLearner:
         self.last_actions[group] = out
         return out
 
-    def update(self, next_obs: np.ndarray) -> bool:
+    def update(self, next_obs: np.ndarray, next_missions: list[str] | None) -> bool:
         """Update on the full rollout, then after_update; False when training is over."""
         self.rollout.steps.clear()  # suggestions for the used rollout come too late now
         learner = self.learner
-        metrics = learner.update(next_obs)
+        metrics = learner.update(next_obs, next_missions)
         metrics['charts/frames'] = learner.frames
         now = time.perf_counter()  # frames/s of training, acting and updating
         metrics['charts/SPS'] = (learner.frames - self._last_report[1]) / max(now - self._last_report[0], 1e-9)
@@ -240,11 +256,11 @@ def train(config: PPOConfig, envs, teacher=None, callbacks=(), learner: PPOLearn
         return learner
     loop = LockstepLearner(
         lambda obs_shape, num_envs, num_actions, *_: learner or PPOLearner(config, obs_shape, num_envs, num_actions),
-        lambda trained, metrics: run_callbacks(callbacks, trained, metrics))
+        lambda trained, metrics: run_callbacks(callbacks, trained, metrics), reads_mission=config.mission)
     step = envs.reset(seed=config.seed + (learner.updates if learner else 0) * envs.num_envs)
     for seq in itertools.count():
         answers = loop.on_step(StepIn(seq, step.observations, step.rewards, step.terminated, step.truncated,
-                                      step.success, envs.num_actions, encoder=config.encoder))
+                                      step.success, envs.num_actions, encoder=config.encoder, missions=step.missions))
         if not answers:
             if not loop.done:
                 raise RuntimeError(loop.counters.last_error)

@@ -7,6 +7,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 from llm_teacher_common.families import family_of_observation
+from student_deploy.missions import MAX_WORDS, MissionVocabulary
 
 # Sizes of the per-channel vocabularies of MiniGrid encodings: object type (11), colour (6),
 # state (3), agent layer (0 or 1 + heading). Rounded up so unexpected codes do not crash.
@@ -70,6 +71,22 @@ class ImageEncoder(nn.Module):
 ENCODERS = {'grid': GridEncoder, 'image': ImageEncoder}
 
 
+class MissionEncoder(nn.Module):
+    """Mission token ids (B, L) (student_deploy.missions, left-padded) -> features: word
+    embeddings read by a GRU, its last state (BabyAI's instruction encoder)."""
+
+    def __init__(self, features: int = 128, embedding: int = 32):
+        super().__init__()
+        self.embedding = nn.Embedding(MAX_WORDS + 2, embedding, padding_idx=0)
+        self.gru = nn.GRU(embedding, features, batch_first=True)
+        self.features = features
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        words = self.embedding(tokens.long())
+        first = words.new_zeros(1, words.shape[0], self.features)  # explicit: ONNX's GRU then takes any batch
+        return self.gru(words, first)[1][0]
+
+
 def encoder_for(obs_encoding: str) -> str:
     """The encoder of a simulator's observation encoding (StepBatch.obs_encoding)."""
     return family_of_observation(obs_encoding).encoder
@@ -80,6 +97,9 @@ class ActorCritic(nn.Module):
     with `recurrent` > 0, a GRU core of that many units between the encoder and the heads, so that
     the policy acts on what it saw earlier in the episode (a memory).
 
+    With `mission`, it also reads the mission (token ids from `vocabulary`, which training grows):
+    its features and the observation's are joined by a linear layer before the core.
+
     The state of a reactive policy is an empty (B, 0) tensor, so every caller handles both alike:
     `step(obs, state) -> (logits, new state)`, with the state of a new episode all zeros.
     (A 64-unit tanh MLP actor head, tried first, could not fit even the agent's heading from the
@@ -87,7 +107,7 @@ class ActorCritic(nn.Module):
     """
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, features: int = 256, encoder: str = 'grid',
-                 recurrent: int = 0):
+                 recurrent: int = 0, mission: bool = False, mission_words: list[str] | tuple[str, ...] = ()):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f'encoder {encoder!r} is not one of {tuple(ENCODERS)}')
@@ -96,6 +116,10 @@ class ActorCritic(nn.Module):
         self.obs_shape, self.num_actions, self.encoder_name = tuple(obs_shape), num_actions, encoder
         self.recurrent = recurrent
         self.encoder = ENCODERS[encoder](obs_shape, features)
+        self.vocabulary = MissionVocabulary(mission_words) if mission else None
+        if mission:
+            self.mission_encoder = MissionEncoder()
+            self.join = nn.Sequential(nn.Linear(features + self.mission_encoder.features, features), nn.ReLU())
         self.core = nn.GRUCell(features, recurrent) if recurrent else None
         head = recurrent or features
         self.actor = nn.Linear(head, num_actions)
@@ -107,23 +131,46 @@ class ActorCritic(nn.Module):
     def initial_state(self, batch: int, device: torch.device | str = 'cpu') -> torch.Tensor:
         return torch.zeros(batch, self.recurrent, device=device)
 
-    def forward(self, obs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Action logits (B, A), values (B,) and the next state (B, H) of observations (B, *obs_shape)."""
+    @property
+    def reads_mission(self) -> bool:
+        return self.vocabulary is not None
+
+    def encode_missions(self, texts: list[str], grow: bool = False) -> torch.Tensor | None:
+        """Token ids (B, L) of mission texts (unknown words: UNKNOWN), learning new words with
+        `grow`; None for a policy that reads no mission."""
+        return None if self.vocabulary is None else torch.from_numpy(self.vocabulary.encode(texts, grow=grow))
+
+    def encode(self, obs: torch.Tensor, mission: torch.Tensor | None) -> torch.Tensor:
         features = self.encoder(obs)
+        if self.vocabulary is not None:
+            if mission is None:
+                raise ValueError('this policy reads the mission: give its token ids (encode_missions)')
+            features = self.join(torch.cat([features, self.mission_encoder(mission)], -1))
+        return features
+
+    def forward(self, obs: torch.Tensor, state: torch.Tensor,
+                mission: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Action logits (B, A), values (B,) and the next state (B, H) of observations (B, *obs_shape)
+        (and, for a policy that reads it, the mission's token ids (B, L))."""
+        features = self.encode(obs, mission)
         if self.core is not None:
             state = features = self.core(features, state)
         return self.actor(features), self.critic(features).squeeze(-1), state
 
-    def step(self, obs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, obs: torch.Tensor, state: torch.Tensor,
+             mission: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, next state): what acting needs, in the shape of an exported policy."""
-        logits, _, state = self(obs, state)
+        logits, _, state = self(obs, state, mission)
         return logits, state
 
-    def unroll(self, obs: torch.Tensor, state: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (T, B, A) and values (T, B) along sequences obs (T, B, *obs_shape) from `state`
-        (B, H), zeroing the state where starts (T, B) marks an episode's first observation."""
+    def unroll(self, obs: torch.Tensor, state: torch.Tensor, starts: torch.Tensor,
+               mission: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (T, B, A) and values (T, B) along sequences obs (T, B, *obs_shape) (missions
+        (T, B, L)) from `state` (B, H), zeroing the state where starts (T, B) marks an episode's
+        first observation."""
         steps, batch = obs.shape[:2]
-        features = self.encoder(obs.flatten(0, 1)).view(steps, batch, -1)
+        features = self.encode(obs.flatten(0, 1), None if mission is None else mission.flatten(0, 1))
+        features = features.view(steps, batch, -1)
         if self.core is not None:
             outputs = []
             for t in range(steps):  # the CNN ran on all steps at once; only the small core loops
@@ -132,14 +179,16 @@ class ActorCritic(nn.Module):
             features = torch.stack(outputs)
         return self.actor(features), self.critic(features).squeeze(-1)
 
-    def distribution(self, obs: torch.Tensor, state: torch.Tensor) -> tuple[Categorical, torch.Tensor, torch.Tensor]:
-        logits, values, state = self(obs, state)
+    def distribution(self, obs: torch.Tensor, state: torch.Tensor,
+                     mission: torch.Tensor | None = None) -> tuple[Categorical, torch.Tensor, torch.Tensor]:
+        logits, values, state = self(obs, state, mission)
         return Categorical(logits=logits), values, state
 
 
 def eager_copy(policy: ActorCritic) -> ActorCritic:
     """A plain (not compiled) copy of a policy's current weights, on the CPU: to trace and export,
     to evaluate or act with while the original trains on."""
-    copy = ActorCritic(policy.obs_shape, policy.num_actions, encoder=policy.encoder_name, recurrent=policy.recurrent)
+    copy = ActorCritic(policy.obs_shape, policy.num_actions, encoder=policy.encoder_name, recurrent=policy.recurrent,
+                       mission=policy.reads_mission, mission_words=policy.vocabulary.words if policy.reads_mission else ())
     copy.load_state_dict({k: v.detach().cpu().clone() for k, v in policy.state_dict().items()})
     return copy.eval()

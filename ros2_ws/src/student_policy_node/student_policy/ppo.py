@@ -25,6 +25,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 from student_deploy.inference import torch_device
+from student_deploy.missions import MISSION_LENGTH
 from student_policy.networks import ActorCritic
 from student_policy.storage import RolloutStorage, compute_gae
 
@@ -76,6 +77,10 @@ class PPOConfig:
     recurrent: int = 0
     """units of the policy's GRU memory between encoder and heads; 0: a reactive policy (acts on
     the present observation alone)."""
+    mission: bool = False
+    """the policy reads the mission text too (ActorCritic's mission encoder): for tasks whose
+    mission changes between episodes (GoToObject: "go to the red ball"); the step batches must carry
+    it, and a deployed policy then needs it on its `mission` topic."""
     bptt_steps: int = 16
     """with `recurrent`: steps a minibatch sequence holds (truncated back-propagation through time,
     Sample Factory's `recurrence`): the update unrolls the GRU over chunks of this many consecutive
@@ -304,21 +309,22 @@ class PPOLearner:
     """A student policy and its rollout: act on a batch, record what followed, update when full."""
 
     def __init__(self, config: PPOConfig, obs_shape: tuple[int, ...], num_envs: int, num_actions: int,
-                 num_groups: int = 1):
+                 num_groups: int = 1, mission_words: list[str] | tuple[str, ...] = ()):
         self.config = config
         torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.device = torch_device(config.device)
-        self.policy = ActorCritic(obs_shape, num_actions, encoder=config.encoder,
-                                  recurrent=config.recurrent).to(self.device)
-        graphs = (f'{config.encoder} {tuple(obs_shape)} recurrent {config.recurrent}, {num_envs} envs in '
-                  f'{num_groups} groups, minibatch {config.minibatch_size}, {config.device}')
+        self.policy = ActorCritic(obs_shape, num_actions, encoder=config.encoder, recurrent=config.recurrent,
+                                  mission=config.mission, mission_words=mission_words).to(self.device)
+        graphs = (f'{config.encoder} {tuple(obs_shape)} recurrent {config.recurrent} mission {config.mission}, '
+                  f'{num_envs} envs in {num_groups} groups, minibatch {config.minibatch_size}, {config.device}')
         self.compile_cache = setup_compile(config, graphs)  # None: eager, or checked after the first update
         if self.compile_cache is not None:
             self.policy.encoder.compile()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
-        self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions, num_groups, config.recurrent)
+        self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions, num_groups, config.recurrent,
+                                      MISSION_LENGTH if config.mission else 0)
         self.num_envs, self.num_actions = num_envs, num_actions
         # The policy's state per env, and whether its next observation starts an episode (the state
         # is zeroed then). A resumed learner starts from zero states: its envs' episodes go on from
@@ -335,19 +341,30 @@ class PPOLearner:
     def teacher_weight(self) -> float:
         return self.config.teacher.weight(self.frames)
 
+    def missions(self, texts: list[str] | None) -> torch.Tensor | None:
+        """Token ids of a batch's missions on the learner's device, learning new words; None for a
+        policy that reads no mission."""
+        if not self.policy.reads_mission:
+            return None
+        return self.policy.encode_missions(texts, grow=True).to(self.device)
+
     @torch.no_grad()
-    def act(self, obs: np.ndarray, group: int = 0) -> np.ndarray:
-        """Sample actions for a batch of observations (of env group `group`) and store the step
-        (call record() next; a teacher's suggestion for it comes through attach_teacher())."""
+    def act(self, obs: np.ndarray, group: int = 0, missions: list[str] | None = None) -> np.ndarray:
+        """Sample actions for a batch of observations (of env group `group`; with their missions, for
+        a policy that reads them) and store the step (call record() next; a teacher's suggestion for
+        it comes through attach_teacher())."""
         s = self.storage
         t, envs = s.steps[group], s.columns(group)
         starts = torch.from_numpy(self.starts[envs]).to(self.device)
         state = self.state[envs] * (1.0 - starts).unsqueeze(-1)
         s.states[t, envs] = state.cpu().numpy()
-        dist, values, self.state[envs] = self.policy.distribution(torch.from_numpy(obs).to(self.device), state)
+        tokens = self.missions(missions)
+        dist, values, self.state[envs] = self.policy.distribution(torch.from_numpy(obs).to(self.device), state, tokens)
         actions = dist.sample()
         s.starts[t, envs] = self.starts[envs]
         s.obs[t, envs] = obs
+        if tokens is not None:
+            s.missions[t, envs] = tokens.cpu().numpy()
         s.actions[t, envs] = actions.cpu().numpy()
         s.logprobs[t, envs] = dist.log_prob(actions).cpu().numpy()
         s.values[t, envs] = values.cpu().numpy()
@@ -389,14 +406,16 @@ class PPOLearner:
         self._episode_return[envs] = 0.0
         self.starts[envs] = 1.0
 
-    def update(self, next_obs: np.ndarray) -> dict[str, float]:
-        """PPO epochs over the full rollout, in CleanRL's order; returns metrics by TensorBoard tag."""
+    def update(self, next_obs: np.ndarray, next_missions: list[str] | None = None) -> dict[str, float]:
+        """PPO epochs over the full rollout, in CleanRL's order (next_obs and next_missions: the
+        batch after it, to bootstrap from); returns metrics by TensorBoard tag."""
         cfg, s = self.config, self.storage
         if not s.full:
             raise RuntimeError(f'update() needs a full rollout, have {s.steps} of {s.num_steps} steps')
         with torch.no_grad():
             starts = torch.from_numpy(self.starts).to(self.device).unsqueeze(-1)
-            _, next_values, _ = self.policy(torch.from_numpy(next_obs).to(self.device), self.state * (1.0 - starts))
+            _, next_values, _ = self.policy(torch.from_numpy(next_obs).to(self.device), self.state * (1.0 - starts),
+                                            self.missions(next_missions))
         advantages, returns = compute_gae(s.rewards, s.values, s.dones, next_values.cpu().numpy(), cfg.gamma,
                                           cfg.gae_lambda)
         lr = cfg.learning_rate * (1.0 - self.frames / cfg.total_frames if cfg.anneal_lr else 1.0)
@@ -406,7 +425,8 @@ class PPOLearner:
         skipped = 0
         for _ in range(cfg.update_epochs):
             for mb in s.minibatches(advantages, returns, cfg.minibatch_size, cfg.sequence_length, self.rng, self.device):
-                logits, new_values = self.policy.unroll(mb.obs, mb.state, mb.starts)
+                logits, new_values = self.policy.unroll(mb.obs, mb.state, mb.starts,
+                                                        mb.missions if self.policy.reads_mission else None)
                 dist = Categorical(logits=logits)
                 logratio = dist.log_prob(mb.actions) - mb.logprobs
                 ratio = logratio.exp()

@@ -38,6 +38,7 @@ class Minibatch(NamedTuple):
     state: torch.Tensor  # (B, H) the acting state at each sequence's first step (H = 0: a reactive policy)
     starts: torch.Tensor  # (L, B) 1 where an episode starts: the state is zeroed before that step
     obs: torch.Tensor
+    missions: torch.Tensor  # (L, B, MISSION_LENGTH) token ids; (L, B, 0) for a policy that reads no mission
     actions: torch.Tensor
     logprobs: torch.Tensor
     advantages: torch.Tensor
@@ -52,13 +53,14 @@ class RolloutStorage:
     groups of columns that fill at their own pace (double-buffered sampling)."""
 
     def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], num_actions: int,
-                 num_groups: int = 1, state_size: int = 0):
+                 num_groups: int = 1, state_size: int = 0, mission_length: int = 0):
         if num_groups < 1 or num_envs % num_groups:
             raise ValueError(f'{num_envs} environments do not split into {num_groups} equal groups')
         shape = (num_steps, num_envs)
         self.num_steps, self.num_envs, self.num_groups = num_steps, num_envs, num_groups
         self.group_size = num_envs // num_groups
         self.obs = np.zeros(shape + tuple(obs_shape), np.uint8)
+        self.missions = np.zeros(shape + (mission_length,), np.uint8)  # token ids (< 256 words)
         self.actions = np.zeros(shape, np.int64)
         self.logprobs = np.zeros(shape, np.float32)
         self.values = np.zeros(shape, np.float32)
@@ -96,7 +98,7 @@ class RolloutStorage:
                 sequence, chunks * self.num_envs, *v.shape[2:])
 
         per_step = {k: by_chunk(v) for k, v in (
-            ('starts', self.starts), ('obs', self.obs), ('actions', self.actions), ('logprobs', self.logprobs),
+            ('starts', self.starts), ('obs', self.obs), ('missions', self.missions), ('actions', self.actions), ('logprobs', self.logprobs),
             ('advantages', advantages), ('returns', returns), ('values', self.values),
             ('teacher_probs', self.teacher_probs), ('teacher_mask', self.teacher_mask))}
         first_states = self.states[::sequence].reshape(chunks * self.num_envs, self.states.shape[-1])

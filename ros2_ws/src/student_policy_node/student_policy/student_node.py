@@ -48,6 +48,8 @@ class StudentNode(Node):
         try:
             self.config = PPOConfig(
                 recurrent=p('recurrent', d.recurrent, "Units of the policy's GRU memory (0: a reactive policy)"),
+                mission=p('mission', d.mission, 'The policy reads the mission text too (tasks whose mission changes '
+                                                'between episodes, e.g. MiniWorld-GoToObject-v0)'),
                 total_frames=p('total_frames', d.total_frames, 'Environment frames to train for'),
                 num_steps=p('num_steps', d.num_steps, 'Lock-steps per rollout'),
                 learning_rate=p('learning_rate', d.learning_rate, 'Adam learning rate'),
@@ -85,7 +87,7 @@ class StudentNode(Node):
 
         self.loop = LockstepLearner(self.make_learner, self.after_update,
                                     log=lambda text: self.get_logger().warning(text, throttle_duration_sec=1.0),
-                                    task=task)
+                                    task=task, reads_mission=self.config.mission)
 
     @property
     def done(self) -> bool:
@@ -96,7 +98,7 @@ class StudentNode(Node):
             step = StepIn(batch.seq, observations_from_msg(batch), np.asarray(batch.rewards, np.float32),
                           np.asarray(batch.terminated, bool), np.asarray(batch.truncated, bool),
                           np.asarray(batch.success, bool), batch.num_actions, batch.group, batch.num_groups,
-                          batch.epoch, encoder_for(batch.obs_encoding))
+                          batch.epoch, encoder_for(batch.obs_encoding), list(batch.missions))
         except ValueError as err:  # observation bytes that do not fill num_envs x obs_shape
             self.loop.counters.rejected_steps += 1
             self.get_logger().warning(f'step batch {batch.seq} refused: {err}', throttle_duration_sec=1.0)

@@ -60,5 +60,8 @@ class EmbodiedVecEnv(VectorEnv):
     def _perception(self, i: int):
         return self._last[i].perception
 
+    def _mission(self, i: int) -> str:
+        return self._last[i].perception.mission
+
     def render(self, index: int = 0) -> np.ndarray:
         return self._last[index].rgb

@@ -92,6 +92,9 @@ class MiniGridVecEnv(VectorEnv):
     def _perception(self, i: int) -> Perception:
         return self.envs[i].perception()
 
+    def _mission(self, i: int) -> str:
+        return self.envs[i].unwrapped.mission
+
     def render(self, index: int = 0) -> np.ndarray:
         """RGB frame (H, W, 3) of env `index` (created with render_env=index)."""
         return self.envs[index].render()
