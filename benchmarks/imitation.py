@@ -28,59 +28,21 @@ from torch import nn
 from habitat_bridge.embodied.vector import EmbodiedVecEnv
 from llm_teacher.embodied_skills import EmbodiedSkills
 from llm_teacher.scripted_options import scripted_option
-from llm_teacher_common.perception import OCCUPIED, UNKNOWN, Perception
+from llm_teacher_common.map_crop import CROP_RESOLUTIONS, map_crop
+from llm_teacher_common.perception import Perception
 from llm_teacher_common.stats import rate_text
 from student_deploy.missions import MissionVocabulary
-from student_policy.networks import ImageEncoder, MissionEncoder
+from student_policy.networks import ImageEncoder, MissionEncoder, small_frame_cnn
 
 EVAL_SEED = 20_000  # closed-loop seeds; training episodes come from seeds 0.. and their streams
-CROP_CELLS, CROP_RESOLUTIONS = 48, (0.25, 0.5)  # the map input: 12 m and 24 m square round the robot
-TARGET_MARK = 0.5  # m: the radius of the named object's mark in the map input
-
-
-def map_crop(perception: Perception, cells: int = CROP_CELLS, mark_target: bool = False) -> np.ndarray:
-    """(cells, cells, 2) uint8 egocentric occupancy at two scales (CROP_RESOLUTIONS): the robot at
-    the centre facing up (row 0 is ahead, column 0 is its left); unknown 0, free 128, occupied 255.
-    mark_target: two more channels, 255 within TARGET_MARK of where the object the mission names
-    was last perceived (what a detector that reads the mission, and remembers, would give)."""
-    layers = [_crop(perception, cells, r) for r in CROP_RESOLUTIONS]
-    if mark_target:
-        named = [o for o in perception.objects if f'{o.color} {o.type}' in perception.mission]
-        offsets = cells / 2 - np.arange(cells) - 0.5
-        for resolution in CROP_RESOLUTIONS:
-            forward, left = np.meshgrid(offsets * resolution, offsets * resolution, indexing='ij')
-            mark = np.zeros((cells, cells), bool)
-            for o in named:
-                mark |= np.hypot(forward - o.forward, left - o.left) <= max(TARGET_MARK, resolution)
-            layers.append((mark * 255).astype(np.uint8)[..., None])
-    return np.concatenate(layers, axis=-1)
-
-
-def _crop(perception: Perception, cells: int, resolution: float) -> np.ndarray:
-    """One scale: each crop cell takes the most telling of the map cells under it (occupied over
-    free over unknown), so a one-cell wall survives a coarser scale."""
-    grid = perception.occupancy
-    sub = max(1, round(resolution / grid.resolution))  # map cells per crop cell, per axis
-    fine = cells * sub
-    offsets = (fine / 2 - np.arange(fine) - 0.5) * (resolution / sub)
-    forward, left = np.meshgrid(offsets, offsets, indexing='ij')
-    cos, sin = math.cos(perception.heading), math.sin(perception.heading)
-    x = perception.x + cos * forward - sin * left
-    y = perception.y + sin * forward + cos * left
-    i = np.floor((x - grid.origin[0]) / grid.resolution).astype(int)
-    j = np.floor((y - grid.origin[1]) / grid.resolution).astype(int)
-    inside = (i >= 0) & (i < grid.cells.shape[0]) & (j >= 0) & (j < grid.cells.shape[1])
-    values = np.full((fine, fine), UNKNOWN, np.int16)
-    values[inside] = grid.cells[i[inside], j[inside]]
-    encoded = np.where(values == UNKNOWN, 0, np.where(values == OCCUPIED, 255, 128)).astype(np.uint8)
-    return encoded.reshape(cells, sub, cells, sub).max(axis=(1, 3))[..., None]
+CROP_CELLS = 48  # the map input: 12 m and 24 m square round the robot (llm_teacher_common.map_crop)
 
 
 def map_inputs(perceptions: list[Perception], use_map: str) -> np.ndarray | None:
     """The map input of each robot (see map_crop), (N, cells, cells, C); None without one."""
     if not use_map:
         return None
-    return np.stack([map_crop(p, mark_target=use_map == 'target') for p in perceptions])
+    return np.stack([map_crop(p, CROP_CELLS, mark_target=use_map == 'target') for p in perceptions])
 
 
 def target_in_view(perception: Perception, option) -> bool:
@@ -105,14 +67,6 @@ def atari_cnn(channels: int) -> nn.Module:
     return ImageEncoder((48, 48, channels)).cnn
 
 
-def small_cnn(channels: int) -> nn.Module:
-    """3x3 convolutions, stride 2: 48x48 -> 6x6 features, so a ball a few pixels wide survives."""
-    return nn.Sequential(nn.Conv2d(channels, 32, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Conv2d(64, 32, 3, padding=1), nn.ReLU(), nn.Flatten())
-
-
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
@@ -133,7 +87,7 @@ def impala_cnn(channels: int) -> nn.Module:
     return nn.Sequential(*layers, nn.ReLU(), nn.Flatten())
 
 
-ENCODERS = {'atari': atari_cnn, 'small': small_cnn, 'impala': impala_cnn}
+ENCODERS = {'atari': atari_cnn, 'small': small_frame_cnn, 'impala': impala_cnn}
 
 
 def crop_channels(use_map: str) -> int:
@@ -148,7 +102,7 @@ class Student(nn.Module):
         super().__init__()
         height, width, channels = obs_shape
         self.camera = ENCODERS[encoder](channels)
-        self.map = small_cnn(crop_channels(use_map)) if use_map else None
+        self.map = small_frame_cnn(crop_channels(use_map)) if use_map else None
         self.mission = MissionEncoder() if mission else None  # the student's own (student_policy.networks)
         with torch.no_grad():
             flat = self.camera(torch.zeros(1, channels, height, width)).shape[1]

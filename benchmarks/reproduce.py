@@ -84,7 +84,7 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
     from habitat_bridge.vector import make_vec_env
     from llm_teacher.teacher import embedded_teacher
     from student_policy.evaluate import evaluate
-    from student_policy.networks import eager_copy
+    from student_policy.networks import eager_copy, encoder_for
     from student_policy.lockstep import train
     from student_policy.ppo import PPOConfig, TeacherSchedule
 
@@ -100,7 +100,7 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
                 'seconds': time.perf_counter() - start}
     embodied = is_embodied(task)
     # Embodied: the camera at job['size'] px square, and the settings of benchmarks/embodied_throughput.py.
-    env_options = {'width': job['size'], 'height': job['size']} if embodied else {}
+    env_options = {'width': job['size'], 'height': job['size'], 'observation': job.get('observation', '')} if embodied else {}
     perceive = kind == 'llm' or embodied and kind == 'expert'
     envs = make_vec_env(task, job.get('envs', EMBODIED_ENVS if embodied else 16), perceive=perceive, **env_options)
     teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt')) if kind == 'llm' else None
@@ -119,7 +119,7 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
         return True
     config = PPOConfig(total_frames=frames, seed=seed, teacher=schedule, device=job.get('device', 'cpu'),
                        recurrent=job.get('recurrent', 0), mission=job.get('mission', False),
-                       **(EMBODIED_CONFIG if embodied else {}))
+                       **(dict(EMBODIED_CONFIG, encoder=encoder_for(envs.observation)) if embodied else {}))
     learner = train(config, envs, teacher=suggest, callbacks=[record])
     envs.close()
     if policy_path is not None:
@@ -277,6 +277,9 @@ def main():
                         help='embodied tasks: camera pixels (square) the student sees; see embodied_throughput.py')
     parser.add_argument('--recurrent', type=int, default=0,
                         help="units of the students' GRU memory (PPOConfig.recurrent); 0: reactive students")
+    parser.add_argument('--observation', default='', choices=('', 'rgbd', 'rgb', 'rgbd_map'),
+                        help="embodied tasks: what the students see ('' the default, rgbd; rgbd_map: the camera "
+                             "and the robot's map crop with the mission's object marked)")
     parser.add_argument('--mission', action='store_true',
                         help='the students read the mission text too (PPOConfig.mission): tasks whose mission varies')
     parser.add_argument('--device', default='cpu', help="the students' torch device (cuda: on a GPU machine)")
@@ -303,7 +306,7 @@ def main():
     # Settings away from their defaults go into every job; at the default they stay absent, so the
     # studies run before an option existed resume.
     optional = {'device': (args.device, 'cpu'), 'envs': (args.envs, None), 'recurrent': (args.recurrent, 0),
-                'mission': (args.mission, False)}
+                'mission': (args.mission, False), 'observation': (args.observation, '')}
     settings = {key: value for key, (value, default) in optional.items() if value != default}
     jobs = [{**job, **settings} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings

@@ -31,7 +31,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from ros_helpers import spin_until
 from sensor_msgs.msg import Image
-from std_msgs.msg import Int32
+from std_msgs.msg import Int32, String
 
 from llm_teacher_common.launch_runner import executable_path
 from student_policy.checkpoints import export_policy
@@ -191,13 +191,18 @@ def twists(draw):
     return Fuzzed(msg, Stamp(), kind='Twist')
 
 
+def strings():
+    missions = st.sampled_from(['go to the red ball', 'go to the', 'go to the green key', '42', ' ', 'GO TO THE RED BALL!'])
+    return st.builds(lambda v: Fuzzed(String(data=v), Stamp(), kind='String'), st.one_of(missions, TEXT))
+
+
 def int32s():
     return st.builds(lambda v: Fuzzed(Int32(data=v), Stamp(), kind='Int32'), st.one_of(st.integers(-2, 9), INT32))
 
 
 STRATEGIES = {Image: images, StepBatch: step_batches, ActionBatch: action_batches, SuggestionBatch: suggestion_batches,
               PerceptionBatch: perception_batches, TrainingStatus: training_statuses, TeacherStatus: teacher_statuses,
-              Twist: twists, Int32: int32s}
+              Twist: twists, Int32: int32s, String: strings}
 RECORDED = {'step_batch': StepBatch, 'action_batch': ActionBatch, 'perception_batch': PerceptionBatch,
             'suggestion_batch': SuggestionBatch, 'training_status': TrainingStatus, 'teacher_status': TeacherStatus,
             'image': Image}
@@ -219,7 +224,7 @@ class NodeUnderFuzz:
 
 NODES = [
     NodeUnderFuzz('robot_policy_node', 'student_deploy',
-                  {'camera/image_raw': Image, 'camera/depth/image_raw': Image},
+                  {'camera/image_raw': Image, 'camera/depth/image_raw': Image, 'mission': String},
                   {'control_rate_hz': 20.0, 'max_sensor_age': 0.3}, deploy=True),
     NodeUnderFuzz('policy_node', 'student_deploy', {'step_batch': StepBatch},
                   {'step_duration': 0.1, 'max_sensor_age': 0.3}, deploy=True),
@@ -259,7 +264,9 @@ def start_nodes(nodes: list[NodeUnderFuzz], workdir: Path) -> dict[str, tuple[su
         cwd = workdir / node.name
         (cwd / 'runs' / 'train').mkdir(parents=True, exist_ok=True)
         if node.name == 'robot_policy_node':
-            export_policy(cwd / 'runs' / 'train' / 'policy.pt', ActorCritic(CAMERA_SHAPE, 8, encoder='image'))
+            policy = ActorCritic(CAMERA_SHAPE, 8, encoder='image', mission=True)  # its missions are fuzzed too
+            policy.encode_missions(['go to the red ball'], grow=True)
+            export_policy(cwd / 'runs' / 'train' / 'policy.pt', policy)
         elif node.name == 'policy_node':
             export_policy(cwd / 'runs' / 'train' / 'policy.pt', ActorCritic(GRID_SHAPE, 7, encoder='grid'))
         params = {**node.params, 'run_dir': str(cwd / 'runs' / 'train')} if node.name in ('student_node', 'recorder_node') \

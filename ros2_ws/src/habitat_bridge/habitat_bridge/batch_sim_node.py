@@ -50,8 +50,9 @@ class BatchSimNode(Node):
         task = param('task', 'MiniGrid-SimpleDoorKey-v0', 'Registered MiniGrid id (the paper tasks or any standard one)')
         num_envs = param('num_envs', 16, 'Environments, stepped in lock-step (per group, see num_groups)')
         self.seed = param('seed', 0, 'Environment i starts with seed + i')
-        self.observation = param('observation', '', "'memory_map' (the paper's) or 'egocentric' on MiniGrid; 'rgbd' or "
-                                 "'rgb' (camera) on MiniWorld; '' the task's default (memory_map, rgbd)")
+        self.observation = param('observation', '', "'memory_map' (the paper's) or 'egocentric' on MiniGrid; 'rgbd', "
+                                 "'rgb' (camera) or 'rgbd_map' (camera and the robot's map crop) on MiniWorld; "
+                                 "'' the task's default (memory_map, rgbd)")
         render_hz = param('render_hz', 2.0, 'Rate of the rgb rendering on `image` (0 turns it off)')
         self.render_env = param('render_env', 0, 'Which environment `image` shows')
         num_groups = param('num_groups', 1, 'Env groups in flight (num_envs / num_groups per step batch): with 2 the '

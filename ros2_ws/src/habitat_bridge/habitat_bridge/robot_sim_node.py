@@ -112,13 +112,15 @@ class RobotSimNode(Node):
                 self.last = self.sim.reset(seed=self.seed + self.episode)
         stamp = self.get_clock().now().to_msg()
         step = self.last
+        # The mission first: a listener then has it before the episode's first frame (usually: topics
+        # are not ordered with each other; it comes again with every frame).
+        self.mission_pub.publish(String(data=step.perception.mission))
         self.rgb_pub.publish(rgb_image_msg(step.rgb, stamp, sensors.OPTICAL))
         self.depth_pub.publish(sensors.depth_image_msg(step.depth, stamp))
         self.info_pub.publish(sensors.camera_info_msg(self.sim.camera, stamp))
         self.odom_pub.publish(sensors.odometry_msg(step.pose, velocity, stamp))
         self.tf_pub.publish(TFMessage(transforms=sensors.dynamic_transforms(step.pose, stamp)))
         self.perception_pub.publish(perception_msg(step.perception))
-        self.mission_pub.publish(String(data=step.perception.mission))  # with every frame: a late listener hears it
         if step.perception.occupancy is not None:
             grid = occupancy_grid_msg(step.perception.occupancy)
             grid.header.stamp = stamp

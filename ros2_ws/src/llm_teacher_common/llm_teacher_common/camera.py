@@ -4,7 +4,7 @@ training simulators (EmbodiedVecEnv) and a robot's own sensor topics (robot_poli
 Encoding "rgbd" (uint8, shape (H, W, 4)): the camera's rgb, and depth in channel 3 quantised to
 DEPTH_STEP_M (0..255 is 0..10.2 m; farther reads as 10.2 m). One uint8 tensor keeps rollout
 storage, StepBatch messages and the exported policy the same as for grid worlds. "rgb" drops the
-depth channel.
+depth channel. "rgbd_map" is rgbd here (the vector env puts the map crop beside it).
 
 Invalid depth (NaN, +-inf, <= 0: no return, too close, or an error; REP-117/118) reads as 0, the
 nearest value, "something at the lens": never as open space. The simulators render finite,
@@ -18,8 +18,10 @@ import cv2
 import numpy as np
 
 from llm_teacher_common.families import FAMILIES
+from llm_teacher_common.map_crop import MAP_CHANNELS
 
-EMBODIED_OBSERVATIONS = FAMILIES['embodied'].observations  # camera rgb + depth as a 4th channel, or rgb alone
+# camera rgb + depth as a 4th channel, rgb alone, or rgbd with the robot's map crop beside it (map_crop)
+EMBODIED_OBSERVATIONS = FAMILIES['embodied'].observations
 DEPTH_STEP_M = 0.04
 FAR = 255
 INVALID_DEPTH = 0  # the encoding of NaN, inf and <= 0 readings: nearest, not far (see above)
@@ -50,9 +52,15 @@ def decode_depth(channel: np.ndarray) -> np.ndarray:
 
 
 def observation_channels(observation: str) -> int:
+    """Channels of an embodied observation: the camera's (camera_channels) and, for "rgbd_map", the
+    map crop's."""
+    return camera_channels(observation) + (MAP_CHANNELS if observation in FAMILIES['embodied'].map_observations else 0)
+
+
+def camera_channels(observation: str) -> int:
     if observation not in EMBODIED_OBSERVATIONS:
         raise ValueError(f'observation mode {observation!r} is not one of {EMBODIED_OBSERVATIONS}')
-    return 4 if observation == 'rgbd' else 3
+    return 3 if observation == 'rgb' else 4
 
 
 def camera_observation(rgb: np.ndarray, depth: np.ndarray | None, observation: str = 'rgbd',
@@ -66,7 +74,7 @@ def camera_observation(rgb: np.ndarray, depth: np.ndarray | None, observation: s
     :raises ValueError: unknown observation mode, wrong or empty shapes, or rgb and depth of
         different sizes (never cv2.error: an empty image is refused before resizing).
     """
-    channels = observation_channels(observation)
+    channels = camera_channels(observation)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or not rgb.size:
         raise ValueError(f'rgb must be (height, width, 3) uint8 of at least one pixel, got {rgb.shape} {rgb.dtype}')
     if size is not None and (len(size) != 2 or min(size) <= 0):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from student_deploy.missions import MissionVocabulary
+from student_deploy.missions import MISSION_LENGTH, MissionVocabulary
 
 INFO_FILE = 'policy.json'  # inside the TorchScript archive (_extra_files); beside an .onnx file as <name>.json
 ONNX_OPSET = 17
@@ -31,7 +31,7 @@ class PolicyInfo:
     """(H, W, C) of camera observations, (W, H, C) of grid maps."""
     num_actions: int
     encoder: str
-    """'grid' or 'image'."""
+    """'grid', 'image' or 'image_map' (camera and the robot's map crop)."""
     task: str = ''
     """the task it was trained on ('' when not recorded)."""
     recurrent: int = 0
@@ -85,6 +85,9 @@ class Policy:
         else:
             self._load_torchscript()
         self.vocabulary = MissionVocabulary(self.info.mission_words) if self.reads_mission else None
+        if self.reads_mission and self.info.mission_length != MISSION_LENGTH:
+            raise ValueError(f'{self.path} reads missions of {self.info.mission_length} tokens, this version encodes '
+                             f'{MISSION_LENGTH}: export it again with this version')
 
     def _load_torchscript(self) -> None:
         # torch.jit.load runs the code inside the archive: a policy.pt is a program. Load only files
@@ -115,14 +118,16 @@ class Policy:
     def reads_mission(self) -> bool:
         return self.info is not None and self.info.mission_length > 0
 
-    def encode_missions(self, texts: list[str]) -> torch.Tensor | None:
-        """Token ids (B, L) of mission texts; None for a policy that reads no mission.
+    def encode_missions(self, texts: list[str], strict: bool = True) -> torch.Tensor | None:
+        """Token ids (B, L) of mission texts; None for a policy that reads no mission. Not `strict`
+        (evaluation), a word the policy never learnt reads as UNKNOWN, as in training.
 
-        :raises ValueError: a mission with words the policy never learnt (named), or too long.
+        :raises ValueError: a mission of more words than a policy reads, or (`strict`) one with no
+            words or with words the policy never learnt (named).
         """
         if not self.reads_mission:
             return None
-        return torch.from_numpy(self.vocabulary.encode(texts, strict=True))
+        return torch.from_numpy(self.vocabulary.encode(texts, strict=strict))
 
     def initial_state(self, batch: int) -> torch.Tensor:
         """The state of `batch` robots at an episode's start (zeros; (batch, 0) for a reactive policy)."""

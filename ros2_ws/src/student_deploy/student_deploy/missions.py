@@ -15,7 +15,8 @@ import numpy as np
 MISSION_LENGTH = 16
 """most words a mission may have."""
 MAX_WORDS = 100
-"""most words a vocabulary holds (BabyAI's instruction vocabulary: 100)."""
+"""most words a vocabulary holds (BabyAI's instruction vocabulary: 100); ids stay below 256, so
+rollout storage keeps them as uint8."""
 PAD, UNKNOWN = 0, 1
 
 
@@ -46,8 +47,8 @@ class MissionVocabulary:
         """Token ids (B, MISSION_LENGTH) int64 of `texts`, left-padded with PAD; words not in the
         vocabulary are learnt (`grow`, while there is room) or read as UNKNOWN.
 
-        :raises ValueError: a mission of more than MISSION_LENGTH words, or (`strict`) one with words
-            the vocabulary does not hold, naming them.
+        :raises ValueError: a mission of more than MISSION_LENGTH words, or (`strict`) one with no
+            words or with words the vocabulary does not hold, naming them.
         """
         tokens = np.full((len(texts), MISSION_LENGTH), PAD, np.int64)
         for row, text in enumerate(texts):
@@ -58,6 +59,9 @@ class MissionVocabulary:
             if grow:
                 for word in words:
                     self.add(word)
+            if strict and not words:
+                raise ValueError(f'mission {text[:120]!r} has no words: say what the robot should do, e.g. '
+                                 f'"go to the red ball"')
             if strict:
                 unknown = sorted({word for word in words if word not in self.ids})
                 if unknown:

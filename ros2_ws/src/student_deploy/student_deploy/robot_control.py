@@ -251,6 +251,10 @@ class CameraPolicy:
         if info is None:
             raise ValueError(f'{policy.path} carries no description of its inputs (exported before policy.json '
                              f'existed): export it again with student_policy.checkpoints.export_policy')
+        if info.encoder == 'image_map':
+            raise ValueError(f'{policy.path} reads the robot\'s map crop beside the camera (observation rgbd_map), '
+                             f'which this node does not build from a robot\'s topics yet: deploy a camera policy '
+                             f'(observation rgbd), or run this one with policy_node against a simulator')
         if info.encoder != 'image' or len(info.obs_shape) != 3 or info.obs_shape[2] != channels:
             raise ValueError(f'{policy.path} takes observations of shape {tuple(info.obs_shape)} ({info.encoder} '
                              f'encoder, task {info.task or "unknown"}), but this node gives {observation!r} camera '
@@ -269,23 +273,25 @@ class CameraPolicy:
         self._mission_tokens: torch.Tensor | None = None
 
     def set_mission(self, text: str) -> bool:
-        """Take a new mission (for a policy that reads one; others ignore it); a mission other than
-        the one before starts a new episode. False when nothing changed.
+        """Take a mission; one other than the one before starts a new episode (the memory of a
+        recurrent policy is reset). False when nothing changed.
 
-        :raises ValueError: an empty mission, or words the policy never learnt (named); the robot
-            then has no mission (it stays stopped) until a readable one comes.
+        :raises ValueError: for a policy that reads the mission, one with no words or with words it
+            never learnt (named); the robot then has no mission (it stays stopped) until a readable one comes.
         """
-        if not self.policy.reads_mission:
-            return False
         if text == self.mission:
             return False
         self.clear_mission()
-        if not text.strip():
-            raise ValueError('an empty mission: say what the robot should do, e.g. "go to the red ball"')
-        self._mission_tokens = self.policy.encode_missions([text])
+        if self.policy.reads_mission:
+            self._mission_tokens = self.policy.encode_missions([text])
         self.mission = text
         self.reset()
         return True
+
+    @property
+    def waiting_for_mission(self) -> bool:
+        """The policy reads the mission and has none it can read: the robot must not move."""
+        return self.policy.reads_mission and self._mission_tokens is None
 
     def clear_mission(self) -> None:
         self.mission, self._mission_tokens = None, None
@@ -315,7 +321,7 @@ class CameraPolicy:
             robot; the state is kept as it was).
         :raises ValueError: the policy reads the mission and none (or none it could read) came.
         """
-        if self.policy.reads_mission and self._mission_tokens is None:
+        if self.waiting_for_mission:
             raise ValueError('no mission yet: this policy needs one (std_msgs/String on the mission topic, '
                              'e.g. "go to the red ball") before it moves')
         logits, state = self.policy.step(obs[None], self.memory.before(0, 0, None, np.zeros(1, bool)),

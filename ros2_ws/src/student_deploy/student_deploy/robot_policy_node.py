@@ -11,7 +11,8 @@ trained on (llm_teacher_common.camera, the function the simulators use), runs th
                      frames'), for rviz2 / Foxglove and for checking
 
 A recurrent policy (policy.json "recurrent" > 0) remembers the episode: an std_msgs/Empty on
-`reset` (the robot was carried elsewhere), a new mission and sensors gone stale start it afresh.
+`reset` (the robot was carried elsewhere), a new mission on `mission` and sensors gone stale start
+it afresh.
 
 A policy that reads the mission (policy.json "mission_length" > 0) takes it as std_msgs/String on
 `mission` (volatile, so `ros2 topic pub` reaches it; a publisher repeats it, as robot_sim_node
@@ -125,6 +126,11 @@ class RobotPolicyNode(Node):
 
     def act(self, pair: FramePair, now: int) -> None:
         if pair.stamp_ns - self.last_action_ns < self.min_period_ns:
+            return
+        if self.controller.waiting_for_mission:
+            self.get_logger().info('waiting for a mission (std_msgs/String on `mission`) before moving',
+                                   throttle_duration_sec=5.0)
+            self.stop()
             return
         self.last_action_ns = pair.stamp_ns
         try:

@@ -42,7 +42,8 @@ def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int
     state = policy.initial_state(n)
     with torch.no_grad():
         while (np.arange(n) + n * played < episodes).any():
-            logits, state = policy.step(torch.from_numpy(step.observations), state, policy.encode_missions(step.missions))
+            logits, state = policy.step(torch.from_numpy(step.observations), state,
+                                        policy.encode_missions(step.missions, strict=False))
             actions = choose_actions(logits, greedy, generator)
             for i in range(n):
                 recent[i].append(int(actions[i]))
@@ -76,11 +77,12 @@ def ends_in_loop(actions) -> bool:
 
 def env_options_for(obs_shape: tuple[int, ...], encoder: str) -> dict:
     """The vector env options that give a policy its observations: a camera policy's image size
-    and channels (rgbd or rgb); none for grid policies (the task fixes those)."""
-    if encoder != 'image':
+    and channels (rgbd, rgb, or rgbd with the map: rgbd_map); none for grid policies (the task fixes those)."""
+    if encoder not in ('image', 'image_map'):
         return {}
     height, width, channels = obs_shape
-    return {'height': height, 'width': width, 'observation': 'rgbd' if channels == 4 else 'rgb'}
+    observation = 'rgbd_map' if encoder == 'image_map' else 'rgbd' if channels == 4 else 'rgb'
+    return {'height': height, 'width': width, 'observation': observation}
 
 
 def main(argv=None) -> int:

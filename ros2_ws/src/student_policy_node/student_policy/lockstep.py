@@ -194,9 +194,9 @@ class LockstepLearner:
                     f'{MAX_ACTIONS} actions or {MAX_OBS_BYTES} bytes an observation')
         if self.task:
             family = family_of_task(self.task)
-            if (step.encoder, step.num_actions) != (family.encoder, len(family.action_names)):
+            if step.encoder not in family.encoders or step.num_actions != len(family.action_names):
                 return (f'its {step.encoder} observations and {step.num_actions} actions are not those of task '
-                        f'{self.task} ({family.encoder}, {len(family.action_names)}): a simulator of another task '
+                        f'{self.task} ({" or ".join(family.encoders)}, {len(family.action_names)}): a simulator of another task '
                         f'on this ROS domain? Stop it, or give this run its own ROS_DOMAIN_ID')
         return None
 

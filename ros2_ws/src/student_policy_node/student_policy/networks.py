@@ -1,5 +1,6 @@
 """Policy networks: actor-critic heads over an encoder of grid observations (MiniGrid memory maps or
-egocentric views) or of camera images (rgb, or rgb + quantised depth)."""
+egocentric views), of camera images (rgb, or rgb + quantised depth), or of camera images with the
+robot's map crop beside them; optionally a memory and a mission encoder."""
 from __future__ import annotations
 
 import torch
@@ -68,7 +69,44 @@ class ImageEncoder(nn.Module):
         return self.head(self.cnn(obs.permute(0, 3, 1, 2).float() / 255.0))
 
 
-ENCODERS = {'grid': GridEncoder, 'image': ImageEncoder}
+CAMERA_CHANNELS = 4  # rgbd: the camera part of "rgbd_map"
+
+
+def small_frame_cnn(channels: int) -> nn.Sequential:
+    """3x3 convolutions of stride 2: a 48x48 input keeps a 6x6 feature map, where the Atari CNN's
+    8x8 stride-4 first layer leaves 2x2 and loses an object a few pixels wide (docs/results.md,
+    "Can a camera student imitate its teacher?")."""
+    return nn.Sequential(nn.Conv2d(channels, 32, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(64, 32, 3, padding=1), nn.ReLU(), nn.Flatten())
+
+
+class ImageMapEncoder(nn.Module):
+    """A camera image with the robot's map crop beside it ((H, W, 4 + MAP_CHANNELS) uint8, the
+    embodied observation "rgbd_map") -> features: one small-frame CNN on the rgbd channels, one on
+    the map's, joined by a linear layer."""
+
+    def __init__(self, obs_shape: tuple[int, ...], features: int = 256):
+        super().__init__()
+        if len(obs_shape) != 3 or obs_shape[2] <= CAMERA_CHANNELS or min(obs_shape[:2]) < 8:
+            raise ValueError(f'camera + map observations are (height, width, {CAMERA_CHANNELS} + map channels) of at '
+                             f'least 8x8, got shape {tuple(obs_shape)}')
+        height, width, channels = obs_shape
+        self.camera = small_frame_cnn(CAMERA_CHANNELS)
+        self.map = small_frame_cnn(channels - CAMERA_CHANNELS)
+        with torch.no_grad():
+            flat = sum(cnn(torch.zeros(1, c, height, width)).shape[1]
+                       for cnn, c in ((self.camera, CAMERA_CHANNELS), (self.map, channels - CAMERA_CHANNELS)))
+        self.head = nn.Sequential(nn.Linear(flat, features), nn.ReLU())
+        self.features = features
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.permute(0, 3, 1, 2).float() / 255.0
+        return self.head(torch.cat([self.camera(x[:, :CAMERA_CHANNELS]), self.map(x[:, CAMERA_CHANNELS:])], 1))
+
+
+ENCODERS = {'grid': GridEncoder, 'image': ImageEncoder, 'image_map': ImageMapEncoder}
 
 
 class MissionEncoder(nn.Module):
@@ -89,7 +127,7 @@ class MissionEncoder(nn.Module):
 
 def encoder_for(obs_encoding: str) -> str:
     """The encoder of a simulator's observation encoding (StepBatch.obs_encoding)."""
-    return family_of_observation(obs_encoding).encoder
+    return family_of_observation(obs_encoding).encoder_of(obs_encoding)
 
 
 class ActorCritic(nn.Module):
@@ -135,10 +173,13 @@ class ActorCritic(nn.Module):
     def reads_mission(self) -> bool:
         return self.vocabulary is not None
 
-    def encode_missions(self, texts: list[str], grow: bool = False) -> torch.Tensor | None:
-        """Token ids (B, L) of mission texts (unknown words: UNKNOWN), learning new words with
-        `grow`; None for a policy that reads no mission."""
-        return None if self.vocabulary is None else torch.from_numpy(self.vocabulary.encode(texts, grow=grow))
+    def encode_missions(self, texts: list[str], grow: bool = False, strict: bool = False) -> torch.Tensor | None:
+        """Token ids (B, L) of mission texts, learning new words with `grow`; unknown words read as
+        UNKNOWN, or (`strict`) are refused as an exported policy refuses them (inference.Policy).
+        None for a policy that reads no mission."""
+        if self.vocabulary is None:
+            return None
+        return torch.from_numpy(self.vocabulary.encode(texts, grow=grow, strict=strict))
 
     def encode(self, obs: torch.Tensor, mission: torch.Tensor | None) -> torch.Tensor:
         features = self.encoder(obs)

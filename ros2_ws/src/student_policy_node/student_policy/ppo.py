@@ -72,8 +72,8 @@ class PPOConfig:
     """Every setting of a training run; saved with each checkpoint."""
 
     encoder: str = 'grid'
-    """observation encoder: 'grid' (MiniGrid memory maps and egocentric views) or 'image' (camera
-    rgb or rgb + depth)."""
+    """observation encoder: 'grid' (MiniGrid memory maps and egocentric views), 'image' (camera
+    rgb or rgb + depth) or 'image_map' (rgb + depth with the robot's map crop: "rgbd_map")."""
     recurrent: int = 0
     """units of the policy's GRU memory between encoder and heads; 0: a reactive policy (acts on
     the present observation alone)."""
@@ -346,6 +346,8 @@ class PPOLearner:
         policy that reads no mission."""
         if not self.policy.reads_mission:
             return None
+        if texts is None:
+            raise ValueError('this student reads the mission (PPOConfig.mission): give each env\'s mission')
         return self.policy.encode_missions(texts, grow=True).to(self.device)
 
     @torch.no_grad()

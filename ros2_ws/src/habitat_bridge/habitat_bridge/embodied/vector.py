@@ -5,7 +5,8 @@ The same interface as `habitat_bridge.minigrid.vector.MiniGridVecEnv` (reset/ste
 auto-reset and perceptions), so the PPO loop, the teacher and the study run on either.
 
 Observations: `llm_teacher_common.camera.camera_observation` of each camera frame, the function a
-deployed robot node builds its observations with.
+deployed robot node builds its observations with; "rgbd_map" puts the robot's map crop
+(`llm_teacher_common.map_crop`, as many cells as the camera has pixels) beside the rgbd channels.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from habitat_bridge.embodied.backend import make_backend
 from habitat_bridge.embodied.types import EmbodiedStep
 from habitat_bridge.vector_env import VectorEnv
 from llm_teacher_common.camera import camera_observation, observation_channels
+from llm_teacher_common.families import FAMILIES
+from llm_teacher_common.map_crop import map_crop
 
 
 class EmbodiedVecEnv(VectorEnv):
@@ -26,6 +29,10 @@ class EmbodiedVecEnv(VectorEnv):
         """render_env and perceive are MiniGridVecEnv's: every robot here renders its camera anyway;
         perceive=False also spares the backends their perception and map (where they can)."""
         channels = observation_channels(observation)
+        self.with_map = observation in FAMILIES['embodied'].map_observations
+        if self.with_map and width != height:
+            raise ValueError(f'observation {observation!r} needs a square camera (its map crop has as many cells '
+                             f'as the camera has pixels), got {width}x{height}')
         super().__init__(num_envs, perceive)
         self.task, self.observation = task, observation
         self.envs = [make_backend(task, width, height, max_episode_steps) for _ in range(num_envs)]
@@ -41,13 +48,17 @@ class EmbodiedVecEnv(VectorEnv):
 
     @perceive.setter
     def perceive(self, value: bool) -> None:
-        """batch_sim_node perceives only while a teacher listens: the backends follow."""
+        """batch_sim_node perceives only while a teacher listens: the backends follow (they keep
+        their maps for an observation that holds one)."""
         self._perceive = value
         for env in getattr(self, 'envs', ()):
-            env.perceive = value
+            env.perceive = value or self.with_map
 
     def encode(self, step: EmbodiedStep) -> np.ndarray:
-        return camera_observation(step.rgb, step.depth, self.observation)
+        camera = camera_observation(step.rgb, step.depth, self.observation)
+        if not self.with_map:
+            return camera
+        return np.concatenate([camera, map_crop(step.perception, camera.shape[1], mark_target=True)], axis=-1)
 
     def _reset_one(self, i: int, seed: int | None) -> np.ndarray:
         self._last[i] = self.envs[i].reset(seed=seed)
