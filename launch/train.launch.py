@@ -2,6 +2,8 @@
 
     ros2 launch llm_teacher train.launch.py task:=MiniGrid-LavaDoorKey-v0 total_frames:=600000
     ros2 launch llm_teacher train.launch.py task:=MiniWorld-GoToObject-v0 num_envs:=8   # from camera images
+    ros2 launch llm_teacher train.launch.py task:=MiniWorld-GoToObject-v0 num_envs:=8 observation:=rgbd_map \
+        recurrent:=128 mission:=true   # camera + the robot's map, a memory, the mission in words
     python -m llm_teacher_common.launch_runner train.launch.py task:=MiniGrid-LavaDoorKey-v0   # without ROS 2 launch
 
 Across machines (DDS is the transport; docs/ros2.md "Training across machines"): each host starts the roles
@@ -29,6 +31,11 @@ ARGUMENTS = {
     'num_groups': ('1', 'Env groups in flight: 2 lets the sim step one half of the envs while the student acts on the '
                    'other (double-buffered sampling); num_envs must split evenly'),
     'seed': ('0', 'Seed of the environments and of the student'),
+    'observation': ('', "What the sim gives the student; '' the config's (the task's default). MiniWorld: rgbd, rgb, "
+                    "or rgbd_map (the camera and the robot's map crop with the mission's object marked)"),
+    'recurrent': ('', "Units of the student's GRU memory (0: reactive); '' the config's"),
+    'mission': ('', "true: the student reads the mission text (tasks whose mission varies, e.g. GoToObject); '' the "
+                "config's"),
     'total_frames': ('450000', 'Environment frames to train for (450k: about 7 minutes on 2 cores)'),
     'run_dir': ('runs/train', 'Where checkpoints, logs and the exported policy go'),
     'plain_ppo': ('false', 'true: train without the teacher term and without a teacher node (the baseline)'),
@@ -59,12 +66,15 @@ def nodes(args: dict) -> list:
                               parameters=[config('batch_sim_node', suffix),
                                           {'task': args['task'], 'num_envs': int(args['num_envs']),
                                            'num_groups': int(args['num_groups']), 'seed': int(args['seed']),
-                                           'groups': args['groups']}]))
+                                           'groups': args['groups'],
+                                           **({'observation': args['observation']} if args['observation'] else {})}]))
     if 'learner' in roles:
         graph.append(NodeSpec('student_policy', 'student_node', 'student_node',
                               parameters=[config('student_node'),
                                           {'run_dir': args['run_dir'], 'total_frames': int(args['total_frames']),
-                                           'seed': int(args['seed']), 'task': args['task']},
+                                           'seed': int(args['seed']), 'task': args['task'],
+                                           **({'recurrent': int(args['recurrent'])} if args['recurrent'] else {}),
+                                           **({'mission': flag(args, 'mission')} if args['mission'] else {})},
                                           PLAIN_PPO if plain_ppo else {}]))
     if 'teacher' in roles and not plain_ppo:
         graph.append(NodeSpec('llm_teacher', 'teacher_node', 'teacher_node' + suffix,

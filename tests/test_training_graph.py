@@ -141,6 +141,43 @@ def test_the_lava_blind_teacher_is_a_launch_argument():
     assert [t.parameters[-1]['avoid_lava'] for t in teachers] == [True, False]
 
 
+def test_memory_mission_and_map_are_launch_arguments():
+    launch = load_launch_file(LAUNCH)
+
+    def overrides(given):  # what the launch sets on top of the config files
+        specs = {s.executable: s for s in launch.nodes(resolve_arguments(launch.ARGUMENTS, given))}
+        return specs['batch_sim_node'].parameters[-1], specs['student_node'].parameters[1]
+    sim, student = overrides([])
+    assert 'observation' not in sim and not {'recurrent', 'mission'} & set(student)  # the config's, unless given
+    sim, student = overrides(['observation:=rgbd_map', 'recurrent:=128', 'mission:=true'])
+    assert sim['observation'] == 'rgbd_map' and student['recurrent'] == 128 and student['mission'] is True
+
+
+@pytest.mark.slow
+def test_a_camera_and_map_student_that_reads_its_mission_trains_through_the_graph(tmp_path, ros_node):
+    """MiniWorld robots in batch_sim_node (camera + map crop), a recurrent student that reads the
+    missions the step batches carry: it trains, and its checkpoint and export keep the words."""
+    launch = load_launch_file(LAUNCH)
+    args = resolve_arguments(launch.ARGUMENTS, [f'run_dir:={tmp_path}', 'total_frames:=128', 'num_envs:=2',
+                                                'task:=MiniWorld-GoToObject-v0', 'plain_ppo:=true', 'record:=false',
+                                                'foxglove_port:=-1', 'observation:=rgbd_map', 'recurrent:=16',
+                                                'mission:=true'])
+    specs = launch.nodes(args)
+    next(s for s in specs if s.executable == 'batch_sim_node').parameters.append({'render_hz': 0.0})
+    next(s for s in specs if s.executable == 'student_node').parameters.append(
+        {'num_steps': 32, 'minibatch_size': 32, 'eval_episodes': 2, 'test_episodes': 2, 'compile': 'false'})
+    logs = []
+    runner = LaunchRunner(specs, log=logs.append)
+    with runner:
+        code = runner.wait()  # the student exits at its budget; the runner stops the sim
+    assert code == 0, '\n'.join(logs[-40:])
+    words = read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')['mission_words']
+    assert words[:3] == ['go', 'to', 'the'], words
+    info = json.loads((tmp_path / 'policy.json').read_text())
+    assert info['encoder'] == 'image_map' and info['obs_shape'][2] == 8 and info['mission_words'] == words[:len(info['mission_words'])]
+    assert info['recurrent'] == 16 and info['mission_length'] > 0
+
+
 @pytest.mark.slow
 def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ros_node):
     """Sim, embedded-LLM teacher and student as processes: suggestions arrive and are distilled."""
