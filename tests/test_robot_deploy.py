@@ -105,8 +105,8 @@ def test_robot_node_refuses_a_policy_that_does_not_fit(exported, params, message
 def test_robot_node_stops_the_robot_on_stale_sensors_and_on_shutdown(exported, ros_node):
     """Fed by this test as a camera driver: fresh pairs move the robot; old ones, silence and Ctrl-C stop it."""
     twists, actions = [], []
-    ros_node.create_subscription(Twist, 'cmd_vel', twists.append, 100)
-    ros_node.create_subscription(ActionBatch, 'policy_action', actions.append, 100)
+    twist_sub = ros_node.create_subscription(Twist, 'cmd_vel', twists.append, 100)
+    action_sub = ros_node.create_subscription(ActionBatch, 'policy_action', actions.append, 100)
     rgb_pub = ros_node.create_publisher(Image, 'camera/image_raw', qos_profile_sensor_data)
     depth_pub = ros_node.create_publisher(Image, 'camera/depth/image_raw', qos_profile_sensor_data)
     rng = np.random.default_rng(1)
@@ -118,8 +118,11 @@ def test_robot_node_stops_the_robot_on_stale_sensors_and_on_shutdown(exported, r
 
     process = robot_node(exported, 'greedy:=true')
     try:
-        spin_until(ros_node, lambda: rgb_pub.get_subscription_count() and depth_pub.get_subscription_count(), 60,
-                   'robot_policy_node subscribing to the camera')
+        # Both ways matched (under load the node's publishers can be discovered after its subscriptions):
+        # else the zero Twists of the stale phase below could go unseen.
+        spin_until(ros_node, lambda: rgb_pub.get_subscription_count() and depth_pub.get_subscription_count()
+                   and twist_sub.get_publisher_count() and action_sub.get_publisher_count(), 60,
+                   'robot_policy_node subscribing to the camera and publishing')
         for _ in range(100):
             publish(age_s=2.0)
             spin_for(ros_node, 0.02)
