@@ -33,6 +33,9 @@ def training_graph(run_dir: Path, total_frames: int, num_groups: int = 1):
     specs = launch.nodes(args)
     student = next(s for s in specs if s.executable == 'student_node')
     student.parameters.append({'num_steps': NUM_STEPS, 'checkpoint_every': 1, 'eval_episodes': 4, 'test_episodes': 4})
+    # These runs last seconds: sampling one step batch in 20 left 4 samples, and when the recorder's
+    # action_batch subscription was discovered a second late (a fresh-clone CI run) none had its actions.
+    next(s for s in specs if s.executable == 'recorder_node').parameters.append({'step_every': 1})
     return specs
 
 
