@@ -173,7 +173,11 @@ def test_closed_loop_actions_through_the_topics_equal_in_process_greedy_actions(
     with open(tmp_path / 'robot.log', 'w') as log, LaunchRunner([sim], log=logs.append):
         process = robot_node(exported, 'greedy:=true', 'max_linear:=10.0', 'max_angular:=10.0', log=log)
         try:
-            spin_until(ros_node, lambda: len(actions) >= 420, 240, '420 actions of robot_policy_node')
+            def checkable() -> int:  # actions taken on frames this test saw (not before it subscribed)
+                stamps = (Time.from_msg(a.header.stamp).nanoseconds for a in actions)
+                return sum(t in frames['rgb'] and t in frames['depth'] for t in stamps)
+            spin_until(ros_node, lambda: len(actions) >= 420 and checkable() >= 400, 240,
+                       '400 actions of robot_policy_node on frames this test saw')
         finally:
             process.send_signal(2)
             process.wait(timeout=30)

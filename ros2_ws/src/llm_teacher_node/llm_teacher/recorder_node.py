@@ -43,6 +43,7 @@ TOPICS = {'step_batch': StepBatch, 'action_batch': ActionBatch, 'perception_batc
           'suggestion_batch': SuggestionBatch, 'training_status': TrainingStatus, 'teacher_status': TeacherStatus,
           'image': Image}
 SAMPLED_WITH_STEPS = {'action_batch': ActionBatch, 'perception_batch': PerceptionBatch}  # small to decode
+EARLY_KEPT = 64  # per topic: answers kept while their step batch has not come (yet)
 
 
 def ros_type_name(message_class) -> str:
@@ -107,6 +108,9 @@ class RecorderNode(Node):
         self.connections = {}
         # seqs of the sampled step batches whose actions (perceptions) are still to come
         self.recorded_seqs = {topic: set() for topic in SAMPLED_WITH_STEPS if topic in topics}
+        # ... and those that came before their step batch (topics are not ordered with each other):
+        # topic -> seq -> raw message, the last EARLY_KEPT of each
+        self.early: dict[str, dict[int, bytes]] = {topic: {} for topic in self.recorded_seqs}
         self.steps_seen: dict[int, int] = {}  # env group -> step batches seen
         for topic, message_class in topics.items():
             name = self.resolve_topic_name(topic)
@@ -123,13 +127,28 @@ class RecorderNode(Node):
             seen = self.steps_seen[batch.group] = self.steps_seen.get(batch.group, 0) + 1
             if seen % self.step_every:
                 return
-            for seqs in self.recorded_seqs.values():
-                seqs.add(batch.seq)
-        elif topic in SAMPLED_WITH_STEPS:
+            self.write(topic, data)
+            for other, seqs in self.recorded_seqs.items():
+                early = self.early[other].pop(batch.seq, None)
+                if early is None:
+                    seqs.add(batch.seq)
+                else:
+                    self.write(other, early)
+            return
+        if topic in SAMPLED_WITH_STEPS:
             seq = deserialize_message(data, SAMPLED_WITH_STEPS[topic]).seq
             if seq not in self.recorded_seqs[topic]:
+                early = self.early[topic]
+                early[seq] = data
+                if len(early) > EARLY_KEPT:
+                    del early[next(iter(early))]
                 return
             self.recorded_seqs[topic].discard(seq)
+        self.write(topic, data)
+
+    def write(self, topic: str, data: bytes) -> None:
+        if self.writer is None:
+            return
         try:
             self.writer.write(self.connections[topic], self.get_clock().now().nanoseconds, data)
         except OSError as err:
