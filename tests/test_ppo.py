@@ -12,7 +12,7 @@ from student_policy.evaluate import LOOP_WINDOW, ends_in_loop, evaluate
 from student_policy.networks import ActorCritic
 from student_policy.lockstep import train
 from student_policy.ppo import PAPER_SCHEDULE, PPOConfig, PPOLearner, TeacherSchedule
-from student_policy.storage import compute_gae
+from student_policy.storage import RolloutStorage, TeacherReplay, compute_gae
 
 PLAIN = TeacherSchedule(initial=0.0, final=0.0)
 
@@ -119,6 +119,54 @@ def test_the_distillation_loss_is_the_cross_entropy_averaged_over_suggested_samp
     metrics = learner.update(obs)
     assert metrics['losses/distill_loss'] == pytest.approx(-log_probs[2].item(), rel=1e-5)
     assert metrics['teacher/coverage'] == 0.5
+
+
+def test_the_teacher_replay_keeps_the_labelled_sequences_of_past_rollouts_and_drops_the_oldest():
+    """Only sequences with a suggestion are kept, with the state stored at their first step, as
+    (L, B, ...) batches; a full ring forgets its oldest sequence first."""
+    storage = RolloutStorage(4, 2, (1,), 3, state_size=2)
+    replay = TeacherReplay(frames=4, sequence=2)  # room for two sequences of 2 steps
+    for rollout in range(3):
+        storage.obs[..., 0] = rollout * 10 + np.arange(8).reshape(4, 2)  # unique ids: 10 * rollout + 2t + env
+        storage.states[..., 0] = storage.obs[..., 0]
+        storage.teacher_mask[:] = 0.0
+        storage.teacher_mask[1, 0] = 1.0  # only env 0's first sequence (steps 0-1) carries a suggestion
+        replay.add(storage)
+    assert replay.frames == 4
+    labels = replay.sample(64, np.random.default_rng(0))
+    assert labels.obs.shape == (2, 64, 1) and labels.teacher_probs.shape == (2, 64, 3) and labels.state.shape == (64, 2)
+    assert {tuple(column) for column in labels.obs[..., 0].T.tolist()} == {(10, 12), (20, 22)}  # rollouts 1 and 2
+    assert torch.equal(labels.state[:, 0], labels.obs[0, :, 0].float())
+    assert labels.teacher_mask[1].eq(1).all() and labels.teacher_mask[0].eq(0).all()
+
+
+def test_the_teacher_replay_keeps_teaching_what_the_rollouts_no_longer_show():
+    """The teacher labels state A "2" in the first rollout; the later rollouts show only state B,
+    labelled "3" (no reward anywhere). Without the replay the student forgets A's label as it
+    learns B's; the replay keeps it."""
+    state_a, state_b = np.zeros((2, 5, 5, 4), np.uint8), np.ones((2, 5, 5, 4), np.uint8)
+
+    def after_training(replay: int) -> tuple[float, float]:
+        config = PPOConfig(total_frames=10_000, num_steps=4, minibatch_size=8, update_epochs=2, learning_rate=3e-3,
+                           teacher=TeacherSchedule(initial=1.0, final=1.0), teacher_replay=replay, compile=False)
+        learner = PPOLearner(config, state_a.shape[1:], 2, 4)
+        for update in range(8):
+            obs, label = (state_a, 2) if update == 0 else (state_b, 3)
+            for t in range(4):
+                learner.act(obs)
+                learner.attach_teacher(t, np.eye(4, dtype=np.float32)[[label, label]], np.ones(2, np.float32))
+                learner.record(np.zeros(2, np.float32), np.zeros(2, np.float32), np.zeros(2, bool))
+            metrics = learner.update(obs)
+            assert ('losses/replay_loss' in metrics) == bool(replay)
+        with torch.no_grad():
+            logits = learner.policy.step(torch.from_numpy(np.concatenate([state_a[:1], state_b[:1]])),
+                                         learner.policy.initial_state(2))[0]
+        probs = torch.softmax(logits, -1)
+        return probs[0, 2].item(), probs[1, 3].item()
+
+    (forgotten, b_without), (kept, b_replayed) = after_training(0), after_training(64)
+    assert b_without > 0.9 and b_replayed > 0.9  # B is learnt either way
+    assert kept > 0.9 > forgotten + 0.3
 
 
 def test_env_groups_fill_their_own_columns_at_their_own_pace():

@@ -27,7 +27,7 @@ from torch.distributions import Categorical
 from student_deploy.inference import torch_device
 from student_deploy.missions import MISSION_LENGTH
 from student_policy.networks import ActorCritic
-from student_policy.storage import RolloutStorage, compute_gae
+from student_policy.storage import RolloutStorage, TeacherReplay, compute_gae
 
 
 @dataclass
@@ -121,6 +121,10 @@ class PPOConfig:
     """global gradient norm clip."""
     teacher: TeacherSchedule = field(default_factory=TeacherSchedule)
     """weight of the distillation term over frames."""
+    teacher_replay: int = 0
+    """frames of teacher-labelled sequences kept from past rollouts (storage.TeacherReplay); each
+    minibatch's teacher term then also covers as many sequences drawn from them (DAgger's aggregate:
+    PPO alone uses each label in one rollout's epochs and drops it). 0: off."""
     seed: int = 0
     """seeds torch, numpy and the environments."""
     torch_threads: int = 1
@@ -325,6 +329,7 @@ class PPOLearner:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
         self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions, num_groups, config.recurrent,
                                       MISSION_LENGTH if config.mission else 0)
+        self.replay = TeacherReplay(config.teacher_replay, config.sequence_length) if config.teacher_replay else None
         self.num_envs, self.num_actions = num_envs, num_actions
         # The policy's state per env, and whether its next observation starts an episode (the state
         # is zeroed then). A resumed learner starts from zero states: its envs' episodes go on from
@@ -423,39 +428,49 @@ class PPOLearner:
         lr = cfg.learning_rate * (1.0 - self.frames / cfg.total_frames if cfg.anneal_lr else 1.0)
         self.optimizer.param_groups[0]['lr'] = max(lr, 0.0)
         weight = self.teacher_weight
-        stats = {k: [] for k in ('policy_loss', 'value_loss', 'entropy', 'distill_loss', 'approx_kl', 'clipfrac')}
+        replaying = self.replay is not None and weight > 0
+        if replaying:
+            self.replay.add(s)
+            replaying = self.replay.size > 0
+        stats = {k: [] for k in ('policy_loss', 'value_loss', 'entropy', 'distill_loss', 'approx_kl', 'clipfrac',
+                                 *(('replay_loss',) if replaying else ()))}
         skipped = 0
-        for _ in range(cfg.update_epochs):
-            for mb in s.minibatches(advantages, returns, cfg.minibatch_size, cfg.sequence_length, self.rng, self.device):
-                logits, new_values = self.policy.unroll(mb.obs, mb.state, mb.starts,
-                                                        mb.missions if self.policy.reads_mission else None)
-                dist = Categorical(logits=logits)
-                logratio = dist.log_prob(mb.actions) - mb.logprobs
-                ratio = logratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - logratio).mean()  # http://joschu.net/blog/kl-approx.html
-                    clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
-                adv = mb.advantages
-                if cfg.norm_adv:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-                value_loss = 0.5 * ((new_values - mb.returns) ** 2).mean()
-                entropy = dist.entropy().mean()
-                # CE(pi_T || pi_theta), averaged over the samples that carry a suggestion
-                cross_entropy = -(mb.teacher_probs * torch.log_softmax(logits, -1)).sum(-1)
-                distill_loss = (cross_entropy * mb.teacher_mask).sum() / mb.teacher_mask.sum().clamp(min=1.0)
-                loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss + weight * distill_loss
+        for mb in s.minibatches(advantages, returns, cfg.minibatch_size, cfg.sequence_length, cfg.update_epochs,
+                                self.rng, self.device):
+            logits, new_values = self.policy.unroll(mb.obs, mb.state, mb.starts,
+                                                    mb.missions if self.policy.reads_mission else None)
+            dist = Categorical(logits=logits)
+            logratio = dist.log_prob(mb.actions) - mb.logprobs
+            ratio = logratio.exp()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - logratio).mean()  # http://joschu.net/blog/kl-approx.html
+                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+            adv = mb.advantages
+            if cfg.norm_adv:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            value_loss = 0.5 * ((new_values - mb.returns) ** 2).mean()
+            entropy = dist.entropy().mean()
+            distill_loss = cross_entropy(logits, mb.teacher_probs, mb.teacher_mask)
+            loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss + weight * distill_loss
+            if replaying:
+                labels = self.replay.sample(mb.state.shape[0], self.rng, self.device)
+                replay_logits, _ = self.policy.unroll(labels.obs, labels.state, labels.starts,
+                                                      labels.missions if self.policy.reads_mission else None)
+                replay_loss = cross_entropy(replay_logits, labels.teacher_probs, labels.teacher_mask)
+                loss = loss + weight * replay_loss
 
-                self.optimizer.zero_grad()
-                loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                    skipped += 1  # one bad sample must not put NaN into every weight
-                    continue
-                self.optimizer.step()
-                for name, value in (('policy_loss', policy_loss), ('value_loss', value_loss), ('entropy', entropy),
-                                    ('distill_loss', distill_loss), ('approx_kl', approx_kl), ('clipfrac', clipfrac)):
-                    stats[name].append(value.item())
+            self.optimizer.zero_grad()
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                skipped += 1  # one bad sample must not put NaN into every weight
+                continue
+            self.optimizer.step()
+            for name, value in (('policy_loss', policy_loss), ('value_loss', value_loss), ('entropy', entropy),
+                                ('distill_loss', distill_loss), ('approx_kl', approx_kl), ('clipfrac', clipfrac),
+                                *((('replay_loss', replay_loss),) if replaying else ())):
+                stats[name].append(value.item())
 
         variance = np.var(returns)
         explained = float('nan') if variance == 0 else 1 - np.var(returns - s.values) / variance
@@ -476,4 +491,11 @@ class PPOLearner:
             'charts/learning_rate': lr,
             'teacher/weight': weight,
             'teacher/coverage': coverage,
+            **({'teacher/replay_frames': self.replay.frames} if self.replay is not None else {}),
         }
+
+
+def cross_entropy(logits: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """CE(pi_T || pi_theta), averaged over the samples that carry a suggestion (mask 1)."""
+    per_sample = -(teacher_probs * torch.log_softmax(logits, -1)).sum(-1)
+    return (per_sample * mask).sum() / mask.sum().clamp(min=1.0)

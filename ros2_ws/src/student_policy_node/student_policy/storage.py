@@ -82,13 +82,10 @@ class RolloutStorage:
     def full(self) -> bool:
         return all(step == self.num_steps for step in self.steps)
 
-    def minibatches(self, advantages: np.ndarray, returns: np.ndarray, minibatch_size: int, sequence: int,
-                    rng: np.random.Generator, device: torch.device | str = 'cpu'):
-        """One epoch of shuffled minibatches of about `minibatch_size` samples, as torch tensors on
-        `device`: sequences of `sequence` consecutive steps of one env (the rollout cut into aligned
-        chunks, each sample in one), several envs mixed in a minibatch, each with the state stored
-        at its first step (truncated back-propagation through time, as Sample Factory's
-        `recurrence`). sequence = 1: single samples (a reactive policy)."""
+    def sequences(self, sequence: int, **extra: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The rollout cut into aligned chunks of `sequence` consecutive steps of one env: the state
+        stored at each chunk's first step (chunks * N, H), and each per-step array (with `extra`
+        (T, N, ...) arrays such as advantages) as (L, chunks * N, ...)."""
         if sequence < 1 or self.num_steps % sequence:
             raise ValueError(f'a rollout of {self.num_steps} steps does not cut into sequences of {sequence}')
         chunks = self.num_steps // sequence
@@ -97,14 +94,83 @@ class RolloutStorage:
             return v.reshape(chunks, sequence, *v.shape[1:]).swapaxes(0, 1).reshape(
                 sequence, chunks * self.num_envs, *v.shape[2:])
 
-        per_step = {k: by_chunk(v) for k, v in (
-            ('starts', self.starts), ('obs', self.obs), ('missions', self.missions), ('actions', self.actions), ('logprobs', self.logprobs),
-            ('advantages', advantages), ('returns', returns), ('values', self.values),
-            ('teacher_probs', self.teacher_probs), ('teacher_mask', self.teacher_mask))}
+        per_step = {'starts': self.starts, 'obs': self.obs, 'missions': self.missions, 'actions': self.actions,
+                    'logprobs': self.logprobs, 'values': self.values, 'teacher_probs': self.teacher_probs,
+                    'teacher_mask': self.teacher_mask, **extra}
         first_states = self.states[::sequence].reshape(chunks * self.num_envs, self.states.shape[-1])
+        return first_states, {k: by_chunk(v) for k, v in per_step.items()}
+
+    def minibatches(self, advantages: np.ndarray, returns: np.ndarray, minibatch_size: int, sequence: int,
+                    epochs: int, rng: np.random.Generator, device: torch.device | str = 'cpu'):
+        """`epochs` passes of shuffled minibatches of about `minibatch_size` samples, as torch tensors
+        on `device`: sequences of `sequence` consecutive steps of one env (the rollout cut into
+        aligned chunks, each sample in one), several envs mixed in a minibatch, each with the state
+        stored at its first step (truncated back-propagation through time, as Sample Factory's
+        `recurrence`). sequence = 1: single samples (a reactive policy)."""
+        first_states, per_step = self.sequences(sequence, advantages=advantages, returns=returns)
         per_minibatch = max(1, minibatch_size // sequence)
-        order = rng.permutation(chunks * self.num_envs)
-        for start in range(0, len(order), per_minibatch):
-            index = order[start:start + per_minibatch]
-            yield Minibatch(torch.from_numpy(first_states[index]).to(device),
-                            **{k: torch.from_numpy(v[:, index]).to(device) for k, v in per_step.items()})
+        for _ in range(epochs):
+            order = rng.permutation(len(first_states))
+            for start in range(0, len(order), per_minibatch):
+                index = order[start:start + per_minibatch]
+                yield Minibatch(torch.from_numpy(first_states[index]).to(device),
+                                **{k: torch.from_numpy(v[:, index]).to(device) for k, v in per_step.items()})
+
+
+class TeacherLabels(NamedTuple):
+    """Teacher-labelled sequences (L, B, ...) drawn from a TeacherReplay."""
+
+    state: torch.Tensor
+    starts: torch.Tensor
+    obs: torch.Tensor
+    missions: torch.Tensor
+    teacher_probs: torch.Tensor
+    teacher_mask: torch.Tensor
+
+
+class TeacherReplay:
+    """The teacher-labelled sequences of past rollouts, for the teacher term to revisit (DAgger's
+    aggregate of every labelled state, where PPO alone uses each label in one rollout's epochs and
+    drops it): a ring of the last `frames` / `sequence` sequences that carry a suggestion. Kept in
+    memory only (a resumed run starts it empty): at 48x48 rgbd + map a frame takes 18 KB."""
+
+    FIELDS = ('starts', 'obs', 'missions', 'teacher_probs', 'teacher_mask')
+
+    def __init__(self, frames: int, sequence: int):
+        self.capacity, self.sequence = max(1, frames // sequence), sequence
+        self.states: np.ndarray | None = None
+        self.per_step: dict[str, np.ndarray] = {}  # (capacity, L, ...) each, made at the first add
+        self.size = self.next = 0
+
+    def add(self, storage: RolloutStorage) -> None:
+        """Keep the sequences of a full rollout that carry at least one suggestion (the oldest go
+        first when the ring is full)."""
+        first_states, per_step = storage.sequences(self.sequence)
+        labelled = np.flatnonzero(per_step['teacher_mask'].any(axis=0))[-self.capacity:]
+        if not len(labelled):
+            return
+        if self.states is None:
+            self.states = np.zeros((self.capacity,) + first_states.shape[1:], first_states.dtype)
+            self.per_step = {k: np.zeros((self.capacity, self.sequence) + per_step[k].shape[2:], per_step[k].dtype)
+                             for k in self.FIELDS}
+        slots = (self.next + np.arange(len(labelled))) % self.capacity
+        self.states[slots] = first_states[labelled]
+        for k in self.FIELDS:
+            self.per_step[k][slots] = per_step[k][:, labelled].swapaxes(0, 1)
+        self.next = int(slots[-1] + 1) % self.capacity
+        self.size = min(self.size + len(labelled), self.capacity)
+
+    @property
+    def frames(self) -> int:
+        return self.size * self.sequence
+
+    def sample(self, count: int, rng: np.random.Generator, device: torch.device | str = 'cpu') -> TeacherLabels:
+        """`count` sequences drawn uniformly (with replacement) from those kept."""
+        if not self.size:
+            raise ValueError('the teacher replay is empty: add() a rollout with suggestions first')
+        index = rng.integers(0, self.size, count)
+        def batch(v: np.ndarray) -> torch.Tensor:  # (count, L, ...) -> (L, count, ...), contiguous for the CNN
+            return torch.from_numpy(np.ascontiguousarray(v[index].swapaxes(0, 1))).to(device)
+
+        return TeacherLabels(torch.from_numpy(self.states[index]).to(device),
+                             **{k: batch(self.per_step[k]) for k in self.FIELDS})
