@@ -25,6 +25,23 @@ def words_of(text: str) -> list[str]:
     return re.findall(r'[a-z]+', text.lower())
 
 
+def mission_problem(text: str, known: dict[str, int] | None = None) -> str:
+    """Why a policy cannot read mission `text` ('' when it can): more words than MISSION_LENGTH;
+    with `known` (the words of a trained policy's vocabulary), no words at all, or words it never saw."""
+    words = words_of(text)
+    if len(words) > MISSION_LENGTH:
+        return f'mission {text[:120]!r} has {len(words)} words; a policy reads at most {MISSION_LENGTH}'
+    if known is None:
+        return ''
+    if not words:
+        return f'mission {text[:120]!r} has no words: say what the robot should do, e.g. "go to the red ball"'
+    unknown = sorted({word for word in words if word not in known})
+    if unknown:
+        return (f'mission {text[:120]!r} has words the policy never saw in training: {", ".join(unknown)}; '
+                f'it reads only: {", ".join(sorted(known))}')
+    return ''
+
+
 class MissionVocabulary:
     """Mission words -> token ids (2 .. MAX_WORDS + 1), in order of first use."""
 
@@ -52,21 +69,13 @@ class MissionVocabulary:
         """
         tokens = np.full((len(texts), MISSION_LENGTH), PAD, np.int64)
         for row, text in enumerate(texts):
+            problem = mission_problem(text, self.ids if strict else None)
+            if problem:
+                raise ValueError(problem)
             words = words_of(text)
-            if len(words) > MISSION_LENGTH:
-                raise ValueError(f'mission {text[:120]!r} has {len(words)} words; a policy reads at most '
-                                 f'{MISSION_LENGTH}')
             if grow:
                 for word in words:
                     self.add(word)
-            if strict and not words:
-                raise ValueError(f'mission {text[:120]!r} has no words: say what the robot should do, e.g. '
-                                 f'"go to the red ball"')
-            if strict:
-                unknown = sorted({word for word in words if word not in self.ids})
-                if unknown:
-                    raise ValueError(f'mission {text[:120]!r} has words the policy never saw in training: '
-                                     f'{", ".join(unknown)}; it reads only: {", ".join(sorted(self.ids))}')
             if words:
                 tokens[row, -len(words):] = [self.ids.get(word, UNKNOWN) for word in words]
         return tokens

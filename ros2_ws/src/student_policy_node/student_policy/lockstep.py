@@ -23,7 +23,7 @@ import numpy as np
 
 from llm_teacher_common.families import family_of_task
 from llm_teacher_common.lockstep import LearnerGroups, check_step
-from student_deploy.missions import MISSION_LENGTH, words_of
+from student_deploy.missions import mission_problem
 from student_policy.callbacks import run_callbacks
 from student_policy.ppo import PPOConfig, PPOLearner
 
@@ -175,9 +175,9 @@ class LockstepLearner:
                     f'{len(step.rewards)} envs: a simulator that does not send them (one from before missions '
                     f'were sent?), or train with mission off')
         if self.reads_mission:
-            long = [m for m in step.missions if len(words_of(m)) > MISSION_LENGTH]
-            if long:
-                return f'mission {long[0][:120]!r} has more than the {MISSION_LENGTH} words a policy reads'
+            problem = next(filter(None, map(mission_problem, step.missions)), '')
+            if problem:
+                return problem
 
         got = (tuple(step.observations.shape[1:]), len(step.rewards), step.num_groups, step.num_actions)
         if self.learner is not None:
