@@ -3,11 +3,12 @@ the same seeds, and the latency from a sensor stamp to the velocity command.
 
     .venv/bin/python benchmarks/robot_deploy.py --policy runs/gotoobject/policy.pt --episodes 50
 
-robot_sim_node (MiniWorld-GoToObject-v0) is the robot: it is driven only through cmd_vel, and
-episode k starts from seed SEED + k. robot_policy_node drives it from camera/image_raw and
-camera/depth/image_raw. In-process, the same exported policy acts on the same seeds with the
+robot_sim_node (the policy's task; MiniWorld-GoToObject-v0 for one trained here) is the robot: it
+is driven only through cmd_vel, and episode k starts from seed SEED + k. robot_policy_node drives
+it from camera/image_raw and camera/depth/image_raw (and, for a policy trained on rgbd_map, from
+map, odom, /tf and targets). In-process, the same exported policy acts on the same seeds with the
 same rules (student_deploy.robot_control.CameraPolicy: motion actions only; greedy, or --sample
-from the node's seeded generator). A --policy that does not exist is trained first (PPO
+from the node's seeded generator; memory reset at each episode, as the sim's `reset` does). A --policy that does not exist is trained first (PPO
 distilling the privileged scripted expert, --train-frames frames) and exported there.
 Success is measured at --rate-hz (fast, so 50 episodes fit in minutes); latency at 10 Hz.
 """
@@ -74,14 +75,24 @@ def train_student(path: Path, frames: int, mission: bool) -> None:
     envs.close()
 
 
+def deployed_as(path: Path) -> tuple[str, str, int]:
+    """(task, observation, camera pixels across) a policy was exported with."""
+    info = load_policy(path).info
+    observation = 'rgbd_map' if info.encoder == 'image_map' else 'rgb' if info.obs_shape[2] == 3 else 'rgbd'
+    return info.task or TASK, observation, info.obs_shape[1]
+
+
 def in_process(path: Path, episodes: int, greedy: bool) -> list[bool]:
     """Success of each seeded episode, acting as the robot node does (CameraPolicy: motion actions
     only; sampled actions come from one generator of the node's seed, episode after episode)."""
-    controller = CameraPolicy(load_policy(path), greedy=greedy)
-    envs = EmbodiedVecEnv(TASK, 1, perceive=False)
+    task, observation, size = deployed_as(path)
+    controller = CameraPolicy(load_policy(path), observation=observation, greedy=greedy)
+    envs = EmbodiedVecEnv(task, 1, observation=observation, width=size, height=size,
+                          perceive=observation == 'rgbd_map')
     results = []
     for k in range(episodes):
         step = envs.reset(seed=SEED + k)
+        controller.reset()  # robot_sim_node's `reset` at each new episode
         controller.set_mission(step.missions[0])  # as robot_sim_node's mission topic tells the node
         while True:
             action, _ = controller.act(step.observations[0])
@@ -102,11 +113,12 @@ def through_topics(path: Path, episodes: int, rate_hz: float, greedy: bool, seco
         found = re.search(r'episode (\d+) ended \(reward (-?[\d.]+)\)', line)
         if found:
             ended.append(float(found.group(2)) > 0)
+    task, observation, size = deployed_as(path)
     sim = NodeSpec('habitat_bridge', 'robot_sim_node', 'robot_sim_node',
-                   parameters=[{'env': TASK, 'rate_hz': rate_hz, 'seed': SEED}])
+                   parameters=[{'env': task, 'rate_hz': rate_hz, 'seed': SEED, 'width': size, 'height': size}])
     robot = NodeSpec('student_deploy', 'robot_policy_node', 'robot_policy_node',
                      parameters=[{'policy_path': str(path), 'control_rate_hz': rate_hz, 'greedy': greedy,
-                                  'max_linear': 100.0, 'max_angular': 100.0}])
+                                  'observation': observation, 'max_linear': 100.0, 'max_angular': 100.0}])
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node('robot_deploy_benchmark', context=context)
@@ -147,7 +159,7 @@ def main() -> None:
     latency = np.array(through_topics(args.policy, 10**9, 10.0, greedy, args.latency_seconds)['latency_ms'])
     agree = sum(a == b for a, b in zip(local, closed))
     result = {
-        'task': TASK, 'policy': str(args.policy), 'actions': 'greedy' if greedy else 'sampled', 'episodes': len(closed), 'seeds': [SEED, SEED + args.episodes - 1],
+        'task': deployed_as(args.policy)[0], 'observation': deployed_as(args.policy)[1], 'policy': str(args.policy), 'actions': 'greedy' if greedy else 'sampled', 'episodes': len(closed), 'seeds': [SEED, SEED + args.episodes - 1],
         'in_process': {'success_rate': float(np.mean(local)), 'interval95': wilson_interval(sum(local), len(local))},
         'through_topics': {'success_rate': float(np.mean(closed)), 'interval95': wilson_interval(sum(closed), len(closed)),
                            'rate_hz': args.rate_hz},

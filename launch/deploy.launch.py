@@ -18,6 +18,12 @@ ARGUMENTS = {
     'depth': ('camera/depth/image_raw', "The robot's depth image topic (sensor_msgs/Image 32FC1 m or 16UC1 mm)"),
     'cmd_vel': ('cmd_vel', 'Where velocity commands go (geometry_msgs/Twist)'),
     'mission': ('mission', 'Where the mission comes from (std_msgs/String), for a policy that reads one'),
+    'observation': ('rgbd', "What the policy was trained on: rgbd, rgb, or rgbd_map (the camera and the robot's map: "
+                            'then map, odom, /tf and targets are read)'),
+    'map': ('map', 'observation rgbd_map: the mapper\'s nav_msgs/OccupancyGrid'),
+    'odom': ('odom', 'observation rgbd_map: the robot\'s nav_msgs/Odometry'),
+    'targets': ('targets', 'observation rgbd_map: where the objects the mission names were last seen '
+                           '(geometry_msgs/PoseArray in the map frame, from a detector)'),
     'control_rate_hz': ('10.0', 'Actions per second; one action is carried out in 1 / rate s'),
     'device': ('cpu', 'cpu or cuda'),
     'observations': ('step_batch', 'robot:=false: topic of the observation batches (llm_teacher_msgs/StepBatch)'),
@@ -30,9 +36,11 @@ def nodes(args: dict) -> list:
         return [NodeSpec('student_deploy', 'robot_policy_node', 'robot_policy_node',
                          parameters=[CONFIG / 'robot_policy_node.yaml',
                                      {'policy_path': args['policy_path'], 'device': args['device'],
-                                      'control_rate_hz': float(args['control_rate_hz'])}],
+                                      'control_rate_hz': float(args['control_rate_hz']),
+                                      'observation': args['observation']}],
                          remappings=[('camera/image_raw', args['rgb']), ('camera/depth/image_raw', args['depth']),
-                                     ('cmd_vel', args['cmd_vel']), ('mission', args['mission'])])]
+                                     ('cmd_vel', args['cmd_vel']), ('mission', args['mission']), ('map', args['map']),
+                                     ('odom', args['odom']), ('targets', args['targets'])])]
     return [NodeSpec('student_deploy', 'policy_node', 'policy_node',
                      parameters=[CONFIG / 'policy_node.yaml', {'policy_path': args['policy_path']}],
                      remappings=[('step_batch', args['observations']), ('action_batch', args['actions'])])]

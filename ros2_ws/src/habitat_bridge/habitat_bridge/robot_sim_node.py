@@ -14,6 +14,10 @@ stamp:
     perception                                 llm_teacher_msgs/Perception (what the teacher reads)
     map                                        nav_msgs/OccupancyGrid (the robot's map from depth and odometry)
     mission                                    std_msgs/String: what the episode asks for ("go to the red ball")
+    targets                                    geometry_msgs/PoseArray: where the objects the mission names
+                                               were last seen (map frame; what a detector gives a robot)
+    reset                                      std_msgs/Empty, when a new episode starts (the robot is
+                                               carried elsewhere)
 
 Commands: `action` (std_msgs/Int32, one discrete action, applied once) and `cmd_vel`
 (geometry_msgs/Twist, held until it is zero or older than cmd_vel_timeout; mapped to the nearest
@@ -24,18 +28,19 @@ from __future__ import annotations
 
 import time
 
-from geometry_msgs.msg import Twist
+from geometry_msgs.msg import Point, Pose, PoseArray, Twist
 from llm_teacher_msgs.msg import Perception
 from nav_msgs.msg import OccupancyGrid, Odometry
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Int32, String
+from std_msgs.msg import Empty, Header, Int32, String
 from tf2_msgs.msg import TFMessage
 
 from llm_teacher_common.commands import MOTIONS, action_for_velocity, velocity_for_action
 from habitat_bridge.embodied import sensors
 from habitat_bridge.embodied.backend import BACKENDS, make_backend
+from llm_teacher_common.map_crop import named_positions
 from llm_teacher_common.messages import occupancy_grid_msg, perception_msg, rgb_image_msg
 from llm_teacher_common.node import parameter, spin
 
@@ -69,6 +74,8 @@ class RobotSimNode(Node):
         self.create_publisher(TFMessage, '/tf_static', latched).publish(
             TFMessage(transforms=sensors.static_transforms(self.sim.camera, self.get_clock().now().to_msg())))
         self.mission_pub = self.create_publisher(String, 'mission', 10)
+        self.targets_pub = self.create_publisher(PoseArray, 'targets', 10)
+        self.reset_pub = self.create_publisher(Empty, 'reset', 10)
         self.create_subscription(Int32, 'action', self.on_action, 10)
         self.create_subscription(Twist, 'cmd_vel', self.on_cmd_vel, 10)
         self.pending_action: int | None = None
@@ -110,21 +117,24 @@ class RobotSimNode(Node):
                 self.episode += 1
                 self.get_logger().info(f'episode {self.episode} ended (reward {self.last.reward:.2f}); new episode')
                 self.last = self.sim.reset(seed=self.seed + self.episode)
+                self.reset_pub.publish(Empty())
         stamp = self.get_clock().now().to_msg()
         step = self.last
-        # The mission first: a listener then has it before the episode's first frame (usually: topics
-        # are not ordered with each other; it comes again with every frame).
+        # The mission, map and targets first: a listener then has them before the frames they go with
+        # (usually: topics are not ordered with each other; they come again with every frame).
         self.mission_pub.publish(String(data=step.perception.mission))
+        if step.perception.occupancy is not None:
+            grid = occupancy_grid_msg(step.perception.occupancy)
+            grid.header.stamp = stamp
+            self.map_pub.publish(grid)
+        self.targets_pub.publish(PoseArray(header=Header(stamp=stamp, frame_id=sensors.MAP), poses=[
+            Pose(position=Point(x=x, y=y)) for x, y in named_positions(step.perception)]))
         self.rgb_pub.publish(rgb_image_msg(step.rgb, stamp, sensors.OPTICAL))
         self.depth_pub.publish(sensors.depth_image_msg(step.depth, stamp))
         self.info_pub.publish(sensors.camera_info_msg(self.sim.camera, stamp))
         self.odom_pub.publish(sensors.odometry_msg(step.pose, velocity, stamp))
         self.tf_pub.publish(TFMessage(transforms=sensors.dynamic_transforms(step.pose, stamp)))
         self.perception_pub.publish(perception_msg(step.perception))
-        if step.perception.occupancy is not None:
-            grid = occupancy_grid_msg(step.perception.occupancy)
-            grid.header.stamp = stamp
-            self.map_pub.publish(grid)
 
     def destroy_node(self):
         self.sim.close()

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from llm_teacher_common.perception import OCCUPIED, UNKNOWN, Perception
+from llm_teacher_common.perception import OCCUPIED, UNKNOWN, OccupancyGrid, Perception
 
 CROP_RESOLUTIONS = (0.25, 0.5)  # m per cell: 48 cells see 12 m and 24 m square round the robot
 TARGET_MARK = 0.5  # m: the radius of the named object's mark
@@ -23,30 +23,48 @@ def map_crop(perception: Perception, cells: int, mark_target: bool = False) -> n
     the centre facing up (row 0 is ahead, column 0 is its left); unknown 0, free 128, occupied 255.
     mark_target: two more channels, 255 within TARGET_MARK of where the object the mission names
     was last perceived (what a detector that reads the mission, and remembers, would give)."""
-    layers = [_crop(perception, cells, r) for r in CROP_RESOLUTIONS]
-    if mark_target:
-        named = [o for o in perception.objects if f'{o.color} {o.type}' in perception.mission]
+    return egocentric_crop(perception.occupancy, (perception.x, perception.y, perception.heading), cells,
+                           named_positions(perception) if mark_target else None)
+
+
+def named_positions(perception: Perception) -> list[tuple[float, float]]:
+    """Map-frame (x, y) of the perceived objects the mission names."""
+    cos, sin = math.cos(perception.heading), math.sin(perception.heading)
+    return [(perception.x + cos * o.forward - sin * o.left, perception.y + sin * o.forward + cos * o.left)
+            for o in perception.objects if f'{o.color} {o.type}' in perception.mission]
+
+
+def egocentric_crop(grid: OccupancyGrid, pose: tuple[float, float, float], cells: int,
+                    targets: list[tuple[float, float]] | None = None) -> np.ndarray:
+    """map_crop from a map, the robot's map-frame pose (x, y, yaw) and, when given (a list, even
+    empty), the map-frame positions to mark: what a robot's mapper, localiser and detector give."""
+    layers = [_crop(grid, pose, cells, r) for r in CROP_RESOLUTIONS]
+    if targets is not None:
+        x, y, heading = pose
+        cos, sin = math.cos(heading), math.sin(heading)
         offsets = cells / 2 - np.arange(cells) - 0.5
         for resolution in CROP_RESOLUTIONS:
             forward, left = np.meshgrid(offsets * resolution, offsets * resolution, indexing='ij')
             mark = np.zeros((cells, cells), bool)
-            for o in named:
-                mark |= np.hypot(forward - o.forward, left - o.left) <= max(TARGET_MARK, resolution)
+            for tx, ty in targets:  # into the robot's frame
+                target_forward = cos * (tx - x) + sin * (ty - y)
+                target_left = -sin * (tx - x) + cos * (ty - y)
+                mark |= np.hypot(forward - target_forward, left - target_left) <= max(TARGET_MARK, resolution)
             layers.append((mark * 255).astype(np.uint8)[..., None])
     return np.concatenate(layers, axis=-1)
 
 
-def _crop(perception: Perception, cells: int, resolution: float) -> np.ndarray:
+def _crop(grid: OccupancyGrid, pose: tuple[float, float, float], cells: int, resolution: float) -> np.ndarray:
     """One scale: each crop cell takes the most telling of the map cells under it (occupied over
     free over unknown), so a one-cell wall survives a coarser scale."""
-    grid = perception.occupancy
     sub = max(1, round(resolution / grid.resolution))  # map cells per crop cell, per axis
     fine = cells * sub
     offsets = (fine / 2 - np.arange(fine) - 0.5) * (resolution / sub)
     forward, left = np.meshgrid(offsets, offsets, indexing='ij')
-    cos, sin = math.cos(perception.heading), math.sin(perception.heading)
-    x = perception.x + cos * forward - sin * left
-    y = perception.y + sin * forward + cos * left
+    x0, y0, heading = pose
+    cos, sin = math.cos(heading), math.sin(heading)
+    x = x0 + cos * forward - sin * left
+    y = y0 + sin * forward + cos * left
     i = np.floor((x - grid.origin[0]) / grid.resolution).astype(int)
     j = np.floor((y - grid.origin[1]) / grid.resolution).astype(int)
     inside = (i >= 0) & (i < grid.cells.shape[0]) & (j >= 0) & (j < grid.cells.shape[1])

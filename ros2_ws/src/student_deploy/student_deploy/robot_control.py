@@ -14,6 +14,9 @@ import torch
 
 from llm_teacher_common.camera import camera_observation, invalid_depth_fraction, observation_channels
 from llm_teacher_common.commands import MOTIONS, velocity_for_action
+from llm_teacher_common.families import FAMILIES
+from llm_teacher_common.map_crop import egocentric_crop
+from llm_teacher_common.perception import OccupancyGrid
 from student_deploy.inference import Policy, choose_actions
 
 NS = 1_000_000_000
@@ -178,6 +181,109 @@ class StampPairer:
         return pair
 
 
+def yaw_of(z: float, w: float, x: float = 0.0, y: float = 0.0) -> float:
+    """Yaw (rad) of a quaternion (x, y, z, w): the heading of a base on the ground."""
+    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+class MapInput:
+    """The map crop a map policy reads beside the camera (observation rgbd_map,
+    llm_teacher_common.map_crop), built from a robot's own topics: the mapper's occupancy grid, the
+    odometry (the pose at each frame's stamp, within `slop_s`), map -> odom from /tf (the
+    localiser's correction; none is needed where the map is built in the odometry frame) and where
+    the objects the mission names were last seen (a detector's points in the map frame).
+
+    :param cells: cells across the crop (the camera's pixels across: the policy's input).
+    :param max_map_age_s: the map may be this much older than a frame (mappers publish ~1 Hz).
+    """
+
+    def __init__(self, cells: int, slop_s: float, max_map_age_s: float, queue_size: int = 50):
+        self.cells = cells
+        self.slop_ns = int(checked_number('slop', slop_s, low_inclusive=True) * NS)
+        self.max_map_age_ns = int(checked_number('max_map_age', max_map_age_s) * NS)
+        self.grid: OccupancyGrid | None = None
+        self.map_frame, self.map_stamp_ns = '', 0
+        self.odom_frame = ''
+        self.poses: deque[tuple[int, float, float, float]] = deque(maxlen=queue_size)  # base in odom
+        self.transforms: dict[tuple[str, str], tuple[float, float, float]] = {}  # (parent, child) -> x, y, yaw
+        self.targets: list[tuple[float, float]] = []
+
+    def add_map(self, stamp: int, frame: str, grid: OccupancyGrid) -> None:
+        """:raises ValueError: a grid with no cells, or a resolution or origin that is not finite > 0."""
+        if grid.cells.size == 0:
+            raise ValueError('the map has no cells')
+        checked_number('map resolution', grid.resolution)
+        if not all(math.isfinite(v) for v in grid.origin):
+            raise ValueError(f'map origin {grid.origin} is not finite')
+        self.grid, self.map_frame, self.map_stamp_ns = grid, frame, stamp
+
+    def add_odom(self, stamp: int, frame: str, x: float, y: float, yaw: float) -> None:
+        """:raises ValueError: a pose that is not finite."""
+        if not all(math.isfinite(v) for v in (x, y, yaw)):
+            raise ValueError(f'odometry pose ({x}, {y}, yaw {yaw}) is not finite')
+        self.odom_frame = frame
+        self.poses.append((stamp, x, y, yaw))
+
+    def add_transform(self, parent: str, child: str, x: float, y: float, yaw: float) -> None:
+        if all(math.isfinite(v) for v in (x, y, yaw)):
+            self.transforms[(parent, child)] = (x, y, yaw)
+
+    def set_targets(self, frame: str, points: list[tuple[float, float]]) -> None:
+        """Where the objects the mission names were last seen (an empty list: none yet).
+
+        :raises ValueError: points in another frame than the map's, or not finite.
+        """
+        if self.map_frame and frame != self.map_frame:
+            raise ValueError(f'target points are in frame {frame!r}, the map in {self.map_frame!r}: '
+                             f'publish them in the map frame')
+        if not all(math.isfinite(v) for point in points for v in point):
+            raise ValueError(f'target points {points} are not finite')
+        self.targets = list(points)
+
+    def forget(self) -> None:
+        """A new episode (mission, the robot carried elsewhere): the targets seen no longer hold."""
+        self.targets = []
+
+    def pose_at(self, stamp: int) -> tuple[float, float, float] | None:
+        """The base's map-frame pose (x, y, yaw) at `stamp`: the odometry nearest in stamp (within
+        slop) composed with map -> odom; None while either is missing."""
+        near = [pose for pose in self.poses if abs(pose[0] - stamp) <= self.slop_ns]
+        if not near or not self.map_frame:
+            return None
+        _, x, y, yaw = min(near, key=lambda pose: abs(pose[0] - stamp))
+        if self.map_frame == self.odom_frame:
+            return x, y, yaw
+        correction = self.transforms.get((self.map_frame, self.odom_frame))
+        if correction is None:
+            return None
+        tx, ty, tyaw = correction
+        cos, sin = math.cos(tyaw), math.sin(tyaw)
+        return tx + cos * x - sin * y, ty + sin * x + cos * y, tyaw + yaw
+
+    def waiting_for(self, stamp: int) -> str:
+        """What is still missing to build the crop of a frame stamped `stamp` ('' nothing)."""
+        if self.grid is None:
+            return 'a map (nav_msgs/OccupancyGrid on `map`)'
+        if not any(abs(pose[0] - stamp) <= self.slop_ns for pose in self.poses):
+            return f'odometry (nav_msgs/Odometry on `odom`) stamped within {self.slop_ns / NS:g} s of the frames'
+        if self.pose_at(stamp) is None:
+            return f'the transform {self.map_frame} -> {self.odom_frame} on /tf'
+        return ''
+
+    def crop(self, stamp: int) -> np.ndarray:
+        """(cells, cells, MAP_CHANNELS) uint8 crop for a frame stamped `stamp`.
+
+        :raises ValueError: something is missing (waiting_for), or the map is older than max_map_age.
+        """
+        missing = self.waiting_for(stamp)
+        if missing:
+            raise ValueError(f'no map input yet: waiting for {missing}')
+        if stamp - self.map_stamp_ns > self.max_map_age_ns:
+            raise ValueError(f'the map is {(stamp - self.map_stamp_ns) / NS:.2f} s older than the frames '
+                             f'(max_map_age {self.max_map_age_ns / NS:g} s): is the mapper running?')
+        return egocentric_crop(self.grid, self.pose_at(stamp), self.cells, self.targets)
+
+
 @dataclass
 class _GroupMemory:
     source: tuple[int, int]  # (epoch, num_envs) of the simulator it follows
@@ -251,11 +357,9 @@ class CameraPolicy:
         if info is None:
             raise ValueError(f'{policy.path} carries no description of its inputs (exported before policy.json '
                              f'existed): export it again with student_policy.checkpoints.export_policy')
-        if info.encoder == 'image_map':
-            raise ValueError(f'{policy.path} reads the robot\'s map crop beside the camera (observation rgbd_map), '
-                             f'which this node does not build from a robot\'s topics yet: deploy a camera policy '
-                             f'(observation rgbd), or run this one with policy_node against a simulator')
-        if info.encoder != 'image' or len(info.obs_shape) != 3 or info.obs_shape[2] != channels:
+        self.reads_map = observation in FAMILIES['embodied'].map_observations  # the map crop beside the camera
+        encoder = FAMILIES['embodied'].encoder_of(observation)
+        if info.encoder != encoder or len(info.obs_shape) != 3 or info.obs_shape[2] != channels:
             raise ValueError(f'{policy.path} takes observations of shape {tuple(info.obs_shape)} ({info.encoder} '
                              f'encoder, task {info.task or "unknown"}), but this node gives {observation!r} camera '
                              f'images with {channels} channels: set observation to what the policy was trained on')
@@ -301,12 +405,20 @@ class CameraPolicy:
         or the sensors went stale, so what it remembers no longer holds."""
         self.memory.reset()
 
-    def observe(self, pair: FramePair) -> np.ndarray:
-        """The (H, W, C) uint8 observation of a frame pair, resized to the policy's input.
+    def observe(self, pair: FramePair, map_input: MapInput | None = None) -> np.ndarray:
+        """The (H, W, C) uint8 observation of a frame pair, resized to the policy's input (with the
+        map crop at the frames' stamp beside it, for a policy that reads the map).
 
-        :raises ValueError: unusable frames, or (observation 'rgbd') more than max_invalid_depth of
-            the depth image invalid: too little is known of what is ahead to drive.
+        :raises ValueError: unusable frames, (observation 'rgbd') more than max_invalid_depth of the
+            depth image invalid: too little is known of what is ahead to drive; no usable map input.
         """
+        if self.reads_map:
+            if map_input is None:
+                raise ValueError('this policy reads the map crop beside the camera: give its MapInput')
+            return np.concatenate([self._camera(pair), map_input.crop(pair.stamp_ns)], axis=-1)
+        return self._camera(pair)
+
+    def _camera(self, pair: FramePair) -> np.ndarray:
         if self.observation == 'rgbd' and pair.depth is not None:
             invalid = invalid_depth_fraction(pair.depth)
             if invalid > self.max_invalid_depth:

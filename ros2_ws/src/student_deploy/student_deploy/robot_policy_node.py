@@ -14,6 +14,13 @@ A recurrent policy (policy.json "recurrent" > 0) remembers the episode: an std_m
 `reset` (the robot was carried elsewhere), a new mission on `mission` and sensors gone stale start
 it afresh.
 
+A policy trained with the robot's map beside the camera (observation rgbd_map) reads, besides
+the frames: the mapper's nav_msgs/OccupancyGrid on `map`, nav_msgs/Odometry on `odom` (the pose at
+each frame's stamp, within `slop`), map -> odom on /tf (none needed where the map is in the
+odometry frame), and geometry_msgs/PoseArray on `targets`: where the objects the mission names
+were last seen, in the map frame (a detector that reads the mission publishes it; robot_sim_node
+does). It acts only once each has come; a map older than max_map_age stops the robot.
+
 A policy that reads the mission (policy.json "mission_length" > 0) takes it as std_msgs/String on
 `mission` (volatile, so `ros2 topic pub` reaches it; a publisher repeats it, as robot_sim_node
 does with every frame, or publishes it after this node started). Until a mission
@@ -36,20 +43,22 @@ from __future__ import annotations
 import functools
 
 import torch
-from geometry_msgs.msg import Twist
+from geometry_msgs.msg import PoseArray, Twist
 from llm_teacher_msgs.msg import ActionBatch
+from nav_msgs.msg import OccupancyGrid, Odometry
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Empty, String
+from tf2_msgs.msg import TFMessage
 
 from llm_teacher_common.commands import MOTIONS
-from llm_teacher_common.messages import depth_from_image, rgb_from_image
+from llm_teacher_common.messages import depth_from_image, occupancy_grid_from_msg, rgb_from_image
 from llm_teacher_common.node import parameter, spin
 from student_deploy.inference import load_policy
-from student_deploy.robot_control import (CameraPolicy, FramePair, SensorWatchdog, StampPairer, checked_number,
-                                          stamp_ns)
+from student_deploy.robot_control import (CameraPolicy, FramePair, MapInput, SensorWatchdog, StampPairer,
+                                          checked_number, stamp_ns, yaw_of)
 
 MAX_RATE_HZ = 1000.0  # a faster timer would busy the node's one thread
 
@@ -70,12 +79,15 @@ class RobotPolicyNode(Node):
                 p('max_sensor_age', 0.5, 'Stop the robot when the newest rgb+depth pair acted on is older (s, > 0)'),
                 p('max_clock_skew', 0.05, 'Frames stamped more than this ahead of this node\'s clock are refused '
                                           '(s, 0..max_sensor_age)'))
-            self.pairer = StampPairer(p('slop', 0.02, 'Largest stamp difference (s, >= 0) between an rgb and a '
-                                                      'depth frame taken together'))
+            slop = p('slop', 0.02, 'Largest stamp difference (s, >= 0) between an rgb and a depth frame taken '
+                                   'together (and, with the map, the odometry)')
+            self.pairer = StampPairer(slop)
             torch.set_num_threads(1)
             self.controller = CameraPolicy(
                 load_policy(path, device),
-                observation=p('observation', 'rgbd', "What the policy sees: 'rgbd' (rgb + depth) or 'rgb'"),
+                observation=p('observation', 'rgbd', "What the policy sees: 'rgbd' (rgb + depth), 'rgb', or "
+                                                     "'rgbd_map' (rgbd and the robot's map: reads map, odom, /tf, "
+                                                     "targets)"),
                 action_set=p('action_set', 'miniworld', f'Meaning of the action indices: {", ".join(MOTIONS)}'),
                 greedy=p('greedy', True, 'true: the most likely action; false: sample from the policy'),
                 motion_only=p('motion_only', True, 'Choose only among actions that move the base'),
@@ -87,8 +99,13 @@ class RobotPolicyNode(Node):
                 max_invalid_depth=p('max_invalid_depth', 0.5, 'Stop the robot when more than this fraction (0..1) '
                                                                'of a depth image is NaN, inf or <= 0'),
                 seed=p('seed', 0, 'Seed of sampled actions (greedy: false)'))
+            max_map_age = p('max_map_age', 5.0, "observation rgbd_map: stop the robot when the newest map is this much "
+                                                "older than the frames (s, > 0)")
+            info = self.controller.policy.info
+            self.map_input = MapInput(info.obs_shape[1], slop, max_map_age) if self.controller.reads_map else None
         except (ValueError, OverflowError) as err:
             raise SystemExit(f'robot_policy_node: {err}') from err
+        self.pending: FramePair | None = None  # a map policy's frames waiting for their odometry
         self.min_period_ns = int(0.5e9 / rate)  # frames faster than twice the control rate are skipped
         self.cmd_pub = self.create_publisher(Twist, 'cmd_vel', 10)
         self.action_pub = self.create_publisher(ActionBatch, 'policy_action', 10)
@@ -96,11 +113,16 @@ class RobotPolicyNode(Node):
         self.create_subscription(Image, 'camera/depth/image_raw', self.on_depth, qos_profile_sensor_data)
         self.create_subscription(Empty, 'reset', self.on_reset, 10)
         self.create_subscription(String, 'mission', self.on_mission, 10)
+        if self.map_input is not None:
+            self.create_subscription(OccupancyGrid, 'map', self.on_map, 2)
+            self.create_subscription(Odometry, 'odom', self.on_odom, 20)
+            self.create_subscription(TFMessage, '/tf', self.on_tf, 20)
+            self.create_subscription(TFMessage, '/tf_static', self.on_tf, 10)
+            self.create_subscription(PoseArray, 'targets', self.on_targets, 10)
         self.create_timer(1.0 / rate, self.watchdog)
         self.last_action_ns = -self.min_period_ns
         self.seq = 0
         self.stopped = True
-        info = self.controller.policy.info
         self.get_logger().info(f'serving {path} ({info.task or "task unknown"}, input {tuple(info.obs_shape)}) '
                                f'at up to {rate:g} Hz on {device}' +
                                (': waiting for a mission on the mission topic' if info.mission_length else ''))
@@ -121,8 +143,55 @@ class RobotPolicyNode(Node):
             self.get_logger().warning(f'{msg.encoding[:16]!r} frame refused: {err}', throttle_duration_sec=5.0)
             return
         pair = add(stamp, frame)
-        if pair is not None:
+        if pair is None:
+            return
+        if self.map_input is None:
             self.act(pair, now)
+        else:
+            self.pending = pair
+            self.act_on_pending(now)
+
+    def act_on_pending(self, now: int) -> None:
+        """A map policy acts on its newest frames once their odometry (and the map) has come."""
+        if self.pending is None:
+            return
+        missing = self.map_input.waiting_for(self.pending.stamp_ns)
+        if missing:
+            self.get_logger().info(f'waiting for {missing} before moving', throttle_duration_sec=5.0)
+            return
+        pair, self.pending = self.pending, None
+        self.act(pair, now)
+
+    def on_map(self, msg: OccupancyGrid) -> None:
+        try:
+            self.map_input.add_map(stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec), msg.header.frame_id,
+                                   occupancy_grid_from_msg(msg))
+        except ValueError as err:
+            self.get_logger().warning(f'map refused: {err}', throttle_duration_sec=5.0)
+
+    def on_odom(self, msg: Odometry) -> None:
+        now = self.get_clock().now().nanoseconds
+        try:
+            stamp = stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
+            self.sensors.check(stamp, now)
+            pose, q = msg.pose.pose.position, msg.pose.pose.orientation
+            self.map_input.add_odom(stamp, msg.header.frame_id, pose.x, pose.y, yaw_of(q.z, q.w, q.x, q.y))
+        except ValueError as err:
+            self.get_logger().warning(f'odometry refused: {err}', throttle_duration_sec=5.0)
+            return
+        self.act_on_pending(now)
+
+    def on_tf(self, msg: TFMessage) -> None:
+        for t in msg.transforms:
+            q = t.transform.rotation
+            self.map_input.add_transform(t.header.frame_id, t.child_frame_id, t.transform.translation.x,
+                                         t.transform.translation.y, yaw_of(q.z, q.w, q.x, q.y))
+
+    def on_targets(self, msg: PoseArray) -> None:
+        try:
+            self.map_input.set_targets(msg.header.frame_id, [(p.position.x, p.position.y) for p in msg.poses])
+        except ValueError as err:
+            self.get_logger().warning(f'targets refused: {err}', throttle_duration_sec=5.0)
 
     def act(self, pair: FramePair, now: int) -> None:
         if pair.stamp_ns - self.last_action_ns < self.min_period_ns:
@@ -134,7 +203,7 @@ class RobotPolicyNode(Node):
             return
         self.last_action_ns = pair.stamp_ns
         try:
-            action, probs = self.controller.act(self.controller.observe(pair))
+            action, probs = self.controller.act(self.controller.observe(pair, self.map_input))
             twist = Twist()
             twist.linear.x, twist.angular.z = self.controller.velocity(action)
         except Exception as err:  # noqa: BLE001 - whatever went wrong, a robot in doubt stands still
@@ -153,6 +222,8 @@ class RobotPolicyNode(Node):
     def on_mission(self, msg: String) -> None:
         try:
             if self.controller.set_mission(msg.data):
+                if self.map_input is not None:
+                    self.map_input.forget()
                 self.get_logger().info(f'mission {msg.data[:200]!r}: a new episode starts')
         except ValueError as err:
             self.get_logger().error(f'mission refused, the robot stays stopped: {err}', throttle_duration_sec=5.0)
@@ -160,6 +231,8 @@ class RobotPolicyNode(Node):
 
     def on_reset(self, _: Empty) -> None:
         self.controller.reset()
+        if self.map_input is not None:
+            self.map_input.forget()
         self.get_logger().info('reset: the policy starts a new episode')
 
     def watchdog(self) -> None:
