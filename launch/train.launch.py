@@ -13,11 +13,18 @@ it plays, and each sim or teacher host the env groups it serves:
     ros2 launch llm_teacher train.launch.py roles:=sim,teacher groups:=0 num_envs:=32 num_groups:=2
     ros2 launch llm_teacher train.launch.py roles:=sim,teacher groups:=1 num_envs:=32 num_groups:=2
 
+More cores on one host: `sim_processes:=N` starts N sim processes, each stepping its share of the env groups
+(of `groups` where given) while the others step theirs:
+
+    ros2 launch llm_teacher train.launch.py task:=MiniWorld-GoToObject-v0 num_envs:=16 num_groups:=4 sim_processes:=4
+
 Every argument has a default; list them with `ros2 launch llm_teacher train.launch.py --show-args`.
 """
+import math
 from pathlib import Path
 
 from llm_teacher_common.launch_runner import NodeSpec, flag, launch_description, yaml_parameters
+from llm_teacher_common.node import group_list
 
 CONFIG = Path(__file__).resolve().parent.parent / 'config'
 
@@ -48,6 +55,8 @@ ARGUMENTS = {
     'roles': ('sim,teacher,learner', 'What this launch starts: any of sim, teacher (the LLM teacher node) and learner '
               '(student, visualisation, recorder), comma-separated; other hosts start the rest'),
     'groups': ('', "Env groups the sim and teacher started here serve, e.g. '0' or '1,3'; '' all (one host)"),
+    'sim_processes': ('1', 'Sim processes started here, each hosting an equal share of those groups, all stepping '
+                      'at once (a core each); must divide the groups, e.g. num_groups:=4 sim_processes:=4'),
     'record': ('true', 'Record a sample of the run to run_dir/recordings/ (MCAP)'),
     'foxglove_port': ('8765', 'Foxglove WebSocket port of the live view (-1: off, 0: any free port)'),
 }
@@ -58,16 +67,16 @@ def nodes(args: dict) -> list:
     roles = {role.strip() for role in args['roles'].split(',')}
     if not roles or not roles <= ROLES:
         raise ValueError(f"roles {args['roles']!r}: choose among {', '.join(sorted(ROLES))}, comma-separated")
-    # Several sims and teachers on one ROS graph need their own node names (and services).
-    suffix = '_' + args['groups'].replace(',', '_') if args['groups'] else ''
+    suffix = group_suffix(args['groups'])
     graph = []
     if 'sim' in roles:
-        graph.append(NodeSpec('habitat_bridge', 'batch_sim_node', 'batch_sim_node' + suffix,
-                              parameters=[config('batch_sim_node', suffix),
-                                          {'task': args['task'], 'num_envs': int(args['num_envs']),
-                                           'num_groups': int(args['num_groups']), 'seed': int(args['seed']),
-                                           'groups': args['groups'],
-                                           **({'observation': args['observation']} if args['observation'] else {})}]))
+        observation = {'observation': args['observation']} if args['observation'] else {}
+        for groups in sim_process_groups(args):
+            graph.append(NodeSpec('habitat_bridge', 'batch_sim_node', 'batch_sim_node' + group_suffix(groups),
+                                  parameters=[config('batch_sim_node', group_suffix(groups)),
+                                              {'task': args['task'], 'num_envs': int(args['num_envs']),
+                                               'num_groups': int(args['num_groups']), 'seed': int(args['seed']),
+                                               'groups': groups, **observation}]))
     if 'learner' in roles:
         graph.append(NodeSpec('student_policy', 'student_node', 'student_node',
                               parameters=[config('student_node'),
@@ -92,6 +101,31 @@ def nodes(args: dict) -> list:
                                   parameters=[config('recorder_node'),
                                               {'run_dir': args['run_dir'], 'perceptions': not plain_ppo}]))
     return graph
+
+
+def group_suffix(groups: str) -> str:
+    """Several sims and teachers on one ROS graph need their own node names (and services): '0,2' -> '_0_2'."""
+    return '_' + groups.replace(',', '_') if groups else ''
+
+
+def sim_process_groups(args: dict) -> list[str]:
+    """The `groups` parameter of each of the `sim_processes` sims started here: consecutive equal shares."""
+    count, num_groups = args['sim_processes'], int(args['num_groups'])
+    served = group_list(args['groups'], num_groups)
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f'sim_processes {count!r}: give a number of sim processes, 1 or more (1: one hosts '
+                         'every group)')
+    count = int(count)
+    if len(served) % count:
+        fix = (f'groups to a list of a multiple of {count} groups' if args['groups'] else
+               f'num_groups:={math.lcm(count, num_groups)} (num_envs must split into it too)')
+        raise ValueError(f'sim_processes {count} does not divide the {len(served)} env group(s) served here '
+                         f"({','.join(map(str, served))}), and each sim hosts an equal share: set {fix}, or "
+                         f'sim_processes to a divisor of {len(served)}')
+    if count == 1 or not served:  # (no groups: the sim node says why)
+        return [args['groups']]  # one sim keeps its name
+    share = len(served) // count
+    return [','.join(map(str, served[i:i + share])) for i in range(0, len(served), share)]
 
 
 def config(node: str, suffix: str = ''):

@@ -13,9 +13,10 @@ batch says which group it is): the sim steps one group while the policy acts on 
 neither waits for the other nor for the DDS round trip (double-buffered sampling, as in
 Sample Factory).
 
-Scale-out: several sim processes (one per host) may share one training run, each hosting some of
-the groups (`groups`, e.g. '0' on one host and '1' on another, both with the same num_envs and
-num_groups): a sim steps only its own groups and ignores action batches for the others.
+Scale-out: several sim processes may share one training run, each hosting some of the groups
+(`groups`, e.g. '0' on one host and '1' on another, both with the same num_envs and num_groups): a
+sim steps only its own groups and ignores action batches for the others. On one host with more
+cores, train.launch.py's `sim_processes` starts several, each on its share of the groups.
 
 Perceptions travel apart so that the student, which never reads them, does not wait for their
 conversion: the sim publishes them while the student computes its actions. With no teacher they
@@ -57,8 +58,8 @@ class BatchSimNode(Node):
         self.render_env = param('render_env', 0, 'Which environment `image` shows')
         num_groups = param('num_groups', 1, 'Env groups in flight (num_envs / num_groups per step batch): with 2 the '
                            'sim steps one group while the policy acts on the other (double-buffered sampling)')
-        groups = param('groups', '', "Env groups this process hosts, e.g. '0' or '1,2' (several sim processes, one "
-                       "per host, share a run); '' all of them")
+        groups = param('groups', '', "Env groups this process hosts, e.g. '0' or '1,2' (several sim processes, on "
+                       "several hosts or cores, share a run); '' all of them")
         republish_s = param('republish_period', 1.0, 'Resend a step batch when unanswered this long (s)')
         if num_groups < 1 or num_envs % num_groups:
             raise SystemExit(f'batch_sim_node: num_groups {num_groups} does not divide num_envs {num_envs} '
