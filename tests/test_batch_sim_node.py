@@ -8,7 +8,7 @@ from llm_teacher_msgs.srv import ResetEnvs
 from ros_helpers import spin_until
 from sensor_msgs.msg import Image
 
-from llm_teacher_common.messages import observations_from_msg, perception_from_msg, top_suggestion
+from llm_teacher_common.messages import observations_from_msg, perceptions_from_msg, top_suggestion
 from habitat_bridge.minigrid.expert import ScriptedExpert
 from llm_teacher_common.lockstep import LockstepSim, Verdict
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
@@ -81,7 +81,7 @@ def test_steps_over_dds_exactly_as_in_process(sim_node, ros_node):
         assert np.array_equal(observations_from_msg(batch), expected.observations)
         perceptions = driver.perception_batch(batch.seq)
         assert perceptions.header.stamp == batch.header.stamp and not perceptions.maps
-        assert [perception_from_msg(p) for p in perceptions.perceptions] == expected.perceptions
+        assert perceptions_from_msg(perceptions, batch.missions) == expected.perceptions
         # The scripted expert (privileged, on the shadow copy) picks the actions, so episodes succeed.
         actions = []
         for i, env in enumerate(shadow.envs):

@@ -23,8 +23,8 @@ import pytest
 from geometry_msgs.msg import Twist
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from llm_teacher_msgs.msg import (ActionBatch, PerceivedObject, Perception, PerceptionBatch, StepBatch, Suggestion,
-                                  SuggestionBatch, TeacherStatus, TrainingStatus)
+from llm_teacher_msgs.msg import (ActionBatch, PerceptionBatch, StepBatch, Suggestion, SuggestionBatch, TeacherStatus,
+                                  TrainingStatus)
 from nav_msgs.msg import OccupancyGrid
 from rcl_interfaces.srv import ListParameters
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -152,16 +152,20 @@ def occupancy_grids(draw):
 
 @st.composite
 def perception_batches(draw):
-    objects = st.lists(st.builds(PerceivedObject, type=TEXT, color=TEXT, state=TEXT, grid_x=INT32, grid_y=INT32,
-                                 visible=st.booleans()), max_size=4)
-    perceptions = []
-    for _ in range(draw(st.integers(0, 4))):
-        p = Perception(task_family=draw(TEXT), mission=draw(TEXT), objects=draw(objects))
-        p.carrying.type, p.carrying.color = draw(TEXT), draw(TEXT)
-        p.pose.x, p.pose.y, p.pose.theta = draw(FLOAT64), draw(FLOAT64), draw(FLOAT64)
-        perceptions.append(p)
-    msg = PerceptionBatch(seq=draw(st.one_of(SMALL, UINT64)), epoch=draw(st.one_of(st.just(0), UINT64)),
-                          perceptions=perceptions, maps=draw(st.lists(occupancy_grids(), max_size=3)))
+    """Parallel arrays for n environments and m objects, each of that length or of another."""
+    n, m = draw(st.integers(0, 4)), draw(st.integers(0, 6))
+
+    def array(elements, size: int) -> list:
+        return draw(st.one_of(st.lists(elements, min_size=size, max_size=size), st.lists(elements, max_size=6)))
+
+    msg = PerceptionBatch(
+        seq=draw(st.one_of(SMALL, UINT64)), epoch=draw(st.one_of(st.just(0), UINT64)), task_family=draw(TEXT),
+        pose_x=array(FLOAT64, n), pose_y=array(FLOAT64, n), pose_theta=array(FLOAT64, n),
+        carrying_type=array(TEXT, n), carrying_color=array(TEXT, n),
+        object_env=array(st.one_of(st.integers(0, n), UINT32), m), object_type=array(TEXT, m),
+        object_color=array(TEXT, m), object_state=array(TEXT, m), object_forward=array(FLOAT64, m),
+        object_left=array(FLOAT64, m), object_grid_x=array(INT32, m), object_grid_y=array(INT32, m),
+        object_visible=array(st.booleans(), m), maps=draw(st.lists(occupancy_grids(), max_size=3)))
     return Fuzzed(msg, draw(STAMPS), kind='PerceptionBatch')
 
 

@@ -371,6 +371,30 @@ def test_markers_per_action_batch_are_bounded(tmp_path, ros_node):
         assert stop_node(node) == 0, ''.join(node.lines)
 
 
+def test_markers_are_redrawn_at_most_max_rate_hz(tmp_path, ros_node):
+    """Action batches come at hundreds a second: the bars are redrawn at most max_rate_hz a second
+    (here once in 100 s: 20 batches, one drawing); a negative rate stops the node at start-up."""
+    arrays = []
+    ros_node.create_subscription(MarkerArray, 'teacher_markers', arrays.append, 10)
+    actions = ros_node.create_publisher(ActionBatch, 'action_batch', 10)
+    node = start_node('llm_teacher', 'visualization_node', tmp_path, [('foxglove_port', -1), ('max_rate_hz', 0.01)])
+    try:
+        spin_until(ros_node, lambda: actions.get_subscription_count() or node.poll() is not None, 60, 'subscription')
+        for seq in range(20):
+            actions.publish(ActionBatch(seq=seq, actions=[0], action_probs=[1 / 7] * 7))
+            time.sleep(0.01)
+        spin_until(ros_node, lambda: arrays or node.poll() is not None, 30, 'markers')
+        with pytest.raises(TimeoutError):
+            spin_until(ros_node, lambda: len(arrays) > 1 or node.poll() is not None, 2, 'a second drawing')
+        assert node.poll() is None, ''.join(node.lines)
+    finally:
+        assert stop_node(node) == 0, ''.join(node.lines)
+    bad = start_node('llm_teacher', 'visualization_node', tmp_path, [('foxglove_port', -1), ('max_rate_hz', -1.0)])
+    assert bad.wait(timeout=60) != 0
+    time.sleep(0.2)  # the last output lines
+    assert 'max_rate_hz must be >= 0, got -1.0' in ''.join(bad.lines)
+
+
 def test_a_recording_cut_by_a_kill_reads_back_up_to_its_last_chunk(tmp_path):
     """A recorder killed with SIGKILL writes no summary: the report still reads what reached disk."""
     from rclpy.serialization import serialize_message

@@ -227,7 +227,7 @@ def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ro
     steps = {msg.seq for _, msg in recording.get('/step_batch', [])}
     perceptions = [msg for _, msg in recording.get('/perception_batch', [])]
     assert perceptions and {msg.seq for msg in perceptions} <= steps
-    assert all(len(msg.perceptions) == NUM_ENVS and msg.perceptions[0].task_family == 'gridworld' for msg in perceptions)
+    assert all(len(msg.pose_x) == NUM_ENVS and msg.task_family == 'gridworld' for msg in perceptions)
     texts = [suggestion_at(recording['/suggestion_batch'], t) for t, _ in recording['/image']]
     assert any(text != 'no suggestion yet' for text in texts), texts
 

@@ -3,7 +3,6 @@ batches, occupancy grids, and camera images (no rclpy import, no simulator)."""
 from __future__ import annotations
 
 import array
-import math
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -14,6 +13,10 @@ from std_msgs.msg import Header
 
 from llm_teacher_common.perception import OccupancyGrid, PerceivedObject, Perception
 from llm_teacher_common.steps import VecStep
+
+_NOTHING = PerceivedObject('')  # what a robot that carries nothing carries, in a perception batch
+_OBJECT_FIELDS = ('object_type', 'object_color', 'object_state', 'object_forward', 'object_left', 'object_grid_x',
+                  'object_grid_y', 'object_visible')
 
 
 def step_batch_msg(step: VecStep, seq: int, stamp: Time, obs_encoding: str, num_actions: int,
@@ -40,8 +43,30 @@ def step_batch_msg(step: VecStep, seq: int, stamp: Time, obs_encoding: str, num_
 
 def perception_batch_msg(perceptions: list[Perception], seq: int, stamp: Time,
                          frame_id: str = 'map', epoch: int = 0) -> msg.PerceptionBatch:
-    """What the N environments of step batch `seq` perceive (with their maps where they have them)."""
-    out = msg.PerceptionBatch(seq=seq, epoch=epoch, perceptions=[perception_msg(p) for p in perceptions])
+    """What the N environments of step batch `seq` perceive (with their maps where they have them),
+    as PerceptionBatch's parallel arrays.
+
+    :raises ValueError: perceptions of more than one task family.
+    """
+    families = {p.task_family for p in perceptions}
+    if len(families) > 1:
+        raise ValueError(f'one perception batch holds one task family, got {sorted(families)}')
+    carried = [p.carrying or _NOTHING for p in perceptions]
+    objects = [o for p in perceptions for o in p.objects]
+    # array.array fields skip the generated setters' per-element checks
+    out = msg.PerceptionBatch(
+        seq=seq, epoch=epoch, task_family=families.pop() if families else '',
+        pose_x=array.array('d', [p.x for p in perceptions]), pose_y=array.array('d', [p.y for p in perceptions]),
+        pose_theta=array.array('d', [p.heading for p in perceptions]),
+        carrying_type=[c.type for c in carried], carrying_color=[c.color for c in carried],
+        object_env=array.array('I', [env for env, p in enumerate(perceptions) for _ in p.objects]),
+        object_type=[o.type for o in objects], object_color=[o.color for o in objects],
+        object_state=[o.state for o in objects],
+        object_forward=array.array('d', [o.forward for o in objects]),
+        object_left=array.array('d', [o.left for o in objects]),
+        object_grid_x=array.array('i', [o.grid_x for o in objects]),
+        object_grid_y=array.array('i', [o.grid_y for o in objects]),
+        object_visible=[bool(o.visible) for o in objects])
     out.header.stamp = stamp
     out.header.frame_id = frame_id
     if perceptions and perceptions[0].occupancy is not None:
@@ -103,24 +128,46 @@ def occupancy_grid_from_msg(m: OccupancyGridMsg) -> OccupancyGrid:
     return OccupancyGrid(cells, (m.info.origin.position.x, m.info.origin.position.y), m.info.resolution)
 
 
-def perception_from_msg(m: msg.Perception) -> Perception:
-    """:raises ValueError: a pose that is not finite."""
-    if not all(math.isfinite(v) for v in (m.pose.x, m.pose.y, m.pose.theta)):
-        raise ValueError(f'perception pose ({m.pose.x}, {m.pose.y}, {m.pose.theta}) is not finite')
-    return Perception(
-        mission=m.mission, task_family=m.task_family,
-        objects=[_object_from_msg(o) for o in m.objects],
-        carrying=_object_from_msg(m.carrying) if m.carrying.type else None,
-        x=m.pose.x, y=m.pose.y,
-        heading=int(round(m.pose.theta)) if m.task_family == 'gridworld' else m.pose.theta,
-    )
+def perceptions_from_msg(batch: msg.PerceptionBatch, missions: list[str]) -> list[Perception]:
+    """Every environment's perception of a perception batch, with its robot's map where it has one;
+    `missions` are the step batch's (same seq), one per environment.
 
-
-def perceptions_from_msg(batch: msg.PerceptionBatch) -> list[Perception]:
-    """Every environment's perception of a perception batch, with its robot's map where it has one."""
-    perceptions = [perception_from_msg(p) for p in batch.perceptions]
-    for perception, grid in zip(perceptions, batch.maps):
-        perception.occupancy = occupancy_grid_from_msg(grid)
+    :raises ValueError: arrays whose lengths do not match (N for the per-environment ones, the
+        objects' count for the per-object ones), an object of no environment, a pose that is not finite.
+    """
+    n = len(missions)
+    per_env = {'pose_x': batch.pose_x, 'pose_y': batch.pose_y, 'pose_theta': batch.pose_theta,
+               'carrying_type': batch.carrying_type, 'carrying_color': batch.carrying_color}
+    if batch.maps:
+        per_env['maps'] = batch.maps
+    m = len(batch.object_env)
+    per_object = [batch.object_type, batch.object_color, batch.object_state, batch.object_forward, batch.object_left,
+                  batch.object_grid_x, batch.object_grid_y, batch.object_visible]  # PerceivedObject's field order
+    wrong = [f'{name} has {len(v)}' for name, v in per_env.items() if len(v) != n]
+    wrong += [f'{name} has {len(v)}' for name, v in zip(_OBJECT_FIELDS, per_object) if len(v) != m]
+    if wrong:
+        raise ValueError(f'perception batch {batch.seq} for {n} environments and {m} objects: {", ".join(wrong)}')
+    if m and max(batch.object_env) >= n:
+        raise ValueError(f'perception batch {batch.seq}: an object of environment {max(batch.object_env)}, '
+                         f'but there are {n}')
+    poses = np.array([batch.pose_x, batch.pose_y, batch.pose_theta], np.float64).reshape(3, n)
+    if not np.isfinite(poses).all():
+        env = int(np.flatnonzero(~np.isfinite(poses).all(axis=0))[0])
+        raise ValueError(f'perception batch {batch.seq}: pose {tuple(poses[:, env].tolist())} of environment {env} '
+                         'is not finite')
+    objects = [[] for _ in range(n)]
+    for env, *fields in zip(batch.object_env, *per_object):
+        objects[env].append(PerceivedObject(*fields))
+    grid = batch.task_family == 'gridworld'
+    perceptions = [
+        Perception(mission=mission, objects=objects[i], task_family=batch.task_family,
+                   carrying=PerceivedObject(batch.carrying_type[i], batch.carrying_color[i])
+                   if batch.carrying_type[i] else None,
+                   x=batch.pose_x[i], y=batch.pose_y[i],
+                   heading=int(round(batch.pose_theta[i])) if grid else batch.pose_theta[i])
+        for i, mission in enumerate(missions)]
+    for perception, grid_msg in zip(perceptions, batch.maps):
+        perception.occupancy = occupancy_grid_from_msg(grid_msg)
     return perceptions
 
 
@@ -129,11 +176,6 @@ def _object_msg(o: PerceivedObject) -> msg.PerceivedObject:
                               grid_x=o.grid_x, grid_y=o.grid_y, visible=o.visible)
     out.position.x, out.position.y = o.forward, o.left
     return out
-
-
-def _object_from_msg(m: msg.PerceivedObject) -> PerceivedObject:
-    return PerceivedObject(type=m.type, color=m.color, state=m.state, forward=m.position.x,
-                           left=m.position.y, grid_x=m.grid_x, grid_y=m.grid_y, visible=m.visible)
 
 
 def rgb_image_msg(frame: np.ndarray, stamp: Time, frame_id: str) -> Image:

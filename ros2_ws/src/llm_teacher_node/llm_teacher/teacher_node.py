@@ -85,9 +85,10 @@ class TeacherNode(Node):
         out = SuggestionBatch(seq=step.seq, epoch=step.epoch, group=step.group)
         out.header.stamp = self.get_clock().now().to_msg()
         try:
-            observations, perceived = observations_from_msg(step), perceptions_from_msg(perceptions)
-            if len(perceived) != len(observations):
-                raise ValueError(f'{len(perceived)} perceptions for {len(observations)} environments')
+            observations = observations_from_msg(step)
+            if len(step.missions) != len(observations):  # the perceptions' missions are the step batch's
+                raise ValueError(f'{len(step.missions)} missions for {len(observations)} environments')
+            perceived = perceptions_from_msg(perceptions, step.missions)
             for obs, perception in zip(observations, perceived):
                 s = self.teacher.suggest(perception, obs)
                 out.suggestions.append(SuggestionMsg(

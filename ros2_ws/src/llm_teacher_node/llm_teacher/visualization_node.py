@@ -2,8 +2,9 @@
 
 For one environment (`env`, default 0) it publishes visualization_msgs/MarkerArray on
 `teacher_markers` (frame `map`): a text marker with the teacher's current suggestion and its
-probability, and the student's action distribution as a bar per action. rviz/train.rviz shows
-them with the sim's `image`.
+probability, and the student's action distribution as a bar per action, each redrawn at most
+`max_rate_hz` a second (batches come at hundreds a second). rviz/train.rviz shows them with the
+sim's `image`.
 
 With `foxglove_port` >= 0 it also serves the same on a Foxglove WebSocket (foxglove-sdk) at
 ws://127.0.0.1:<port> (0: a free port, logged): /image (foxglove.RawImage), /teacher/suggestion,
@@ -15,6 +16,7 @@ ws://127.0.0.1:<port> (0: a free port, logged): /image (foxglove.RawImage), /tea
 from __future__ import annotations
 
 import math
+import time
 
 import foxglove
 from foxglove.channels import RawImageChannel
@@ -63,6 +65,12 @@ class VisualizationNode(Node):
         task = parameter(self, 'task', 'MiniGrid-SimpleDoorKey-v0', "The run's task: its family names the actions")
         self.action_names = family_of_task(task).action_names
         port = parameter(self, 'foxglove_port', 8765, 'Foxglove WebSocket port on 127.0.0.1 (-1: off, 0: any free port)')
+        max_rate = parameter(self, 'max_rate_hz', 10.0, 'Most redraws a second of the suggestion and of the action '
+                             'bars: batches come at hundreds a second, a person reads a few (0: every batch)')
+        if max_rate < 0:
+            raise SystemExit(f'visualization_node: max_rate_hz must be >= 0, got {max_rate}')
+        self.min_period_ns = int(1e9 / max_rate) if max_rate > 0 else 0
+        self.last_shown: dict[str, int] = {}  # view -> monotonic ns it was last drawn
         self.marker_pub = self.create_publisher(MarkerArray, 'teacher_markers', 10)
         for kind, topic, callback, depth in ((SuggestionBatch, 'suggestion_batch', self.on_suggestions, 10),
                                              (ActionBatch, 'action_batch', self.on_actions, 10),
@@ -94,8 +102,8 @@ class VisualizationNode(Node):
         return guarded
 
     def on_suggestions(self, batch: SuggestionBatch) -> None:
-        if index_in_batch(self.env, batch.group, len(batch.suggestions)) is None:
-            return  # the batch of another env group
+        if index_in_batch(self.env, batch.group, len(batch.suggestions)) is None or not self.due('suggestion'):
+            return  # the batch of another env group, or drawn a moment ago
         text, probability = top_suggestion(batch, self.env) or ('teacher: no answer yet', 0.0)
         marker = Marker(ns='teacher_suggestion', id=0, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
         marker.header.frame_id, marker.header.stamp = 'map', batch.header.stamp
@@ -117,7 +125,7 @@ class VisualizationNode(Node):
         if env is None:
             return  # the batch of another env group
         probs = list(batch.action_probs[env * num_actions:(env + 1) * num_actions])
-        if all(math.isfinite(p) for p in probs):
+        if all(math.isfinite(p) for p in probs) and self.due('actions'):
             self.marker_pub.publish(MarkerArray(markers=action_markers(probs, batch.header.stamp, self.action_names)))
             self.log('actions', {'seq': batch.seq, 'env': self.env, 'action': int(batch.actions[env]),
                                  'probs': dict(zip(self.action_names, probs))})
@@ -138,6 +146,14 @@ class VisualizationNode(Node):
         self.log('teacher', {name: getattr(status, name) for name in (
             'source', 'requests', 'cache_hits', 'llm_calls', 'llm_errors', 'parse_failures', 'pending',
             'mean_latency_ms')})
+
+    def due(self, view: str) -> bool:
+        """Whether `view` may be drawn now (at most max_rate_hz a second); if so, it counts as drawn."""
+        now = time.monotonic_ns()
+        if now - self.last_shown.get(view, now - self.min_period_ns) < self.min_period_ns:
+            return False
+        self.last_shown[view] = now
+        return True
 
     def log(self, channel: str, message: dict) -> None:
         if self.server is not None:

@@ -12,6 +12,7 @@ works in parallel (on another core or machine) and a slow one only lowers covera
 """
 from __future__ import annotations
 
+import array
 import functools
 
 import numpy as np
@@ -104,8 +105,10 @@ class StudentNode(Node):
             self.get_logger().warning(f'step batch {batch.seq} refused: {err}', throttle_duration_sec=1.0)
             return
         for answer in self.loop.on_step(step):
+            # array.array from the bytes: no Python list of N x A floats (16 -> 9 us a batch of 16 x 7)
             out = ActionBatch(seq=answer.seq, group=answer.group, epoch=answer.epoch,
-                              actions=answer.actions.astype(np.int32).tolist(), action_probs=answer.probs.ravel().tolist())
+                              actions=array.array('i', answer.actions.astype(np.int32).tobytes()),
+                              action_probs=array.array('f', answer.probs.astype(np.float32).tobytes()))
             out.header.stamp = self.get_clock().now().to_msg()
             self.action_pub.publish(out)
 

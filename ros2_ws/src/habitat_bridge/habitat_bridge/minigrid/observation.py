@@ -85,8 +85,7 @@ class MemoryMapObservation(gym.ObservationWrapper):
             ))
         carrying = None
         if base.carrying is not None:
-            carrying = PerceivedObject(type=base.carrying.type, color=base.carrying.color,
-                                       grid_x=int(ax), grid_y=int(ay))
+            carrying = PerceivedObject(type=base.carrying.type, color=base.carrying.color)  # where the robot is
         return Perception(mission=base.mission, objects=objects, carrying=carrying,
                           x=float(ax), y=float(ay), heading=int(base.agent_dir))
 
