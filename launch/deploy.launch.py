@@ -18,8 +18,8 @@ ARGUMENTS = {
     'depth': ('camera/depth/image_raw', "The robot's depth image topic (sensor_msgs/Image 32FC1 m or 16UC1 mm)"),
     'cmd_vel': ('cmd_vel', 'Where velocity commands go (geometry_msgs/Twist)'),
     'mission': ('mission', 'Where the mission comes from (std_msgs/String), for a policy that reads one'),
-    'observation': ('rgbd', "What the policy was trained on: rgbd, rgb, or rgbd_map (the camera and the robot's map: "
-                            'then map, odom, /tf and targets are read)'),
+    'observation': ('', "What the policy was trained on: rgbd, rgb, or rgbd_map (the camera and the robot's map: "
+                        "then map, odom, /tf and targets are read); '' the config's"),
     'map': ('map', 'observation rgbd_map: the mapper\'s nav_msgs/OccupancyGrid'),
     'odom': ('odom', 'observation rgbd_map: the robot\'s nav_msgs/Odometry'),
     'targets': ('targets', 'observation rgbd_map: where the objects the mission names were last seen '
@@ -37,7 +37,7 @@ def nodes(args: dict) -> list:
                          parameters=[CONFIG / 'robot_policy_node.yaml',
                                      {'policy_path': args['policy_path'], 'device': args['device'],
                                       'control_rate_hz': float(args['control_rate_hz']),
-                                      'observation': args['observation']}],
+                                      **({'observation': args['observation']} if args['observation'] else {})}],
                          remappings=[('camera/image_raw', args['rgb']), ('camera/depth/image_raw', args['depth']),
                                      ('cmd_vel', args['cmd_vel']), ('mission', args['mission']), ('map', args['map']),
                                      ('odom', args['odom']), ('targets', args['targets'])])]

@@ -10,7 +10,7 @@ import torch
 from geometry_msgs.msg import Point, Pose, PoseArray, Twist
 from llm_teacher_msgs.msg import ActionBatch
 from nav_msgs.msg import OccupancyGrid, Odometry
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from rclpy.time import Time
 from ros_helpers import robot_node, spin_until
 from sensor_msgs.msg import Image
@@ -22,8 +22,9 @@ from habitat_bridge.embodied.types import Pose as RobotPose
 from habitat_bridge.embodied.vector import EmbodiedVecEnv
 from llm_teacher_common.map_crop import named_positions
 from llm_teacher_common.messages import occupancy_grid_from_msg, occupancy_grid_msg, rgb_image_msg
+from llm_teacher_common.perception import OccupancyGrid as Grid
 from student_deploy.inference import load_policy
-from student_deploy.robot_control import MapInput, motion_mask
+from student_deploy.robot_control import MapInput, motion_mask, yaw_of
 from student_policy.checkpoints import export_policy
 from student_policy.networks import ActorCritic
 
@@ -53,20 +54,44 @@ def test_the_map_crop_from_a_robots_topics_is_the_training_observation():
         robot.add_map(stamp, 'map', occupancy_grid_from_msg(occupancy_grid_msg(step.perception.occupancy)))
         assert robot.waiting_for(stamp).startswith('odometry')
         robot.add_odom(stamp, 'odom', *in_odom(step.pose))
-        assert robot.waiting_for(stamp) == 'the transform map -> odom on /tf'
-        robot.add_transform('map', 'odom', *MAP_TO_ODOM)
+        assert robot.waiting_for(stamp).startswith('the transform map -> odom on /tf')
+        robot.add_transform('map', 'odom', *MAP_TO_ODOM, stamp=stamp)
         robot.set_targets('map', named_positions(step.perception))
         assert np.array_equal(robot.crop(stamp), training[..., 4:]), f'step {t}'
         marked += bool(training[..., 6:].any())
         robot.add_odom(stamp + 1_500_000_000, 'odom', *in_odom(step.pose))  # the mapper fell behind
+        robot.add_transform('map', 'odom', *MAP_TO_ODOM, stamp=stamp + 1_500_000_000)
         with pytest.raises(ValueError, match=r'the map is 1.50 s older than the frames \(max_map_age 1 s\)'):
             robot.crop(stamp + 1_500_000_000)
     envs.close()
     assert marked >= 8  # the target's mark was part of what was compared
+    later = stamp + 3_000_000_000
+    robot.add_map(later, 'map', step.perception.occupancy)
+    robot.add_odom(later, 'odom', *in_odom(step.pose))
+    assert robot.waiting_for(later).startswith('the transform map -> odom')  # the localiser's last word aged
+    robot.add_transform('map', 'odom', *MAP_TO_ODOM)  # from /tf_static: it does not age
+    assert robot.crop(later).shape == (SIZE, SIZE, 4)
+    robot.set_targets('odom', [(0.0, 0.0)])
     with pytest.raises(ValueError, match="target points are in frame 'odom', the map in 'map'"):
-        robot.set_targets('odom', [(0.0, 0.0)])
+        robot.crop(later)
     with pytest.raises(ValueError, match='odometry pose .* is not finite'):
         robot.add_odom(0, 'odom', float('nan'), 0.0, 0.0)
+
+
+def test_map_cells_are_read_as_a_map_server_reads_them():
+    """REP-149 occupancy (-1 unknown, 0..100): >= 65 occupied, <= 25 free, else unknown, as Nav2's
+    map server thresholds them; what a policy cannot read is refused, naming it."""
+    robot = MapInput(4, slop_s=0.01, max_map_age_s=1.0)
+    cells = np.array([[-1, 0, 25, 26], [50, 64, 65, 100]], np.int8)
+    robot.add_map(0, 'map', Grid(cells, (0.0, 0.0), 0.25))
+    assert robot.grid.cells.tolist() == [[-1, 0, 0, -1], [-1, -1, 100, 100]]
+    with pytest.raises(ValueError, match=r'map cells range -1..101'):
+        robot.add_map(0, 'map', Grid(np.array([[-1, 101]], np.int8), (0.0, 0.0), 0.25))
+    with pytest.raises(ValueError, match='finer than 0.02 m'):
+        robot.add_map(0, 'map', Grid(cells, (0.0, 0.0), 0.01))
+    assert yaw_of(math.sin(0.3), math.cos(0.3)) == pytest.approx(0.6)
+    with pytest.raises(ValueError, match='not a unit quaternion'):
+        yaw_of(0.0, 0.0)
 
 
 @pytest.mark.slow
@@ -83,7 +108,7 @@ def test_a_map_policy_on_the_robot_acts_on_its_map_odometry_and_targets(tmp_path
     rgb_pub = ros_node.create_publisher(Image, 'camera/image_raw', qos_profile_sensor_data)
     depth_pub = ros_node.create_publisher(Image, 'camera/depth/image_raw', qos_profile_sensor_data)
     odom_pub = ros_node.create_publisher(Odometry, 'odom', 20)
-    map_pub = ros_node.create_publisher(OccupancyGrid, 'map', 2)
+    map_pub = ros_node.create_publisher(OccupancyGrid, 'map', QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
     tf_pub = ros_node.create_publisher(TFMessage, '/tf', 20)
     targets_pub = ros_node.create_publisher(PoseArray, 'targets', 10)
     process = robot_node(path, 'observation:=rgbd_map', 'greedy:=true', 'control_rate_hz:=1000.0',

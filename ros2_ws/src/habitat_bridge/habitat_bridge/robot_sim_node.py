@@ -68,9 +68,9 @@ class RobotSimNode(Node):
         self.info_pub = self.create_publisher(CameraInfo, 'camera/camera_info', 2)
         self.odom_pub = self.create_publisher(Odometry, 'odom', 10)
         self.perception_pub = self.create_publisher(Perception, 'perception', 10)
-        self.map_pub = self.create_publisher(OccupancyGrid, 'map', 2)
-        self.tf_pub = self.create_publisher(TFMessage, '/tf', 10)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.map_pub = self.create_publisher(OccupancyGrid, 'map', latched)  # as mappers publish it
+        self.tf_pub = self.create_publisher(TFMessage, '/tf', 10)
         self.create_publisher(TFMessage, '/tf_static', latched).publish(
             TFMessage(transforms=sensors.static_transforms(self.sim.camera, self.get_clock().now().to_msg())))
         self.mission_pub = self.create_publisher(String, 'mission', 10)

@@ -57,7 +57,7 @@ def egocentric_crop(grid: OccupancyGrid, pose: tuple[float, float, float], cells
 def _crop(grid: OccupancyGrid, pose: tuple[float, float, float], cells: int, resolution: float) -> np.ndarray:
     """One scale: each crop cell takes the most telling of the map cells under it (occupied over
     free over unknown), so a one-cell wall survives a coarser scale."""
-    sub = max(1, round(resolution / grid.resolution))  # map cells per crop cell, per axis
+    sub = max(1, math.ceil(resolution / grid.resolution - 1e-9))  # samples per crop cell, per axis: none skips a map cell
     fine = cells * sub
     offsets = (fine / 2 - np.arange(fine) - 0.5) * (resolution / sub)
     forward, left = np.meshgrid(offsets, offsets, indexing='ij')

@@ -67,6 +67,8 @@ class MissionVocabulary:
         :raises ValueError: a mission of more than MISSION_LENGTH words, or (`strict`) one with no
             words or with words the vocabulary does not hold, naming them.
         """
+        if grow and strict:
+            raise ValueError('a vocabulary either learns new words (grow) or refuses them (strict), not both')
         tokens = np.full((len(texts), MISSION_LENGTH), PAD, np.int64)
         for row, text in enumerate(texts):
             problem = mission_problem(text, self.ids if strict else None)

@@ -16,7 +16,7 @@ from llm_teacher_common.camera import camera_observation, invalid_depth_fraction
 from llm_teacher_common.commands import MOTIONS, velocity_for_action
 from llm_teacher_common.families import FAMILIES
 from llm_teacher_common.map_crop import egocentric_crop
-from llm_teacher_common.perception import OccupancyGrid
+from llm_teacher_common.perception import FREE, OCCUPIED, UNKNOWN, OccupancyGrid
 from student_deploy.inference import Policy, choose_actions
 
 NS = 1_000_000_000
@@ -182,8 +182,14 @@ class StampPairer:
 
 
 def yaw_of(z: float, w: float, x: float = 0.0, y: float = 0.0) -> float:
-    """Yaw (rad) of a quaternion (x, y, z, w): the heading of a base on the ground."""
-    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+    """Yaw (rad) of a quaternion (x, y, z, w): the heading of a base on the ground.
+
+    :raises ValueError: a quaternion that is not finite or whose length is far from 1.
+    """
+    norm = x * x + y * y + z * z + w * w
+    if not (math.isfinite(norm) and abs(norm - 1.0) < 0.01):
+        raise ValueError(f'quaternion ({x}, {y}, {z}, {w}) is not a unit quaternion')
+    return math.atan2(2.0 * (w * z + x * y), w * w + x * x - y * y - z * z)
 
 
 class MapInput:
@@ -193,9 +199,16 @@ class MapInput:
     localiser's correction; none is needed where the map is built in the odometry frame) and where
     the objects the mission names were last seen (a detector's points in the map frame).
 
+    The policy learnt on a map built as the robot goes (unknown where it has not looked): a mapper
+    that keeps publishing (slam_toolbox, a costmap), not a map server's finished map, which is both
+    unlike training and never fresh.
+
     :param cells: cells across the crop (the camera's pixels across: the policy's input).
-    :param max_map_age_s: the map may be this much older than a frame (mappers publish ~1 Hz).
+    :param max_map_age_s: the map, and a localiser's map -> odom, may be this much older than a frame.
     """
+
+    FINEST_MAP = 0.02  # m per cell: a finer map makes each crop sample too many cells for the control rate
+    MAX_TRANSFORMS = 64  # /tf edges kept: a flood of frame names does not grow the node
 
     def __init__(self, cells: int, slop_s: float, max_map_age_s: float, queue_size: int = 50):
         self.cells = cells
@@ -205,17 +218,28 @@ class MapInput:
         self.map_frame, self.map_stamp_ns = '', 0
         self.odom_frame = ''
         self.poses: deque[tuple[int, float, float, float]] = deque(maxlen=queue_size)  # base in odom
-        self.transforms: dict[tuple[str, str], tuple[float, float, float]] = {}  # (parent, child) -> x, y, yaw
-        self.targets: list[tuple[float, float]] = []
+        self.transforms: dict[tuple[str, str], tuple[int | None, float, float, float]] = {}  # stamp (None: static), x, y, yaw
+        self.targets_frame, self.targets = '', []
 
     def add_map(self, stamp: int, frame: str, grid: OccupancyGrid) -> None:
-        """:raises ValueError: a grid with no cells, or a resolution or origin that is not finite > 0."""
+        """Take a map, its cells read as a map server reads them (REP-149's -1 unknown, 0-100
+        occupancy: >= 65 occupied, <= 25 free, else unknown).
+
+        :raises ValueError: no cells, values outside -1..100, a resolution that is not finite or
+            finer than FINEST_MAP, or an origin that is not finite.
+        """
         if grid.cells.size == 0:
             raise ValueError('the map has no cells')
-        checked_number('map resolution', grid.resolution)
+        if checked_number('map resolution', grid.resolution) < self.FINEST_MAP:
+            raise ValueError(f'map resolution {grid.resolution:g} m is finer than {self.FINEST_MAP:g} m: publish the '
+                             f'map coarser (the policy reads 0.25 m and 0.5 m cells)')
         if not all(math.isfinite(v) for v in grid.origin):
             raise ValueError(f'map origin {grid.origin} is not finite')
-        self.grid, self.map_frame, self.map_stamp_ns = grid, frame, stamp
+        cells = grid.cells.astype(np.int16)
+        if cells.min() < -1 or cells.max() > 100:
+            raise ValueError(f'map cells range {cells.min()}..{cells.max()}, outside -1 (unknown) .. 100 (occupied)')
+        cells = np.where(cells >= 65, OCCUPIED, np.where((cells >= 0) & (cells <= 25), FREE, UNKNOWN)).astype(np.int8)
+        self.grid, self.map_frame, self.map_stamp_ns = OccupancyGrid(cells, grid.origin, grid.resolution), frame, stamp
 
     def add_odom(self, stamp: int, frame: str, x: float, y: float, yaw: float) -> None:
         """:raises ValueError: a pose that is not finite."""
@@ -224,29 +248,31 @@ class MapInput:
         self.odom_frame = frame
         self.poses.append((stamp, x, y, yaw))
 
-    def add_transform(self, parent: str, child: str, x: float, y: float, yaw: float) -> None:
-        if all(math.isfinite(v) for v in (x, y, yaw)):
-            self.transforms[(parent, child)] = (x, y, yaw)
+    def add_transform(self, parent: str, child: str, x: float, y: float, yaw: float, stamp: int | None = None) -> None:
+        """A /tf edge (stamp None: /tf_static's, which does not age)."""
+        if not all(math.isfinite(v) for v in (x, y, yaw)):
+            return
+        if (parent, child) not in self.transforms and len(self.transforms) >= self.MAX_TRANSFORMS:
+            self.transforms.pop(next(iter(self.transforms)))
+        self.transforms[(parent, child)] = (stamp, x, y, yaw)
 
     def set_targets(self, frame: str, points: list[tuple[float, float]]) -> None:
-        """Where the objects the mission names were last seen (an empty list: none yet).
+        """Where the objects the mission names were last seen (an empty list: none yet), in the
+        map's frame (checked when the crop is built).
 
-        :raises ValueError: points in another frame than the map's, or not finite.
+        :raises ValueError: points that are not finite.
         """
-        if self.map_frame and frame != self.map_frame:
-            raise ValueError(f'target points are in frame {frame!r}, the map in {self.map_frame!r}: '
-                             f'publish them in the map frame')
         if not all(math.isfinite(v) for point in points for v in point):
             raise ValueError(f'target points {points} are not finite')
-        self.targets = list(points)
+        self.targets_frame, self.targets = frame, list(points)
 
     def forget(self) -> None:
         """A new episode (mission, the robot carried elsewhere): the targets seen no longer hold."""
-        self.targets = []
+        self.targets_frame, self.targets = '', []
 
     def pose_at(self, stamp: int) -> tuple[float, float, float] | None:
         """The base's map-frame pose (x, y, yaw) at `stamp`: the odometry nearest in stamp (within
-        slop) composed with map -> odom; None while either is missing."""
+        slop) composed with map -> odom (not older than max_map_age); None while either is missing."""
         near = [pose for pose in self.poses if abs(pose[0] - stamp) <= self.slop_ns]
         if not near or not self.map_frame:
             return None
@@ -254,9 +280,9 @@ class MapInput:
         if self.map_frame == self.odom_frame:
             return x, y, yaw
         correction = self.transforms.get((self.map_frame, self.odom_frame))
-        if correction is None:
+        if correction is None or correction[0] is not None and stamp - correction[0] > self.max_map_age_ns:
             return None
-        tx, ty, tyaw = correction
+        _, tx, ty, tyaw = correction
         cos, sin = math.cos(tyaw), math.sin(tyaw)
         return tx + cos * x - sin * y, ty + sin * x + cos * y, tyaw + yaw
 
@@ -267,13 +293,14 @@ class MapInput:
         if not any(abs(pose[0] - stamp) <= self.slop_ns for pose in self.poses):
             return f'odometry (nav_msgs/Odometry on `odom`) stamped within {self.slop_ns / NS:g} s of the frames'
         if self.pose_at(stamp) is None:
-            return f'the transform {self.map_frame} -> {self.odom_frame} on /tf'
+            return f'the transform {self.map_frame} -> {self.odom_frame} on /tf (at most max_map_age old)'
         return ''
 
     def crop(self, stamp: int) -> np.ndarray:
         """(cells, cells, MAP_CHANNELS) uint8 crop for a frame stamped `stamp`.
 
-        :raises ValueError: something is missing (waiting_for), or the map is older than max_map_age.
+        :raises ValueError: something is missing (waiting_for), the map is older than max_map_age,
+            or the targets are in another frame than the map.
         """
         missing = self.waiting_for(stamp)
         if missing:
@@ -281,6 +308,9 @@ class MapInput:
         if stamp - self.map_stamp_ns > self.max_map_age_ns:
             raise ValueError(f'the map is {(stamp - self.map_stamp_ns) / NS:.2f} s older than the frames '
                              f'(max_map_age {self.max_map_age_ns / NS:g} s): is the mapper running?')
+        if self.targets and self.targets_frame != self.map_frame:
+            raise ValueError(f'target points are in frame {self.targets_frame!r}, the map in {self.map_frame!r}: '
+                             f'publish them in the map frame')
         return egocentric_crop(self.grid, self.pose_at(stamp), self.cells, self.targets)
 
 
@@ -419,7 +449,7 @@ class CameraPolicy:
         return self._camera(pair)
 
     def _camera(self, pair: FramePair) -> np.ndarray:
-        if self.observation == 'rgbd' and pair.depth is not None:
+        if self.observation != 'rgb' and pair.depth is not None:
             invalid = invalid_depth_fraction(pair.depth)
             if invalid > self.max_invalid_depth:
                 raise ValueError(f'{invalid:.0%} of the depth image is invalid (NaN, inf or <= 0; '

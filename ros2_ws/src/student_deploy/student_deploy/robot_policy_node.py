@@ -47,7 +47,7 @@ from geometry_msgs.msg import PoseArray, Twist
 from llm_teacher_msgs.msg import ActionBatch
 from nav_msgs.msg import OccupancyGrid, Odometry
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Empty, String
@@ -99,8 +99,8 @@ class RobotPolicyNode(Node):
                 max_invalid_depth=p('max_invalid_depth', 0.5, 'Stop the robot when more than this fraction (0..1) '
                                                                'of a depth image is NaN, inf or <= 0'),
                 seed=p('seed', 0, 'Seed of sampled actions (greedy: false)'))
-            max_map_age = p('max_map_age', 5.0, "observation rgbd_map: stop the robot when the newest map is this much "
-                                                "older than the frames (s, > 0)")
+            max_map_age = p('max_map_age', 15.0, "observation rgbd_map: stop the robot when the newest map (or map -> "
+                                                 "odom) is this much older than the frames (s, > 0)")
             info = self.controller.policy.info
             self.map_input = MapInput(info.obs_shape[1], slop, max_map_age) if self.controller.reads_map else None
         except (ValueError, OverflowError) as err:
@@ -114,10 +114,12 @@ class RobotPolicyNode(Node):
         self.create_subscription(Empty, 'reset', self.on_reset, 10)
         self.create_subscription(String, 'mission', self.on_mission, 10)
         if self.map_input is not None:
-            self.create_subscription(OccupancyGrid, 'map', self.on_map, 2)
+            latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)  # as mappers and /tf_static publish
+            self.create_subscription(OccupancyGrid, 'map', self.on_map, latched)
             self.create_subscription(Odometry, 'odom', self.on_odom, 20)
-            self.create_subscription(TFMessage, '/tf', self.on_tf, 20)
-            self.create_subscription(TFMessage, '/tf_static', self.on_tf, 10)
+            self.create_subscription(TFMessage, '/tf', functools.partial(self.on_tf, static=False), 20)
+            self.create_subscription(TFMessage, '/tf_static', functools.partial(self.on_tf, static=True),
+                                     QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL))
             self.create_subscription(PoseArray, 'targets', self.on_targets, 10)
         self.create_timer(1.0 / rate, self.watchdog)
         self.last_action_ns = -self.min_period_ns
@@ -147,25 +149,32 @@ class RobotPolicyNode(Node):
             return
         if self.map_input is None:
             self.act(pair, now)
-        else:
-            self.pending = pair
-            self.act_on_pending(now)
+            return
+        if self.pending is not None:  # newer frames came before the older ones could be acted on
+            self.get_logger().info(f'waiting for {self.map_input.waiting_for(self.pending.stamp_ns)} before moving',
+                                   throttle_duration_sec=5.0)
+        self.pending = pair
+        self.act_on_pending(now)
 
     def act_on_pending(self, now: int) -> None:
-        """A map policy acts on its newest frames once their odometry (and the map) has come."""
-        if self.pending is None:
-            return
-        missing = self.map_input.waiting_for(self.pending.stamp_ns)
-        if missing:
-            self.get_logger().info(f'waiting for {missing} before moving', throttle_duration_sec=5.0)
+        """A map policy acts on its newest frames once their odometry (and the map) has come, if
+        they are still fresh."""
+        if self.pending is None or self.map_input.waiting_for(self.pending.stamp_ns):
             return
         pair, self.pending = self.pending, None
+        try:
+            self.sensors.check(pair.stamp_ns, now)
+        except ValueError:
+            return  # the frames aged while their odometry was on its way
         self.act(pair, now)
 
     def on_map(self, msg: OccupancyGrid) -> None:
         try:
-            self.map_input.add_map(stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec), msg.header.frame_id,
-                                   occupancy_grid_from_msg(msg))
+            stamp = stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
+            ahead = stamp - self.get_clock().now().nanoseconds
+            if ahead > self.sensors.max_skew_ns:  # it would never grow stale
+                raise ValueError(f'stamped {ahead / 1e9:.3f} s ahead of this node\'s clock (more than max_clock_skew)')
+            self.map_input.add_map(stamp, msg.header.frame_id, occupancy_grid_from_msg(msg))
         except ValueError as err:
             self.get_logger().warning(f'map refused: {err}', throttle_duration_sec=5.0)
 
@@ -181,11 +190,18 @@ class RobotPolicyNode(Node):
             return
         self.act_on_pending(now)
 
-    def on_tf(self, msg: TFMessage) -> None:
+    def on_tf(self, msg: TFMessage, static: bool) -> None:
         for t in msg.transforms:
             q = t.transform.rotation
+            try:
+                stamp = None if static else stamp_ns(t.header.stamp.sec, t.header.stamp.nanosec)
+                yaw = yaw_of(q.z, q.w, q.x, q.y)
+            except ValueError as err:
+                self.get_logger().warning(f'transform {t.header.frame_id[:40]!r} -> {t.child_frame_id[:40]!r} '
+                                          f'refused: {err}', throttle_duration_sec=5.0)
+                continue
             self.map_input.add_transform(t.header.frame_id, t.child_frame_id, t.transform.translation.x,
-                                         t.transform.translation.y, yaw_of(q.z, q.w, q.x, q.y))
+                                         t.transform.translation.y, yaw, stamp)
 
     def on_targets(self, msg: PoseArray) -> None:
         try:
