@@ -41,6 +41,8 @@ ARGUMENTS = {
     'observation': ('', "What the sim gives the student; '' the config's (the task's default). MiniWorld: rgbd, rgb, "
                     "or rgbd_map (the camera and the robot's map crop with the mission's object marked)"),
     'recurrent': ('', "Units of the student's GRU memory (0: reactive); '' the config's"),
+    'teacher_replay': ('', "Frames of teacher-labelled states the teacher term revisits (0: off; camera students: "
+                       "100000, ~1.8 GB at 48x48 rgbd_map); '' the config's"),
     'mission': ('', "true: the student reads the mission text (tasks whose mission varies, e.g. GoToObject); '' the "
                 "config's"),
     'total_frames': ('450000', 'Environment frames to train for (450k: about 7 minutes on 2 cores)'),
@@ -83,7 +85,9 @@ def nodes(args: dict) -> list:
                                           {'run_dir': args['run_dir'], 'total_frames': int(args['total_frames']),
                                            'seed': int(args['seed']), 'task': args['task'],
                                            **({'recurrent': int(args['recurrent'])} if args['recurrent'] else {}),
-                                           **({'mission': flag(args, 'mission')} if args['mission'] else {})},
+                                           **({'mission': flag(args, 'mission')} if args['mission'] else {}),
+                                           **({'teacher_replay': int(args['teacher_replay'])}
+                                              if args['teacher_replay'] else {})},
                                           PLAIN_PPO if plain_ppo else {}]))
     if 'teacher' in roles and not plain_ppo:
         graph.append(NodeSpec('llm_teacher', 'teacher_node', 'teacher_node' + suffix,

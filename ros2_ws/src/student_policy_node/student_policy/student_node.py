@@ -51,6 +51,8 @@ class StudentNode(Node):
                 recurrent=p('recurrent', d.recurrent, "Units of the policy's GRU memory (0: a reactive policy)"),
                 mission=p('mission', d.mission, 'The policy reads the mission text too (tasks whose mission changes '
                                                 'between episodes, e.g. MiniWorld-GoToObject-v0)'),
+                teacher_replay=p('teacher_replay', d.teacher_replay, 'Frames of teacher-labelled states the teacher '
+                                 'term revisits (0: off)'),
                 total_frames=p('total_frames', d.total_frames, 'Environment frames to train for'),
                 num_steps=p('num_steps', d.num_steps, 'Lock-steps per rollout'),
                 learning_rate=p('learning_rate', d.learning_rate, 'Adam learning rate'),
