@@ -1,8 +1,12 @@
-"""The OpenAI-compatible backend against a real server on localhost (`transformers serve` with the
-embedded model), and what the teacher does when the server dies."""
+"""The OpenAI-compatible backend against real servers on localhost serving the embedded model:
+`transformers serve` (sampling; it sends no prompt log-probabilities) and llama-cpp-python's server
+(exact scoring, checked against the local backend), and what the teacher does when a server dies."""
+import http.server
+import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +19,8 @@ from ros_helpers import spin_until
 from llm_teacher_common.messages import perception_batch_msg, step_batch_msg
 from llm_teacher_common.perception import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
-from llm_teacher.backends import LLMError, OpenAIBackend, embedded_model_dir
+from llm_teacher.backends import (LLMError, OpenAIBackend, TransformersBackend, embedded_gguf_f32,
+                                  embedded_model_dir)
 from llm_teacher.cache import AnswerCache
 from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec
 from llm_teacher.mediator import Mediator
@@ -33,6 +38,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(url: str, process: subprocess.Popen, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f'{what} did not come up on {url}:\n{process.communicate()[0]}')
+            time.sleep(1)
+
+
 @pytest.fixture(scope='module')
 def server():
     model = embedded_model_dir()
@@ -40,16 +58,7 @@ def server():
     command = [str(Path(sys.executable).parent / 'transformers'), 'serve', '--host', '127.0.0.1', '--port', str(port), str(model)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f'http://127.0.0.1:{port}'
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + '/health', timeout=2).read()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f'transformers serve did not come up on {url}:\n{process.stdout.read()}')
-            time.sleep(1)
+    wait_for(url + '/health', process, 'transformers serve')
     yield url, str(model), process
     if process.poll() is None:
         process.terminate()
@@ -67,10 +76,75 @@ def test_sampling_through_a_real_server(server):
     assert len(result.rejected_answers) <= 3
 
 
-def test_scoring_is_refused_with_what_to_do_instead(server):
+@pytest.fixture(scope='module')
+def scoring_server():
+    """llama-cpp-python's server (it echoes prompt log-probabilities) on the embedded model's weights
+    in F32, with an F32 KV cache (its default F16 cache alone moves log p by ~3e-3), serving it as
+    'embedded' so that OpenAIBackend finds the same tokenizer as the local backend."""
+    port = free_port()
+    command = [sys.executable, '-m', 'llama_cpp.server', '--model', str(embedded_gguf_f32()), '--model_alias',
+               'embedded', '--type_k', '0', '--type_v', '0', '--host', '127.0.0.1', '--port', str(port),
+               '--verbose', 'false']
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f'http://127.0.0.1:{port}'
+    wait_for(url + '/v1/models', process, 'llama-cpp-python server')
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.mark.slow  # ~1 min on a quiet machine: llama-cpp-python sorts the vocabulary at each echoed token
+def test_exact_scoring_over_http_gives_the_local_backends_distribution(scoring_server):
+    """planner_mode score through the server: the same distribution as the local backend's."""
+    local = TransformersBackend('embedded')
+    remote = OpenAIBackend(scoring_server, 'embedded', timeout_s=300)
+    mediator = Mediator.from_file()
+    carrying = Perception('open the locked door', objects=PERCEPTION.objects[1:], carrying=PERCEPTION.objects[0])
+    for perception in (PERCEPTION, carrying):
+        options = feasible_options(perception)
+        prompt = mediator.prompt(perception, options)
+        here = Planner(local, 'score').plan(prompt, options).distribution
+        served = Planner(remote, 'score').plan(prompt, options).distribution
+        assert served.keys() == here.keys()
+        assert max(abs(served[o] - here[o]) for o in here) < 1e-3, (here, served)
+
+
+def test_a_server_without_prompt_logprobs_is_told_to_sample(server):
     url, model, _ = server
-    with pytest.raises(LLMError, match='use planner_mode sample'):
-        OpenAIBackend(url, model).score('prompt', ['explore'])
+    with pytest.raises(LLMError, match='sent no log-probabilities of the prompt.*use planner_mode sample'):
+        OpenAIBackend(url, model, timeout_s=120).score('Say the word explore.', ['explore', 'go to the key'])
+
+
+class EchoJoinedHandler(http.server.BaseHTTPRequestHandler):
+    """Echoes the prompt as two tokens, the second spanning the prompt's end and the option."""
+
+    def do_POST(self):
+        prompt = json.loads(self.rfile.read(int(self.headers['Content-Length'])))['prompt']
+        body = json.dumps({'choices': [{'text': prompt, 'logprobs': {
+            'tokens': [prompt[:-25], prompt[-25:]], 'token_logprobs': [None, -1.0]}}],
+            'usage': {'completion_tokens': 0}}).encode()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_option_not_tokenised_apart_from_the_prompt_is_not_scored():
+    stub = http.server.ThreadingHTTPServer(('127.0.0.1', 0), EchoJoinedHandler)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(LLMError, match="do not end in 'explore' but in .*a token spans the prompt and the option"):
+            OpenAIBackend(f'http://127.0.0.1:{stub.server_address[1]}', 'embedded').score('prompt', ['explore'])
+    finally:
+        stub.shutdown()
+
+
+def test_scoring_needs_the_served_models_tokenizer():
+    with pytest.raises(LLMError, match="names no model directory here.*use planner_mode sample"):
+        OpenAIBackend(f'http://127.0.0.1:{free_port()}', 'qwen2.5-7b').score('prompt', ['explore'])
 
 
 def test_a_dead_server_gives_a_clear_error_after_retries():

@@ -33,7 +33,9 @@ deps() {
     "$PYTHON" -m venv $VENV || fail "'$PYTHON -m venv' failed (on Debian/Ubuntu: apt-get install python3.11-venv)."
   fi
   echo "setup: installing requirements.txt into $VENV (log: $VENV/pip.log)"
-  if ! $VENV/bin/python -m pip install --disable-pip-version-check -r requirements.txt >$VENV/pip.log 2>&1; then
+  # llama-cpp-python builds llama.cpp from source; its multimodal library is not needed (saves ~20%).
+  if ! CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" \
+      $VENV/bin/python -m pip install --disable-pip-version-check -r requirements.txt >$VENV/pip.log 2>&1; then
     grep -E '^ERROR' $VENV/pip.log >&2 || tail -n 20 $VENV/pip.log >&2
     fail "pip could not install requirements.txt (full log: $VENV/pip.log). A 'No matching distribution' error means the package index lacks that pinned version for Python 3.11 on this platform."
   fi

@@ -7,7 +7,10 @@
   Gemma's terms of use apply). transformers dequantises a GGUF to fp32 slowly (~25-90 s), so the
   first load converts it once into a local cache directory.
 - OpenAIBackend: any OpenAI-compatible server (vLLM, Ollama, llama.cpp server, a provider) by
-  base URL, with a deadline per request and retries.
+  base URL, with a deadline per request and retries. It samples through /v1/chat/completions, and
+  scores exactly through /v1/completions with `echo` and `logprobs` where the server returns the
+  prompt's log-probabilities (vLLM, llama-cpp-python's server; not llama.cpp's own server,
+  Ollama or `transformers serve`, which get an error that says to use planner_mode sample).
 make_backend() builds either from the teacher's parameters (config/teacher_node.yaml).
 """
 from __future__ import annotations
@@ -67,22 +70,27 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get('LLM_TEACHER_CACHE', Path.home() / '.cache' / 'llm_teacher'))
 
 
-def embedded_model_dir(model: str = 'embedded', cache_dir: Path | None = None) -> Path:
-    """An embedded model as a transformers directory, converted from its GGUF on first use."""
-    package, gguf_name, name, install, in_parts = EMBEDDED_MODELS[model]
-    models = (cache_dir or default_cache_dir()) / 'models'
-    target = models / f'{name}-fp32'
-    if (target / 'config.json').is_file() and (target / 'model.safetensors').is_file():
-        return target
+def embedded_gguf(model: str = 'embedded', cache_dir: Path | None = None) -> Path:
+    """An embedded model's GGUF as shipped (joined into the cache where it ships in parts)."""
+    package, gguf_name, _, install, in_parts = EMBEDDED_MODELS[model]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise LLMError(f'the package of the {model} model ({package}) is not installed: {install}')
     if in_parts:
-        gguf = importlib.import_module(package).assemble(models / gguf_name)
+        gguf = importlib.import_module(package).assemble((cache_dir or default_cache_dir()) / 'models' / gguf_name)
     else:
         gguf = Path(spec.origin).parent / gguf_name
     if not gguf.is_file():
         raise LLMError(f'{gguf} is missing: reinstall {package.replace("_", "-")}')
+    return gguf
+
+
+def embedded_model_dir(model: str = 'embedded', cache_dir: Path | None = None) -> Path:
+    """An embedded model as a transformers directory, converted from its GGUF on first use."""
+    target = (cache_dir or default_cache_dir()) / 'models' / f'{EMBEDDED_MODELS[model].name}-fp32'
+    if (target / 'config.json').is_file() and (target / 'model.safetensors').is_file():
+        return target
+    gguf = embedded_gguf(model, cache_dir)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -102,17 +110,64 @@ def embedded_model_dir(model: str = 'embedded', cache_dir: Path | None = None) -
     return target
 
 
+def embedded_gguf_f32(model: str = 'embedded', cache_dir: Path | None = None) -> Path:
+    """An embedded model's GGUF with every tensor dequantised to F32, written once into the cache:
+    the weights TransformersBackend computes with (it dequantises the same file), for a llama.cpp
+    server to serve. Served as shipped, llama.cpp's quantised products move an option's log p by up
+    to ~0.3 (docs/results.md, "Exact scoring over HTTP")."""
+    import gguf
+    import numpy as np
+    from gguf.quants import dequantize
+    target = (cache_dir or default_cache_dir()) / 'models' / f'{EMBEDDED_MODELS[model].name}.F32.gguf'
+    if target.is_file():
+        return target
+    reader = gguf.GGUFReader(embedded_gguf(model, cache_dir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f'{target.name}.partial-{os.getpid()}')
+    writer = gguf.GGUFWriter(partial, reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith('GGUF.'):
+            continue  # the writer writes these itself
+        value = gguf.LlamaFileType.ALL_F32 if field.name == gguf.Keys.General.FILE_TYPE else field.contents()
+        writer.add_key_value(field.name, value, field.types[0],
+                             sub_type=field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, dequantize(tensor.data, tensor.tensor_type).astype(np.float32),
+                          raw_dtype=gguf.GGMLQuantizationType.F32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    partial.rename(target)  # whole or not at all; a second writer's rename replaces the same bytes
+    return target
+
+
+def model_prompt(tokenizer, prompt: str) -> str:
+    """The text a model is given for a prompt: its chat template's user turn and the assistant's
+    turn opened, or for a base model (no template) the prompt and 'Answer: ' on a new line."""
+    if tokenizer.chat_template is None:
+        return prompt + '\nAnswer: '
+    return tokenizer.apply_chat_template([{'role': 'user', 'content': prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def model_dir(model: str, cache_dir: Path | None = None) -> Path:
+    """A transformers model directory: `model` itself, or one of EMBEDDED_MODELS converted."""
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing is fetched from a hub
+    path = embedded_model_dir(model, cache_dir) if model in EMBEDDED_MODELS else Path(model)
+    if not path.is_dir():
+        raise LLMError(f'model directory {path} does not exist (give a transformers model directory, '
+                       f'or one of {", ".join(EMBEDDED_MODELS)})')
+    return path
+
+
 class TransformersBackend:
     """A local causal LM through transformers; `model` is a directory, 'embedded' or 'embedded-gemma'."""
 
     def __init__(self, model: str = 'embedded', device: str = 'cpu', seed: int = 0, cache_dir: Path | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing is fetched from a hub
-        path = embedded_model_dir(model, cache_dir) if model in EMBEDDED_MODELS else Path(model)
-        if not path.is_dir():
-            raise LLMError(f'model directory {path} does not exist (give a transformers model directory, '
-                           f'or one of {", ".join(EMBEDDED_MODELS)})')
+        path = model_dir(model, cache_dir)
         self.name = f'transformers:{EMBEDDED_MODELS[model].name if model in EMBEDDED_MODELS else path.name}'
         self.torch, self.device = torch, device
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -121,11 +176,10 @@ class TransformersBackend:
         self.seed = seed
 
     def _prompt_ids(self, prompt: str):
-        if self.tokenizer.chat_template is None:  # a base model: plain completion after the prompt
-            return self.tokenizer(prompt + '\nAnswer: ', return_tensors='pt')['input_ids'].to(self.device)
-        messages = [{'role': 'user', 'content': prompt}]
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt',
-                                                  return_dict=True)['input_ids'].to(self.device)
+        # A chat template writes its special tokens itself; a base model's tokenizer adds its own (BOS).
+        base_model = self.tokenizer.chat_template is None
+        return self.tokenizer(model_prompt(self.tokenizer, prompt), add_special_tokens=base_model,
+                              return_tensors='pt')['input_ids'].to(self.device)
 
     def generate(self, prompt: str, n: int, temperature: float, max_tokens: int) -> list[str]:
         torch = self.torch
@@ -166,14 +220,20 @@ MAX_REPLY_BYTES = 1 << 20  # an answer of a few options is a few kB; more is not
 
 
 class OpenAIBackend:
-    """An OpenAI-compatible HTTP server: /v1/chat/completions to sample.
+    """An OpenAI-compatible HTTP server: /v1/chat/completions to sample, /v1/completions to score.
+
+    Scoring needs the prompt's log-probabilities (`echo` with `logprobs`) and the model's tokenizer
+    here, to write the prompt as its chat template does (as TransformersBackend does): `tokenizer`
+    names a transformers model directory or an embedded model; left empty it is `model` when that
+    names one (a server started on a model directory serves it under that path).
 
     Each HTTP request ends within `timeout_s`, however slowly the server sends (a watchdog closes
     the connection at the deadline: a socket timeout alone restarts at every byte). Redirects are
     not followed, so the API key goes to `base_url`'s host only; replies are read up to
     MAX_REPLY_BYTES."""
 
-    def __init__(self, base_url: str, model: str, api_key: str = '', timeout_s: float = 30.0, retries: int = 2):
+    def __init__(self, base_url: str, model: str, api_key: str = '', timeout_s: float = 30.0, retries: int = 2,
+                 tokenizer: str = ''):
         url = urllib.parse.urlsplit(base_url.rstrip('/'))
         if url.scheme not in ('http', 'https') or not url.hostname:
             raise ValueError(f'base_url {base_url!r} is not an http:// or https:// URL')
@@ -182,6 +242,8 @@ class OpenAIBackend:
         self.base_url, self._url = url.geturl(), url
         self.model, self.api_key, self.timeout_s, self.retries = model, api_key, timeout_s, retries
         self.name = f'openai:{model}'
+        self.tokenizer_source = tokenizer or (model if model in EMBEDDED_MODELS or Path(model).is_dir() else '')
+        self._tokenizer = None  # loaded by the first score()
         self._closed = threading.Event()  # set by close(): a node shutting down
         self._lock = threading.Lock()
         self._in_flight: set[http.client.HTTPConnection] = set()  # for close() to abort
@@ -247,7 +309,7 @@ class OpenAIBackend:
             if self._closed.wait(0.2 * 2 ** attempt):
                 break
         raise LLMError(f'LLM server {self.base_url}{path} (model {self.model}) did not answer after '
-                       f'{attempt + 1} tries: {error}')
+                       f'{attempt + 1} tries: {error}') from error
 
     def _answers(self, body: dict) -> list[str]:
         reply = self._post('/v1/chat/completions', body)
@@ -274,8 +336,58 @@ class OpenAIBackend:
         return answers[:n]
 
     def score(self, prompt: str, continuations: list[str]) -> list[float]:
-        raise LLMError(f'scoring needs prompt log-probabilities, which {self.name} does not offer through '
-                       f'this backend; use planner_mode sample')
+        """Each continuation's log p after the prompt, one /v1/completions request each: the prompt
+        and the continuation as one text, echoed with the log-probability of every token."""
+        if not self.tokenizer_source:
+            raise LLMError(f"{self.name} cannot score: writing the prompt as the model's chat template does needs "
+                           f"its tokenizer, and model {self.model!r} names no model directory here (give the "
+                           f"backend a tokenizer: a model directory or 'embedded'); or use planner_mode sample")
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+            self._tokenizer = AutoTokenizer.from_pretrained(model_dir(self.tokenizer_source))
+        text = model_prompt(self._tokenizer, prompt)
+        return [self._score_one(text, continuation) for continuation in continuations]
+
+    def _score_one(self, text: str, continuation: str) -> float:
+        # max_tokens 1, not 0: some servers (llama-cpp-python) read 0 as "no limit".
+        try:
+            reply = self._post('/v1/completions', {'model': self.model, 'prompt': text + continuation, 'echo': True,
+                                                    'logprobs': 1, 'max_tokens': 1, 'temperature': 0.0})
+        except LLMError as err:
+            if isinstance(err.__cause__, _Final) and not self._closed.is_set():  # refused: no such endpoint?
+                raise LLMError(f'{err}; scoring needs /v1/completions with echo and logprobs: where the server '
+                               f'has none, use planner_mode sample') from err
+            raise
+        cannot = (f'LLM server {self.base_url} (model {self.model}) sent no log-probabilities of the prompt '
+                  f'for /v1/completions with echo and logprobs, so it cannot score options; use planner_mode sample')
+        try:
+            choice = reply['choices'][0]
+            logprobs = choice['logprobs']
+            tokens, token_logprobs = logprobs['tokens'], logprobs['token_logprobs']
+        except (KeyError, IndexError, TypeError) as err:
+            raise LLMError(f'{cannot} (reply: {str(reply)[:300]})') from err
+        generated = (reply.get('usage') or {}).get('completion_tokens', 1)  # max_tokens 1: 0 where it ended
+        if not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)
+                and isinstance(token_logprobs, list) and len(tokens) == len(token_logprobs)
+                and isinstance(generated, int) and 0 <= generated <= len(tokens)
+                and isinstance(choice.get('text'), str) and choice['text'].startswith(text + continuation)):
+            raise LLMError(f'{cannot} (reply: {str(reply)[:300]})')
+        # The option is the echoed prompt's end: the tokens before those generated whose text adds
+        # up to it. (Text offsets from the start are not used: servers count a special token of the
+        # chat template as its text, or as nothing as llama-cpp-python does.)
+        end = len(tokens) - generated
+        start, text_so_far = end, ''
+        while start > 0 and len(text_so_far) < len(continuation):
+            start -= 1
+            text_so_far = tokens[start] + text_so_far
+        if text_so_far != continuation:
+            raise LLMError(f'LLM server {self.base_url} (model {self.model}): the echoed tokens do not end in '
+                           f'{continuation!r} but in {text_so_far!r} (a token spans the prompt and the option?); '
+                           f'it cannot be scored exactly, use planner_mode sample')
+        scores = token_logprobs[start:end]
+        if not scores or not all(isinstance(x, (int, float)) for x in scores):
+            raise LLMError(f'{cannot} (token log-probabilities {scores!r})')
+        return float(sum(scores))
 
     def close(self) -> None:
         with self._lock:
@@ -299,8 +411,9 @@ BACKENDS = ('transformers', 'openai')
 
 def make_backend(backend: str = 'transformers', model: str = 'embedded', device: str = 'cpu',
                  base_url: str = 'http://127.0.0.1:8000', api_key_env: str = 'OPENAI_API_KEY',
-                 timeout_s: float = 30.0) -> LLMBackend:
-    """The LLM backend the teacher's parameters name (the defaults are config/teacher_node.yaml's).
+                 timeout_s: float = 30.0, tokenizer: str = '') -> LLMBackend:
+    """The LLM backend the teacher's parameters name (the defaults are config/teacher_node.yaml's);
+    `tokenizer` is the openai backend's, for scoring (see OpenAIBackend).
 
     :raises ValueError: an unknown backend or a malformed parameter.
     :raises LLMError: the model cannot be loaded.
@@ -308,5 +421,5 @@ def make_backend(backend: str = 'transformers', model: str = 'embedded', device:
     if backend == 'transformers':
         return TransformersBackend(model, device=device)
     if backend == 'openai':
-        return OpenAIBackend(base_url, model, os.environ.get(api_key_env, ''), timeout_s)
+        return OpenAIBackend(base_url, model, os.environ.get(api_key_env, ''), timeout_s, tokenizer=tokenizer)
     raise ValueError(f'backend {backend!r} is not one of {BACKENDS}')

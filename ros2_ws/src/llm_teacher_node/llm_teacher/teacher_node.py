@@ -35,6 +35,8 @@ class TeacherNode(Node):
         base_url = p('base_url', 'http://127.0.0.1:8000', 'openai backend: server base URL')
         api_key_env = p('api_key_env', 'OPENAI_API_KEY', 'openai backend: environment variable holding the API key')
         timeout_s = p('timeout_s', 30.0, 'openai backend: seconds a request may take in all (connect, wait, read) before it is abandoned')
+        tokenizer = p('tokenizer', '', "openai backend, planner_mode score: the served model's tokenizer (a model "
+                      "directory or 'embedded'); '' the model name's")
         device = p('device', 'cpu', "transformers backend: 'cpu' or 'cuda'")
         mode = p('planner_mode', 'score', "'score' (option log-likelihoods, one batched pass) or 'sample' (K answers, the paper's)")
         samples = p('samples', 10, 'sample mode: answers per prompt')
@@ -47,7 +49,7 @@ class TeacherNode(Node):
         try:
             served = group_list(groups)  # the teacher does not know how many groups the sims have
             self.groups = set(served) if served is not None else None
-            llm = make_backend(backend, model, device, base_url, api_key_env, timeout_s)
+            llm = make_backend(backend, model, device, base_url, api_key_env, timeout_s, tokenizer)
             self.teacher = Teacher(Planner(llm, mode, samples), AnswerCache(cache_path), Mediator.from_file(prompt_file or None),
                                    log_error=lambda text: self.get_logger().error(text, throttle_duration_sec=5.0),
                                    avoid_lava=avoid_lava)
