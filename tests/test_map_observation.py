@@ -1,6 +1,6 @@
 """The robot's map as a student input ("rgbd_map"): an egocentric crop of the occupancy map at two
 scales with the mission's object marked, beside the camera; it trains, evaluates and exports, and
-the camera-only robot node refuses it by name."""
+the robot node takes it only as rgbd_map (tests/test_map_deploy.py drives one)."""
 import math
 
 import numpy as np
@@ -58,7 +58,7 @@ def test_the_object_the_mission_names_is_marked_where_it_was_last_perceived():
         assert abs(cols.mean() - (CELLS / 2 - 0.5)) <= 1.0, channel  # not to the left: the box is not named
 
 
-def test_a_camera_and_map_student_trains_evaluates_exports_and_the_camera_node_refuses_it(tmp_path):
+def test_a_camera_and_map_student_trains_evaluates_exports_and_deploys_only_as_rgbd_map(tmp_path):
     with pytest.raises(ValueError, match='square camera'):
         EmbodiedVecEnv(TASK, 1, observation='rgbd_map', width=64, height=48)
     envs = EmbodiedVecEnv(TASK, 2, observation='rgbd_map', width=CELLS, height=CELLS, max_episode_steps=40,
@@ -77,5 +77,6 @@ def test_a_camera_and_map_student_trains_evaluates_exports_and_the_camera_node_r
     for name in ('policy.pt', 'policy.onnx'):
         result = evaluate(load_policy(tmp_path / name), TASK, 2, num_envs=2, env_options={**options, 'max_episode_steps': 20})
         assert result['episodes'] == 2
-    with pytest.raises(ValueError, match="reads the robot's map crop"):
+    with pytest.raises(ValueError, match="image_map encoder.*but this node gives 'rgbd' camera images with 4 channels"):
         CameraPolicy(load_policy(path))
+    assert CameraPolicy(load_policy(path), observation='rgbd_map').reads_map
