@@ -60,7 +60,7 @@ ROSDEP_KEYS = {'numpy': 'python3-numpy', 'cv2': 'python3-opencv', 'yaml': 'pytho
                'transformers': 'python3-transformers-pip', 'rosbags': 'python3-rosbags-pip',
                'mcap': 'python3-mcap-pip', 'mcap_ros2': 'python3-mcap-ros2-support-pip',
                'foxglove': 'python3-foxglove-sdk-pip',
-               'onnxruntime': 'python3-onnxruntime-pip', 'launch': 'launch_ros'}
+               'onnxruntime': 'python3-onnxruntime-pip', 'launch': 'launch_ros', 'gguf': 'python3-gguf-pip'}
 OPTIONAL = {'habitat', 'habitat_sim'}
 
 
