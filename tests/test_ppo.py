@@ -131,7 +131,7 @@ def test_the_teacher_replay_keeps_the_labelled_sequences_of_past_rollouts_and_dr
         storage.states[..., 0] = storage.obs[..., 0]
         storage.teacher_mask[:] = 0.0
         storage.teacher_mask[1, 0] = 1.0  # only env 0's first sequence (steps 0-1) carries a suggestion
-        replay.add(storage)
+        replay.add(*storage.sequences(2))
     assert replay.frames == 4
     labels = replay.sample(64, np.random.default_rng(0))
     assert labels.obs.shape == (2, 64, 1) and labels.teacher_probs.shape == (2, 64, 3) and labels.state.shape == (64, 2)

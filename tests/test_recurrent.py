@@ -11,6 +11,7 @@ from student_deploy.inference import load_policy
 from student_policy.lockstep import train
 from student_policy.networks import ActorCritic
 from student_policy.ppo import PPOConfig, PPOLearner, TeacherSchedule
+from student_policy.storage import minibatches
 from student_deploy.robot_control import BatchStates
 
 TASK = 'MiniGrid-SimpleDoorKey-v0'
@@ -66,7 +67,7 @@ def test_ppo_recomputes_the_acting_policys_log_probs_over_chunks_from_the_stored
 
     sample = np.arange(64 * 4, dtype=np.float32).reshape(64, 4)  # t * 4 + env: which sample a minibatch holds
     seen, envs_mixed = [], False
-    for mb in s.minibatches(sample, sample, 64, 16, 1, np.random.default_rng(0)):
+    for mb in minibatches(*s.sequences(16, advantages=sample, returns=sample), 64, 1, np.random.default_rng(0)):
         assert mb.obs.shape[:2] == (16, 4) and mb.state.shape == (4, 32)
         ids = mb.advantages.numpy()
         assert (np.diff(ids, axis=0) == 4).all()  # consecutive steps of one env

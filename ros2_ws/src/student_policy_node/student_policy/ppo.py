@@ -27,7 +27,7 @@ from torch.distributions import Categorical
 from student_deploy.inference import torch_device
 from student_deploy.missions import MISSION_LENGTH
 from student_policy.networks import ActorCritic
-from student_policy.storage import RolloutStorage, TeacherReplay, compute_gae
+from student_policy.storage import RolloutStorage, TeacherReplay, compute_gae, minibatches
 
 
 @dataclass
@@ -434,15 +434,15 @@ class PPOLearner:
         lr = cfg.learning_rate * (1.0 - self.frames / cfg.total_frames if cfg.anneal_lr else 1.0)
         self.optimizer.param_groups[0]['lr'] = max(lr, 0.0)
         weight = self.teacher_weight
+        sequences = s.sequences(cfg.sequence_length, advantages=advantages, returns=returns)
         replaying = self.replay is not None and weight > 0
         if replaying:
-            self.replay.add(s)
+            self.replay.add(*sequences)
             replaying = self.replay.size > 0
         stats = {k: [] for k in ('policy_loss', 'value_loss', 'entropy', 'distill_loss', 'approx_kl', 'clipfrac',
                                  *(('replay_loss',) if replaying else ()))}
         skipped = 0
-        for mb in s.minibatches(advantages, returns, cfg.minibatch_size, cfg.sequence_length, cfg.update_epochs,
-                                self.rng, self.device):
+        for mb in minibatches(*sequences, cfg.minibatch_size, cfg.update_epochs, self.rng, self.device):
             logits, new_values = self.policy.unroll(mb.obs, mb.state, mb.starts,
                                                     mb.missions if self.policy.reads_mission else None)
             dist = Categorical(logits=logits)

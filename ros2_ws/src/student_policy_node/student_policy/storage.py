@@ -100,21 +100,22 @@ class RolloutStorage:
         first_states = self.states[::sequence].reshape(chunks * self.num_envs, self.states.shape[-1])
         return first_states, {k: by_chunk(v) for k, v in per_step.items()}
 
-    def minibatches(self, advantages: np.ndarray, returns: np.ndarray, minibatch_size: int, sequence: int,
-                    epochs: int, rng: np.random.Generator, device: torch.device | str = 'cpu'):
-        """`epochs` passes of shuffled minibatches of about `minibatch_size` samples, as torch tensors
-        on `device`: sequences of `sequence` consecutive steps of one env (the rollout cut into
-        aligned chunks, each sample in one), several envs mixed in a minibatch, each with the state
-        stored at its first step (truncated back-propagation through time, as Sample Factory's
-        `recurrence`). sequence = 1: single samples (a reactive policy)."""
-        first_states, per_step = self.sequences(sequence, advantages=advantages, returns=returns)
-        per_minibatch = max(1, minibatch_size // sequence)
-        for _ in range(epochs):
-            order = rng.permutation(len(first_states))
-            for start in range(0, len(order), per_minibatch):
-                index = order[start:start + per_minibatch]
-                yield Minibatch(torch.from_numpy(first_states[index]).to(device),
-                                **{k: torch.from_numpy(v[:, index]).to(device) for k, v in per_step.items()})
+
+
+def minibatches(first_states: np.ndarray, per_step: dict[str, np.ndarray], minibatch_size: int, epochs: int,
+                rng: np.random.Generator, device: torch.device | str = 'cpu'):
+    """`epochs` passes of shuffled minibatches of about `minibatch_size` samples of a rollout cut
+    into sequences (RolloutStorage.sequences, with advantages and returns), as torch tensors on
+    `device`: several envs' sequences mixed in a minibatch, each with the state stored at its first
+    step (truncated back-propagation through time, as Sample Factory's `recurrence`). Sequences of
+    one step: single samples (a reactive policy)."""
+    per_minibatch = max(1, minibatch_size // len(per_step['starts']))
+    for _ in range(epochs):
+        order = rng.permutation(len(first_states))
+        for start in range(0, len(order), per_minibatch):
+            index = order[start:start + per_minibatch]
+            yield Minibatch(torch.from_numpy(first_states[index]).to(device),
+                            **{k: torch.from_numpy(v[:, index]).to(device) for k, v in per_step.items()})
 
 
 class TeacherLabels(NamedTuple):
@@ -142,10 +143,9 @@ class TeacherReplay:
         self.per_step: dict[str, np.ndarray] = {}  # (capacity, L, ...) each, made at the first add
         self.size = self.next = 0
 
-    def add(self, storage: RolloutStorage) -> None:
-        """Keep the sequences of a full rollout that carry at least one suggestion (the oldest go
-        first when the ring is full)."""
-        first_states, per_step = storage.sequences(self.sequence)
+    def add(self, first_states: np.ndarray, per_step: dict[str, np.ndarray]) -> None:
+        """Keep the sequences of a full rollout (RolloutStorage.sequences, of `sequence` steps) that
+        carry at least one suggestion (the oldest go first when the ring is full)."""
         labelled = np.flatnonzero(per_step['teacher_mask'].any(axis=0))[-self.capacity:]
         if not len(labelled):
             return
