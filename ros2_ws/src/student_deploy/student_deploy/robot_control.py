@@ -68,12 +68,17 @@ class SensorWatchdog:
 
     def check(self, stamp: int, now_ns: int) -> None:
         """:raises ValueError: `stamp` (ns) is too old or too far in the future to act on."""
-        if stamp > now_ns + self.max_skew_ns:
-            raise ValueError(f'stamped {(stamp - now_ns) / NS:.3f} s ahead of this node\'s clock (more than '
-                             f'max_clock_skew {self.max_skew_ns / NS:g} s): is the sensor\'s clock synchronised?')
+        self.check_not_ahead(stamp, now_ns)
         if now_ns - stamp > self.max_age_ns:
             raise ValueError(f'stamped {(now_ns - stamp) / NS:.3f} s ago, older than max_sensor_age '
                              f'{self.max_age_ns / NS:g} s')
+
+    def check_not_ahead(self, stamp: int, now_ns: int) -> None:
+        """:raises ValueError: `stamp` (ns) is more than max_clock_skew ahead of the node's clock (for
+        input that may be older than max_sensor_age, as a map, but must not look fresh for ever)."""
+        if stamp > now_ns + self.max_skew_ns:
+            raise ValueError(f'stamped {(stamp - now_ns) / NS:.3f} s ahead of this node\'s clock (more than '
+                             f'max_clock_skew {self.max_skew_ns / NS:g} s): is the sensor\'s clock synchronised?')
 
     def fed(self, stamp: int, now_ns: int) -> None:
         """Input stamped `stamp` (checked) was acted on at `now_ns`."""

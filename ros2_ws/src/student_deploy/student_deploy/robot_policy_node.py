@@ -171,9 +171,7 @@ class RobotPolicyNode(Node):
     def on_map(self, msg: OccupancyGrid) -> None:
         try:
             stamp = stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
-            ahead = stamp - self.get_clock().now().nanoseconds
-            if ahead > self.sensors.max_skew_ns:  # it would never grow stale
-                raise ValueError(f'stamped {ahead / 1e9:.3f} s ahead of this node\'s clock (more than max_clock_skew)')
+            self.sensors.check_not_ahead(stamp, self.get_clock().now().nanoseconds)  # it would never grow stale
             self.map_input.add_map(stamp, msg.header.frame_id, occupancy_grid_from_msg(msg))
         except ValueError as err:
             self.get_logger().warning(f'map refused: {err}', throttle_duration_sec=5.0)
