@@ -75,9 +75,8 @@ def train_student(path: Path, frames: int, mission: bool) -> None:
     envs.close()
 
 
-def deployed_as(path: Path) -> tuple[str, str, int]:
-    """(task, observation, camera pixels across) a policy was exported with."""
-    info = load_policy(path).info
+def deployed_as(info) -> tuple[str, str, int]:
+    """(task, observation, camera pixels across) a policy was exported with (its PolicyInfo)."""
     observation = 'rgbd_map' if info.encoder == 'image_map' else 'rgb' if info.obs_shape[2] == 3 else 'rgbd'
     return info.task or TASK, observation, info.obs_shape[1]
 
@@ -85,8 +84,9 @@ def deployed_as(path: Path) -> tuple[str, str, int]:
 def in_process(path: Path, episodes: int, greedy: bool) -> list[bool]:
     """Success of each seeded episode, acting as the robot node does (CameraPolicy: motion actions
     only; sampled actions come from one generator of the node's seed, episode after episode)."""
-    task, observation, size = deployed_as(path)
-    controller = CameraPolicy(load_policy(path), observation=observation, greedy=greedy)
+    policy = load_policy(path)
+    task, observation, size = deployed_as(policy.info)
+    controller = CameraPolicy(policy, observation=observation, greedy=greedy)
     envs = EmbodiedVecEnv(task, 1, observation=observation, width=size, height=size,
                           perceive=observation == 'rgbd_map')
     results = []
@@ -113,7 +113,7 @@ def through_topics(path: Path, episodes: int, rate_hz: float, greedy: bool, seco
         found = re.search(r'episode (\d+) ended \(reward (-?[\d.]+)\)', line)
         if found:
             ended.append(float(found.group(2)) > 0)
-    task, observation, size = deployed_as(path)
+    task, observation, size = deployed_as(load_policy(path).info)
     sim = NodeSpec('habitat_bridge', 'robot_sim_node', 'robot_sim_node',
                    parameters=[{'env': task, 'rate_hz': rate_hz, 'seed': SEED, 'width': size, 'height': size}])
     robot = NodeSpec('student_deploy', 'robot_policy_node', 'robot_policy_node',
@@ -158,8 +158,9 @@ def main() -> None:
     print(f'through the topics at {args.rate_hz:g} Hz: {sum(closed)}/{len(closed)} episodes succeeded', flush=True)
     latency = np.array(through_topics(args.policy, 10**9, 10.0, greedy, args.latency_seconds)['latency_ms'])
     agree = sum(a == b for a, b in zip(local, closed))
+    task, observation, _ = deployed_as(load_policy(args.policy).info)
     result = {
-        'task': deployed_as(args.policy)[0], 'observation': deployed_as(args.policy)[1], 'policy': str(args.policy), 'actions': 'greedy' if greedy else 'sampled', 'episodes': len(closed), 'seeds': [SEED, SEED + args.episodes - 1],
+        'task': task, 'observation': observation, 'policy': str(args.policy), 'actions': 'greedy' if greedy else 'sampled', 'episodes': len(closed), 'seeds': [SEED, SEED + args.episodes - 1],
         'in_process': {'success_rate': float(np.mean(local)), 'interval95': wilson_interval(sum(local), len(local))},
         'through_topics': {'success_rate': float(np.mean(closed)), 'interval95': wilson_interval(sum(closed), len(closed)),
                            'rate_hz': args.rate_hz},
