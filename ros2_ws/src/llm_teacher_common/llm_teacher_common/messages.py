@@ -16,7 +16,7 @@ from llm_teacher_common.steps import VecStep
 
 _NOTHING = PerceivedObject('')  # what a robot that carries nothing carries, in a perception batch
 _OBJECT_FIELDS = ('object_type', 'object_color', 'object_state', 'object_forward', 'object_left', 'object_grid_x',
-                  'object_grid_y', 'object_visible')
+                  'object_grid_y', 'object_visible')  # PerceivedObject's fields, in its order
 
 
 def step_batch_msg(step: VecStep, seq: int, stamp: Time, obs_encoding: str, num_actions: int,
@@ -141,8 +141,7 @@ def perceptions_from_msg(batch: msg.PerceptionBatch, missions: list[str]) -> lis
     if batch.maps:
         per_env['maps'] = batch.maps
     m = len(batch.object_env)
-    per_object = [batch.object_type, batch.object_color, batch.object_state, batch.object_forward, batch.object_left,
-                  batch.object_grid_x, batch.object_grid_y, batch.object_visible]  # PerceivedObject's field order
+    per_object = [getattr(batch, name) for name in _OBJECT_FIELDS]  # PerceivedObject's field order
     wrong = [f'{name} has {len(v)}' for name, v in per_env.items() if len(v) != n]
     wrong += [f'{name} has {len(v)}' for name, v in zip(_OBJECT_FIELDS, per_object) if len(v) != m]
     if wrong:
