@@ -1,8 +1,10 @@
 """Property-based fuzzing (Hypothesis) of every subscription of every node, through DDS, into the
 running node processes (issue 33): random and adversarial field values (sizes, stamps, encodings,
-NaN/inf, huge declared dimensions with short data, empty arrays). Each node stays alive and
-answers its parameter service after the fuzz, its memory stays bounded, and a deploy node's last
-cmd_vel is a zero Twist. Deterministic: Hypothesis is derandomized (a fixed seed per strategy), and
+NaN/inf, huge declared dimensions with short data, empty arrays, non-unit quaternions, unknown
+frames). Each node stays alive and answers its parameter service after the fuzz, its memory stays
+bounded, and a deploy node's last cmd_vel is a zero Twist; a node the harness can give a valid set
+of inputs (a map policy's) acts on one after the fuzz, and gets one beside many fuzzed messages,
+so those reach its policy. Deterministic: Hypothesis is derandomized (a fixed seed per strategy), and
 the sender waits for the node to take each few messages (a parameter-service round trip) before
 sending more, so what the node receives does not depend on this machine's speed.
 
@@ -17,30 +19,39 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
-from geometry_msgs.msg import Twist
+from builtin_interfaces.msg import Time as TimeMsg
+from geometry_msgs.msg import Point, Pose, PoseArray, Quaternion, TransformStamped, Twist
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from llm_teacher_msgs.msg import (ActionBatch, PerceptionBatch, StepBatch, Suggestion, SuggestionBatch, TeacherStatus,
                                   TrainingStatus)
-from nav_msgs.msg import OccupancyGrid
+from nav_msgs.msg import OccupancyGrid, Odometry
 from rcl_interfaces.srv import ListParameters
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from ros_helpers import spin_until
 from sensor_msgs.msg import Image
-from std_msgs.msg import Int32, String
+from std_msgs.msg import Header, Int32, String
+from tf2_msgs.msg import TFMessage
 
+from habitat_bridge.embodied import sensors
+from habitat_bridge.embodied.types import Pose as RobotPose
 from llm_teacher_common.launch_runner import executable_path
+from llm_teacher_common.messages import occupancy_grid_msg, rgb_image_msg
+from llm_teacher_common.perception import OccupancyGrid as Grid
 from student_policy.checkpoints import export_policy
 from student_policy.networks import ActorCritic
 
 CI_EXAMPLES = 150  # per subscription; the benchmark sends 10,000
 PING_EVERY = 4  # messages between two round trips to the node: below every subscription's queue depth (5)
 RSS_GROWTH_MB = 300  # what a node may grow by during a fuzz (a learner's first rollout storage included)
-GRID_SHAPE, CAMERA_SHAPE = (10, 10, 4), (64, 64, 4)
+GRID_SHAPE, CAMERA_SHAPE, MAP_SHAPE = (10, 10, 4), (64, 64, 4), (32, 32, 8)  # MAP_SHAPE: rgbd + the map crop
+# The map entry's frames: not robot_sim_node's map and odom, whose /tf reaches every node of the test.
+MAP_FRAME, ODOM_FRAME = 'fuzz_map', 'fuzz_odom'
 
 # --- strategies: one per message type, adversarial values mixed with values deep enough to pass
 # the first checks (stamps near the node's clock, sizes that match their data).
@@ -204,34 +215,161 @@ def int32s():
     return st.builds(lambda v: Fuzzed(Int32(data=v), Stamp(), kind='Int32'), st.one_of(st.integers(-2, 9), INT32))
 
 
+# A map policy's inputs. Half of them are deep: in the frame the node expects, stamped now, with a
+# unit (or nearly unit) quaternion, so that their values (positions near the map or absurd, cells,
+# resolutions) reach the map crop and the policy; the other half may be anything.
+FRAME_IDS = st.one_of(st.sampled_from([MAP_FRAME, ODOM_FRAME, 'map', 'odom', 'base_link', '']), TEXT)
+METRES = st.one_of(st.floats(-10.0, 10.0), FLOAT64)
+
+
+@st.composite
+def quaternions(draw, deep: bool = False) -> Quaternion:
+    kind = draw(st.sampled_from(['yaw', 'scaled'] if deep else ['yaw', 'scaled', 'any']))
+    if kind == 'yaw':
+        return sensors.yaw_quaternion(draw(st.floats(-4.0, 4.0)))
+    if kind == 'scaled':  # a yaw quaternion a little too long or short (or zero): round the 1% tolerance
+        q = sensors.yaw_quaternion(draw(st.floats(-4.0, 4.0)))
+        scale = draw(st.sampled_from([0.0, 0.99, 0.995, 1.004, 1.006, 1.01]))
+        return Quaternion(z=q.z * scale, w=q.w * scale)
+    return Quaternion(x=draw(FLOAT64), y=draw(FLOAT64), z=draw(FLOAT64), w=draw(FLOAT64))
+
+
+def frame_and_stamp(draw, deep: bool, frame: str) -> tuple[str, Stamp]:
+    return (frame, Stamp(0.0)) if deep else (draw(FRAME_IDS), draw(STAMPS))
+
+
+@st.composite
+def maps(draw):
+    """A mapper's grid: REP-149 cells (-1, 0..100) or any int8, exactly width x height of them or
+    not, resolutions a map has or NaN, inf, 0, negative, subnormal."""
+    deep = draw(st.booleans())
+    frame, stamp = frame_and_stamp(draw, deep, MAP_FRAME)
+    size = st.integers(1, 20) if deep else COUNT
+    width, height = draw(size), draw(size)
+    cells = st.sampled_from([-1, 0, 25, 50, 65, 100]) if deep else st.integers(-128, 127)
+    exact = st.lists(cells, min_size=width * height, max_size=width * height) if width * height <= 400 else st.just([])
+    data = draw(exact if deep else st.one_of(exact, st.lists(cells, max_size=16)))
+    msg = OccupancyGrid(header=Header(frame_id=frame), data=data)
+    msg.info.width, msg.info.height = width, height
+    msg.info.resolution = draw(st.one_of(st.sampled_from([0.02, 0.05, 0.25, 1.0, 1e6]), FLOAT32))
+    msg.info.origin.position.x, msg.info.origin.position.y = draw(METRES), draw(METRES)
+    msg.info.origin.orientation = draw(quaternions(deep))
+    return Fuzzed(msg, stamp, draw(st.booleans()),
+                  f'OccupancyGrid {"ok-size" if len(data) == width * height else "bad-size"}')
+
+
+@st.composite
+def odometries(draw):
+    deep = draw(st.booleans())
+    frame, stamp = frame_and_stamp(draw, deep, ODOM_FRAME)
+    msg = Odometry(header=Header(frame_id=frame), child_frame_id=draw(FRAME_IDS))
+    position = msg.pose.pose.position
+    position.x, position.y, position.z = draw(METRES), draw(METRES), draw(METRES)
+    msg.pose.pose.orientation = draw(quaternions(deep))
+    msg.twist.twist.linear.x, msg.twist.twist.angular.z = draw(FLOAT64), draw(FLOAT64)
+    return Fuzzed(msg, stamp, draw(st.booleans()), f'Odometry {"deep" if deep else "any"}')
+
+
+@st.composite
+def transforms(draw, deep: bool) -> TransformStamped:
+    parent, child = (MAP_FRAME, ODOM_FRAME) if deep else (draw(FRAME_IDS), draw(FRAME_IDS))
+    out = TransformStamped(header=Header(frame_id=parent), child_frame_id=child)
+    translation = out.transform.translation
+    translation.x, translation.y, translation.z = draw(METRES), draw(METRES), draw(METRES)
+    out.transform.rotation = draw(quaternions(deep))
+    return out
+
+
+@st.composite
+def tf_messages(draw):
+    """A few transforms, or a flood of edges (more than MapInput keeps) under new frame names."""
+    deep, flood = draw(st.booleans()), not draw(st.integers(0, 9))
+    if flood:
+        seed = draw(st.integers(0, 2 ** 16))
+        edges = [sensors._transform(f'flood_{seed}_{i}', ODOM_FRAME, Time().to_msg()) for i in range(80)]
+    else:
+        edges = draw(st.lists(transforms(deep), max_size=4))
+    return Fuzzed(TFMessage(transforms=edges), Stamp(0.0) if deep else draw(STAMPS), draw(st.booleans()),
+                  f'TFMessage {"flood" if flood else "deep" if deep else "any"}')
+
+
+@st.composite
+def pose_arrays(draw):
+    deep = draw(st.booleans())
+    frame, stamp = frame_and_stamp(draw, deep, MAP_FRAME)
+    points = draw(st.lists(st.tuples(METRES, METRES), max_size=8))
+    msg = PoseArray(header=Header(frame_id=frame), poses=[Pose(position=Point(x=x, y=y)) for x, y in points])
+    return Fuzzed(msg, stamp, draw(st.booleans()), f'PoseArray {"deep" if deep else "any"}')
+
+
+def valid_map_inputs(stamp: TimeMsg) -> dict[str, object]:
+    """What a map policy acts on, all stamped `stamp`, by topic: a walled map, the base in odometry
+    behind a map -> odom correction, one target ahead, a black frame 1 m from a wall."""
+    cells = np.zeros((20, 20), np.int8)
+    cells[[0, -1], :] = cells[:, [0, -1]] = 100
+    map_msg = occupancy_grid_msg(Grid(cells, (-2.5, -2.5), 0.25))
+    map_msg.header = Header(stamp=stamp, frame_id=MAP_FRAME)
+    odom = sensors.odometry_msg(RobotPose(0.5, 0.0, 0.3), (0.0, 0.0), stamp)
+    odom.header.frame_id = ODOM_FRAME
+    correction = sensors._transform(MAP_FRAME, ODOM_FRAME, stamp, (0.2, -0.1, 0.0), sensors.yaw_quaternion(0.1))
+    targets = PoseArray(header=Header(stamp=stamp, frame_id=MAP_FRAME), poses=[Pose(position=Point(x=1.5, y=0.5))])
+    return {'map': map_msg, '/tf': TFMessage(transforms=[correction]), 'targets': targets, 'odom': odom,
+            'camera/image_raw': rgb_image_msg(np.zeros((48, 64, 3), np.uint8), stamp, 'camera'),
+            'camera/depth/image_raw': sensors.depth_image_msg(np.ones((48, 64), np.float32), stamp)}
+
+
 STRATEGIES = {Image: images, StepBatch: step_batches, ActionBatch: action_batches, SuggestionBatch: suggestion_batches,
               PerceptionBatch: perception_batches, TrainingStatus: training_statuses, TeacherStatus: teacher_statuses,
-              Twist: twists, Int32: int32s, String: strings}
+              Twist: twists, Int32: int32s, String: strings, OccupancyGrid: maps, Odometry: odometries,
+              TFMessage: tf_messages, PoseArray: pose_arrays}
 RECORDED = {'step_batch': StepBatch, 'action_batch': ActionBatch, 'perception_batch': PerceptionBatch,
             'suggestion_batch': SuggestionBatch, 'training_status': TrainingStatus, 'teacher_status': TeacherStatus,
             'image': Image}
 
 
+def camera_mission_policy() -> ActorCritic:
+    policy = ActorCritic(CAMERA_SHAPE, 8, encoder='image', mission=True)  # its missions are fuzzed too
+    policy.encode_missions(['go to the red ball'], grow=True)
+    return policy
+
+
 @dataclass
 class NodeUnderFuzz:
     """A node of the project as `ros2 run` starts it, in its own namespace, and what it subscribes to."""
-    name: str
+    name: str  # of this entry (its namespace); the executable's unless `executable` is given
     package: str
     subscriptions: dict  # topic -> message class
     params: dict = field(default_factory=dict)
     deploy: bool = False  # commands motion: its last cmd_vel must be a zero Twist
+    policy: Callable[[], ActorCritic] | None = None  # exported to runs/train/policy.pt in its working directory
+    executable: str = ''
+    valid_inputs: Callable[[TimeMsg], dict] | None = None  # stamp -> a valid message per topic: it must act on them
+    queue_depths: dict = field(default_factory=dict)  # topic -> its subscription's depth, where below PING_EVERY
 
     @property
     def namespace(self) -> str:
         return f'/fuzz_{self.name}'
 
+    @property
+    def program(self) -> str:
+        """The executable, which is also the ROS node's name."""
+        return self.executable or self.name
+
 
 NODES = [
     NodeUnderFuzz('robot_policy_node', 'student_deploy',
                   {'camera/image_raw': Image, 'camera/depth/image_raw': Image, 'mission': String},
-                  {'control_rate_hz': 20.0, 'max_sensor_age': 0.3}, deploy=True),
+                  {'control_rate_hz': 20.0, 'max_sensor_age': 0.3}, deploy=True, policy=camera_mission_policy),
+    # A map policy: the subscriptions robot_policy_node makes only for one (the camera's are fuzzed above).
+    NodeUnderFuzz('robot_policy_node_map', 'student_deploy',
+                  {'map': OccupancyGrid, 'odom': Odometry, '/tf': TFMessage, '/tf_static': TFMessage,
+                   'targets': PoseArray},
+                  {'observation': 'rgbd_map', 'control_rate_hz': 100.0, 'max_sensor_age': 0.5}, deploy=True,
+                  policy=lambda: ActorCritic(MAP_SHAPE, 8, encoder='image_map'),
+                  executable='robot_policy_node', valid_inputs=valid_map_inputs, queue_depths={'map': 1}),
     NodeUnderFuzz('policy_node', 'student_deploy', {'step_batch': StepBatch},
-                  {'step_duration': 0.1, 'max_sensor_age': 0.3}, deploy=True),
+                  {'step_duration': 0.1, 'max_sensor_age': 0.3}, deploy=True,
+                  policy=lambda: ActorCritic(GRID_SHAPE, 7, encoder='grid')),
     NodeUnderFuzz('student_node', 'student_policy',
                   {'step_batch': StepBatch, 'suggestion_batch': SuggestionBatch, 'teacher_status': TeacherStatus},
                   {'num_steps': 8, 'minibatch_size': 8, 'eval_every': 10 ** 6, 'checkpoint_every': 10 ** 6}),
@@ -267,18 +405,14 @@ def start_nodes(nodes: list[NodeUnderFuzz], workdir: Path) -> dict[str, tuple[su
     for node in nodes:
         cwd = workdir / node.name
         (cwd / 'runs' / 'train').mkdir(parents=True, exist_ok=True)
-        if node.name == 'robot_policy_node':
-            policy = ActorCritic(CAMERA_SHAPE, 8, encoder='image', mission=True)  # its missions are fuzzed too
-            policy.encode_missions(['go to the red ball'], grow=True)
-            export_policy(cwd / 'runs' / 'train' / 'policy.pt', policy)
-        elif node.name == 'policy_node':
-            export_policy(cwd / 'runs' / 'train' / 'policy.pt', ActorCritic(GRID_SHAPE, 7, encoder='grid'))
+        if node.policy is not None:
+            export_policy(cwd / 'runs' / 'train' / 'policy.pt', node.policy())
         params = {**node.params, 'run_dir': str(cwd / 'runs' / 'train')} if node.name in ('student_node', 'recorder_node') \
             else dict(node.params)
         if node.name == 'teacher_node':
             params['cache_path'] = str(cwd / 'answers.sqlite')
         log = open(cwd / 'node.log', 'w')
-        process = subprocess.Popen([executable_path(node.package, node.name), '--ros-args', '-r',
+        process = subprocess.Popen([executable_path(node.package, node.program), '--ros-args', '-r',
                                     f'__ns:={node.namespace}', *param_args(params)],
                                    cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**os.environ, 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'})
@@ -308,6 +442,8 @@ class FuzzReport:
     twists: int = 0
     non_finite_twists: int = 0
     last_twist_zero: bool | None = None
+    actions: int = 0  # policy_action messages seen (nodes given valid inputs): the fuzz reached the policy
+    not_acting: str = ''  # why, with the node's last log lines, when it did not act on valid inputs after the fuzz
 
 
 class Fuzzer:
@@ -316,13 +452,21 @@ class Fuzzer:
     def __init__(self, ros_node, node: NodeUnderFuzz, process: subprocess.Popen, log: Path):
         self.ros, self.node, self.process, self.log = ros_node, node, process, log
         self.report = FuzzReport(node.name)
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.publishers = {topic: ros_node.create_publisher(kind, f'{node.namespace}/{topic}', reliable)
-                           for topic, kind in node.subscriptions.items()}
-        self.ping_client = ros_node.create_client(ListParameters, f'{node.namespace}/{node.name}/list_parameters')
+        # Transient local: what latched subscriptions (a map, /tf_static) take, and volatile ones accept.
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        kinds = {topic: type(msg) for topic, msg in node.valid_inputs(Time().to_msg()).items()} \
+            if node.valid_inputs else {}
+        kinds.update(node.subscriptions)
+        self.publishers = {topic: ros_node.create_publisher(kind, topic if topic.startswith('/') else
+                                                            f'{node.namespace}/{topic}', qos)
+                           for topic, kind in kinds.items()}
+        self.ping_client = ros_node.create_client(ListParameters, f'{node.namespace}/{node.program}/list_parameters')
         self.twists: list[Twist] = []
         if node.deploy:
             ros_node.create_subscription(Twist, f'{node.namespace}/cmd_vel', self.twists.append, 1000)
+        self.actions: list[ActionBatch] = []
+        if node.valid_inputs:
+            ros_node.create_subscription(ActionBatch, f'{node.namespace}/policy_action', self.actions.append, 1000)
 
     def tail(self, lines: int = 40) -> str:
         return '\n'.join(self.log.read_text(errors='replace').splitlines()[-lines:])
@@ -353,14 +497,16 @@ class Fuzzer:
 
     def send(self, topic: str, fuzzed: Fuzzed) -> None:
         msg = fuzzed.message
-        if hasattr(msg, 'header'):
+        for header in [msg.header] if hasattr(msg, 'header') else [t.header for t in getattr(msg, 'transforms', ())]:
             if fuzzed.stamp.offset_s is not None:
                 now = self.ros.get_clock().now().nanoseconds
-                msg.header.stamp = Time(nanoseconds=max(0, now + int(fuzzed.stamp.offset_s * 1e9))).to_msg()
+                header.stamp = Time(nanoseconds=max(0, now + int(fuzzed.stamp.offset_s * 1e9))).to_msg()
             else:
-                msg.header.stamp.sec, msg.header.stamp.nanosec = fuzzed.stamp.sec, fuzzed.stamp.nanosec
+                header.stamp.sec, header.stamp.nanosec = fuzzed.stamp.sec, fuzzed.stamp.nanosec
         self.publishers[topic].publish(msg)
-        if fuzzed.partner and topic.startswith('camera/'):
+        if fuzzed.partner and self.node.valid_inputs:  # the rest of a valid set, so the fuzzed one is acted on
+            self.send_valid(skip={topic, '/tf', '/tf_static'} if topic.startswith('/tf') else {topic})
+        elif fuzzed.partner and topic.startswith('camera/'):
             other = 'camera/depth/image_raw' if topic == 'camera/image_raw' else 'camera/image_raw'
             depth = other.startswith('camera/depth')
             data = np.ones((48, 64), np.float32).tobytes() if depth else bytes(48 * 64 * 3)  # 1 m away, black
@@ -368,6 +514,27 @@ class Fuzzer:
                             step=256 if depth else 192, data=data)
             self.publishers[other].publish(partner)
         self.report.sent[(topic, fuzzed.kind)] += 1
+
+    def send_valid(self, skip: set[str] = frozenset()) -> TimeMsg:
+        """A valid set of inputs stamped now (but those on the topics in `skip`); its stamp."""
+        stamp = self.ros.get_clock().now().to_msg()
+        for topic, msg in self.node.valid_inputs(stamp).items():
+            if topic not in skip:
+                self.publishers[topic].publish(msg)
+        return stamp
+
+    def acts_on_valid_inputs(self, tries: int = 10) -> bool:
+        """The node acts (an action stamped as the frames) on a valid set of inputs; sent again
+        while it does not, as a best-effort frame may be lost or reach it after max_sensor_age."""
+        for _ in range(tries):
+            stamp = self.send_valid()
+            try:
+                spin_until(self.ros, lambda: any(a.header.stamp == stamp for a in self.actions) or not self.alive(),
+                           1.0, f'{self.node.name} acting')
+            except TimeoutError:
+                continue
+            return self.alive()
+        return False
 
     def fuzz(self, topic: str, examples: int) -> None:
         strategy = STRATEGIES[self.node.subscriptions[topic]]()
@@ -381,7 +548,8 @@ class Fuzzer:
                 return  # nothing more to learn; Hypothesis just runs out its examples
             self.send(topic, fuzzed)
             count[0] += 1
-            if count[0] % PING_EVERY == 0:
+            if count[0] % min(PING_EVERY, self.node.queue_depths.get(topic, PING_EVERY)) == 0 or \
+                    fuzzed.partner and self.node.valid_inputs:  # each valid set is taken before the next comes
                 self.ping()
 
         one()
@@ -396,6 +564,9 @@ class Fuzzer:
                 self.fuzz(topic, examples)
         if self.alive():
             self.report.rss_mb = (before, rss_mb(self.process.pid))
+        self.report.actions = len(self.actions)
+        if self.node.valid_inputs and not self.report.died and not self.acts_on_valid_inputs():
+            self.report.not_acting = f'{self.node.name} did not act on valid inputs after the fuzz:\n{self.tail()}'
         if self.node.deploy and self.alive():
             # After the fuzz nothing new is sent, but a fresh valid message still in flight (DDS
             # redelivers) may move the robot once more; within max_sensor_age + one period the
@@ -443,3 +614,6 @@ def test_fuzzed_messages_do_not_end_the_node(reports, name):
     assert sum(report.sent.values()) >= CI_EXAMPLES * len(next(n for n in NODES if n.name == name).subscriptions)
     if report.last_twist_zero is not None:
         assert report.last_twist_zero and report.non_finite_twists == 0, report
+    if next(n for n in NODES if n.name == name).valid_inputs:
+        assert not report.not_acting, report.not_acting
+        assert report.actions, f'{name}: no fuzzed message reached the policy (no action beside them): {report}'
