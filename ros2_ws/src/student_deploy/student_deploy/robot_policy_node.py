@@ -189,10 +189,13 @@ class RobotPolicyNode(Node):
         self.act_on_pending(now)
 
     def on_tf(self, msg: TFMessage, static: bool) -> None:
+        now = self.get_clock().now().nanoseconds
         for t in msg.transforms:
             q = t.transform.rotation
             try:
                 stamp = None if static else stamp_ns(t.header.stamp.sec, t.header.stamp.nanosec)
+                if stamp is not None:  # a correction stamped ahead would never grow older than max_map_age
+                    self.sensors.check_not_ahead(stamp, now)
                 yaw = yaw_of(q.z, q.w, q.x, q.y)
             except ValueError as err:
                 self.get_logger().warning(f'transform {t.header.frame_id[:40]!r} -> {t.child_frame_id[:40]!r} '
