@@ -11,7 +11,6 @@ does not).
     python -m llm_teacher.evaluate --task MiniGrid-SimpleDoorKey-v0 --planner-mode score
     python -m llm_teacher.evaluate --backend openai --base-url http://127.0.0.1:8000 --model qwen --planner-mode sample
     python -m llm_teacher.evaluate --ungrounded   # offer every option, possible or not
-    python -m llm_teacher.evaluate --drop-subsumed   # no 'go to X' where 'pick up X' / 'open X' is offered
     python -m llm_teacher.evaluate --prompt-file my_prompt.txt   # a prompt of your own
 """
 from __future__ import annotations
@@ -32,7 +31,7 @@ from habitat_bridge.vector import make_vec_env
 from llm_teacher.backends import BACKENDS, LLMError, default_cache_dir, make_backend
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator, describe
-from llm_teacher.options import EXPLORE, Option, feasible_options, without_subsumed
+from llm_teacher.options import EXPLORE, Option, feasible_options
 from llm_teacher.planner import PLANNER_MODES, Planner
 from llm_teacher.teacher import Teacher
 
@@ -64,16 +63,12 @@ def every_option(env) -> list[Option]:
     return options
 
 
-def offered(perception: Perception, env, grounded: bool = True, drop_subsumed: bool = False) -> list[Option]:
-    """The options the teacher is offered: the feasible ones (less the subsumed, if asked), or all."""
-    if not grounded:
-        return every_option(env)
-    options = feasible_options(perception)
-    return without_subsumed(options, perception) if drop_subsumed else options
+def offered(perception: Perception, env, grounded: bool = True) -> list[Option]:
+    """The options the teacher is offered: the feasible ones, or all."""
+    return feasible_options(perception) if grounded else every_option(env)
 
 
-def act_alone(teacher: Teacher, task: str, episodes: int, grounded: bool = True, seed: int = 1000,
-              drop_subsumed: bool = False) -> dict:
+def act_alone(teacher: Teacher, task: str, episodes: int, grounded: bool = True, seed: int = 1000) -> dict:
     """Success of the teacher acting with no student: sampling pi_T, and taking its most likely action.
 
     Episode k starts from seed + k. Any task: MiniGrid or embodied (MiniWorld-* ids).
@@ -91,7 +86,7 @@ def act_alone(teacher: Teacher, task: str, episodes: int, grounded: bool = True,
             episode_return = 0.0
             while True:
                 perception, obs = step.perceptions[0], step.observations[0]
-                options = offered(perception, envs.envs[0], grounded, drop_subsumed)
+                options = offered(perception, envs.envs[0], grounded)
                 distribution = teacher.option_distribution(perception, options) or {EXPLORE.text: 1.0}
                 by_text = {o.text: o for o in options}
                 probs = teacher.policy({by_text[t]: p for t, p in distribution.items()}, perception, obs)
@@ -115,8 +110,7 @@ def act_alone(teacher: Teacher, task: str, episodes: int, grounded: bool = True,
             'sampled_return': float(np.mean(returns)), 'greedy_failures': failures}
 
 
-def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: int = 1000,
-             drop_subsumed: bool = False) -> dict:
+def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: int = 1000) -> dict:
     env = make_env(task)
     correct = total = 0
     for episode in range(episodes):  # accuracy along the expert's trajectories
@@ -124,7 +118,7 @@ def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: i
         expert = ScriptedExpert()
         while True:
             perception = env.perception()
-            options = offered(perception, env, grounded, drop_subsumed)
+            options = offered(perception, env, grounded)
             label = expert_label(env, expert, perception)
             distribution = teacher.option_distribution(perception, options)
             if distribution:
@@ -133,10 +127,9 @@ def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: i
             obs, _, terminated, truncated, _ = env.step(expert.act(env))
             if terminated or truncated:
                 break
-    alone = act_alone(teacher, task, episodes, grounded, seed + episodes, drop_subsumed)
+    alone = act_alone(teacher, task, episodes, grounded, seed + episodes)
     counters = teacher.counters
     return {'task': task, 'teacher': teacher.source, 'planner_mode': teacher.planner.mode, 'grounded': grounded,
-            'drop_subsumed': drop_subsumed,
             'accuracy': correct / max(total, 1), 'situations': total,
             'act_alone_success': alone['sampled'], 'act_alone_success_greedy': alone['greedy'],
             'sampled_interval95': alone['sampled_interval95'], 'greedy_interval95': alone['greedy_interval95'],
@@ -161,9 +154,6 @@ def main(argv=None) -> int:
     llm.add_argument('--planner-mode', choices=PLANNER_MODES, dest='mode')
     llm.add_argument('--samples', type=int)
     parser.add_argument('--ungrounded', action='store_true', help='offer every option, possible or not')
-    parser.add_argument('--drop-subsumed', action='store_true',
-                        help="no 'go to X' where 'pick up X' / 'open X' is offered, nor to a locked door "
-                             "without its key (options.without_subsumed)")
     parser.add_argument('--prompt-file', help='prompt template to try (default: the packaged ones), '
                                               'with {mission}, {observation} and {options}')
     parser.add_argument('--cache', default=str(default_cache_dir() / 'answers.sqlite'))
@@ -181,8 +171,7 @@ def main(argv=None) -> int:
         print(f'evaluate: {err}', file=sys.stderr)
         return 2
     for task in tasks:
-        print(json.dumps(evaluate(teacher, task, args.episodes, not args.ungrounded,
-                                  drop_subsumed=args.drop_subsumed)), flush=True)
+        print(json.dumps(evaluate(teacher, task, args.episodes, not args.ungrounded)), flush=True)
     teacher.close()
     return 0
 

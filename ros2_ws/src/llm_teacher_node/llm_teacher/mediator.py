@@ -43,7 +43,8 @@ def describe(perception: Perception) -> str:
         elif obj.type in DESCRIBED_TYPES:
             state = f'{obj.state} ' if obj.state else ''
             color = f'{obj.color} ' if obj.color and obj.type != 'goal' else ''
-            names.add(f'a {state}{color}{obj.type}')
+            name = f'{state}{color}{obj.type}'
+            names.add(f'{"an" if name[0] in "aeiou" else "a"} {name}')
     listed = sorted(names) + (['other objects'] if others else [])
     seen = f'You have seen: {", ".join(listed)}.' if listed else 'You have not seen any object yet.'
     carrying = perception.carrying

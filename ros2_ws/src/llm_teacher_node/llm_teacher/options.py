@@ -5,7 +5,8 @@ An option is a verb and, except for explore, an object the robot has perceived:
   | open the <colour> door
 Grounding keeps only the options that are possible in the perceived state, so that even a weak
 LLM chooses among sensible ones: no object that was not seen, no pick-up while carrying,
-no drop with empty hands, no opening a locked door without its key.
+no drop with empty hands, no opening a locked door without its key; and of those, none that
+cannot help (feasible_options says which).
 Embodied robots see many objects (a house is full of them), and a prompt naming every one seen
 would almost never repeat, so the answer cache could not serve it: their options concern only
 the objects the mission names (the mediator only says that there are others). Pick up and drop are offered
@@ -45,46 +46,66 @@ EXPLORE = Option('explore')
 
 
 def feasible_options(perception: Perception) -> list[Option]:
-    """The options possible in this perceived state, in a stable order (explore first).
+    """The options offered in this perceived state, in a stable order (explore first, if offered).
 
-    Reads only what mediator.situation keeps (the teacher reuses the options of a situation)."""
-    options = [EXPLORE]
-    carrying = perception.carrying
-    seen = _unique(o for o in perception.objects if o.type in GO_TO_TARGETS
-                   and (perception.task_family != 'embodied' or named_in_mission(o, perception.mission)))
-    for obj in seen:
-        options.append(Option('go to', obj.type, obj.color))
+    Possible ones only, and of those, none that cannot help (measured on the five grid tasks:
+    docs/results/teacher-prompt.md):
+    - no explore when the object of the next step is known (next_step_known): the embedded model
+      otherwise ranks explore first with the door's key in hand and the door in view;
+    - no drop of a key that opens a locked door seen: that is the next step's key;
+    - no 'go to X' where 'pick up X' or 'open X' is offered (those skills walk there first), nor
+      to a locked door (opened with its key, or not reachable through it), nor to a thing to
+      pick up while the hands are full; unless the mission names X. A go-to ranked first stops
+      the robot there, and a greedy teacher stands still.
+    Reads only what mediator.situation keeps (the teacher reuses the options of a situation).
+    """
+    carrying, mission = perception.carrying, perception.mission
+    known = [o for o in perception.objects if o.type in GO_TO_TARGETS
+             and (perception.task_family != 'embodied' or named_in_mission(o, mission))]
+    seen = _unique(known)  # one go-to per (type, colour): its skill goes to the nearest
+    held_key = carrying.color if carrying is not None and carrying.type == 'key' else None
     handles_objects = perception.task_family != 'embodied' or any(
-        word in MOVING_VERBS for word in perception.mission.lower().split())
-    if carrying is None and handles_objects:
-        options += [Option('pick up', o.type, o.color) for o in seen if o.type in PICKABLE]
-    elif carrying is not None:
-        options.append(Option('drop', carrying.type, carrying.color))
-    for door in seen:
-        if door.type != 'door' or door.state == 'open':
-            continue
-        has_key = carrying is not None and carrying.type == 'key' and carrying.color == door.color
-        if door.state == 'closed' or has_key:
-            options.append(Option('open', 'door', door.color))
-    return options
+        word in MOVING_VERBS for word in mission.lower().split())
+    picks = [Option('pick up', o.type, o.color) for o in seen
+             if carrying is None and handles_objects and o.type in PICKABLE]
+    opens = list(dict.fromkeys(Option('open', 'door', o.color) for o in known if o.type == 'door'
+                               and (o.state == 'closed' or (o.state == 'locked' and o.color == held_key))))
+    acting = {(o.type, o.color) for o in picks + opens}
 
-
-def without_subsumed(options: list[Option], perception: Perception) -> list[Option]:
-    """The options less 'go to X' where 'pick up X' or 'open X' is offered (those skills go there
-    first), and less 'go to' a locked door whose key the robot does not carry; an object the
-    mission names keeps its 'go to'. Measured, not the default (docs/results.md, "A stronger
-    embedded teacher"): `python -m llm_teacher.evaluate --drop-subsumed`."""
-    acting = {(o.type, o.color) for o in options if o.verb in ('pick up', 'open')}
-    carrying = perception.carrying
-    held_key = (carrying.color if carrying is not None and carrying.type == 'key' else None)
-    locked = {('door', o.color) for o in perception.objects
-              if o.type == 'door' and o.state == 'locked' and o.color != held_key}
-
-    def kept(option: Option) -> bool:
-        if option.verb != 'go to' or named_in_mission(option, perception.mission):
+    def worth_going_to(obj: PerceivedObject) -> bool:
+        if named_in_mission(obj, mission):
             return True
-        return (option.type, option.color) not in acting | locked
-    return [o for o in options if kept(o)]
+        if (obj.type, obj.color) in acting or (obj.type == 'door' and obj.state == 'locked'):
+            return False
+        return carrying is None or obj.type not in PICKABLE
+
+    options = [] if next_step_known(perception) else [EXPLORE]
+    options += [Option('go to', o.type, o.color) for o in seen if worth_going_to(o)]
+    options += picks
+    if carrying is not None and not opens_a_seen_door(carrying, perception):
+        options.append(Option('drop', carrying.type, carrying.color))
+    return options + opens
+
+
+def next_step_known(perception: Perception) -> bool:
+    """Whether the object of a grid robot's next step is known, so that exploring cannot help (as
+    grounding drops impossible options, this drops a useless one): the locked door whose key it
+    carries (open it), the key of a locked door seen (pick it up, or first drop a wrong one), a
+    goal where no locked door is seen (go to it). Embodied robots: never (not measured there)."""
+    if perception.task_family != 'gridworld':
+        return False
+    locked = {o.color for o in perception.objects if o.type == 'door' and o.state == 'locked'}
+    if perception.carrying is not None and opens_a_seen_door(perception.carrying, perception):
+        return True
+    if any(o.type == 'key' and o.color in locked for o in perception.objects):
+        return True
+    return not locked and any(o.type == 'goal' for o in perception.objects)
+
+
+def opens_a_seen_door(obj: PerceivedObject, perception: Perception) -> bool:
+    """Whether `obj` is the key of a locked door the robot has seen."""
+    return obj.type == 'key' and any(o.type == 'door' and o.state == 'locked' and o.color == obj.color
+                                     for o in perception.objects)
 
 
 def named_in_mission(obj: PerceivedObject, mission: str) -> bool:

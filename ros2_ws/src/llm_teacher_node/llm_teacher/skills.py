@@ -118,7 +118,8 @@ def skill_action(option: Option, context: SkillContext, objects) -> int | None:
         return explore(context)
     if option.verb == 'drop':
         return int(Actions.drop) if context.front_free() else int(Actions.left)
-    targets = [(o.grid_x, o.grid_y) for o in objects if o.type == option.type and o.color == option.color]
+    targets = [(o.grid_x, o.grid_y) for o in objects if o.type == option.type and o.color == option.color
+               and not (option.verb == 'open' and o.state == 'open')]  # toggling an open door shuts it
     if not targets:
         return explore(context)
     x, y, _ = context.pose
