@@ -93,6 +93,20 @@ def test_a_locked_door_beside_an_open_one_of_its_colour_can_be_opened():
     assert skill_action(option, SkillContext(grid), perception.objects) == Actions.left  # turns to the locked one
 
 
+def test_drop_leaves_no_key_inside_a_doorway():
+    """A key dropped on the cell inside a door blocks it for good (ColoredDoorKey: the red key
+    dropped there, the blue key's door could not be opened): drop turns to a cell beside no door."""
+    grid = np.zeros((5, 5, 4), np.uint8)  # a 3x3 room seen whole, a locked door in its top wall
+    grid[..., 0] = OBJECT_TO_IDX['wall']
+    grid[1:4, 1:4, 0] = OBJECT_TO_IDX['empty']
+    grid[2, 0, :3] = OBJECT_TO_IDX['door'], COLOR_TO_IDX['blue'], STATE_TO_IDX['locked']
+    drop = Option('drop', 'key', 'red')
+    grid[2, 2, 3] = 1 + 3  # facing -y: the cell inside the door
+    assert skill_action(drop, SkillContext(grid), []) == Actions.left
+    grid[2, 2, 3] = 1 + 2  # facing -x: a cell beside no door
+    assert skill_action(drop, SkillContext(grid), []) == Actions.drop
+
+
 @pytest.mark.parametrize('answer, expected', [
     ('pick up the yellow key', 'pick up the yellow key'),           # exact
     ('  Pick up the yellow key.', 'pick up the yellow key'),        # normalised

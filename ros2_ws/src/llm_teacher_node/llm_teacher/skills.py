@@ -76,10 +76,16 @@ class SkillContext:
     def front_is(self, cell: tuple[int, int]) -> bool:
         return self.front == cell
 
-    def front_free(self) -> bool:
-        fx, fy = self.front
+    def free_to_drop(self, heading: int, beside_a_door: bool = True) -> bool:
+        """Whether the cell next to the robot towards `heading` is free to drop onto (and, with
+        beside_a_door False, has no door next to it)."""
+        dx, dy = HEADING_VECTORS[heading % 4]
+        x, y = self.pose[0] + dx, self.pose[1] + dy
         width, height = self.passable.shape
-        return 0 <= fx < width and 0 <= fy < height and self.map[fx, fy, 0] in _DROP_ONTO
+        if not (0 <= x < width and 0 <= y < height and self.map[x, y, 0] in _DROP_ONTO):
+            return False
+        return beside_a_door or not any(0 <= x + ax < width and 0 <= y + ay < height
+                                        and self.map[x + ax, y + ay, 0] == _DOOR for ax, ay in HEADING_VECTORS)
 
     def first_action_to(self, target: tuple[int, int], face: bool) -> int | None:
         """The first action of planning.plan_to(passable, pose, target, face)'s path: HERE when
@@ -117,7 +123,7 @@ def skill_action(option: Option, context: SkillContext, objects) -> int | None:
     if option.verb == 'explore':
         return explore(context)
     if option.verb == 'drop':
-        return int(Actions.drop) if context.front_free() else int(Actions.left)
+        return drop(context)
     targets = [(o.grid_x, o.grid_y) for o in objects if o.type == option.type and o.color == option.color
                and not (option.verb == 'open' and o.state == 'open')]  # toggling an open door shuts it
     if not targets:
@@ -132,6 +138,22 @@ def skill_action(option: Option, context: SkillContext, objects) -> int | None:
     if action is None:  # not reachable through known cells yet
         return explore(context)
     return None if action == HERE else action
+
+
+def drop(context: SkillContext) -> int:
+    """Drop onto the free cell in front if no door is next to it, else turn towards such a cell
+    beside the robot (a key dropped inside a doorway blocks the door for good: the robot can
+    neither stand there to open it nor, its hands full of the right key, pick that one up); with
+    none, onto any free cell in front, else turn left to find one."""
+    h = context.pose[2]
+    for beside_a_door in (False, True):
+        if context.free_to_drop(h, beside_a_door):
+            return int(Actions.drop)
+        if context.free_to_drop(h + 1, beside_a_door) and not context.free_to_drop(h - 1, beside_a_door):
+            return int(Actions.right)
+        if any(context.free_to_drop(h + turn, beside_a_door) for turn in (-1, 2)):
+            return int(Actions.left)
+    return int(Actions.left)
 
 
 def explore(context: SkillContext) -> int | None:
