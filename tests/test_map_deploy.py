@@ -94,6 +94,104 @@ def test_map_cells_are_read_as_a_map_server_reads_them():
         yaw_of(0.0, 0.0)
 
 
+
+def turned_map_input(grid: Grid, yaw: float, pose, targets) -> MapInput:
+    """A MapInput given `grid` as a mapper publishes it, its origin turned by `yaw`, the base at
+    `pose` in the map frame and `targets`; as robot_policy_node reads them."""
+    msg = occupancy_grid_msg(grid)
+    msg.info.origin.orientation = sensors.yaw_quaternion(yaw)
+    q = msg.info.origin.orientation
+    robot = MapInput(SIZE, slop_s=0.01, max_map_age_s=1.0)
+    robot.add_map(0, 'map', occupancy_grid_from_msg(msg), (q.x, q.y, q.z, q.w))
+    robot.add_odom(0, 'map', *pose)
+    robot.set_targets('map', targets)
+    return robot
+
+
+def turned(x: float, y: float, angle: float) -> tuple[float, float]:
+    return math.cos(angle) * x - math.sin(angle) * y, math.sin(angle) * x + math.cos(angle) * y
+
+
+@pytest.mark.filterwarnings('error')
+def test_a_map_whose_origin_is_turned_gives_the_crop_of_the_same_place():
+    """Nav2's map_server origin [x, y, yaw]: the cells lie along the origin's turned axes. The same
+    place published turned a quarter at a time (origin at another corner, cells turned with it), or
+    with the whole map frame turned, gives the crop of the unturned map; a tilted one is refused."""
+    cells = np.random.default_rng(0).choice(np.array([-1, 0, 100], np.int8), size=(40, 30))
+    grid, pose, targets = Grid(cells, (-3.1, -2.6), 0.25), (0.37, -0.61, 0.4), [(1.3, 0.8), (-2.0, 3.0)]
+    expected = turned_map_input(grid, 0.0, pose, targets).crop(0)
+    assert expected[..., 0].any() and expected[..., 2].any()  # map cells and a target in view
+    quarter, yaw = grid, 0.0
+    for _ in range(3):  # the next corner becomes the origin: cell [i, j] was [width - 1 - j, i]
+        width = quarter.cells.shape[0] * quarter.resolution
+        corner = turned(width, 0.0, yaw)
+        quarter = Grid(quarter.cells[::-1].T.copy(), (quarter.origin[0] + corner[0], quarter.origin[1] + corner[1]),
+                       quarter.resolution)
+        yaw += math.pi / 2
+        assert np.array_equal(turned_map_input(quarter, yaw, pose, targets).crop(0), expected), f'turned {yaw:.2f}'
+    angle = 0.7  # the map frame turned: the origin, the robot and the targets with it
+    origin = turned(*grid.origin, angle)
+    moved = (*turned(pose[0], pose[1], angle), pose[2] + angle)
+    crop = turned_map_input(Grid(cells, origin, 0.25), angle, moved, [turned(x, y, angle) for x, y in targets]).crop(0)
+    assert np.array_equal(crop, expected)
+    robot = MapInput(SIZE, slop_s=0.01, max_map_age_s=1.0)
+    with pytest.raises(ValueError, match=r'map origin orientation \(0.1, 0.0, 0.0, 0.995\) rolls or pitches the map'):
+        robot.add_map(0, 'map', grid, (0.1, 0.0, 0.0, 0.995))
+    with pytest.raises(ValueError, match='map origin orientation: quaternion .* is not a unit quaternion'):
+        robot.add_map(0, 'map', grid, (0.0, 0.0, 0.0, 0.5))
+    assert robot.grid is None
+
+
+@pytest.mark.filterwarnings('error')  # numpy's "invalid value encountered in cast" came from such poses
+def test_poses_and_targets_that_overflow_are_refused_naming_them():
+    """Huge but finite odometry and map -> odom compose to a pose that is not finite; a finite one
+    far off the map would index past int64: each is refused, naming what gave it, not read as an
+    all-unknown crop. A target too far from the robot to place is refused too."""
+    def robot_at(x: float, correction_x: float, origin=(-5.0, -5.0)) -> MapInput:
+        robot = MapInput(SIZE, slop_s=0.01, max_map_age_s=1.0)
+        robot.add_map(0, 'map', Grid(np.zeros((40, 40), np.int8), origin, 0.25))
+        robot.add_odom(0, 'odom', x, 1.0, 0.0)
+        robot.add_transform('map', 'odom', correction_x, 0.0, 0.0, stamp=0)
+        return robot
+
+    with pytest.raises(ValueError, match=r'odometry \(1e\+308, 1, yaw 0\) behind map -> odom \(1e\+308, 0, yaw 0\) '
+                                         r'gives the map-frame pose \(inf, 1, yaw 0\), which is not finite'):
+        robot_at(1e308, 1e308).crop(0)
+    with pytest.raises(ValueError, match=r"the robot \(1e\+18, 1, yaw 0\) in 'map' is 1e\+18 m off the map"):
+        robot_at(1e18, 0.0).crop(0)
+    assert robot_at(5.0, 10.0).crop(0).shape == (SIZE, SIZE, 4)  # 10 m off the map: its edge is in view
+    far = robot_at(-1.7e308, 0.0, origin=(-1.7e308, 0.0))  # on a map that far out
+    far.set_targets('map', [(1.0, 1.0), (1.7e308, 0.0)])
+    with pytest.raises(ValueError, match=r'target point \(1.7e\+308, 0\) is too far from the robot'):
+        far.crop(0)
+
+
+def test_targets_are_capped_and_a_refused_map_or_targets_stops_the_robot():
+    """A detector's flood of targets (10,000 took 0.21 s a frame) is refused whole, not cut; after
+    a refused map or targets message no crop is given (the node stops the robot) until a valid one."""
+    robot = MapInput(SIZE, slop_s=0.01, max_map_age_s=1.0)
+    grid = Grid(np.zeros((40, 40), np.int8), (-5.0, -5.0), 0.25)
+    robot.add_map(0, 'map', grid)
+    robot.add_odom(0, 'map', 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match='65 target points, more than 64'):
+        robot.set_targets('map', [(1.0, 0.0)] * 65)
+    with pytest.raises(ValueError, match=r'target points \[\(nan, 0.0\)\] are not finite'):
+        robot.set_targets('map', [(1.0, 0.0), (math.nan, 0.0)])
+    robot.set_targets('map', [(1.0, 0.0)] * MapInput.MAX_TARGETS)
+    assert robot.crop(0)[..., 2:].any()
+    robot.refuse('targets', '65 target points')
+    with pytest.raises(ValueError, match=r'the last targets message was refused \(65 target points\): the robot stays '
+                                         'stopped until a valid one comes'):
+        robot.crop(0)
+    robot.set_targets('map', [])
+    robot.refuse('map', 'bad cells')
+    with pytest.raises(ValueError, match=r'the last map message was refused \(bad cells\)'):
+        robot.crop(0)
+    robot.add_map(0, 'map', grid)
+    robot.refuse('targets', 'not finite')
+    robot.forget()  # a new episode: the targets of the last one no longer hold, refused or not
+    assert not robot.crop(0)[..., 2:].any()
+
 @pytest.mark.slow
 def test_a_map_policy_on_the_robot_acts_on_its_map_odometry_and_targets(tmp_path, ros_node):
     """This test is the robot's camera, odometry, localiser, mapper and detector. robot_policy_node

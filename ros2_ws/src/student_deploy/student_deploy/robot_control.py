@@ -15,7 +15,7 @@ import torch
 from llm_teacher_common.camera import camera_observation, invalid_depth_fraction, observation_channels
 from llm_teacher_common.commands import MOTIONS, velocity_for_action
 from llm_teacher_common.families import FAMILIES
-from llm_teacher_common.map_crop import egocentric_crop
+from llm_teacher_common.map_crop import CROP_RESOLUTIONS, egocentric_crop
 from llm_teacher_common.perception import FREE, OCCUPIED, UNKNOWN, OccupancyGrid
 from student_deploy.inference import Policy, choose_actions
 
@@ -208,12 +208,20 @@ class MapInput:
     that keeps publishing (slam_toolbox, a costmap), not a map server's finished map, which is both
     unlike training and never fresh.
 
+    A map or targets message the node refused (`refuse`) ends the crop until a valid one comes: the
+    one held before came from the source now publishing nonsense, so acting on it is not safe.
+
     :param cells: cells across the crop (the camera's pixels across: the policy's input).
     :param max_map_age_s: the map, and a localiser's map -> odom, may be this much older than a frame.
     """
 
     FINEST_MAP = 0.02  # m per cell: a finer map makes each crop sample too many cells for the control rate
     MAX_TRANSFORMS = 64  # /tf edges kept: a flood of frame names does not grow the node
+    # Targets a message may hold: each costs a full-crop distance per scale (10,000 took 0.21 s of
+    # the node's one thread, watchdog included). Refused, not cut: which to keep would be a guess,
+    # and one dropped is a wrong observation; a detector of the objects one mission names sends few.
+    MAX_TARGETS = 64
+    MAX_MAP_TILT = 1e-3  # |(x, y)| of the map origin's quaternion (about 0.1 deg of roll or pitch)
 
     def __init__(self, cells: int, slop_s: float, max_map_age_s: float, queue_size: int = 50):
         self.cells = cells
@@ -225,13 +233,20 @@ class MapInput:
         self.poses: deque[tuple[int, float, float, float]] = deque(maxlen=queue_size)  # base in odom
         self.transforms: dict[tuple[str, str], tuple[int | None, float, float, float]] = {}  # stamp (None: static), x, y, yaw
         self.targets_frame, self.targets = '', []
+        self.map_yaw = 0.0  # of the map's origin: its cells' axes in the map frame
+        self.refused: dict[str, str] = {}  # 'map' or 'targets': why the last one was refused
 
-    def add_map(self, stamp: int, frame: str, grid: OccupancyGrid) -> None:
+    def add_map(self, stamp: int, frame: str, grid: OccupancyGrid,
+                origin_rotation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)) -> None:
         """Take a map, its cells read as a map server reads them (REP-149's -1 unknown, 0-100
         occupancy: >= 65 occupied, <= 25 free, else unknown).
 
+        :param origin_rotation: the quaternion (x, y, z, w) of the map's origin
+            (OccupancyGrid.info.origin.orientation): its yaw turns the cells' axes in the map frame, as
+            the yaw of Nav2's map_server origin [x, y, yaw] does.
         :raises ValueError: no cells, values outside -1..100, a resolution that is not finite or
-            finer than FINEST_MAP, or an origin that is not finite.
+            finer than FINEST_MAP, an origin that is not finite, or an origin rotation that is not a
+            unit quaternion or tilts the map (roll or pitch).
         """
         if grid.cells.size == 0:
             raise ValueError('the map has no cells')
@@ -240,11 +255,21 @@ class MapInput:
                              f'map coarser (the policy reads 0.25 m and 0.5 m cells)')
         if not all(math.isfinite(v) for v in grid.origin):
             raise ValueError(f'map origin {grid.origin} is not finite')
+        qx, qy, qz, qw = origin_rotation
+        try:
+            yaw = yaw_of(qz, qw, qx, qy)
+        except ValueError as err:
+            raise ValueError(f'map origin orientation: {err} (publish one, e.g. w = 1 for an unturned map)') from err
+        if math.hypot(qx, qy) > self.MAX_MAP_TILT:
+            raise ValueError(f'map origin orientation ({qx}, {qy}, {qz}, {qw}) rolls or pitches the map: only a '
+                             f'rotation about z (yaw) can be read; publish the map level (x = y = 0)')
         cells = grid.cells.astype(np.int16)
         if cells.min() < -1 or cells.max() > 100:
             raise ValueError(f'map cells range {cells.min()}..{cells.max()}, outside -1 (unknown) .. 100 (occupied)')
         cells = np.where(cells >= 65, OCCUPIED, np.where((cells >= 0) & (cells <= 25), FREE, UNKNOWN)).astype(np.int8)
         self.grid, self.map_frame, self.map_stamp_ns = OccupancyGrid(cells, grid.origin, grid.resolution), frame, stamp
+        self.map_yaw = yaw
+        self.refused.pop('map', None)
 
     def add_odom(self, stamp: int, frame: str, x: float, y: float, yaw: float) -> None:
         """:raises ValueError: a pose that is not finite."""
@@ -265,31 +290,47 @@ class MapInput:
         """Where the objects the mission names were last seen (an empty list: none yet), in the
         map's frame (checked when the crop is built).
 
-        :raises ValueError: points that are not finite.
+        :raises ValueError: more than MAX_TARGETS points, or points that are not finite.
         """
-        if not all(math.isfinite(v) for point in points for v in point):
-            raise ValueError(f'target points {points} are not finite')
+        if len(points) > self.MAX_TARGETS:
+            raise ValueError(f'{len(points)} target points, more than {self.MAX_TARGETS}: each costs the node time '
+                             f'on every frame; publish only where the objects the mission names were last seen')
+        bad = [point for point in points if not all(math.isfinite(v) for v in point)]
+        if bad:
+            raise ValueError(f'target points {bad[:4]} are not finite')
         self.targets_frame, self.targets = frame, list(points)
+        self.refused.pop('targets', None)
+
+    def refuse(self, what: str, reason: str) -> None:
+        """A `what` ('map' or 'targets') message was refused for `reason`: no crop until a valid
+        one comes."""
+        self.refused[what] = reason
 
     def forget(self) -> None:
         """A new episode (mission, the robot carried elsewhere): the targets seen no longer hold."""
         self.targets_frame, self.targets = '', []
+        self.refused.pop('targets', None)
 
     def pose_at(self, stamp: int) -> tuple[float, float, float] | None:
         """The base's map-frame pose (x, y, yaw) at `stamp`: the odometry nearest in stamp (within
-        slop) composed with map -> odom (not older than max_map_age); None while either is missing."""
+        slop) composed with map -> odom (not older than max_map_age); None while either is missing.
+        Unchecked here: huge but finite odometry and map -> odom may give one that is not (crop refuses it)."""
+        parts = self._pose_parts(stamp)
+        return None if parts is None else _composed(*parts)
+
+    def _pose_parts(self, stamp: int) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+        """(odometry, map -> odom) pose_at composes, each (x, y, yaw); map -> odom is the identity
+        where the map is in the odometry frame."""
         near = [pose for pose in self.poses if abs(pose[0] - stamp) <= self.slop_ns]
         if not near or not self.map_frame:
             return None
-        _, x, y, yaw = min(near, key=lambda pose: abs(pose[0] - stamp))
+        odometry = min(near, key=lambda pose: abs(pose[0] - stamp))[1:]
         if self.map_frame == self.odom_frame:
-            return x, y, yaw
+            return odometry, (0.0, 0.0, 0.0)
         correction = self.transforms.get((self.map_frame, self.odom_frame))
         if correction is None or correction[0] is not None and stamp - correction[0] > self.max_map_age_ns:
             return None
-        _, tx, ty, tyaw = correction
-        cos, sin = math.cos(tyaw), math.sin(tyaw)
-        return tx + cos * x - sin * y, ty + sin * x + cos * y, tyaw + yaw
+        return odometry, correction[1:]
 
     def waiting_for(self, stamp: int) -> str:
         """What is still missing to build the crop of a frame stamped `stamp` ('' nothing)."""
@@ -304,9 +345,14 @@ class MapInput:
     def crop(self, stamp: int) -> np.ndarray:
         """(cells, cells, MAP_CHANNELS) uint8 crop for a frame stamped `stamp`.
 
-        :raises ValueError: something is missing (waiting_for), the map is older than max_map_age,
-            or the targets are in another frame than the map.
+        :raises ValueError: the last map or targets were refused, something is missing
+            (waiting_for), the map is older than max_map_age, the targets are in another frame than
+            the map, the pose is not finite or so far off the map that no crop cell is on it, or a
+            target is too far from the robot to place.
         """
+        if self.refused:
+            refused = '; '.join(f'the last {what} message was refused ({why})' for what, why in self.refused.items())
+            raise ValueError(f'{refused}: the robot stays stopped until a valid one comes')
         missing = self.waiting_for(stamp)
         if missing:
             raise ValueError(f'no map input yet: waiting for {missing}')
@@ -316,7 +362,55 @@ class MapInput:
         if self.targets and self.targets_frame != self.map_frame:
             raise ValueError(f'target points are in frame {self.targets_frame!r}, the map in {self.map_frame!r}: '
                              f'publish them in the map frame')
-        return egocentric_crop(self.grid, self.pose_at(stamp), self.cells, self.targets)
+        odometry, correction = self._pose_parts(stamp)
+        pose = _composed(odometry, correction)
+        if not all(math.isfinite(v) for v in pose):
+            raise ValueError(f'odometry {_pose_text(odometry)} behind {self.map_frame} -> {self.odom_frame} '
+                             f'{_pose_text(correction)} gives the map-frame pose {_pose_text(pose)}, which is not '
+                             f'finite: is the odometry or the localiser publishing nonsense?')
+        # The crop reads cells along the map's own axes: a turned origin turns the robot and the
+        # targets about it the other way instead, which leaves what the robot sees as it was.
+        on_grid, targets = pose, self.targets
+        if self.map_yaw:
+            ox, oy = self.grid.origin
+            cos, sin = math.cos(self.map_yaw), math.sin(self.map_yaw)
+
+            def unturned(x: float, y: float) -> tuple[float, float]:
+                return ox + cos * (x - ox) + sin * (y - oy), oy - sin * (x - ox) + cos * (y - oy)
+
+            on_grid = (*unturned(pose[0], pose[1]), pose[2] - self.map_yaw)
+            targets = [unturned(x, y) for x, y in self.targets]
+        self._check_on_map(pose, on_grid)
+        for (x, y), (gx, gy) in zip(self.targets, targets):
+            if not (math.isfinite(gx - on_grid[0]) and math.isfinite(gy - on_grid[1])):
+                raise ValueError(f'target point ({x:g}, {y:g}) is too far from the robot {_pose_text(pose)} in '
+                                 f'{self.map_frame!r} to place on the crop: is the detector publishing nonsense?')
+        return egocentric_crop(self.grid, on_grid, self.cells, targets)
+
+    def _check_on_map(self, pose: tuple[float, float, float], on_grid: tuple[float, float, float]) -> None:
+        """:raises ValueError: the robot (`on_grid`: its pose along the map's axes) is so far off the
+        map that no cell of the crop is on it; what the policy would see then is only unknown, and
+        such a pose is far more likely wrong than true (and far enough, its cell indices overflow)."""
+        ox, oy = self.grid.origin
+        width, height = (n * self.grid.resolution for n in self.grid.cells.shape)
+        x, y = on_grid[0] - ox, on_grid[1] - oy
+        off = math.hypot(max(-x, 0.0, x - width), max(-y, 0.0, y - height))
+        reach = self.cells * max(CROP_RESOLUTIONS) / math.sqrt(2)  # half the crop's diagonal, coarsest scale
+        if not off <= reach:
+            raise ValueError(f'the robot {_pose_text(pose)} in {self.map_frame!r} is {off:.3g} m off the map, '
+                             f'farther than the crop reaches ({reach:g} m): is map -> odom (or the odometry) right?')
+
+
+def _composed(odometry: tuple[float, float, float],
+              correction: tuple[float, float, float]) -> tuple[float, float, float]:
+    """The map-frame pose of `odometry` (x, y, yaw in odom) behind `correction` (map -> odom)."""
+    (x, y, yaw), (tx, ty, tyaw) = odometry, correction
+    cos, sin = math.cos(tyaw), math.sin(tyaw)
+    return tx + cos * x - sin * y, ty + sin * x + cos * y, tyaw + yaw
+
+
+def _pose_text(pose: tuple[float, float, float]) -> str:
+    return f'({pose[0]:g}, {pose[1]:g}, yaw {pose[2]:g})'
 
 
 @dataclass

@@ -19,7 +19,10 @@ the frames: the mapper's nav_msgs/OccupancyGrid on `map`, nav_msgs/Odometry on `
 each frame's stamp, within `slop`), map -> odom on /tf (none needed where the map is in the
 odometry frame), and geometry_msgs/PoseArray on `targets`: where the objects the mission names
 were last seen, in the map frame (a detector that reads the mission publishes it; robot_sim_node
-does). It acts only once each has come; a map older than max_map_age stops the robot.
+does; at most MapInput.MAX_TARGETS of them). It acts only once each has come; a map older than
+max_map_age stops the robot. The map's origin may be turned about z (Nav2's map_server origin
+[x, y, yaw]); one that rolls or pitches the map is refused. A refused map or targets message
+stops the robot until a valid one comes, as does a pose that is not finite or off the map.
 
 A policy that reads the mission (policy.json "mission_length" > 0) takes it as std_msgs/String on
 `mission` (volatile, so `ros2 topic pub` reaches it; a publisher repeats it, as robot_sim_node
@@ -172,9 +175,12 @@ class RobotPolicyNode(Node):
         try:
             stamp = stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
             self.sensors.check_not_ahead(stamp, self.get_clock().now().nanoseconds)  # it would never grow stale
-            self.map_input.add_map(stamp, msg.header.frame_id, occupancy_grid_from_msg(msg))
+            q = msg.info.origin.orientation
+            self.map_input.add_map(stamp, msg.header.frame_id, occupancy_grid_from_msg(msg), (q.x, q.y, q.z, q.w))
         except ValueError as err:
-            self.get_logger().warning(f'map refused: {err}', throttle_duration_sec=5.0)
+            self.get_logger().error(f'map refused, stopping the robot until a valid one comes: {err}',
+                                    throttle_duration_sec=5.0)
+            self.refuse('map', str(err))
 
     def on_odom(self, msg: Odometry) -> None:
         now = self.get_clock().now().nanoseconds
@@ -208,7 +214,14 @@ class RobotPolicyNode(Node):
         try:
             self.map_input.set_targets(msg.header.frame_id, [(p.position.x, p.position.y) for p in msg.poses])
         except ValueError as err:
-            self.get_logger().warning(f'targets refused: {err}', throttle_duration_sec=5.0)
+            self.get_logger().error(f'targets refused, stopping the robot until valid ones come: {err}',
+                                    throttle_duration_sec=5.0)
+            self.refuse('targets', str(err))
+
+    def refuse(self, what: str, reason: str) -> None:
+        """The mapper or detector publishes nonsense: what it sent before is not trusted either."""
+        self.map_input.refuse(what, reason)
+        self.stop()
 
     def act(self, pair: FramePair, now: int) -> None:
         if pair.stamp_ns - self.last_action_ns < self.min_period_ns:
