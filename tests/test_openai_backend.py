@@ -28,8 +28,10 @@ from llm_teacher.options import feasible_options
 from llm_teacher.planner import Planner
 from llm_teacher.teacher import Teacher
 
+# Two keys and no door: the teacher has a choice to ask the LLM about (a single feasible option is
+# not asked), here and with the yellow key in hand or out of sight.
 PERCEPTION = Perception('open the locked door', objects=[PerceivedObject('key', 'yellow', grid_x=2, grid_y=2),
-                                                         PerceivedObject('door', 'yellow', 'locked', grid_x=5, grid_y=0)])
+                                                         PerceivedObject('key', 'red', grid_x=5, grid_y=1)])
 
 
 def free_port() -> int:
@@ -179,7 +181,7 @@ def test_teacher_node_survives_a_dead_server_and_reports_errors(tmp_path, ros_no
         spin_until(ros_node, lambda: suggestions, 10, 'suggestion_batch from teacher_node')
         assert runner.processes['teacher_node'].poll() is None, '\n'.join(logs)
     assert statuses[-1].llm_errors > 0 and statuses[-1].llm_calls == 0
-    assert not any(s.valid for batch in suggestions for s in batch.suggestions)
+    assert not any(s.valid and len(s.options) > 1 for batch in suggestions for s in batch.suggestions)  # one: not asked
     assert any('did not answer' in line and 'Possible actions' in '\n'.join(logs) for line in logs)
 
 
@@ -196,8 +198,8 @@ def test_when_the_server_dies_new_prompts_count_logged_errors(server, tmp_path):
     assert teacher.wait_idle(300) and teacher.counters.llm_calls == 1
     process.terminate()
     process.wait(timeout=20)
-    door_only = Perception('open the locked door', objects=PERCEPTION.objects[1:])
-    assert not teacher.suggest(door_only, obs).valid  # a new prompt: asked, and the dead server fails
+    red_key_only = Perception('open the locked door', objects=PERCEPTION.objects[1:])
+    assert not teacher.suggest(red_key_only, obs).valid  # a new prompt: asked, and the dead server fails
     assert teacher.wait_idle(60) and teacher.counters.llm_errors == 1 and 'did not answer' in errors[-1]
     assert 'Possible actions' in errors[-1]  # the error names the prompt
     teacher.close()
