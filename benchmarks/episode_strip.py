@@ -45,7 +45,6 @@ def run_episode(policy_path: str, task: str, seed: int, teacher_kind: str, greed
             suggestion = f'{text} ({p:.2f})'
         logits, state = policy.step(step.observations, state)
         action = int(choose_actions(logits, greedy)[0])
-        state = policy.remember_actions(state, [action])
         steps.append({'rgb': envs.render(0), 'pose': (perception.x, perception.y), 'suggestion': suggestion,
                       'action': names[action], 'map': perception.occupancy, 'objects': perception.objects,
                       'heading': perception.heading})

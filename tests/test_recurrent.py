@@ -18,36 +18,25 @@ TASK = 'MiniGrid-SimpleDoorKey-v0'
 PLAIN = TeacherSchedule(0.0, 0.0)
 
 
-@pytest.mark.parametrize('recurrent, previous_action', [(16, False), (16, True), (0, True)])
-def test_unrolling_a_sequence_gives_what_acting_step_by_step_gave(recurrent, previous_action):
-    """... with the actions taken along it, for a policy that sees its previous action (carried in
-    its state: the one before the sequence in `state`, none where an episode starts)."""
+def test_unrolling_a_sequence_gives_what_acting_step_by_step_gave():
     torch.manual_seed(0)
-    policy = ActorCritic((5, 5, 4), 7, recurrent=recurrent, previous_action=previous_action)
+    policy = ActorCritic((5, 5, 4), 7, recurrent=16)
     obs = torch.randint(0, 10, (6, 3, 5, 5, 4), dtype=torch.uint8)
     starts = torch.zeros(6, 3)
     starts[0, 0], starts[3, 1] = 1.0, 1.0  # env 0 starts an episode at once, env 1 at step 3
-    actions = torch.randint(0, 7, (6, 3))
-    # what came before the sequence: carried on, forgotten where one starts
-    state = policy.remember_actions(torch.randn(3, policy.state_size), torch.tensor([4, 5, 6]))
-    logits, values = policy.unroll(obs, state, starts, actions=actions)
+    state = torch.randn(3, 16)  # what came before the sequence: carried on, forgotten where one starts
+    logits, values = policy.unroll(obs, state, starts)
     acting = state
     for t in range(6):
         step_logits, step_values, acting = policy(obs[t], acting * (1.0 - starts[t]).unsqueeze(-1))
         torch.testing.assert_close(logits[t], step_logits)
         torch.testing.assert_close(values[t], step_values)
-        acting = policy.remember_actions(acting, actions[t])
-    if previous_action:  # it reads them: other actions, other logits; none given, a clear error
-        assert not torch.allclose(policy.unroll(obs, state, starts, actions=(actions + 1) % 7)[0][1:], logits[1:])
-        with pytest.raises(ValueError, match='previous action: give the actions'):
-            policy.unroll(obs, state, starts)
     with pytest.raises(ValueError, match='recurrent'):
         ActorCritic((5, 5, 4), 7, recurrent=-1)
 
 
-def fill_rollout(learner, envs, seed=0, step=None):
-    """A rollout from `step` (default: a reset with `seed`); the last step."""
-    step = step or envs.reset(seed=seed)
+def fill_rollout(learner, envs, seed=0):
+    step = envs.reset(seed=seed)
     for _ in range(learner.config.num_steps):
         actions = learner.act(step.observations)
         step = envs.step(actions)
@@ -55,26 +44,23 @@ def fill_rollout(learner, envs, seed=0, step=None):
     return step
 
 
-@pytest.mark.parametrize('previous_action', [False, True])
-def test_ppo_recomputes_the_acting_policys_log_probs_over_chunks_from_the_stored_states(previous_action):
+def test_ppo_recomputes_the_acting_policys_log_probs_over_chunks_from_the_stored_states():
     """The rollout keeps the state each env's policy acted from at every step and where episodes
     began: each minibatch sequence (16 consecutive steps of one env, envs mixed), unrolled from the
     state stored at its first step, gives back the log-probs and values it acted with (PPO's ratio
-    starts at 1), across episode ends inside it; so does the whole rollout from its first states.
-    A policy that sees its previous action gets it from the stored actions."""
+    starts at 1), across episode ends inside it; so does the whole rollout from its first states."""
     envs = MiniGridVecEnv('MiniGrid-Empty-5x5-v0', 4)
-    config = PPOConfig(num_steps=64, recurrent=32, bptt_steps=16, minibatch_size=64, compile=False,
-                       previous_action=previous_action)
+    config = PPOConfig(num_steps=64, recurrent=32, bptt_steps=16, minibatch_size=64, compile=False)
     learner = PPOLearner(config, envs.observation_space.shape, 4, 7)
-    step = fill_rollout(learner, envs)  # a first rollout, so that the second starts from non-zero states
-    learner.update(step.observations)
-    fill_rollout(learner, envs, step=step)  # episodes time out at step 100: inside the second rollout's chunks
+    fill_rollout(learner, envs)  # a first rollout, so that the second starts from non-zero states
+    learner.update(envs.reset(seed=1).observations)
+    fill_rollout(learner, envs, seed=2)
     s = learner.storage
     assert np.abs(s.states[0]).sum() > 0  # states carried in from the last rollout
     assert s.starts.reshape(4, 16, 4)[:, 1:].sum() > 0  # episodes start inside chunks, not only at their first step
     with torch.no_grad():
         logits, values = learner.policy.unroll(torch.from_numpy(s.obs), torch.from_numpy(s.states[0]),
-                                               torch.from_numpy(s.starts), actions=torch.from_numpy(s.actions))
+                                               torch.from_numpy(s.starts))
     logprobs = torch.distributions.Categorical(logits=logits).log_prob(torch.from_numpy(s.actions))
     np.testing.assert_allclose(logprobs.numpy(), s.logprobs, atol=1e-5)
     np.testing.assert_allclose(values.numpy(), s.values, atol=1e-5)
@@ -82,13 +68,13 @@ def test_ppo_recomputes_the_acting_policys_log_probs_over_chunks_from_the_stored
     sample = np.arange(64 * 4, dtype=np.float32).reshape(64, 4)  # t * 4 + env: which sample a minibatch holds
     seen, envs_mixed = [], False
     for mb in minibatches(*s.sequences(16, advantages=sample, returns=sample), 64, 1, np.random.default_rng(0)):
-        assert mb.obs.shape[:2] == (16, 4) and mb.state.shape == (4, 32 + 7 * previous_action)
+        assert mb.obs.shape[:2] == (16, 4) and mb.state.shape == (4, 32)
         ids = mb.advantages.numpy()
         assert (np.diff(ids, axis=0) == 4).all()  # consecutive steps of one env
         envs_mixed |= len(set(ids[0] % 4)) > 1
         seen.extend(ids.ravel())
         with torch.no_grad():
-            logits, values = learner.policy.unroll(mb.obs, mb.state, mb.starts, actions=mb.actions)
+            logits, values = learner.policy.unroll(mb.obs, mb.state, mb.starts)
         logprobs = torch.distributions.Categorical(logits=logits).log_prob(mb.actions)
         torch.testing.assert_close(logprobs, mb.logprobs, atol=1e-5, rtol=0)
         torch.testing.assert_close(values, mb.values, atol=1e-5, rtol=0)
@@ -120,18 +106,15 @@ def test_a_restarted_simulator_and_a_resume_start_from_zero_states(tmp_path):
     assert restored.state.abs().sum() == 0 and restored.starts.all()  # zero states: the episodes go on unknown
 
 
-@pytest.mark.parametrize('previous_action', [False, True])
-def test_exports_carry_the_state_and_agree_over_a_whole_episode(tmp_path, previous_action):
+def test_exports_carry_the_state_and_agree_over_a_whole_episode(tmp_path):
     """TorchScript and ONNX take (obs, state) and give (logits, next state); over an episode both
-    give the network's own logits and states, and evaluation runs either with its state (with the
-    previous action in it, for a policy that sees it)."""
+    give the network's own logits and states, and evaluation runs either with its state."""
     torch.manual_seed(0)
     envs = MiniGridVecEnv(TASK, 1)
-    policy = ActorCritic(envs.observation_space.shape, 7, recurrent=16, previous_action=previous_action).eval()
+    policy = ActorCritic(envs.observation_space.shape, 7, recurrent=16).eval()
     path = export_policy(tmp_path / 'policy.pt', policy, TASK)
     exported = {suffix: load_policy(path.with_suffix(suffix)) for suffix in ('.pt', '.onnx')}
-    assert all(p.info.recurrent == 16 and p.state_size == 16 + 7 * previous_action and
-               p.info.previous_action == previous_action for p in exported.values())
+    assert all(p.info.recurrent == 16 and p.state_size == 16 for p in exported.values())
     step = envs.reset(seed=7)
     states = {name: p.initial_state(1) for name, p in {**exported, 'net': policy}.items()}
     for _ in range(40):
@@ -142,10 +125,7 @@ def test_exports_carry_the_state_and_agree_over_a_whole_episode(tmp_path, previo
             logits, states[suffix] = p.step(obs, states[suffix])
             torch.testing.assert_close(logits, want, atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(states[suffix], states['net'], atol=1e-4, rtol=1e-4)
-        action = want.argmax(-1).numpy()
-        states = {name: p.remember_actions(state, action) for (name, state), p in
-                  zip(states.items(), (*exported.values(), policy))}
-        step = envs.step(action)
+        step = envs.step(want.argmax(-1).numpy())
     results = [evaluate(p, TASK, 4, seed=500) for p in (policy, *exported.values())]
     assert results[0] == results[1] == results[2]
 

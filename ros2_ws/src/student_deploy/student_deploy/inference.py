@@ -3,8 +3,7 @@ and numpy (onnxruntime for .onnx files), so a robot runs the policy with nothing
 simulation or the LLM installed.
 
 An export is the actor alone: obs (B, *obs_shape) uint8 -> action logits (B, A); a recurrent one
-(or one that sees its previous action) takes its state too, (obs, state (B, H)) -> (logits, next
-state), and one that reads the mission
+takes its state too, (obs, state (B, H)) -> (logits, next state), and one that reads the mission
 takes its token ids (B, L) last (student_deploy.missions). Beside the weights it carries
 what it was trained on (`PolicyInfo`), so a node can refuse a policy that does not fit its sensors
 or its robot before it drives anything.
@@ -36,19 +35,11 @@ class PolicyInfo:
     task: str = ''
     """the task it was trained on ('' when not recorded)."""
     recurrent: int = 0
-    """units of its GRU memory; 0: a reactive policy."""
+    """size H of its state (the GRU's units); 0: a reactive policy, whose state is empty."""
     mission_words: tuple[str, ...] = ()
     """the words of the missions it learnt from, in token id order (student_deploy.missions)."""
     mission_length: int = 0
     """tokens L of its mission input; 0: a policy that reads no mission."""
-    previous_action: bool = False
-    """it sees the action taken last: a one-hot of num_actions after the GRU's units in its state,
-    written by the caller (Policy.remember_actions)."""
-
-    @property
-    def state_size(self) -> int:
-        """Columns of its state (0: a reactive policy that does not see its previous action)."""
-        return self.recurrent + (self.num_actions if self.previous_action else 0)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), 'obs_shape': list(self.obs_shape), 'mission_words': list(self.mission_words)})
@@ -58,7 +49,7 @@ class PolicyInfo:
         data = json.loads(text)
         return cls(tuple(data['obs_shape']), int(data['num_actions']), data['encoder'], data.get('task', ''),
                    int(data.get('recurrent', 0)), tuple(data.get('mission_words', ())),
-                   int(data.get('mission_length', 0)), bool(data.get('previous_action', False)))
+                   int(data.get('mission_length', 0)))
 
 
 def torch_device(name: str) -> torch.device:
@@ -121,14 +112,7 @@ class Policy:
 
     @property
     def state_size(self) -> int:
-        return self.info.state_size if self.info is not None else 0
-
-    def remember_actions(self, state: torch.Tensor, actions: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """The state with the actions just chosen written in, for a policy that sees its previous
-        action (unchanged otherwise): call it after each step, before the next."""
-        if self.info is None or not self.info.previous_action:
-            return state
-        return remember_actions(state, actions, self.info.num_actions)
+        return self.info.recurrent if self.info is not None else 0
 
     @property
     def reads_mission(self) -> bool:
@@ -175,13 +159,6 @@ class Policy:
         if recurrent:
             return out[0].float().cpu(), out[1].float().cpu()
         return out.float().cpu(), state
-
-
-def remember_actions(state: torch.Tensor, actions: np.ndarray | torch.Tensor, num_actions: int) -> torch.Tensor:
-    """`state` (B, H + num_actions) with its last num_actions columns the one-hot of `actions` (B,):
-    how a policy that sees its previous action carries it (networks.ActorCritic)."""
-    taken = torch.nn.functional.one_hot(torch.as_tensor(actions, device=state.device).long(), num_actions)
-    return torch.cat([state[:, :-num_actions], taken.to(state.dtype)], -1)
 
 
 def load_policy(path: str | Path, device: str = 'cpu') -> Policy:

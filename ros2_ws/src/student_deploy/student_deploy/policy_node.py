@@ -87,7 +87,7 @@ class PolicyNode(Node):
             logits, state = self.policy.step(obs, self.states.before(batch.group, batch.epoch, batch.seq, ended),
                                              missions)
             actions, _ = checked_actions(logits, None, self.greedy)
-            self.states.after(batch.group, self.policy.remember_actions(state, actions))
+            self.states.after(batch.group, state)
             moving = 0 <= self.twist_env < len(actions)
             if moving:
                 twist = Twist()

@@ -444,8 +444,7 @@ class BatchStates:
         return memory.before
 
     def after(self, group: int, state: torch.Tensor) -> None:
-        """The state the policy returned for the batch of `group` just answered (with the actions
-        chosen written in: Policy.remember_actions).
+        """The state the policy returned for the batch of `group` just answered.
 
         :raises FloatingPointError: a non-finite state (kept out: the caller stops the robot).
         """
@@ -569,7 +568,7 @@ class CameraPolicy:
         logits, state = self.policy.step(obs[None], self.memory.before(0, 0, None, np.zeros(1, bool)),
                                          self._mission_tokens)
         actions, probs = checked_actions(logits, self.mask, self.greedy, self.generator)
-        self.memory.after(0, self.policy.remember_actions(state, actions))
+        self.memory.after(0, state)
         return int(actions[0]), probs[0]
 
     def velocity(self, action: int) -> tuple[float, float]:

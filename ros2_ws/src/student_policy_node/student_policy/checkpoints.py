@@ -118,7 +118,7 @@ def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=No
             raise CheckpointError(f'checkpoint {path} was trained with {key}={state[key]}, but the environments '
                                   f'have {key}={value}; use a matching task and num_envs, or another run directory')
     saved = saved_config(path, state['config'])
-    for key in ('encoder', 'recurrent', 'mission', 'previous_action'):  # what shapes the network: the weights fit no other
+    for key in ('encoder', 'recurrent', 'mission'):  # what shapes the network: the weights fit no other
         if config is not None and getattr(config, key) != getattr(saved, key):
             raise CheckpointError(f'checkpoint {path} was trained with {key}={getattr(saved, key)!r}, but this run '
                                   f'has {key}={getattr(config, key)!r}: set {key} to match, or use another run directory')
@@ -159,14 +159,14 @@ def export_policy(path: str | Path, policy: ActorCritic, task: str = '') -> Path
     Each file is written atomically."""
     actor = _Actor(eager_copy(policy)).eval()  # a compiled policy cannot be traced
     example, names = (torch.zeros((1,) + policy.obs_shape, dtype=torch.uint8),), ['obs']
-    if policy.state_size:
+    if policy.recurrent:
         example, names = example + (policy.initial_state(1),), names + ['state']
     if policy.reads_mission:
         example, names = example + (policy.encode_missions(['']),), names + ['mission']
-    outputs = ['logits', 'next_state'] if policy.state_size else ['logits']
+    outputs = ['logits', 'next_state'] if policy.recurrent else ['logits']
     info = PolicyInfo(policy.obs_shape, policy.num_actions, policy.encoder_name, task, policy.recurrent,
                       tuple(policy.vocabulary.words) if policy.reads_mission else (),
-                      MISSION_LENGTH if policy.reads_mission else 0, policy.previous_action)
+                      MISSION_LENGTH if policy.reads_mission else 0)
     with torch.no_grad(), warnings.catch_warnings():
         # nn.GRU's input checks (the mission encoder) read shapes as Python values while tracing
         # (here and in the ONNX export): they hold at any batch size (tested), so the graphs are right.
@@ -191,14 +191,14 @@ def _export_onnx(actor: torch.nn.Module, example: tuple, names: list[str], outpu
 
 class _Actor(torch.nn.Module):
     """The policy as deployed: (obs[, state][, mission]) -> logits alone for a reactive one,
-    (logits, next state) for one with a state (recurrent, or seeing its previous action)."""
+    (logits, next state) for a recurrent one."""
 
     def __init__(self, policy: ActorCritic):
         super().__init__()
         self.policy = policy
 
     def forward(self, obs: torch.Tensor, *inputs: torch.Tensor):
-        recurrent = self.policy.state_size > 0
+        recurrent = self.policy.recurrent > 0
         state = inputs[0] if recurrent else self.policy.initial_state(obs.shape[0])
         mission = inputs[-1] if self.policy.reads_mission else None
         logits, state = self.policy.step(obs, state, mission)

@@ -25,8 +25,7 @@ def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int
     greedy or sampled. env_options go to the vector env (e.g. an embodied camera's width and height).
 
     `policy` acts as an exported one does (inference.Policy, or networks.ActorCritic):
-    step(obs, state, mission tokens) -> (logits, state), then remember_actions(state, actions), its
-    state zeroed at each episode's start.
+    step(obs, state, mission tokens) -> (logits, state), its state zeroed at each episode's start.
 
     Every seed's episode counts, however long: counting the first `episodes` episodes to end
     instead would favour short ones (quick successes) and overstate success. `loops` counts the
@@ -46,7 +45,6 @@ def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int
             logits, state = policy.step(torch.from_numpy(step.observations), state,
                                         policy.encode_missions(step.missions, strict=False))
             actions = choose_actions(logits, greedy, generator)
-            state = policy.remember_actions(state, actions)
             for i in range(n):
                 recent[i].append(int(actions[i]))
             step = envs.step(actions, reset_seeds=seed + np.arange(n) + n * (played + 1))

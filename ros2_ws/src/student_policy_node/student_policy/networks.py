@@ -8,7 +8,6 @@ from torch import nn
 from torch.distributions import Categorical
 
 from llm_teacher_common.families import family_of_observation
-from student_deploy.inference import remember_actions
 from student_deploy.missions import MAX_WORDS, MissionVocabulary
 
 # Sizes of the per-channel vocabularies of MiniGrid encodings: object type (11), colour (6),
@@ -114,9 +113,7 @@ class MissionEncoder(nn.Module):
     """Mission token ids (B, L) (student_deploy.missions, left-padded) -> features: word
     embeddings read by a GRU, its last state (BabyAI's instruction encoder)."""
 
-    FEATURES = 128
-
-    def __init__(self, features: int = FEATURES, embedding: int = 32):
+    def __init__(self, features: int = 128, embedding: int = 32):
         super().__init__()
         self.embedding = nn.Embedding(MAX_WORDS + 2, embedding, padding_idx=0)
         self.gru = nn.GRU(embedding, features, batch_first=True)
@@ -141,11 +138,6 @@ class ActorCritic(nn.Module):
     With `mission`, it also reads the mission (token ids from `vocabulary`, which training grows):
     its features and the observation's are joined by a linear layer before the core.
 
-    With `previous_action`, it also sees the action it took last (DD-PPO's and Habitat's agents do),
-    carried as a one-hot at the end of its state: the caller writes it there once it has chosen
-    (`remember_actions`), and an episode's zeroed state reads as "no action yet". A student that
-    splits its mass between two turns can then commit to one instead of flipping each step.
-
     The state of a reactive policy is an empty (B, 0) tensor, so every caller handles both alike:
     `step(obs, state) -> (logits, new state)`, with the state of a new episode all zeros.
     (A 64-unit tanh MLP actor head, tried first, could not fit even the agent's heading from the
@@ -153,22 +145,19 @@ class ActorCritic(nn.Module):
     """
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, features: int = 256, encoder: str = 'grid',
-                 recurrent: int = 0, mission: bool = False, mission_words: list[str] | tuple[str, ...] = (),
-                 previous_action: bool = False):
+                 recurrent: int = 0, mission: bool = False, mission_words: list[str] | tuple[str, ...] = ()):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f'encoder {encoder!r} is not one of {tuple(ENCODERS)}')
         if recurrent < 0:
             raise ValueError(f'recurrent (the GRU size) must be >= 0 (0: no memory), got {recurrent}')
         self.obs_shape, self.num_actions, self.encoder_name = tuple(obs_shape), num_actions, encoder
-        self.recurrent, self.previous_action = recurrent, previous_action
+        self.recurrent = recurrent
         self.encoder = ENCODERS[encoder](obs_shape, features)
         self.vocabulary = MissionVocabulary(mission_words) if mission else None
-        joined = features + (MissionEncoder.FEATURES if mission else 0) + (num_actions if previous_action else 0)
         if mission:
             self.mission_encoder = MissionEncoder()
-        if joined > features:
-            self.join = nn.Sequential(nn.Linear(joined, features), nn.ReLU())
+            self.join = nn.Sequential(nn.Linear(features + self.mission_encoder.features, features), nn.ReLU())
         self.core = nn.GRUCell(features, recurrent) if recurrent else None
         head = recurrent or features
         self.actor = nn.Linear(head, num_actions)
@@ -177,18 +166,8 @@ class ActorCritic(nn.Module):
             nn.init.orthogonal_(layer.weight, gain)
             nn.init.zeros_(layer.bias)
 
-    @property
-    def state_size(self) -> int:
-        """Columns of the state: the GRU's units, then the previous action's one-hot (previous_action)."""
-        return self.recurrent + (self.num_actions if self.previous_action else 0)
-
     def initial_state(self, batch: int, device: torch.device | str = 'cpu') -> torch.Tensor:
-        return torch.zeros(batch, self.state_size, device=device)
-
-    def remember_actions(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The state with the actions just chosen written in, for a policy that sees its previous
-        action (unchanged otherwise): call it after each step, before the next."""
-        return remember_actions(state, actions, self.num_actions) if self.previous_action else state
+        return torch.zeros(batch, self.recurrent, device=device)
 
     @property
     def reads_mission(self) -> bool:
@@ -202,29 +181,22 @@ class ActorCritic(nn.Module):
             return None
         return torch.from_numpy(self.vocabulary.encode(texts, grow=grow, strict=strict))
 
-    def encode(self, obs: torch.Tensor, mission: torch.Tensor | None, previous: torch.Tensor) -> torch.Tensor:
-        """Features of observations, joined with the mission's and the previous action's (a one-hot,
-        (B, A); (B, 0) for a policy that does not see it) where the policy reads them."""
-        parts = [self.encoder(obs)]
+    def encode(self, obs: torch.Tensor, mission: torch.Tensor | None) -> torch.Tensor:
+        features = self.encoder(obs)
         if self.vocabulary is not None:
             if mission is None:
                 raise ValueError('this policy reads the mission: give its token ids (encode_missions)')
-            parts.append(self.mission_encoder(mission))
-        if self.previous_action:
-            parts.append(previous)
-        return self.join(torch.cat(parts, -1)) if len(parts) > 1 else parts[0]
+            features = self.join(torch.cat([features, self.mission_encoder(mission)], -1))
+        return features
 
     def forward(self, obs: torch.Tensor, state: torch.Tensor,
                 mission: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Action logits (B, A), values (B,) and the next state (B, state_size) of observations
-        (B, *obs_shape) (and, for a policy that reads it, the mission's token ids (B, L)); the next
-        state's previous-action part is zeros until remember_actions writes the chosen ones."""
-        memory, previous = state[:, :self.recurrent], state[:, self.recurrent:]
-        features = self.encode(obs, mission, previous)
+        """Action logits (B, A), values (B,) and the next state (B, H) of observations (B, *obs_shape)
+        (and, for a policy that reads it, the mission's token ids (B, L))."""
+        features = self.encode(obs, mission)
         if self.core is not None:
-            memory = features = self.core(features, memory)
-        return self.actor(features), self.critic(features).squeeze(-1), torch.cat(
-            [memory, torch.zeros_like(previous)], -1)
+            state = features = self.core(features, state)
+        return self.actor(features), self.critic(features).squeeze(-1), state
 
     def step(self, obs: torch.Tensor, state: torch.Tensor,
              mission: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,29 +205,18 @@ class ActorCritic(nn.Module):
         return logits, state
 
     def unroll(self, obs: torch.Tensor, state: torch.Tensor, starts: torch.Tensor,
-               mission: torch.Tensor | None = None,
-               actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               mission: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (T, B, A) and values (T, B) along sequences obs (T, B, *obs_shape) (missions
-        (T, B, L)) from `state` (B, state_size), zeroing the state where starts (T, B) marks an
-        episode's first observation. A policy that sees its previous action needs the actions taken
-        along the sequences (T, B): step t's previous action is step t - 1's (the first step's is
-        in `state`)."""
+        (T, B, L)) from `state` (B, H), zeroing the state where starts (T, B) marks an episode's
+        first observation."""
         steps, batch = obs.shape[:2]
-        kept = (1.0 - starts).unsqueeze(-1)  # (T, B, 1): 0 where an episode starts
-        previous = state[:, self.recurrent:].unsqueeze(0)
-        if self.previous_action:
-            if actions is None:
-                raise ValueError('this policy sees its previous action: give the actions taken along the sequences')
-            taken = nn.functional.one_hot(actions[:-1].long(), self.num_actions).to(state.dtype)
-            previous = torch.cat([previous, taken]) * kept
-        features = self.encode(obs.flatten(0, 1), None if mission is None else mission.flatten(0, 1),
-                               previous.expand(steps, batch, -1).flatten(0, 1))
+        features = self.encode(obs.flatten(0, 1), None if mission is None else mission.flatten(0, 1))
         features = features.view(steps, batch, -1)
         if self.core is not None:
-            memory, outputs = state[:, :self.recurrent], []
+            outputs = []
             for t in range(steps):  # the CNN ran on all steps at once; only the small core loops
-                memory = self.core(features[t], memory * kept[t])
-                outputs.append(memory)
+                state = self.core(features[t], state * (1.0 - starts[t]).unsqueeze(-1))
+                outputs.append(state)
             features = torch.stack(outputs)
         return self.actor(features), self.critic(features).squeeze(-1)
 
@@ -269,7 +230,6 @@ def eager_copy(policy: ActorCritic) -> ActorCritic:
     """A plain (not compiled) copy of a policy's current weights, on the CPU: to trace and export,
     to evaluate or act with while the original trains on."""
     copy = ActorCritic(policy.obs_shape, policy.num_actions, encoder=policy.encoder_name, recurrent=policy.recurrent,
-                       mission=policy.reads_mission, mission_words=policy.vocabulary.words if policy.reads_mission else (),
-                       previous_action=policy.previous_action)
+                       mission=policy.reads_mission, mission_words=policy.vocabulary.words if policy.reads_mission else ())
     copy.load_state_dict({k: v.detach().cpu().clone() for k, v in policy.state_dict().items()})
     return copy.eval()

@@ -81,10 +81,6 @@ class PPOConfig:
     """the policy reads the mission text too (ActorCritic's mission encoder): for tasks whose
     mission changes between episodes (GoToObject: "go to the red ball"); the step batches must carry
     it, and a deployed policy then needs it on its `mission` topic."""
-    previous_action: bool = False
-    """the policy sees the action it took last (ActorCritic's previous_action, DD-PPO's prev_actions),
-    so that it can commit to a turn: the camera + map student on GoToRedBall split its mass between
-    the two turns and, greedy, flipped between them for whole episodes (docs/results.md)."""
     bptt_steps: int = 16
     """with `recurrent`: steps a minibatch sequence holds (truncated back-propagation through time,
     Sample Factory's `recurrence`): the update unrolls the GRU over chunks of this many consecutive
@@ -330,16 +326,14 @@ class PPOLearner:
         self.rng = np.random.default_rng(config.seed)
         self.device = torch_device(config.device)
         self.policy = ActorCritic(obs_shape, num_actions, encoder=config.encoder, recurrent=config.recurrent,
-                                  mission=config.mission, mission_words=mission_words,
-                                  previous_action=config.previous_action).to(self.device)
-        graphs = (f'{config.encoder} {tuple(obs_shape)} recurrent {config.recurrent} mission {config.mission} '
-                  f'previous action {config.previous_action}, '
+                                  mission=config.mission, mission_words=mission_words).to(self.device)
+        graphs = (f'{config.encoder} {tuple(obs_shape)} recurrent {config.recurrent} mission {config.mission}, '
                   f'{num_envs} envs in {num_groups} groups, minibatch {config.minibatch_size}, {config.device}')
         self.compile_cache = setup_compile(config, graphs)  # None: eager, or checked after the first update
         if self.compile_cache is not None:
             self.policy.encoder.compile()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
-        self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions, num_groups, self.policy.state_size,
+        self.storage = RolloutStorage(config.num_steps, num_envs, obs_shape, num_actions, num_groups, config.recurrent,
                                       MISSION_LENGTH if config.mission else 0)
         self.replay = TeacherReplay(config.teacher_replay, config.sequence_length) if config.teacher_replay else None
         self.num_envs, self.num_actions = num_envs, num_actions
@@ -378,9 +372,8 @@ class PPOLearner:
         state = self.state[envs] * (1.0 - starts).unsqueeze(-1)
         s.states[t, envs] = state.cpu().numpy()
         tokens = self.missions(missions)
-        dist, values, next_state = self.policy.distribution(torch.from_numpy(obs).to(self.device), state, tokens)
+        dist, values, self.state[envs] = self.policy.distribution(torch.from_numpy(obs).to(self.device), state, tokens)
         actions = dist.sample()
-        self.state[envs] = self.policy.remember_actions(next_state, actions)
         s.starts[t, envs] = self.starts[envs]
         s.obs[t, envs] = obs
         if tokens is not None:
@@ -451,7 +444,7 @@ class PPOLearner:
         skipped = 0
         for mb in minibatches(*sequences, cfg.minibatch_size, cfg.update_epochs, self.rng, self.device):
             logits, new_values = self.policy.unroll(mb.obs, mb.state, mb.starts,
-                                                    mb.missions if self.policy.reads_mission else None, mb.actions)
+                                                    mb.missions if self.policy.reads_mission else None)
             dist = Categorical(logits=logits)
             logratio = dist.log_prob(mb.actions) - mb.logprobs
             ratio = logratio.exp()
@@ -469,8 +462,7 @@ class PPOLearner:
             if replaying:
                 labels = self.replay.sample(mb.state.shape[0], self.rng, self.device)
                 replay_logits, _ = self.policy.unroll(labels.obs, labels.state, labels.starts,
-                                                      labels.missions if self.policy.reads_mission else None,
-                                                      labels.actions)
+                                                      labels.missions if self.policy.reads_mission else None)
                 replay_loss = cross_entropy(replay_logits, labels.teacher_probs, labels.teacher_mask)
                 loss = loss + weight * replay_loss
 

@@ -125,7 +125,6 @@ class TeacherLabels(NamedTuple):
     starts: torch.Tensor
     obs: torch.Tensor
     missions: torch.Tensor
-    actions: torch.Tensor  # what the student took: a policy that sees its previous action reads them
     teacher_probs: torch.Tensor
     teacher_mask: torch.Tensor
 
@@ -136,7 +135,7 @@ class TeacherReplay:
     drops it): a ring of the last `frames` / `sequence` sequences that carry a suggestion. Kept in
     memory only (a resumed run starts it empty): at 48x48 rgbd + map a frame takes 18 KB."""
 
-    FIELDS = ('starts', 'obs', 'missions', 'actions', 'teacher_probs', 'teacher_mask')
+    FIELDS = ('starts', 'obs', 'missions', 'teacher_probs', 'teacher_mask')
 
     def __init__(self, frames: int, sequence: int):
         self.capacity, self.sequence = max(1, frames // sequence), sequence
