@@ -3,12 +3,12 @@ import subprocess
 
 import numpy as np
 import pytest
-from llm_teacher_msgs.msg import ActionBatch, PerceptionBatch, StepBatch, Suggestion, SuggestionBatch
+from llm_teacher_msgs.msg import ActionBatch, PerceptionBatch, StepBatch
 from llm_teacher_msgs.srv import ResetEnvs
 from ros_helpers import spin_until
 from sensor_msgs.msg import Image
 
-from llm_teacher_common.messages import observations_from_msg, perceptions_from_msg, top_suggestion
+from llm_teacher_common.messages import observations_from_msg, perceptions_from_msg
 from habitat_bridge.minigrid.expert import ScriptedExpert
 from llm_teacher_common.lockstep import LockstepSim, Verdict
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
@@ -179,17 +179,6 @@ def test_an_unknown_task_id_stops_the_node_with_a_clear_error():
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "unknown task id 'MiniGrid-Nope-v0'" in result.stderr + result.stdout, result.stderr
-
-
-
-def test_the_top_suggestion_of_an_env_is_read_from_its_own_groups_batch():
-    """Live views and reports name the teacher's best option for one env of the sim (env 3 is the
-    second env of group 1 when groups hold 2 envs)."""
-    best = Suggestion(valid=True, options=['explore', 'go to the red key'], option_probs=[0.3, 0.7])
-    batch = SuggestionBatch(seq=4, group=1, suggestions=[Suggestion(), best])
-    assert top_suggestion(batch, 3) == ('go to the red key', pytest.approx(0.7))
-    assert top_suggestion(batch, 2) is None  # no answer (yet) for that env
-    assert top_suggestion(batch, 1) is None  # env 1 is in group 0's batches
 
 
 def test_sim_protocol_steps_each_waiting_batch_once_and_resends_unanswered_ones():

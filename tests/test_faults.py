@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from llm_teacher_msgs.msg import (ActionBatch, PerceptionBatch, StepBatch, Suggestion, SuggestionBatch, TeacherStatus,
-                                  TrainingStatus)
+from llm_teacher_msgs.msg import ActionBatch, PerceptionBatch, StepBatch, SuggestionBatch, TeacherStatus, TrainingStatus
 from ros_helpers import spin_until
 
 from llm_teacher_common.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
@@ -54,9 +53,11 @@ def test_malformed_step_batches_are_refused_and_counted():
 
 def test_suggestions_that_are_not_distributions_count_as_none():
     good = np.full(A, 1 / A)
-    probs, mask, invalid = suggestion_arrays(
-        [good, np.full(A, np.nan), -good, good * 2, good[:3], good], [True, True, True, True, True, False], A)
+    rows = np.array([good, np.full(A, np.nan), -good, good * 2, np.where(np.arange(A), np.inf, -np.inf), good])
+    probs, mask, invalid = suggestion_arrays(rows, [True, True, True, True, True, False], A)
     assert mask.tolist() == [1, 0, 0, 0, 0, 0] and invalid == 4 and np.isfinite(probs).all()
+    probs, mask, invalid = suggestion_arrays(rows[:, :3], [True, True, False, True, True, False], A)  # other actions
+    assert probs.shape == (6, A) and not mask.any() and invalid == 4
     loop = make_loop([])
     loop.on_step(step(0))
     loop.on_suggestions(1, 0, 0, np.zeros((N + 1, A), np.float32), np.ones(N + 1, np.float32))  # wrong length
@@ -160,8 +161,8 @@ def test_the_graph_survives_killed_nodes_and_malformed_messages(tmp_path, ros_no
         ActionBatch(seq=0, actions=[99, -1]),
         TrainingStatus(frames=1, fps=nan, success_rate=nan),
         TeacherStatus(mean_latency_ms=nan),
-    ] + [SuggestionBatch(seq=seq, suggestions=[Suggestion(valid=True, action_probs=[nan] * 7)] * 4)
-         for seq in range(0, 7000, 20)]
+    ] + [SuggestionBatch(seq=seq, num_actions=7, valid=[True] * 4, action_probs=[nan] * 28, cache_hit=[False] * 4,
+                         latency_ms=[0.0] * 4) for seq in range(0, 7000, 20)]
     times = {}
     try:
         with LaunchRunner(specs, log=logs.append) as graph:

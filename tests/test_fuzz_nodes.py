@@ -27,8 +27,7 @@ from builtin_interfaces.msg import Time as TimeMsg
 from geometry_msgs.msg import Point, Pose, PoseArray, Quaternion, TransformStamped, Twist
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from llm_teacher_msgs.msg import (ActionBatch, PerceptionBatch, StepBatch, Suggestion, SuggestionBatch, TeacherStatus,
-                                  TrainingStatus)
+from llm_teacher_msgs.msg import ActionBatch, PerceptionBatch, StepBatch, SuggestionBatch, TeacherStatus, TrainingStatus
 from nav_msgs.msg import OccupancyGrid, Odometry
 from rcl_interfaces.srv import ListParameters
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -142,12 +141,25 @@ def action_batches(draw):
 
 @st.composite
 def suggestion_batches(draw):
-    suggestions = draw(st.lists(st.builds(
-        Suggestion, valid=st.booleans(), options=st.lists(TEXT, max_size=6), option_probs=st.lists(FLOAT32, max_size=6),
-        action_probs=st.lists(FLOAT32, max_size=9), source=TEXT, cache_hit=st.booleans(), latency_ms=FLOAT32), max_size=6))
+    """Parallel arrays for n environments of num_actions actions and m options, each of that length
+    or of another; half the batches' action_probs rows are distributions (deep enough to attach)."""
+    n, m = draw(st.integers(0, 6)), draw(st.integers(0, 8))
+    num_actions = draw(st.one_of(st.just(7), st.integers(0, 9), UINT32))
+
+    def array(elements, size: int) -> list:
+        return draw(st.one_of(st.lists(elements, min_size=size, max_size=size), st.lists(elements, max_size=8)))
+
+    if num_actions == 7 and draw(st.booleans()):
+        action_probs = np.random.default_rng(draw(UINT32)).dirichlet(np.ones(7), n).ravel().tolist()
+    else:
+        action_probs = array(FLOAT32, n * num_actions if n * num_actions <= 64 else 0)
     msg = SuggestionBatch(seq=draw(st.one_of(SMALL, UINT64)), epoch=draw(st.one_of(st.just(0), UINT64)),
-                          group=draw(st.one_of(st.just(0), UINT32)), suggestions=suggestions)
-    return Fuzzed(msg, draw(STAMPS), kind='SuggestionBatch')
+                          group=draw(st.one_of(st.just(0), UINT32)), source=draw(TEXT), num_actions=num_actions,
+                          valid=array(st.booleans(), n), action_probs=action_probs, cache_hit=array(st.booleans(), n),
+                          latency_ms=array(FLOAT32, n), option_env=array(st.one_of(st.integers(0, n), UINT32), m),
+                          options=array(TEXT, m), option_probs=array(FLOAT32, m))
+    fits = len(msg.valid) == len(msg.cache_hit) == len(msg.latency_ms) == n and len(action_probs) == n * num_actions
+    return Fuzzed(msg, draw(STAMPS), kind=f'SuggestionBatch {"ok-size" if fits else "bad-size"}')
 
 
 @st.composite

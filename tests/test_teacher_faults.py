@@ -22,6 +22,7 @@ from ros_helpers import spin_until
 from sensor_msgs.msg import Image
 from visualization_msgs.msg import MarkerArray
 
+from llm_teacher_common.commands import NUM_EMBODIED_ACTIONS
 from llm_teacher_common.messages import perception_batch_msg, step_batch_msg
 from llm_teacher_common.perception import FREE, OccupancyGrid, PerceivedObject, Perception
 from llm_teacher_common.steps import VecStep
@@ -247,7 +248,8 @@ def batch(seq, perception, obs):
     step = VecStep(obs[None], np.zeros(1, np.float32), np.zeros(1, bool), np.zeros(1, bool), np.zeros(1, bool),
                    np.zeros(1, np.int64), [perception], [perception.mission])
     stamp = Time(sec=1)
-    return step_batch_msg(step, seq, stamp, 'memory_map', 7), perception_batch_msg([perception], seq, stamp)
+    num_actions = NUM_EMBODIED_ACTIONS if perception.task_family == 'embodied' else 7  # MiniGrid's 7
+    return step_batch_msg(step, seq, stamp, 'memory_map', num_actions), perception_batch_msg([perception], seq, stamp)
 
 
 def test_the_teacher_node_refuses_what_it_cannot_plan_on_and_answers_the_next_batch(tmp_path, ros_node):
@@ -279,7 +281,7 @@ def test_the_teacher_node_refuses_what_it_cannot_plan_on_and_answers_the_next_ba
             perceptions.publish(perception_msg)
         spin_until(ros_node, lambda: suggestions or node.poll() is not None, 30, 'the good batch answered')
         assert node.poll() is None, ''.join(node.lines)
-        assert [b.seq for b in suggestions] == [5] and suggestions[0].suggestions[0].valid
+        assert [b.seq for b in suggestions] == [5] and suggestions[0].valid[0]
         assert 'step batch 1 not answered' in ''.join(node.lines)  # the next ones within 5 s: throttled
     finally:
         assert stop_node(node) == 0, ''.join(node.lines)

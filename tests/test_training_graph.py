@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from llm_teacher_msgs.msg import SuggestionBatch, TeacherStatus, TrainingStatus
 from mcap_ros2.reader import read_ros2_messages
@@ -14,7 +15,7 @@ from ros_helpers import spin_until
 from sensor_msgs.msg import Image
 from websockets.sync.client import connect
 
-from llm_teacher_common.messages import top_suggestion
+from llm_teacher_common.messages import suggestions_from_msg, top_suggestion
 from llm_teacher_common.launch_runner import LaunchRunner, load_launch_file, resolve_arguments
 from llm_teacher.report import frame_strip, make_report, read_recording, suggestion_at
 from student_policy.checkpoints import read_checkpoint
@@ -211,11 +212,13 @@ def test_the_llm_teacher_node_teaches_the_student_through_the_graph(tmp_path, ro
         shown = len(images)
         spin_until(ros_node, lambda: len(images) >= shown + 2, 30, 'two more images from batch_sim_node')
     assert any(s.teacher_weight > 9 for s in statuses)
-    valid = [s for batch in suggestions for s in batch.suggestions if s.valid]
-    assert valid, '\n'.join(logs[-30:])
-    for s in valid[:50]:
-        assert s.source == 'transformers:SmolLM2-135M-Instruct' and len(s.action_probs) == 7
-        assert abs(sum(s.action_probs) - 1) < 1e-4 and abs(sum(s.option_probs) - 1) < 1e-4
+    assert any(batch.valid.count(True) for batch in suggestions), '\n'.join(logs[-30:])
+    for batch in suggestions[:50]:
+        read = suggestions_from_msg(batch)
+        assert batch.source == 'transformers:SmolLM2-135M-Instruct' and read.action_probs.shape[1] == 7
+        assert np.allclose(read.action_probs[read.valid].sum(axis=1), 1, atol=1e-4)
+        for env in np.flatnonzero(read.valid):
+            assert abs(read.option_probs[read.option_env == env].sum() - 1) < 1e-4
     assert teacher_statuses[-1].llm_errors == 0
 
     # The report command turns the run directory into a page with the teacher's suggestions.
@@ -249,10 +252,11 @@ def test_an_embodied_robot_learns_from_its_camera_through_the_graph(tmp_path, ro
     with LaunchRunner(specs, log=logs.append):
         spin_until(ros_node, lambda: sum(s.teacher_coverage > 0.5 for s in statuses) >= 2, 300,
                    'two rollouts with teacher coverage above 0.5 (is teacher_node answering?)')
-    valid = [s for batch in suggestions for s in batch.suggestions if s.valid]
-    assert valid, '\n'.join(logs[-30:])
-    for s in valid[:50]:
-        assert len(s.action_probs) == 8 and abs(sum(s.action_probs) - 1) < 1e-4  # MiniWorld's actions
+    assert any(batch.valid.count(True) for batch in suggestions), '\n'.join(logs[-30:])
+    for batch in suggestions[:50]:
+        read = suggestions_from_msg(batch)
+        assert read.action_probs.shape[1] == 8  # MiniWorld's actions
+        assert np.allclose(read.action_probs[read.valid].sum(axis=1), 1, atol=1e-4)
     state = read_checkpoint(tmp_path / 'checkpoints' / 'last.pt')
     assert state['config']['encoder'] == 'image' and state['obs_shape'] == [64, 64, 4]
 

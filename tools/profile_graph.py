@@ -43,7 +43,7 @@ ROWS = {
                        ('C++ executor: wait, take, deserialise', ('',))],
     'teacher_node': [('suggest', ('Teacher.suggest',)),
                      ('perceptions_from_msg', ('perceptions_from_msg',)),
-                     ('SuggestionBatch build', ('TeacherNode.answer', 'Suggestion.__init__')),
+                     ('SuggestionBatch build', ('suggestion_batch_msg',)),
                      ('SuggestionBatch publish (DDS)', ('TeacherNode.answer', 'Publisher.publish')),
                      ('C++ executor: wait, take, deserialise', ('',))],
     'visualization_node': [('action bars', ('on_actions',)), ('suggestion marker', ('on_suggestions',)),

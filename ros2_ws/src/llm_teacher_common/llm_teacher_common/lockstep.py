@@ -138,20 +138,18 @@ class LearnerGroups:
         return epoch == self.epochs.get(group) and last < seq <= last + window
 
 
-def suggestion_arrays(action_probs: list, valid: list[bool], num_actions: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(probs (N, A), mask (N,), invalid count) of N suggested action distributions: a suggestion
-    counts only when valid and a distribution over the A actions (finite, >= 0, sums to 1)."""
+def suggestion_arrays(action_probs: np.ndarray, valid: np.ndarray, num_actions: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(probs (N, A), mask (N,), invalid count) of N suggested action distributions `action_probs`
+    (N, A'): a suggestion counts only when valid and a distribution over the A actions (A' == A,
+    finite, >= 0, sums to 1); with A' != A every valid one is invalid."""
+    valid = np.asarray(valid, bool)
     n = len(valid)
     probs = np.zeros((n, num_actions), np.float32)
-    mask = np.zeros(n, np.float32)
-    invalid = 0
-    for i, (p, ok) in enumerate(zip(action_probs, valid)):
-        if not ok:
-            continue
-        p = np.asarray(p, np.float64)
-        if (p.shape != (num_actions,) or not np.isfinite(p).all() or (p < 0).any()
-                or abs(p.sum() - 1.0) > PROBABILITY_TOLERANCE):
-            invalid += 1
-            continue
-        probs[i], mask[i] = p, 1.0
-    return probs, mask, invalid
+    p = np.asarray(action_probs, np.float64)
+    if p.shape != (n, num_actions):
+        return probs, np.zeros(n, np.float32), int(valid.sum())
+    with np.errstate(invalid='ignore'):  # inf - inf in a row's sum: that row is refused anyway
+        sums_to_one = np.abs(p.sum(axis=1) - 1.0) <= PROBABILITY_TOLERANCE
+    ok = valid & np.isfinite(p).all(axis=1) & (p >= 0).all(axis=1) & sums_to_one
+    probs[ok] = p[ok]
+    return probs, ok.astype(np.float32), int(valid.sum() - ok.sum())

@@ -3,6 +3,8 @@ batches, occupancy grids, and camera images (no rclpy import, no simulator)."""
 from __future__ import annotations
 
 import array
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -83,7 +85,27 @@ def index_in_batch(env: int, group: int, batch_size: int) -> int | None:
 
 def top_suggestion(batch: msg.SuggestionBatch, env: int) -> tuple[str, float] | None:
     """The teacher's most likely option for the sim's environment `env` and its probability, e.g.
-    ('go to the yellow key', 0.82); None when `env` is in another group's batch or has no answer."""
+    ('go to the yellow key', 0.82); None when `env` is in another group's batch, has no answer or
+    the batch is malformed. Reads recordings made before the parallel arrays too."""
+    if hasattr(batch, 'suggestions'):
+        return _top_of_nested(batch, env)
+    index = index_in_batch(env, batch.group, len(batch.valid))
+    if index is None or index >= len(batch.valid) or not batch.valid[index]:
+        return None
+    try:
+        read = suggestions_from_msg(batch)
+    except ValueError:
+        return None  # malformed: nothing to show
+    mine = np.flatnonzero(read.option_env == index)
+    probs = read.option_probs[mine].astype(np.float64)
+    if not len(probs) or not np.isfinite(probs).all():
+        return None
+    best = int(mine[np.argmax(probs)])
+    return read.options[best], float(read.option_probs[best])
+
+
+def _top_of_nested(batch, env: int) -> tuple[str, float] | None:
+    """top_suggestion of a recorded batch of the layout before #35 (one nested Suggestion per env)."""
     # getattr: recordings made before env groups existed have no `group` field (all were group 0)
     index = index_in_batch(env, getattr(batch, 'group', 0), len(batch.suggestions))
     if index is None or index >= len(batch.suggestions) or not batch.suggestions[index].valid:
@@ -94,6 +116,79 @@ def top_suggestion(batch: msg.SuggestionBatch, env: int) -> tuple[str, float] | 
         return None  # malformed: nothing to show
     best = int(np.argmax(probs))
     return suggestion.options[best], float(suggestion.option_probs[best])
+
+
+def suggestion_batch_msg(suggestions: Sequence, seq: int, stamp: Time, num_actions: int, source: str,
+                         epoch: int = 0, group: int = 0) -> msg.SuggestionBatch:
+    """The teacher's answer to step batch (`epoch`, `seq`) of env group `group`, as SuggestionBatch's
+    parallel arrays. `suggestions` holds one llm_teacher.teacher.Suggestion per environment (valid,
+    options, option_probs, action_probs, cache_hit, latency_ms); `num_actions` is the step batch's.
+
+    :raises ValueError: a valid suggestion whose action_probs are not `num_actions` long, or one
+        whose options and option_probs differ in length.
+    """
+    n = len(suggestions)
+    probs = np.zeros((n, num_actions), np.float32)
+    for i, s in enumerate(suggestions):
+        if len(s.options) != len(s.option_probs):
+            raise ValueError(f'suggestion batch {seq}: environment {i} has {len(s.options)} options and '
+                             f'{len(s.option_probs)} option_probs')
+        if s.valid:
+            if len(s.action_probs) != num_actions:
+                raise ValueError(f'suggestion batch {seq}: environment {i} has {len(s.action_probs)} action_probs, '
+                                 f'but the step batch has {num_actions} actions')
+            probs[i] = s.action_probs
+    # array.array fields skip the generated setters' per-element checks
+    out = msg.SuggestionBatch(
+        seq=seq, epoch=epoch, group=group, source=source, num_actions=num_actions,
+        valid=[bool(s.valid) for s in suggestions], action_probs=array.array('f', probs.tobytes()),
+        cache_hit=[bool(s.cache_hit) for s in suggestions],
+        latency_ms=array.array('f', [s.latency_ms for s in suggestions]),
+        option_env=array.array('I', [env for env, s in enumerate(suggestions) for _ in s.options]),
+        options=[o for s in suggestions for o in s.options],
+        option_probs=array.array('f', [p for s in suggestions for p in s.option_probs]))
+    out.header.stamp = stamp
+    return out
+
+
+@dataclass
+class Suggestions:
+    """The N suggestions of a suggestion batch as arrays (views of the message's where it can)."""
+
+    valid: np.ndarray  # (N,) bool
+    action_probs: np.ndarray  # (N, num_actions) float32, zeros where not valid
+    cache_hit: np.ndarray  # (N,) bool
+    latency_ms: np.ndarray  # (N,) float32
+    option_env: np.ndarray  # (M,) whose option each is
+    options: list[str]  # (M,)
+    option_probs: np.ndarray  # (M,) float32
+
+
+def suggestions_from_msg(batch: msg.SuggestionBatch) -> Suggestions:
+    """The arrays of a suggestion batch, checked to fit together (its values are not checked: the
+    student counts a row that is not a distribution as no suggestion, lockstep.suggestion_arrays).
+
+    :raises ValueError: arrays whose lengths do not match (N = len(valid) for the per-environment
+        ones, N x num_actions for action_probs, the options' count for the per-option ones), an
+        option of no environment.
+    """
+    n, a, m = len(batch.valid), batch.num_actions, len(batch.option_env)
+    wrong = [f'{name} has {len(getattr(batch, name))}' for name in ('cache_hit', 'latency_ms')
+             if len(getattr(batch, name)) != n]
+    if len(batch.action_probs) != n * a:
+        wrong.append(f'action_probs has {len(batch.action_probs)}, not {n} x {a}')
+    wrong += [f'{name} has {len(getattr(batch, name))}' for name in ('options', 'option_probs')
+              if len(getattr(batch, name)) != m]
+    if wrong:
+        raise ValueError(f'suggestion batch {batch.seq} for {n} environments, {a} actions and {m} options: '
+                         f'{", ".join(wrong)}')
+    option_env = np.asarray(batch.option_env, np.int64)
+    if m and option_env.max() >= n:
+        raise ValueError(f'suggestion batch {batch.seq}: an option of environment {option_env.max()}, '
+                         f'but there are {n}')
+    return Suggestions(np.asarray(batch.valid, bool), np.asarray(batch.action_probs, np.float32).reshape(n, a),
+                       np.asarray(batch.cache_hit, bool), np.asarray(batch.latency_ms, np.float32), option_env,
+                       list(batch.options), np.asarray(batch.option_probs, np.float32))
 
 
 def observations_from_msg(batch: msg.StepBatch) -> np.ndarray:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
 from llm_teacher_msgs.msg import PerceptionBatch, StepBatch, SuggestionBatch, TeacherStatus
-from llm_teacher_msgs.msg import Suggestion as SuggestionMsg
 from rclpy.node import Node
 
-from llm_teacher_common.messages import observations_from_msg, perceptions_from_msg
+from llm_teacher_common.messages import observations_from_msg, perceptions_from_msg, suggestion_batch_msg
 from llm_teacher_common.node import group_list, parameter, spin
 from llm_teacher.backends import LLMError, default_cache_dir, make_backend
 from llm_teacher.cache import AnswerCache
@@ -84,19 +82,14 @@ class TeacherNode(Node):
         self.answer(*((batch, partner) if isinstance(batch, StepBatch) else (partner, batch)))
 
     def answer(self, step: StepBatch, perceptions: PerceptionBatch) -> None:
-        out = SuggestionBatch(seq=step.seq, epoch=step.epoch, group=step.group)
-        out.header.stamp = self.get_clock().now().to_msg()
         try:
             observations = observations_from_msg(step)
             if len(step.missions) != len(observations):  # the perceptions' missions are the step batch's
                 raise ValueError(f'{len(step.missions)} missions for {len(observations)} environments')
             perceived = perceptions_from_msg(perceptions, step.missions)
-            for obs, perception in zip(observations, perceived):
-                s = self.teacher.suggest(perception, obs)
-                out.suggestions.append(SuggestionMsg(
-                    valid=s.valid, options=s.options, option_probs=s.option_probs,
-                    action_probs=np.asarray(s.action_probs, np.float32).tolist(), source=self.teacher.source,
-                    cache_hit=s.cache_hit, latency_ms=s.latency_ms))
+            suggestions = [self.teacher.suggest(perception, obs) for obs, perception in zip(observations, perceived)]
+            out = suggestion_batch_msg(suggestions, step.seq, self.get_clock().now().to_msg(), step.num_actions,
+                                       self.teacher.source, step.epoch, step.group)
         except Exception as err:  # noqa: BLE001
             # Teacher.suggest refuses what it cannot plan on in bounded time (ValueError); any other
             # fault of a malformed batch is caught too: nothing on the domain may end the teacher.

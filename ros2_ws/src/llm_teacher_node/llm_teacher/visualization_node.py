@@ -102,7 +102,7 @@ class VisualizationNode(Node):
         return guarded
 
     def on_suggestions(self, batch: SuggestionBatch) -> None:
-        if index_in_batch(self.env, batch.group, len(batch.suggestions)) is None or not self.due('suggestion'):
+        if index_in_batch(self.env, batch.group, len(batch.valid)) is None or not self.due('suggestion'):
             return  # the batch of another env group, or drawn a moment ago
         text, probability = top_suggestion(batch, self.env) or ('teacher: no answer yet', 0.0)
         marker = Marker(ns='teacher_suggestion', id=0, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)

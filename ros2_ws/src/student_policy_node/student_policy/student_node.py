@@ -20,7 +20,7 @@ from llm_teacher_msgs.msg import ActionBatch, StepBatch, SuggestionBatch, Teache
 from rclpy.node import Node
 
 from llm_teacher_common.lockstep import suggestion_arrays
-from llm_teacher_common.messages import observations_from_msg
+from llm_teacher_common.messages import observations_from_msg, suggestions_from_msg
 from llm_teacher_common.node import parameter, spin
 from student_policy.callbacks import (CheckpointCallback, EvalCallback, MetricsLogCallback, checkpoint_path,
                                      progress_line, run_callbacks)
@@ -117,13 +117,18 @@ class StudentNode(Node):
     def on_suggestions(self, batch: SuggestionBatch) -> None:
         if self.loop.learner is None:
             return
-        s = batch.suggestions
-        probs, mask, invalid = suggestion_arrays([x.action_probs for x in s], [x.valid for x in s],
-                                                 self.loop.learner.num_actions)
+        try:
+            read = suggestions_from_msg(batch)
+        except ValueError as err:
+            self.loop.counters.rejected_suggestions += 1
+            self.get_logger().warning(f'{err}: refused', throttle_duration_sec=5.0)
+            return
+        probs, mask, invalid = suggestion_arrays(read.action_probs, read.valid, self.loop.learner.num_actions)
         if invalid:
             self.loop.counters.invalid_suggestions += invalid
-            self.get_logger().warning(f'{invalid} suggestion(s) of batch {batch.seq} from {s[0].source!r} are not '
-                                      f'distributions over the actions: ignored', throttle_duration_sec=5.0)
+            self.get_logger().warning(f'{invalid} suggestion(s) of batch {batch.seq} from {batch.source!r} are not '
+                                      f'distributions over the {self.loop.learner.num_actions} actions: ignored',
+                                      throttle_duration_sec=5.0)
         self.loop.on_suggestions(batch.epoch, batch.seq, batch.group, probs, mask)
 
     def make_learner(self, obs_shape, num_envs: int, num_actions: int, encoder: str, num_groups: int) -> PPOLearner:
