@@ -11,7 +11,7 @@ from habitat_bridge.embodied.expert import segment_distances
 from habitat_bridge.embodied.mapping import OccupancyMapper
 from habitat_bridge.embodied.vector import EmbodiedVecEnv
 from llm_teacher_common.camera import DEPTH_STEP_M, decode_depth
-from llm_teacher_common.commands import BACK, FORWARD
+from llm_teacher_common.commands import BACK, DROP, FORWARD
 from llm_teacher_common.perception import FREE, OCCUPIED, OccupancyGrid, PerceivedObject, Perception
 from llm_teacher.embodied_skills import EmbodiedSkills
 from llm_teacher.options import EXPLORE, Option, feasible_options
@@ -72,7 +72,10 @@ def test_grounding_offers_pick_up_only_when_the_mission_moves_objects():
     go_to = {o.verb for o in feasible_options(Perception('go to the red ball', seen, task_family='embodied'))}
     put = {o.verb for o in feasible_options(Perception('put the red box next to the blue box', seen,
                                                        task_family='embodied'))}
-    assert go_to == {'explore', 'go to'} and put == {'explore', 'go to', 'pick up'}
+    assert go_to == {'go to'} and put == {'explore', 'go to'}  # the blue box is not the one to move
+    seen.append(PerceivedObject('box', 'red', forward=4.0))
+    put = feasible_options(Perception('put the red box next to the blue box', seen, task_family='embodied'))
+    assert [o for o in put if o.verb == 'pick up'] == [Option('pick up', 'box', 'red')]
 
 
 def open_floor(mission: str, objects=(), carrying=None, bumped: bool = False) -> Perception:
@@ -139,6 +142,23 @@ def test_mapper_marks_what_stops_the_robot_and_the_skills_back_off_or_steer_roun
     far_box = PerceivedObject('box', 'yellow', forward=5.0, left=3.0)
     put = 'put the red box next to the yellow box'
     assert np.argmax(skills.policy({go_to_box: 1.0}, open_floor(put, [far_box], held, bumped=True))) == BACK
+
+
+def test_the_object_the_mission_moves_is_dropped_only_next_to_its_target():
+    """A sampled teacher dropped the box on the way (PutNext sampled 0.38): the drop skill puts
+    down the mission's object only where it is pushed against the one to put it next to; any
+    other object wherever the robot stands."""
+    skills = EmbodiedSkills()
+    put = 'put the red box next to the yellow box'
+    held, drop = PerceivedObject('box', 'red'), Option('drop', 'box', 'red')
+    near, far = PerceivedObject('box', 'yellow', forward=2.2), PerceivedObject('box', 'yellow', forward=5.0)
+    assert skills.action(drop, open_floor(put, [near], held, bumped=True)) == DROP
+    assert skills.action(drop, open_floor(put, [far], held)) is None
+    assert skills.action(drop, open_floor(put, [], held)) is None
+    probs = skills.policy({drop: 0.5, Option('go to', 'box', 'yellow'): 0.5}, open_floor(put, [far], held))
+    assert probs[DROP] == 0
+    other = PerceivedObject('box', 'blue')
+    assert skills.action(Option('drop', 'box', 'blue'), open_floor(put, [far], other)) == DROP
 
 
 @pytest.mark.slow

@@ -11,7 +11,9 @@ They never read the simulator's state, and keep none of their own: one perceptio
   last bit straight at it. Carrying, up to where the way to it is clear of other objects, then
   line up and push what it holds against it.
 - pick up <object>: go to it, face it, pick up.
-- drop <object>: put down what the robot carries (it holds it in front).
+- drop <object>: put down what the robot carries (it holds it in front); the object the mission
+  says to move only next to the one it names to put it by (nothing to do elsewhere: a drop on the
+  way was a sampled teacher's usual failure on PutNext).
 - explore: the same path following, to the nearest frontier (free cell next to unknown ones).
 As on MiniGrid, the planning is on what the robot has seen, so the teacher is only as good as
 its map: a target behind an unmapped wall is reached by exploring first.
@@ -25,7 +27,7 @@ import numpy as np
 
 from llm_teacher_common.commands import BACK, DROP, FORWARD, NUM_EMBODIED_ACTIONS, PICKUP, TURN_LEFT, TURN_RIGHT
 from llm_teacher_common.perception import BUMP_AHEAD, FREE, OCCUPIED, UNKNOWN, OccupancyGrid, Perception
-from llm_teacher.options import Option
+from llm_teacher.options import Option, mission_roles
 
 ROBOT_RADIUS = 0.45  # m kept between the robot's centre and mapped obstacles
 # MiniWorld: the robot's radius is 0.4 m, objects' 0.42-0.6 m; a held one hangs 1.05 * (0.57 m +
@@ -132,6 +134,11 @@ class EmbodiedSkills:
     def action(self, option: Option, perception: Perception) -> int | None:
         """The action `option` takes now, or None when it has nothing left to do here."""
         if option.verb == 'drop':
+            moved, next_to = mission_roles(perception.mission)
+            held = perception.carrying
+            if held is not None and (held.type, held.color) == moved and next_to is not None \
+                    and not delivered(perception, next_to[0], next_to[1]):
+                return None  # the object the mission moves is put down next to its target, nowhere else
             return DROP
         carrying = perception.carrying is not None
         if option.verb == 'go to' and carrying and delivered(perception, option.type, option.color):

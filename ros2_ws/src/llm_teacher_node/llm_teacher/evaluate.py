@@ -12,6 +12,7 @@ does not).
     python -m llm_teacher.evaluate --backend openai --base-url http://127.0.0.1:8000 --model qwen --planner-mode sample
     python -m llm_teacher.evaluate --ungrounded   # offer every option, possible or not
     python -m llm_teacher.evaluate --prompt-file my_prompt.txt   # a prompt of your own
+    python -m llm_teacher.evaluate --task MiniWorld-PutNext-v0   # embodied: acting alone only
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from habitat_bridge.minigrid.expert import ScriptedExpert
 from llm_teacher_common.perception import Perception
 from llm_teacher_common.stats import wilson_interval
 from habitat_bridge.minigrid.vector import make_env
-from habitat_bridge.vector import make_vec_env
+from habitat_bridge.vector import is_embodied, make_vec_env
 from llm_teacher.backends import BACKENDS, LLMError, default_cache_dir, make_backend
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator, describe
@@ -111,6 +112,13 @@ def act_alone(teacher: Teacher, task: str, episodes: int, grounded: bool = True,
 
 
 def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: int = 1000) -> dict:
+    """Accuracy along the expert's episodes (seeds seed ...), then act-alone success (the next
+    `episodes` seeds). Embodied tasks: act-alone success only (their scripted expert is an option
+    teacher, not a grid planner to label against)."""
+    if is_embodied(task):
+        alone = act_alone(teacher, task, episodes, grounded, seed + episodes)
+        return {'task': task, 'teacher': teacher.source, 'planner_mode': teacher.planner.mode, 'grounded': grounded,
+                'accuracy': None, 'situations': 0, **_alone_fields(alone), **_counter_fields(teacher)}
     env = make_env(task)
     correct = total = 0
     for episode in range(episodes):  # accuracy along the expert's trajectories
@@ -128,14 +136,21 @@ def evaluate(teacher: Teacher, task: str, episodes: int, grounded: bool, seed: i
             if terminated or truncated:
                 break
     alone = act_alone(teacher, task, episodes, grounded, seed + episodes)
-    counters = teacher.counters
     return {'task': task, 'teacher': teacher.source, 'planner_mode': teacher.planner.mode, 'grounded': grounded,
-            'accuracy': correct / max(total, 1), 'situations': total,
-            'act_alone_success': alone['sampled'], 'act_alone_success_greedy': alone['greedy'],
+            'accuracy': correct / max(total, 1), 'situations': total, **_alone_fields(alone),
+            **_counter_fields(teacher)}
+
+
+def _alone_fields(alone: dict) -> dict:
+    return {'act_alone_success': alone['sampled'], 'act_alone_success_greedy': alone['greedy'],
             'sampled_interval95': alone['sampled_interval95'], 'greedy_interval95': alone['greedy_interval95'],
-            'greedy_failures': alone['greedy_failures'], 'episodes': episodes,
-            # counters run on over the tasks of one evaluation: calls (and their mean time) so far
-            'llm_calls': counters.llm_calls, 'seconds_per_new_prompt': round(counters.mean_latency_ms / 1000, 2),
+            'greedy_failures': alone['greedy_failures'], 'episodes': alone['episodes']}
+
+
+def _counter_fields(teacher: Teacher) -> dict:
+    """The counters run on over the tasks of one evaluation: calls (and their mean time) so far."""
+    counters = teacher.counters
+    return {'llm_calls': counters.llm_calls, 'seconds_per_new_prompt': round(counters.mean_latency_ms / 1000, 2),
             'llm_errors': counters.llm_errors, 'parse_failures': counters.parse_failures}
 
 
@@ -143,6 +158,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m llm_teacher.evaluate', description=__doc__.splitlines()[0])
     parser.add_argument('--task', action='append', help='task id (repeatable); default: the paper tasks')
     parser.add_argument('--episodes', type=int, default=20)
+    parser.add_argument('--seed', type=int, default=1000,
+                        help='first seed of the expert episodes; acting alone uses the next --episodes seeds')
     # Left out, make_backend's and Planner's defaults apply: a test holds them equal to the YAML.
     llm = parser.add_argument_group('teacher (defaults: config/teacher_node.yaml)', argument_default=argparse.SUPPRESS)
     llm.add_argument('--backend', choices=BACKENDS)
@@ -171,7 +188,7 @@ def main(argv=None) -> int:
         print(f'evaluate: {err}', file=sys.stderr)
         return 2
     for task in tasks:
-        print(json.dumps(evaluate(teacher, task, args.episodes, not args.ungrounded)), flush=True)
+        print(json.dumps(evaluate(teacher, task, args.episodes, not args.ungrounded, args.seed)), flush=True)
     teacher.close()
     return 0
 
