@@ -51,8 +51,8 @@ EXPLORE = Option('explore')
 def feasible_options(perception: Perception) -> list[Option]:
     """The options offered in this perceived state, in a stable order (explore first, if offered).
 
-    Possible ones only, and of those, none that cannot help (measured on the five grid tasks:
-    docs/results/teacher-prompt.md):
+    Possible ones only, and of those, none that cannot help (measured on the five grid tasks and
+    the three MiniWorld ones: docs/results/teacher-prompt.md):
     - no explore when the object of the next step is known (next_step_known): the embedded model
       otherwise ranks explore first with the door's key in hand and the door in view, or with the
       box to move in hand and the one to put it next to in view;
@@ -94,7 +94,7 @@ def feasible_options(perception: Perception) -> list[Option]:
 
 
 def next_step_known(perception: Perception) -> bool:
-    """Whether the object of a grid robot's next step is known, so that exploring cannot help (as
+    """Whether the object of a robot's next step is known, so that exploring cannot help (as
     grounding drops impossible options, this drops a useless one): the locked door whose key it
     carries (open it), the key of a locked door seen (pick it up, or first drop a wrong one), a
     goal where no locked door is seen (go to it). Embodied robots: _embodied_next_step_known."""
