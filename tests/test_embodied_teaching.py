@@ -215,3 +215,14 @@ def test_student_learns_from_camera_images_with_the_llm_teacher(tmp_path):
     assert len(covered) == 6, f'the teacher answered half the states in only {len(covered)} rollouts'
     assert all(math.isfinite(d) for d in distill)
     assert np.mean(distill[-2:]) < 0.8 * distill[0], f'the student did not move towards the teacher: {distill}'
+
+
+def test_evaluate_measures_an_embodied_teacher_acting_alone(tmp_path):
+    """llm_teacher.evaluate on a MiniWorld task: act-alone success with intervals, no accuracy (the
+    grid expert it labels with has no embodied counterpart)."""
+    from llm_teacher.evaluate import evaluate
+    teacher = embedded_teacher(tmp_path / 'answers.sqlite')
+    result = evaluate(teacher, 'MiniWorld-GoToRedBall-v0', episodes=1, grounded=True, seed=1000)
+    teacher.close()
+    assert result['accuracy'] is None and result['episodes'] == 1
+    assert 0 <= result['act_alone_success_greedy'] <= 1 and len(result['greedy_interval95']) == 2

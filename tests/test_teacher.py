@@ -546,6 +546,8 @@ def test_evaluation_tries_a_prompt_of_ones_own_and_names_a_missing_file(tmp_path
     assert AnswerCache(tmp_path / 'c.sqlite').get('transformers:SmolLM2-135M-Instruct', 'score', first) is not None
     assert main(['--prompt-file', str(tmp_path / 'missing.txt'), '--cache', str(tmp_path / 'c.sqlite')]) == 2
     assert 'missing.txt does not exist' in capsys.readouterr().err
+    assert main(['--task', 'MiniWorld-PutNext-v0', '--ungrounded', '--cache', str(tmp_path / 'c.sqlite')]) == 2
+    assert 'cannot for MiniWorld-PutNext-v0' in capsys.readouterr().err
 
 
 def test_the_opt_in_gemma_model_scores_a_valid_distribution():

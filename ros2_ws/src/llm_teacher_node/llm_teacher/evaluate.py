@@ -177,6 +177,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     tasks = args.task or ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-LavaDoorKey-v0', 'MiniGrid-ColoredDoorKey-v0',
                           'MiniGrid-TwoDoor-v0']
+    embodied = [task for task in tasks if is_embodied(task)]
+    if args.ungrounded and embodied:
+        print(f'evaluate: --ungrounded lists every object of a grid; it cannot for {", ".join(embodied)}',
+              file=sys.stderr)
+        return 2
     try:
         given = vars(args)
         backend = make_backend(**{k: given[k] for k in ('backend', 'model', 'device', 'base_url', 'api_key_env',
