@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from geometry_msgs.msg import Twist
 from llm_teacher_msgs.msg import ActionBatch, StepBatch
+from rclpy.duration import Duration
 from rclpy.node import Node
 from std_msgs.msg import Empty
 
@@ -127,6 +128,8 @@ class PolicyNode(Node):
 
     def destroy_node(self):
         self.stop()  # the last word to the base: stand still
+        # ... and heard: a process that exits at once can take it with it (seen under load)
+        self.twist_pub.wait_for_all_acked(Duration(seconds=1.0))
         super().destroy_node()
 
 

@@ -49,6 +49,7 @@ import torch
 from geometry_msgs.msg import PoseArray, Twist
 from llm_teacher_msgs.msg import ActionBatch
 from nav_msgs.msg import OccupancyGrid, Odometry
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from rclpy.time import Time
@@ -280,6 +281,8 @@ class RobotPolicyNode(Node):
 
     def destroy_node(self):
         self.stop()  # the last word to the base: stand still
+        # ... and heard: a process that exits at once can take it with it (seen under load)
+        self.cmd_pub.wait_for_all_acked(Duration(seconds=1.0))
         super().destroy_node()
 
 
