@@ -39,13 +39,18 @@ def best_us(work, items: list, repeats: int) -> float:
     return 1e6 * best
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str) -> argparse.Namespace:
+    """The options of a message benchmark (this one and suggestion_messages.py)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument('--tasks', nargs='+', default=['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-DoorKey-8x8-v0'])
     parser.add_argument('--num-envs', type=int, default=16)
     parser.add_argument('--batches', type=int, default=200)
     parser.add_argument('--repeats', type=int, default=5)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main():
+    args = arguments(__doc__)
     stamp = Time(sec=1)
     print(f'us per env-step (batches of {args.num_envs}), best of {args.repeats}')
     print(f'{"task":28} {"objects":>7} {"build":>6} {"serialise":>9} {"deserialise":>11} {"read":>6} {"total":>6} '

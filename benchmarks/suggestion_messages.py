@@ -10,9 +10,6 @@ stepped with random actions: each offers the options the teacher offers in that 
 random option and action distributions. Each figure is the best of --repeats passes over
 --batches batches (the best is the least disturbed on a shared machine).
 """
-import argparse
-import time
-
 import numpy as np
 from builtin_interfaces.msg import Time
 from llm_teacher_msgs.msg import SuggestionBatch
@@ -23,6 +20,7 @@ from llm_teacher.options import feasible_options
 from llm_teacher.teacher import Suggestion
 from llm_teacher_common.lockstep import suggestion_arrays
 from llm_teacher_common.messages import suggestion_batch_msg, suggestions_from_msg, top_suggestion
+from perception_messages import arguments, best_us  # the same timing and options as its twin
 
 SOURCE = 'transformers:SmolLM2-135M-Instruct'
 
@@ -48,24 +46,8 @@ def intake(batch: SuggestionBatch, num_actions: int):
     return suggestion_arrays(read.action_probs, read.valid, num_actions)
 
 
-def best_us(work, items: list, repeats: int) -> float:
-    """Best pass over `items`, in us per item."""
-    best = float('inf')
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for item in items:
-            work(item)
-        best = min(best, (time.perf_counter() - start) / len(items))
-    return 1e6 * best
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--tasks', nargs='+', default=['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-DoorKey-8x8-v0'])
-    parser.add_argument('--num-envs', type=int, default=16)
-    parser.add_argument('--batches', type=int, default=200)
-    parser.add_argument('--repeats', type=int, default=5)
-    args = parser.parse_args()
+    args = arguments(__doc__)
     stamp = Time(sec=1)
     print(f'us per env-step (batches of {args.num_envs}), best of {args.repeats}; top: us per batch')
     print(f'{"task":28} {"options":>7} {"build":>6} {"serialise":>9} {"deserialise":>11} {"read":>6} {"total":>6} '

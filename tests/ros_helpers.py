@@ -1,5 +1,5 @@
-"""Waiting on ROS with deadlines (a timeout names what did not happen), and the robot's policy node
-as a robot runs it."""
+"""Waiting on ROS with deadlines (a timeout names what did not happen), the robot's policy node
+as a robot runs it, and recordings made with an older layout of our messages."""
 import subprocess
 import sys
 import time
@@ -36,3 +36,27 @@ def robot_node(path, *params, log=None) -> subprocess.Popen:
         args += ['-p', param]
     return subprocess.Popen([sys.executable, '-c', ROBOT_NODE, *args], stdout=log or subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def old_layout_typestore(layout: dict[str, str]):
+    """A rosbags typestore that knows llm_teacher_msgs in an older layout: {name: .msg text}."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    typestore = get_typestore(Stores.ROS2_JAZZY)
+    types = {}
+    for name, text in layout.items():
+        types.update(get_types_from_msg(text, f'llm_teacher_msgs/msg/{name}'))
+    typestore.register(types)
+    return typestore
+
+
+def write_recording(runs_dir, topic: str, msgtype: str, message, typestore, time_ns: int = 10) -> None:
+    """One message as the recorder writes it (an MCAP under runs_dir/recordings/), serialised
+    with `typestore`'s definitions of its type."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    path = runs_dir / 'recordings' / '20261201-000000'
+    path.parent.mkdir(parents=True)
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection(topic, msgtype, typestore=typestore)
+        writer.write(connection, time_ns, typestore.serialize_cdr(message, msgtype))

@@ -15,6 +15,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from habitat_bridge.minigrid.vector import MiniGridVecEnv
 from llm_teacher_common.messages import occupancy_grid_msg, perception_batch_msg, perceptions_from_msg
 from llm_teacher_common.perception import FREE, OCCUPIED, OccupancyGrid, PerceivedObject, Perception
+from ros_helpers import old_layout_typestore, write_recording
 
 STAMP = Time(sec=1, nanosec=2)
 
@@ -128,16 +129,9 @@ OLD_LAYOUT = {
 
 def test_a_recording_with_the_old_layout_still_opens_in_the_report(tmp_path):
     """An MCAP carries its schemas: the report reads one recorded before the parallel arrays."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
     from llm_teacher.report import read_recording
 
-    typestore = get_typestore(Stores.ROS2_JAZZY)
-    types = {}
-    for name, text in OLD_LAYOUT.items():
-        types.update(get_types_from_msg(text, f'llm_teacher_msgs/msg/{name}'))
-    typestore.register(types)
+    typestore = old_layout_typestore(OLD_LAYOUT)
     t = typestore.types
     point = t['geometry_msgs/msg/Point'](x=2.0, y=-1.0, z=0.0)
     key = t['llm_teacher_msgs/msg/PerceivedObject'](type='key', color='yellow', state='', position=point, grid_x=2,
@@ -149,12 +143,7 @@ def test_a_recording_with_the_old_layout_still_opens_in_the_report(tmp_path):
                                                       carrying=nothing, pose=pose)
     header = t['std_msgs/msg/Header'](stamp=t['builtin_interfaces/msg/Time'](sec=1, nanosec=0), frame_id='map')
     old = t['llm_teacher_msgs/msg/PerceptionBatch'](header=header, seq=20, epoch=5, perceptions=[perception], maps=[])
-    path = tmp_path / 'recordings' / '20261201-000000'
-    path.parent.mkdir(parents=True)
-    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        connection = writer.add_connection('/perception_batch', 'llm_teacher_msgs/msg/PerceptionBatch',
-                                           typestore=typestore)
-        writer.write(connection, 10, typestore.serialize_cdr(old, 'llm_teacher_msgs/msg/PerceptionBatch'))
+    write_recording(tmp_path, '/perception_batch', 'llm_teacher_msgs/msg/PerceptionBatch', old, typestore)
     [(time_ns, read)] = read_recording(tmp_path)['/perception_batch']
     assert time_ns == 10 and read.seq == 20
     assert read.perceptions[0].mission == 'open the door' and read.perceptions[0].objects[0].color == 'yellow'

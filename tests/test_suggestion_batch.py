@@ -15,6 +15,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from llm_teacher.teacher import Suggestion
 from llm_teacher_common.lockstep import suggestion_arrays
 from llm_teacher_common.messages import suggestion_batch_msg, suggestions_from_msg, top_suggestion
+from ros_helpers import old_layout_typestore, write_recording
 
 STAMP = Time(sec=1, nanosec=2)
 A = 7
@@ -143,16 +144,9 @@ OLD_LAYOUT = {
 def test_a_recording_with_the_old_layout_still_opens_in_the_report(tmp_path):
     """An MCAP carries its schemas: the report reads one recorded before the parallel arrays and
     names the teacher's suggestion of its frames."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
     from llm_teacher.report import read_recording, suggestion_at
 
-    typestore = get_typestore(Stores.ROS2_JAZZY)
-    types = {}
-    for name, text in OLD_LAYOUT.items():
-        types.update(get_types_from_msg(text, f'llm_teacher_msgs/msg/{name}'))
-    typestore.register(types)
+    typestore = old_layout_typestore(OLD_LAYOUT)
     t = typestore.types
     old = t['llm_teacher_msgs/msg/Suggestion']
     header = t['std_msgs/msg/Header'](stamp=t['builtin_interfaces/msg/Time'](sec=1, nanosec=0), frame_id='')
@@ -161,12 +155,7 @@ def test_a_recording_with_the_old_layout_still_opens_in_the_report(tmp_path):
             action_probs=np.full(A, 1 / A, np.float32), source=SOURCE, cache_hit=True, latency_ms=0.0),
         old(valid=False, options=[], option_probs=np.zeros(0, np.float32), action_probs=np.zeros(0, np.float32),
             source=SOURCE, cache_hit=False, latency_ms=0.0)])
-    path = tmp_path / 'recordings' / '20261201-000000'
-    path.parent.mkdir(parents=True)
-    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        connection = writer.add_connection('/suggestion_batch', 'llm_teacher_msgs/msg/SuggestionBatch',
-                                           typestore=typestore)
-        writer.write(connection, 10, typestore.serialize_cdr(batch, 'llm_teacher_msgs/msg/SuggestionBatch'))
+    write_recording(tmp_path, '/suggestion_batch', 'llm_teacher_msgs/msg/SuggestionBatch', batch, typestore)
     recorded = read_recording(tmp_path)['/suggestion_batch']
     [(time_ns, read)] = recorded
     assert time_ns == 10 and read.seq == 20 and len(read.suggestions) == 2
