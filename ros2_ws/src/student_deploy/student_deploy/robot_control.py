@@ -353,16 +353,16 @@ class MapInput:
         if self.refused:
             refused = '; '.join(f'the last {what} message was refused ({why})' for what, why in self.refused.items())
             raise ValueError(f'{refused}: the robot stays stopped until a valid one comes')
-        missing = self.waiting_for(stamp)
-        if missing:
-            raise ValueError(f'no map input yet: waiting for {missing}')
+        parts = self._pose_parts(stamp)  # resolved once a frame; None exactly where waiting_for names something
+        if parts is None:
+            raise ValueError(f'no map input yet: waiting for {self.waiting_for(stamp)}')
         if stamp - self.map_stamp_ns > self.max_map_age_ns:
             raise ValueError(f'the map is {(stamp - self.map_stamp_ns) / NS:.2f} s older than the frames '
                              f'(max_map_age {self.max_map_age_ns / NS:g} s): is the mapper running?')
         if self.targets and self.targets_frame != self.map_frame:
             raise ValueError(f'target points are in frame {self.targets_frame!r}, the map in {self.map_frame!r}: '
                              f'publish them in the map frame')
-        odometry, correction = self._pose_parts(stamp)
+        odometry, correction = parts
         pose = _composed(odometry, correction)
         if not all(math.isfinite(v) for v in pose):
             raise ValueError(f'odometry {_pose_text(odometry)} behind {self.map_frame} -> {self.odom_frame} '
