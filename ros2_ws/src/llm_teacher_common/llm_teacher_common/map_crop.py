@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from llm_teacher_common.perception import OCCUPIED, UNKNOWN, OccupancyGrid, Perception
+from llm_teacher_common.transform2d import Transform2D
 
 CROP_RESOLUTIONS = (0.25, 0.5)  # m per cell: 48 cells see 12 m and 24 m square round the robot
 TARGET_MARK = 0.5  # m: the radius of the named object's mark
@@ -29,8 +30,8 @@ def map_crop(perception: Perception, cells: int, mark_target: bool = False) -> n
 
 def named_positions(perception: Perception) -> list[tuple[float, float]]:
     """Map-frame (x, y) of the perceived objects the mission names."""
-    cos, sin = math.cos(perception.heading), math.sin(perception.heading)
-    return [(perception.x + cos * o.forward - sin * o.left, perception.y + sin * o.forward + cos * o.left)
+    robot = Transform2D(perception.x, perception.y, perception.heading)
+    return [robot.to_parent(o.forward, o.left)
             for o in perception.objects if f'{o.color} {o.type}' in perception.mission]
 
 
@@ -40,15 +41,13 @@ def egocentric_crop(grid: OccupancyGrid, pose: tuple[float, float, float], cells
     empty), the map-frame positions to mark: what a robot's mapper, localiser and detector give."""
     layers = [_crop(grid, pose, cells, r) for r in CROP_RESOLUTIONS]
     if targets is not None:
-        x, y, heading = pose
-        cos, sin = math.cos(heading), math.sin(heading)
+        robot = Transform2D(*pose)
         offsets = cells / 2 - np.arange(cells) - 0.5
         for resolution in CROP_RESOLUTIONS:
             forward, left = np.meshgrid(offsets * resolution, offsets * resolution, indexing='ij')
             mark = np.zeros((cells, cells), bool)
-            for tx, ty in targets:  # into the robot's frame
-                target_forward = cos * (tx - x) + sin * (ty - y)
-                target_left = -sin * (tx - x) + cos * (ty - y)
+            for tx, ty in targets:
+                target_forward, target_left = robot.from_parent(tx, ty)
                 mark |= np.hypot(forward - target_forward, left - target_left) <= max(TARGET_MARK, resolution)
             layers.append((mark * 255).astype(np.uint8)[..., None])
     return np.concatenate(layers, axis=-1)
@@ -61,10 +60,7 @@ def _crop(grid: OccupancyGrid, pose: tuple[float, float, float], cells: int, res
     fine = cells * sub
     offsets = (fine / 2 - np.arange(fine) - 0.5) * (resolution / sub)
     forward, left = np.meshgrid(offsets, offsets, indexing='ij')
-    x0, y0, heading = pose
-    cos, sin = math.cos(heading), math.sin(heading)
-    x = x0 + cos * forward - sin * left
-    y = y0 + sin * forward + cos * left
+    x, y = Transform2D(*pose).to_parent(forward, left)
     i = np.floor((x - grid.origin[0]) / grid.resolution).astype(int)
     j = np.floor((y - grid.origin[1]) / grid.resolution).astype(int)
     inside = (i >= 0) & (i < grid.cells.shape[0]) & (j >= 0) & (j < grid.cells.shape[1])

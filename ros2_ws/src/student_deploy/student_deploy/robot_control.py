@@ -17,6 +17,7 @@ from llm_teacher_common.commands import MOTIONS, velocity_for_action
 from llm_teacher_common.families import FAMILIES
 from llm_teacher_common.map_crop import CROP_RESOLUTIONS, egocentric_crop
 from llm_teacher_common.perception import FREE, OCCUPIED, UNKNOWN, OccupancyGrid
+from llm_teacher_common.transform2d import Transform2D
 from student_deploy.inference import Policy, choose_actions
 
 NS = 1_000_000_000
@@ -316,7 +317,10 @@ class MapInput:
         slop) composed with map -> odom (not older than max_map_age); None while either is missing.
         Unchecked here: huge but finite odometry and map -> odom may give one that is not (crop refuses it)."""
         parts = self._pose_parts(stamp)
-        return None if parts is None else _composed(*parts)
+        if parts is None:
+            return None
+        odometry, correction = parts
+        return Transform2D(*correction).compose(odometry)
 
     def _pose_parts(self, stamp: int) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
         """(odometry, map -> odom) pose_at composes, each (x, y, yaw); map -> odom is the identity
@@ -363,7 +367,7 @@ class MapInput:
             raise ValueError(f'target points are in frame {self.targets_frame!r}, the map in {self.map_frame!r}: '
                              f'publish them in the map frame')
         odometry, correction = parts
-        pose = _composed(odometry, correction)
+        pose = Transform2D(*correction).compose(odometry)
         if not all(math.isfinite(v) for v in pose):
             raise ValueError(f'odometry {_pose_text(odometry)} behind {self.map_frame} -> {self.odom_frame} '
                              f'{_pose_text(correction)} gives the map-frame pose {_pose_text(pose)}, which is not '
@@ -373,10 +377,11 @@ class MapInput:
         on_grid, targets = pose, self.targets
         if self.map_yaw:
             ox, oy = self.grid.origin
-            cos, sin = math.cos(self.map_yaw), math.sin(self.map_yaw)
+            origin = Transform2D(ox, oy, self.map_yaw)
 
             def unturned(x: float, y: float) -> tuple[float, float]:
-                return ox + cos * (x - ox) + sin * (y - oy), oy - sin * (x - ox) + cos * (y - oy)
+                along, across = origin.from_parent(x, y)
+                return ox + along, oy + across
 
             on_grid = (*unturned(pose[0], pose[1]), pose[2] - self.map_yaw)
             targets = [unturned(x, y) for x, y in self.targets]
@@ -399,14 +404,6 @@ class MapInput:
         if not off <= reach:
             raise ValueError(f'the robot {_pose_text(pose)} in {self.map_frame!r} is {off:.3g} m off the map, '
                              f'farther than the crop reaches ({reach:g} m): is map -> odom (or the odometry) right?')
-
-
-def _composed(odometry: tuple[float, float, float],
-              correction: tuple[float, float, float]) -> tuple[float, float, float]:
-    """The map-frame pose of `odometry` (x, y, yaw in odom) behind `correction` (map -> odom)."""
-    (x, y, yaw), (tx, ty, tyaw) = odometry, correction
-    cos, sin = math.cos(tyaw), math.sin(tyaw)
-    return tx + cos * x - sin * y, ty + sin * x + cos * y, tyaw + yaw
 
 
 def _pose_text(pose: tuple[float, float, float]) -> str:

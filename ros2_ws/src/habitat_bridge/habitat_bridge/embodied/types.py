@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from llm_teacher_common.perception import Perception
+from llm_teacher_common.transform2d import Transform2D
 
 
 @dataclass
@@ -24,8 +25,7 @@ class Pose:
 
     def relative(self, x: float, y: float) -> tuple[float, float]:
         """(forward, left) in base_link of the map point (x, y)."""
-        dx, dy, cos, sin = x - self.x, y - self.y, math.cos(self.yaw), math.sin(self.yaw)
-        return cos * dx + sin * dy, -sin * dx + cos * dy
+        return Transform2D(self.x, self.y, self.yaw).from_parent(x, y)
 
 
 @dataclass
