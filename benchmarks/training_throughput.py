@@ -6,7 +6,8 @@ Plain PPO (no teacher) in all three, one after the other in one run, with the sa
 (student_policy.networks: the SB3 policy gets our GridEncoder as features extractor and linear
 heads), 16 environments, 128-step rollouts, 4 epochs of 256-sample minibatches, 1 torch thread.
 Rates are steady state: frames/s over all updates after the first two (which also hold the
-compile time of the compiled run).
+compile time of the compiled runs). The graph's rows say compile:=true or false: `auto` compiles this
+budget once the same student compiled on the machine (ppo.COMPILE_PRELOADED_FROM_FRAMES).
 """
 from __future__ import annotations
 
@@ -79,9 +80,9 @@ def sb3_fps(task: str, frames: int) -> float:
     return steady_fps([rollout_frames / (b - a) for a, b in zip(rates.starts, rates.starts[1:])])
 
 
-def graph_fps(task: str, frames: int, num_groups: int = 1, recurrent: int = 0) -> float:
+def graph_fps(task: str, frames: int, num_groups: int = 1, recurrent: int = 0, compile: bool = False) -> float:
     rows = run_training_graph(frames, task, plain_ppo=True, num_groups=num_groups,
-                              student_parameters={'recurrent': recurrent})
+                              student_parameters={'recurrent': recurrent, 'compile': str(compile).lower()})
     return steady_fps([float(row['charts/SPS']) for row in rows])
 
 
@@ -97,6 +98,8 @@ def main():
     sb3 = sb3_fps(args.task, args.frames)
     graph = graph_fps(args.task, args.frames)
     double_buffered = graph_fps(args.task, args.frames, num_groups=2)
+    graph_compiled = graph_fps(args.task, args.frames, compile=True)
+    double_buffered_compiled = graph_fps(args.task, args.frames, num_groups=2, compile=True)
     recurrent = in_process_fps(args.task, args.frames, recurrent=RECURRENT)
     graph_recurrent = graph_fps(args.task, args.frames, recurrent=RECURRENT)
     print(f'{args.task}, plain PPO, {NUM_ENVS} envs x {CONFIG["num_steps"]} steps, {args.frames} frames each, 1 torch thread')
@@ -106,6 +109,11 @@ def main():
     print(f'ROS 2 graph (train.launch.py)           {graph:7.0f} frames/s   / in-process: {graph / ours:.2f}x (goal >= 0.8)')
     print(f'ROS 2 graph, num_groups:=2              {double_buffered:7.0f} frames/s   / in-process: '
           f'{double_buffered / ours:.2f}x (sim and student overlap)')
+    print(f'ROS 2 graph, compile:=true             {graph_compiled:7.0f} frames/s   / SB3: {graph_compiled / sb3:.2f}x, '
+          f'/ in-process compiled: {graph_compiled / compiled:.2f}x')
+    print(f'ROS 2 graph, num_groups:=2 compile:=true {double_buffered_compiled:7.0f} frames/s   / SB3: '
+          f'{double_buffered_compiled / sb3:.2f}x (goal >= 1.2), / in-process compiled: '
+          f'{double_buffered_compiled / compiled:.2f}x (goal >= 1.0)')
     print(f'in-process, recurrent={RECURRENT}          {recurrent:7.0f} frames/s   / reactive: {recurrent / ours:.2f}x (goal >= 0.8)')
     print(f'ROS 2 graph, recurrent:={RECURRENT}        {graph_recurrent:7.0f} frames/s   / reactive graph: '
           f'{graph_recurrent / graph:.2f}x (goal >= 0.8)')

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from student_policy.ppo import (COMPILE_FROM_FRAMES, COMPILE_WARM_FROM_FRAMES, PPOConfig, compile_cache_dir,
+from student_policy.ppo import (COMPILE_FROM_FRAMES, COMPILE_PRELOADED_FROM_FRAMES, COMPILE_WARM_FROM_FRAMES, PPOConfig,
+                                compile_cache_dir,
                                 compile_failures, setup_compile, warm_up_compile)
 
 GRAPHS = 'grid (5, 5, 3), 4 envs'  # what PPOLearner says shapes its compiled graphs
@@ -34,6 +35,11 @@ def test_auto_compiles_long_budgets_and_shorter_ones_once_the_student_compiled_h
     assert 'loading the compiled student' in capsys.readouterr().err
     assert setup_compile(PPOConfig(total_frames=COMPILE_WARM_FROM_FRAMES), 'grid (7, 7, 3), 4 envs') is None
     assert setup_compile(PPOConfig(total_frames=COMPILE_WARM_FROM_FRAMES - 1), GRAPHS) is None
+    # A caller that loaded the compiler while it waited (student_node) compiles shorter budgets too.
+    assert setup_compile(PPOConfig(total_frames=COMPILE_PRELOADED_FROM_FRAMES), GRAPHS, compiler_loaded=True) is not None
+    assert setup_compile(PPOConfig(total_frames=COMPILE_PRELOADED_FROM_FRAMES - 1), GRAPHS, compiler_loaded=True) is None
+    assert setup_compile(PPOConfig(total_frames=COMPILE_PRELOADED_FROM_FRAMES), 'grid (7, 7, 3), 4 envs',
+                         compiler_loaded=True) is None  # not compiled here yet: the first compile waits for long budgets
 
 
 def test_compile_says_why_it_is_off_without_a_compiler(monkeypatch, capsys, cache_home):
@@ -55,8 +61,8 @@ def test_the_cache_lasts_in_the_users_cache_home_unless_torchinductor_cache_dir_
 
 def test_the_warm_up_runs_only_where_compile_may_and_fixes_the_cache_before_torch_does(cache_home):
     assert warm_up_compile(PPOConfig(total_frames=10**9, compile=False)) is None
-    assert warm_up_compile(PPOConfig(total_frames=COMPILE_WARM_FROM_FRAMES - 1)) is None
-    thread = warm_up_compile(PPOConfig(total_frames=COMPILE_WARM_FROM_FRAMES))
+    assert warm_up_compile(PPOConfig(total_frames=COMPILE_PRELOADED_FROM_FRAMES - 1)) is None
+    thread = warm_up_compile(PPOConfig(total_frames=COMPILE_PRELOADED_FROM_FRAMES))
     thread.join()  # torch's compiler loaded: importing it would have set its /tmp default
     assert os.environ['TORCHINDUCTOR_CACHE_DIR'] == str(cache_home) == str(compile_cache_dir())
 

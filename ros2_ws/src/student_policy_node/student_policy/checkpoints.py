@@ -102,13 +102,14 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=None,
-                 config: PPOConfig | None = None, num_groups: int = 1) -> PPOLearner:
+                 config: PPOConfig | None = None, num_groups: int = 1, compiler_loaded: bool = False) -> PPOLearner:
     """Rebuild a learner from a checkpoint so that training continues exactly where it stopped.
 
     :param obs_shape, num_envs, num_actions: what the caller's environments have; a mismatch
         with the checkpoint raises CheckpointError naming both.
     :param config: settings to continue with (e.g. a larger total_frames); default: the saved ones.
     :param num_groups: env groups the rollouts fill (free to change: checkpoints fall between rollouts).
+    :param compiler_loaded: as PPOLearner's.
     """
     state = read_checkpoint(path)
     expected = {'obs_shape': list(obs_shape) if obs_shape is not None else None,
@@ -123,7 +124,7 @@ def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=No
             raise CheckpointError(f'checkpoint {path} was trained with {key}={getattr(saved, key)!r}, but this run '
                                   f'has {key}={getattr(config, key)!r}: set {key} to match, or use another run directory')
     learner = PPOLearner(config or saved, tuple(state['obs_shape']), state['num_envs'], state['num_actions'],
-                         num_groups, state.get('mission_words', []))
+                         num_groups, state.get('mission_words', []), compiler_loaded)
     learner.policy.load_state_dict(state['model'])
     learner.optimizer.load_state_dict(state['optimizer'])
     for key, value in state['counters'].items():

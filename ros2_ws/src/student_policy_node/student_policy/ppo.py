@@ -140,7 +140,8 @@ class PPOConfig:
     the first start on a machine and ~3-4 s at later ones (the compiled code is cached, see
     setup_compile); needs a C++ compiler. None (auto): on where the speed-up repays the start, for
     budgets of COMPILE_FROM_FRAMES or more, or COMPILE_WARM_FROM_FRAMES when the same student
-    compiled before, and a C++ compiler is found (else a message says why it is off). Checkpoints
+    compiled before (COMPILE_PRELOADED_FROM_FRAMES in student_node), and a C++ compiler is found
+    (else a message says why it is off). Checkpoints
     and exports are the same either way."""
 
     def __post_init__(self):
@@ -169,6 +170,10 @@ COMPILE_FROM_FRAMES = 200_000
 """auto compiles budgets from this on: where ~1.2x frames/s repays a first compile (~25 s on 2 cores)."""
 COMPILE_WARM_FROM_FRAMES = 60_000
 """... and from this on when the same student compiled before into the same cache (it then loads in ~3-4 s)."""
+COMPILE_PRELOADED_FROM_FRAMES = 20_000
+"""... and from this on when, besides, the caller loaded torch's compiler while it waited (warm_up_compile, as
+student_node does while the simulator starts): a warm compiled start then costs no more than an eager one, and
+the graph's compiled student repays it from ~12k frames."""
 _NETWORK_CODE = Path(inspect.getfile(ActorCritic))  # a changed network compiles anew
 
 
@@ -221,7 +226,7 @@ class CompileCache:
         return False
 
 
-def setup_compile(config: PPOConfig, graphs: str) -> CompileCache | None:
+def setup_compile(config: PPOConfig, graphs: str, compiler_loaded: bool = False) -> CompileCache | None:
     """Whether to torch.compile (see PPOConfig.compile) and, when so, where its compiled code is
     cached: the one place that decides both, for train() and student_node alike (through PPOLearner).
 
@@ -234,12 +239,15 @@ def setup_compile(config: PPOConfig, graphs: str) -> CompileCache | None:
 
     :param graphs: what shapes the compiled graphs (encoder, observation shape, batch sizes, device):
         auto compiles from COMPILE_WARM_FROM_FRAMES when a student with the same compiled before.
+    :param compiler_loaded: warm_up_compile ran to its end; auto then compiles a warm student from
+        COMPILE_PRELOADED_FROM_FRAMES.
     """
     cache = compile_cache_dir()
     key = hashlib.sha256(f'{torch.__version__}\n{graphs}\n'.encode() + _NETWORK_CODE.read_bytes()).hexdigest()[:24]
     marker = cache / 'llm_teacher-students' / key
     if config.compile is None:
-        wanted = config.total_frames >= (COMPILE_WARM_FROM_FRAMES if marker.exists() else COMPILE_FROM_FRAMES)
+        warm_from = COMPILE_PRELOADED_FROM_FRAMES if compiler_loaded else COMPILE_WARM_FROM_FRAMES
+        wanted = config.total_frames >= (warm_from if marker.exists() else COMPILE_FROM_FRAMES)
     else:
         wanted = config.compile
     if not wanted:
@@ -275,7 +283,7 @@ def warm_up_compile(config: PPOConfig) -> threading.Thread | None:
     thread, for a caller that waits for something else first (student_node waits for the simulator's
     first step batch). join() it before PPOLearner (setup_compile): the two must not import at once.
     None where this run cannot compile."""
-    if config.compile is False or config.total_frames < COMPILE_WARM_FROM_FRAMES and config.compile is None:
+    if config.compile is False or config.total_frames < COMPILE_PRELOADED_FROM_FRAMES and config.compile is None:
         return None
     if shutil.which(_cxx()) is None:
         return None
@@ -316,10 +324,13 @@ def compile_failures() -> int:
 
 
 class PPOLearner:
-    """A student policy and its rollout: act on a batch, record what followed, update when full."""
+    """A student policy and its rollout: act on a batch, record what followed, update when full.
+
+    :param compiler_loaded: the caller ran warm_up_compile to its end (see setup_compile).
+    """
 
     def __init__(self, config: PPOConfig, obs_shape: tuple[int, ...], num_envs: int, num_actions: int,
-                 num_groups: int = 1, mission_words: list[str] | tuple[str, ...] = ()):
+                 num_groups: int = 1, mission_words: list[str] | tuple[str, ...] = (), compiler_loaded: bool = False):
         self.config = config
         torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
@@ -329,7 +340,7 @@ class PPOLearner:
                                   mission=config.mission, mission_words=mission_words).to(self.device)
         graphs = (f'{config.encoder} {tuple(obs_shape)} recurrent {config.recurrent} mission {config.mission}, '
                   f'{num_envs} envs in {num_groups} groups, minibatch {config.minibatch_size}, {config.device}')
-        self.compile_cache = setup_compile(config, graphs)  # None: eager, or checked after the first update
+        self.compile_cache = setup_compile(config, graphs, compiler_loaded)  # None: eager, or checked after the first update
         if self.compile_cache is not None:
             self.policy.encoder.compile()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)

@@ -63,7 +63,7 @@ class StudentNode(Node):
                 seed=p('seed', d.seed, 'Seed of torch and numpy'),
                 device=p('device', d.device, 'Where the student learns: cpu, or cuda'),
                 compile=COMPILE_CHOICES[p('compile', 'auto', 'torch.compile the encoder: auto (where it pays: budgets '
-                                          'of 200k frames or more, 60k once the same student compiled on this machine; '
+                                          'of 200k frames or more, 20k once the same student compiled on this machine; '
                                           'with a C++ compiler), true or false').lower()],
                 teacher=TeacherSchedule(
                     initial=p('teacher_initial', t.initial, 'Teacher weight at frame 0 (0 with teacher_final 0: plain PPO)'),
@@ -133,20 +133,21 @@ class StudentNode(Node):
 
     def make_learner(self, obs_shape, num_envs: int, num_actions: int, encoder: str, num_groups: int) -> PPOLearner:
         self.config.encoder = encoder
-        if self.compile_warm_up is not None:
+        compiler_loaded = self.compile_warm_up is not None
+        if compiler_loaded:
             self.compile_warm_up.join()
         path = checkpoint_path(self.run_dir)
         if self.resume and path.exists():
             try:
                 learner = load_learner(path, obs_shape, num_envs, num_actions, config=self.config,
-                                       num_groups=num_groups)
+                                       num_groups=num_groups, compiler_loaded=compiler_loaded)
             except CheckpointError as err:
                 raise SystemExit(f'student_node: {err}') from err
             self.get_logger().info(f'resumed from {path} at frame {learner.frames}, update {learner.updates}')
             return learner
         self.get_logger().info(f'new student for {num_envs} envs ({num_groups} group(s)) of observation '
                                f'{tuple(obs_shape)}')
-        return PPOLearner(self.config, tuple(obs_shape), num_envs, num_actions, num_groups)
+        return PPOLearner(self.config, tuple(obs_shape), num_envs, num_actions, num_groups, compiler_loaded=compiler_loaded)
 
     def after_update(self, learner: PPOLearner, metrics: dict) -> bool:
         """Callbacks, status and the progress line after each update; False when training is over."""
