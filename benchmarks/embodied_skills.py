@@ -19,7 +19,7 @@ from llm_teacher_common.commands import FORWARD
 from llm_teacher.scripted_options import scripted_option
 from llm_teacher_common.stats import rate_text
 
-TASKS = ('MiniWorld-GoToObject-v0', 'MiniWorld-PutNext-v0')
+TASKS = ('MiniWorld-GoToObject-v0', 'MiniWorld-GoToRedBall-v0', 'MiniWorld-PutNext-v0')
 WINDOW = 60  # last steps of a failed episode that say why it failed
 
 

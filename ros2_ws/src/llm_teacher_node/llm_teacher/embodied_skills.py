@@ -27,6 +27,7 @@ import numpy as np
 
 from llm_teacher_common.commands import BACK, DROP, FORWARD, NUM_EMBODIED_ACTIONS, PICKUP, TURN_LEFT, TURN_RIGHT
 from llm_teacher_common.perception import BUMP_AHEAD, FREE, OCCUPIED, UNKNOWN, OccupancyGrid, Perception
+from llm_teacher_common.transform2d import Transform2D
 from llm_teacher.options import Option, mission_roles
 
 ROBOT_RADIUS = 0.45  # m kept between the robot's centre and mapped obstacles
@@ -104,12 +105,16 @@ def steps_to(goal: np.ndarray, passable: np.ndarray, until: tuple[int, int] | No
     return distance
 
 
+def _on_map(perception: Perception, forward: float, left: float) -> tuple[float, float]:
+    """The map point `forward` ahead of the robot and `left` of it."""
+    return Transform2D(perception.x, perception.y, perception.heading).to_parent(forward, left)
+
+
 def blocked_ahead(perception: Perception, ahead: float = BUMP_AHEAD) -> bool:
     """The map has an obstacle where one stops the robot: it bumped into something there (or
     stands against a mapped one). A negative `ahead`: behind it."""
     grid = perception.occupancy
-    i, j = grid.cell_of(perception.x + ahead * math.cos(perception.heading),
-                        perception.y + ahead * math.sin(perception.heading))
+    i, j = grid.cell_of(*_on_map(perception, ahead, 0.0))
     return 0 <= i < grid.cells.shape[0] and 0 <= j < grid.cells.shape[1] and grid.cells[i, j] == OCCUPIED
 
 
@@ -151,7 +156,7 @@ class EmbodiedSkills:
         target = min(targets, key=lambda o: math.hypot(o.forward, o.left))
         distance, bearing = math.hypot(target.forward, target.left), math.atan2(target.left, target.forward)
         grid = perception.occupancy
-        tx, ty = self._to_map(perception, target.forward, target.left)
+        tx, ty = _on_map(perception, target.forward, target.left)
         cx, cy = grid.centre_of(*np.indices(grid.cells.shape))
         to_target = np.hypot(cx - tx, cy - ty)
         robot = grid.cell_of(perception.x, perception.y)
@@ -229,8 +234,7 @@ class EmbodiedSkills:
             # Stuck recovery: a path that grazes what the robot bumped into (marked ahead of it)
             # would have it push on; backing off, it comes back on another line, and its next bump
             # is marked somewhere else. (The target's own cells ahead are where it is going.)
-            ax = perception.x + BUMP_AHEAD * math.cos(perception.heading)
-            ay = perception.y + BUMP_AHEAD * math.sin(perception.heading)
+            ax, ay = _on_map(perception, BUMP_AHEAD, 0.0)
             at_target = target is not None and math.hypot(ax - target[0], ay - target[1]) <= TARGET_FOOTPRINT
             if blocked_ahead(perception) and not at_target:
                 return BACK
@@ -252,12 +256,12 @@ class EmbodiedSkills:
     def _clear_way(self, perception: Perception, target, x, y):
         """Whether a held object pushed straight from (x, y) (map points) to `target` passes clear
         of the other perceived objects."""
-        tx, ty = self._to_map(perception, target.forward, target.left)
+        tx, ty = _on_map(perception, target.forward, target.left)
         clear = np.ones(np.shape(x), bool)
         for obj in perception.objects:
             if obj is target:
                 continue
-            ox, oy = self._to_map(perception, obj.forward, obj.left)
+            ox, oy = _on_map(perception, obj.forward, obj.left)
             dx, dy = tx - x, ty - y
             along = np.clip(((ox - x) * dx + (oy - y) * dy) / np.maximum(dx * dx + dy * dy, 1e-9), 0, 1)
             clear &= np.hypot(x + along * dx - ox, y + along * dy - oy) >= CLEAR_WAY
@@ -265,9 +269,9 @@ class EmbodiedSkills:
 
     def _held_clear(self, perception: Perception, heading: float) -> bool:
         """Nothing mapped or perceived where the held object would hang with the robot at `heading`."""
-        hx, hy = perception.x + HELD_AT * math.cos(heading), perception.y + HELD_AT * math.sin(heading)
+        hx, hy = Transform2D(perception.x, perception.y, heading).to_parent(HELD_AT, 0.0)
         for obj in perception.objects:
-            ox, oy = self._to_map(perception, obj.forward, obj.left)
+            ox, oy = _on_map(perception, obj.forward, obj.left)
             if math.hypot(ox - hx, oy - hy) < HELD_RADIUS + OBJECT_RADIUS:
                 return False
         grid = perception.occupancy
@@ -291,7 +295,7 @@ class EmbodiedSkills:
         blocked = grid.cells == OCCUPIED
         cx, cy = grid.centre_of(*np.indices(grid.cells.shape))
         for obj in perception.objects:
-            ox, oy = self._to_map(perception, obj.forward, obj.left)
+            ox, oy = _on_map(perception, obj.forward, obj.left)
             blocked |= np.hypot(cx - ox, cy - oy) <= OBJECT_RADIUS
         if target is not None:
             blocked &= np.hypot(cx - target[0], cy - target[1]) > TARGET_FOOTPRINT
@@ -311,11 +315,6 @@ class EmbodiedSkills:
         for passable in levels:
             passable[i, j] = True
         return levels
-
-    @staticmethod
-    def _to_map(perception: Perception, forward: float, left: float) -> tuple[float, float]:
-        cos, sin = math.cos(perception.heading), math.sin(perception.heading)
-        return perception.x + cos * forward - sin * left, perception.y + sin * forward + cos * left
 
     def policy(self, option_probs: dict[Option, float], perception: Perception) -> np.ndarray:
         """pi_T(a|s) over the embodied actions from the option distribution."""

@@ -22,6 +22,7 @@ import numpy as np
 
 from habitat_bridge.embodied.types import CameraSpec, Pose
 from llm_teacher_common.perception import BUMP_AHEAD, FREE, OCCUPIED, UNKNOWN, OccupancyGrid
+from llm_teacher_common.transform2d import Transform2D
 
 OBSTACLE_BAND = 0.1, 2.0  # m above the floor: a depth point in this band is an obstacle (not floor, not ceiling)
 CARRIED = 1.8, 0.8  # m ahead and to either side where a held object hangs
@@ -97,9 +98,9 @@ class OccupancyMapper:
         to the robot's front: a bump again at the same place changes the map again."""
         grid = self.grid
         own = grid.cell_of(pose.x, pose.y)
-        yaw = pose.yaw + math.pi * backwards
+        facing = Transform2D(pose.x, pose.y, pose.yaw + math.pi * backwards)
         for ahead in np.arange(BUMP_AHEAD, ROBOT_FRONT, -grid.resolution / 2):
-            cell = grid.cell_of(pose.x + ahead * math.cos(yaw), pose.y + ahead * math.sin(yaw))
+            cell = grid.cell_of(*facing.to_parent(ahead, 0.0))
             if cell == own:
                 return
             if grid.cells[cell] != OCCUPIED:
@@ -110,8 +111,7 @@ class OccupancyMapper:
         """Occupied cells where an object was just picked up from were the object's (left occupied,
         they would stand in the robot's way, and look like something it bumped into)."""
         grid = self.grid
-        x = pose.x + PICKED_UP[0] * math.cos(pose.yaw)
-        y = pose.y + PICKED_UP[0] * math.sin(pose.yaw)
+        x, y = Transform2D(pose.x, pose.y, pose.yaw).to_parent(PICKED_UP[0], 0.0)
         i, j = np.nonzero(grid.cells == OCCUPIED)
         cx, cy = grid.centre_of(i, j)
         near = np.hypot(cx - x, cy - y) < PICKED_UP[1]
@@ -121,9 +121,7 @@ class OccupancyMapper:
         return np.arctan(-(np.arange(width) - (width - 1) / 2) / self.camera.focal_length_px)
 
     def _mark(self, forward: np.ndarray, left: np.ndarray, pose: Pose, value: int) -> None:
-        cos, sin = math.cos(pose.yaw), math.sin(pose.yaw)
-        x = pose.x + cos * forward - sin * left
-        y = pose.y + sin * forward + cos * left
+        x, y = Transform2D(pose.x, pose.y, pose.yaw).to_parent(forward, left)
         grid = self.grid
         i = np.floor((x - grid.origin[0]) / grid.resolution).astype(int)
         j = np.floor((y - grid.origin[1]) / grid.resolution).astype(int)
