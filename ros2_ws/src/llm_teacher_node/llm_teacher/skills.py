@@ -14,6 +14,15 @@ action is the first of left, right, forward that brings that number down by one.
 not depend on where the robot stands, only on the map's passable cells (and, for explore, its
 unseen ones), which stay the same over most steps; so it is kept (`planning.steps_to_goals`, LRU) and a
 step costs a lookup, where searching forwards each step cost ~100 us a skill.
+
+Explore weighs its frontiers (poses whose view would show an unseen cell) by what they open onto,
+less 1 for each 3 actions it takes to reach them (a field kept the same way, `_explore_field`): the
+unseen cells within 3 of the cell ahead, so that it sweeps large unknown areas in long straight runs
+and leaves small pockets for later; and while it carries a key whose locked door it has not seen,
+the unseen cells in view, each next to a known wall counting 7, so that it follows the walls a door
+is part of. Nearest frontier first, as before, wandered in TwoDoor's 20x20 room: in diagonal
+staircases that turned every second step, with the key in the centre seen late
+(docs/results/teacher-prompt.md, "TwoDoor: the explore skill").
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ from minigrid.core.actions import Actions
 from minigrid.core.constants import OBJECT_TO_IDX, STATE_TO_IDX
 
 from habitat_bridge.minigrid.observation import UNSEEN
-from habitat_bridge.minigrid.planning import HEADING_VECTORS, steps_to_goals
+from habitat_bridge.minigrid.planning import HEADING_VECTORS, poses_before, steps_to_goals
 from llm_teacher.options import Option
 
 NUM_ACTIONS = len(Actions)
@@ -34,12 +43,17 @@ _WALKABLE[[OBJECT_TO_IDX[t] for t in ('empty', 'floor', 'goal')]] = True
 _WALKABLE_LAVA_BLIND = _WALKABLE.copy()
 _WALKABLE_LAVA_BLIND[OBJECT_TO_IDX['lava']] = True
 _DROP_ONTO = (OBJECT_TO_IDX['empty'], OBJECT_TO_IDX['floor'])  # MiniGrid drops only onto a free cell
-_DOOR, _OPEN = OBJECT_TO_IDX['door'], STATE_TO_IDX['open']
+_DOOR, _OPEN, _LOCKED = OBJECT_TO_IDX['door'], STATE_TO_IDX['open'], STATE_TO_IDX['locked']
+_WALL, _KEY = OBJECT_TO_IDX['wall'], OBJECT_TO_IDX['key']
 _LEFT, _RIGHT, _FORWARD = int(Actions.left), int(Actions.right), int(Actions.forward)
 HERE = -1  # SkillContext.first_action_to*: the robot is where the path would take it
 # Step counts kept by each of the two kinds (frontier, target): 16 envs use ~4 at a time (explore and a
 # target or two each); each takes 2 bytes a pose (~800 B on a 10x10 grid).
 FIELD_CACHE_SIZE = 2048
+# Explore (measured on TwoDoor, docs/results/teacher-prompt.md): a frontier is worth the unseen cells
+# within _REACH of the cell it faces, less 1 for each _STEP_COST actions to it; seeking a door, the
+# unseen cells in its view, _WALL_WEIGHT for one next to a known wall.
+_REACH, _STEP_COST, _WALL_WEIGHT = 3, 3, 7
 
 
 def passable_cells(memory_map: np.ndarray, avoid_lava: bool = True) -> np.ndarray:
@@ -93,24 +107,46 @@ class SkillContext:
         return self._first_action(_steps_to_target(self._passable_key, self.passable.shape, target, face))
 
     def first_action_to_frontier(self) -> int | None:
-        """The first action of planning.plan's path to a pose facing an unseen cell: HERE when
-        that path is empty, None when there is none."""
-        unseen = (self.map[..., 0] == UNSEEN).tobytes()
-        return self._first_action(_steps_to_frontier(self._passable_key, self.passable.shape, unseen))
+        """The first action towards the frontier worth most for its cost (the module's docstring):
+        HERE when the robot stands on it, None when no frontier is reachable."""
+        return self._first_action(_explore_field(self._passable_key, *self.explore_key()), _STEP_COST)
 
-    def _first_action(self, steps: array) -> int | None:
-        """Of left, right and forward (plan's order), the first that brings the robot a step
-        closer to the goal poses of `steps` (planning.steps_to_goals)."""
+    def explore_key(self) -> tuple:
+        """What explore's frontiers and their worth depend on besides the passable cells
+        (frontiers(passable, *key)), as a cache key: the map's shape, its unseen cells, the cells
+        that hide what is behind them, and its walls while the robot carries a key whose locked
+        door it has not seen (else None)."""
+        cells = self.map[..., 0]
+        hiding = (cells == _WALL) | ((cells == _DOOR) & (self.map[..., 2] != _OPEN))
+        held = self.map[self.pose[0], self.pose[1]]
+        seeks_a_door = held[0] == _KEY and not (
+            (cells == _DOOR) & (self.map[..., 1] == held[1]) & (self.map[..., 2] == _LOCKED)).any()
+        walls = (cells == _WALL).tobytes() if seeks_a_door else None
+        return self.passable.shape, (cells == UNSEEN).tobytes(), hiding.tobytes(), walls
+
+    def _first_action(self, steps: array, step_cost: int = 1) -> int | None:
+        """Of left, right and forward (plan's order), the first that brings the robot one action
+        (step_cost) closer to the goal poses of `steps` (planning.steps_to_goals, _explore_field);
+        HERE when none does: it stands on the goal worth most."""
         x, y, h = self.pose
         here = (x * self.passable.shape[1] + y) * 4
         remaining = steps[here + h]
         if remaining <= 0:
             return None if remaining < 0 else HERE
-        if steps[here + (h - 1) % 4] == remaining - 1:
+        if remaining < step_cost:
+            return HERE  # a frontier's own start: no move brings it closer
+        if steps[here + (h - 1) % 4] == remaining - step_cost:
             return _LEFT
-        if steps[here + (h + 1) % 4] == remaining - 1:
+        if steps[here + (h + 1) % 4] == remaining - step_cost:
             return _RIGHT
-        return _FORWARD  # the one move left: some move brings it closer
+        if step_cost == 1:
+            return _FORWARD  # the one move left: some move brings it closer
+        dx, dy = HEADING_VECTORS[h]
+        width, height = self.passable.shape
+        ahead = here + (dx * height + dy) * 4 + h
+        if 0 <= x + dx < width and 0 <= y + dy < height and steps[ahead] == remaining - step_cost:
+            return _FORWARD
+        return HERE  # a frontier's own start: no move brings it closer
 
 
 def skill_action(option: Option, context: SkillContext, objects) -> int | None:
@@ -157,21 +193,103 @@ def drop(context: SkillContext) -> int:
 
 
 def explore(context: SkillContext) -> int | None:
-    """Towards the nearest pose that faces an unseen cell (a frontier); None when none is reachable."""
+    """Towards the frontier worth most for its cost (the module's docstring); None when none is reachable."""
     action = context.first_action_to_frontier()
-    return int(Actions.left) if action == HERE else action  # facing the frontier already: look around
+    return int(Actions.left) if action == HERE else action  # at the frontier already: look around
+
+
+def frontiers(passable: bytes, shape: tuple[int, int], unseen: bytes, hiding: bytes,
+              walls: bytes | None) -> list[tuple[int, int]]:
+    """(start count, pose index) of every pose on a passable cell whose view would show an unseen
+    cell: the one worth most starts at 0, one worth v less at v, where an action counts _STEP_COST
+    (the module docstring: unseen cells around what it faces; with `walls`, those in view, more for
+    one next to a wall)."""
+    unseen = np.frombuffer(unseen, bool).reshape(shape)
+    hiding = np.frombuffer(hiding, bool).reshape(shape)
+    in_view = _in_view(unseen, hiding)
+    if walls is not None:
+        around = _padded(np.frombuffer(walls, bool).reshape(shape), 1)
+        by_a_wall = unseen & (around[2:, 1:-1] | around[:-2, 1:-1] | around[1:-1, 2:] | around[1:-1, :-2])
+        value = _STEP_COST * (in_view + (_WALL_WEIGHT - 1) * _in_view(by_a_wall, hiding))
+    else:
+        value = _around_ahead(unseen)
+    frontier = (in_view > 0) & np.frombuffer(passable, bool).reshape(shape)[..., None]
+    worth = value[frontier]
+    return list(zip((worth.max(initial=0) - worth).tolist(), np.flatnonzero(frontier).tolist()))
+
+
+def _around_ahead(unseen: np.ndarray) -> np.ndarray:
+    """(width, height, 4): the unseen cells within _REACH (a square) of the cell each pose faces."""
+    return _facing(_square_sums(unseen, _REACH))
+
+
+def _in_view(cells: np.ndarray, hiding: np.ndarray) -> np.ndarray:
+    """(width, height, 4): how many of `cells` each pose's 3x3 view holds (the 3x3 square around
+    the cell it faces); a far cell only if the cell before it does not hide it (a wall, a shut door)."""
+    width, height = cells.shape
+    behind = _padded(cells, 1)
+    counts = _facing(_square_sums(cells, 1))
+    for h, (dx, dy) in enumerate(HEADING_VECTORS):  # less the far cells hidden
+        hidden = _padded(hiding & behind[1 + dx:1 + dx + width, 1 + dy:1 + dy + height], 2, np.int32)
+        sx, sy = abs(dy), abs(dx)  # across the view
+        across = (hidden[1 - sx:3 - sx + width, 1 - sy:3 - sy + height] + hidden[1:3 + width, 1:3 + height]
+                  + hidden[1 + sx:3 + sx + width, 1 + sy:3 + sy + height])  # as _square_sums: a border of one
+        counts[..., h] -= across[1 + dx:1 + dx + width, 1 + dy:1 + dy + height]
+    return counts
+
+
+def _square_sums(cells: np.ndarray, reach: int) -> np.ndarray:
+    """How many of `cells` lie in the square of side 2 * reach + 1 around each cell, on the grid
+    and a border of one cell around it: [i, j] is the square around cell (i - 1, j - 1)."""
+    size = 2 * reach + 1
+    sums = np.zeros((cells.shape[0] + 2 * reach + 3, cells.shape[1] + 2 * reach + 3), np.int32)  # summed-area table
+    sums[1:, 1:] = _padded(cells, reach + 1, np.int32).cumsum(0).cumsum(1)
+    return sums[size:, size:] - sums[:-size, size:] - sums[size:, :-size] + sums[:-size, :-size]
+
+
+def _padded(cells: np.ndarray, border: int, dtype=bool) -> np.ndarray:
+    """`cells` with a border of zeros (np.pad costs ~10 us, five times this)."""
+    out = np.zeros((cells.shape[0] + 2 * border, cells.shape[1] + 2 * border), dtype)
+    out[border:-border, border:-border] = cells
+    return out
+
+
+def _facing(sums: np.ndarray) -> np.ndarray:
+    """(width, height, 4): _square_sums' count around the cell each pose faces."""
+    width, height = sums.shape[0] - 2, sums.shape[1] - 2
+    counts = np.empty((width, height, 4), np.int32)
+    for h, (dx, dy) in enumerate(HEADING_VECTORS):
+        counts[..., h] = sums[1 + dx:1 + dx + width, 1 + dy:1 + dy + height]
+    return counts
 
 
 @functools.lru_cache(maxsize=FIELD_CACHE_SIZE)
-def _steps_to_frontier(passable: bytes, shape: tuple[int, int], unseen: bytes) -> array:
-    """steps_to_goals for the poses that face an unseen cell."""
-    width, height = shape
-    around = np.zeros((width + 2, height + 2), bool)  # unseen, and a border of cells off the grid
-    around[1:-1, 1:-1] = np.frombuffer(unseen, bool).reshape(shape)
-    faces = np.empty((width, height, 4), bool)
-    for h, (dx, dy) in enumerate(HEADING_VECTORS):
-        faces[..., h] = around[1 + dx:1 + dx + width, 1 + dy:1 + dy + height]
-    return steps_to_goals(passable, shape, np.flatnonzero(faces).tolist())
+def _explore_field(passable: bytes, shape: tuple[int, int], unseen: bytes, hiding: bytes,
+                   walls: bytes | None) -> array:
+    """steps_to_goals with an action counting _STEP_COST, to the frontiers (start count, pose) of
+    frontiers(passable, shape, unseen, hiding, walls): at each pose the least of a frontier's start
+    plus the count of the actions to it; -1 where none is reached. Breadth-first still, over counts
+    (Dial's buckets): a frontier joins when the search reaches its start count."""
+    before_of = poses_before(shape)
+    steps = [-1] * len(before_of)
+    buckets: list[list[int]] = []
+    for start, pose in frontiers(passable, shape, unseen, hiding, walls):
+        buckets += [[] for _ in range(start + 1 - len(buckets))]
+        buckets[start].append(pose)
+    count = 0
+    while count < len(buckets):
+        later = count + _STEP_COST
+        for pose in buckets[count]:
+            if steps[pose] >= 0:
+                continue
+            steps[pose] = count
+            if later >= len(buckets):
+                buckets += [[] for _ in range(later + 1 - len(buckets))]
+            for before in before_of[pose]:
+                if before >= 0 and steps[before] < 0 and passable[before >> 2]:
+                    buckets[later].append(before)
+        count += 1
+    return array('h', steps)
 
 
 @functools.lru_cache(maxsize=FIELD_CACHE_SIZE)
