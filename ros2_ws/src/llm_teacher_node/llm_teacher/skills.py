@@ -16,11 +16,11 @@ unseen ones), which stay the same over most steps; so it is kept (`planning.step
 step costs a lookup, where searching forwards each step cost ~100 us a skill.
 
 Explore weighs its frontiers (poses whose view would show an unseen cell) by what they open onto,
-less 1 for each 3 actions it takes to reach them (a field kept the same way, `_explore_field`): the
-unseen cells within 3 of the cell ahead, so that it sweeps large unknown areas in long straight runs
-and leaves small pockets for later; and while it carries a key whose locked door it has not seen,
-the unseen cells in view, each next to a known wall counting 7, so that it follows the walls a door
-is part of. Nearest frontier first, as before, wandered in TwoDoor's 20x20 room: in diagonal
+less what reaching them costs (a field kept the same way, `_explore_field`): the unseen cells within
+3 of the cell ahead, less 3 for each action, so that it sweeps large unknown areas in long straight
+runs and leaves small pockets for later; and while it carries a key whose locked door it has not
+seen, the unseen cells in view, 7 for one next to a known wall, less 1 for each action, so that it
+follows the walls a door is part of. Nearest frontier first, as before, wandered in TwoDoor's 20x20 room: in diagonal
 staircases that turned every second step, with the key in the centre seen late
 (docs/results/teacher-prompt.md, "TwoDoor: the explore skill").
 """
@@ -51,8 +51,8 @@ HERE = -1  # SkillContext.first_action_to*: the robot is where the path would ta
 # target or two each); each takes 2 bytes a pose (~800 B on a 10x10 grid).
 FIELD_CACHE_SIZE = 2048
 # Explore (measured on TwoDoor, docs/results/teacher-prompt.md): a frontier is worth the unseen cells
-# within _REACH of the cell it faces, less 1 for each _STEP_COST actions to it; seeking a door, the
-# unseen cells in its view, _WALL_WEIGHT for one next to a known wall.
+# within _REACH of the cell it faces, less _STEP_COST for each action to it; seeking a door, the
+# unseen cells in its view, _WALL_WEIGHT for one next to a known wall, less 1 for each action.
 _REACH, _STEP_COST, _WALL_WEIGHT = 3, 3, 7
 
 
@@ -201,9 +201,9 @@ def explore(context: SkillContext) -> int | None:
 def frontiers(passable: bytes, shape: tuple[int, int], unseen: bytes, hiding: bytes,
               walls: bytes | None) -> list[tuple[int, int]]:
     """(start count, pose index) of every pose on a passable cell whose view would show an unseen
-    cell: the one worth most starts at 0, one worth v less at v, where an action counts _STEP_COST
-    (the module docstring: unseen cells around what it faces; with `walls`, those in view, more for
-    one next to a wall)."""
+    cell, in counts where an action counts _STEP_COST: the one worth most starts at 0, the others by
+    how much less they are worth (the module docstring: unseen cells around the cell it faces; with
+    `walls`, those in view, more for one next to a wall)."""
     unseen = np.frombuffer(unseen, bool).reshape(shape)
     hiding = np.frombuffer(hiding, bool).reshape(shape)
     in_view = _in_view(unseen, hiding)
