@@ -59,8 +59,11 @@ def test_the_cache_lasts_in_the_users_cache_home_unless_torchinductor_cache_dir_
     assert (tmp_path / 'mine').is_dir()
 
 
-def test_the_warm_up_runs_only_where_compile_may_and_fixes_the_cache_before_torch_does(cache_home):
+def test_the_warm_up_runs_only_where_compile_may_and_fixes_the_cache_before_torch_does(monkeypatch, cache_home):
     assert warm_up_compile(PPOConfig(total_frames=10**9, compile=False)) is None
+    assert warm_up_compile(PPOConfig(total_frames=COMPILE_FROM_FRAMES - 1)) is None  # no student compiled here yet
+    setup_compile(PPOConfig(total_frames=COMPILE_FROM_FRAMES), GRAPHS).check()  # one has now
+    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR')  # as in a new process, which the warm-up sets it for
     assert warm_up_compile(PPOConfig(total_frames=COMPILE_PRELOADED_FROM_FRAMES - 1)) is None
     thread = warm_up_compile(PPOConfig(total_frames=COMPILE_PRELOADED_FROM_FRAMES))
     thread.join()  # torch's compiler loaded: importing it would have set its /tmp default

@@ -175,6 +175,7 @@ COMPILE_PRELOADED_FROM_FRAMES = 20_000
 student_node does while the simulator starts): a warm compiled start then costs no more than an eager one, and
 the graph's compiled student repays it from ~12k frames."""
 _NETWORK_CODE = Path(inspect.getfile(ActorCritic))  # a changed network compiles anew
+_MARKERS = 'llm_teacher-students'  # in the compile cache: one empty file per student that compiled there
 
 
 def compile_cache_dir() -> Path:
@@ -244,7 +245,7 @@ def setup_compile(config: PPOConfig, graphs: str, compiler_loaded: bool = False)
     """
     cache = compile_cache_dir()
     key = hashlib.sha256(f'{torch.__version__}\n{graphs}\n'.encode() + _NETWORK_CODE.read_bytes()).hexdigest()[:24]
-    marker = cache / 'llm_teacher-students' / key
+    marker = cache / _MARKERS / key
     if config.compile is None:
         warm_from = COMPILE_PRELOADED_FROM_FRAMES if compiler_loaded else COMPILE_WARM_FROM_FRAMES
         wanted = config.total_frames >= (warm_from if marker.exists() else COMPILE_FROM_FRAMES)
@@ -282,9 +283,14 @@ def warm_up_compile(config: PPOConfig) -> threading.Thread | None:
     """Load torch's compiler (~2 s) and probe the CPU's vector instructions (~1 s) in a background
     thread, for a caller that waits for something else first (student_node waits for the simulator's
     first step batch). join() it before PPOLearner (setup_compile): the two must not import at once.
-    None where this run cannot compile."""
-    if config.compile is False or config.total_frames < COMPILE_PRELOADED_FROM_FRAMES and config.compile is None:
+    None where this run cannot compile, or auto will not: a budget too short for the first compile
+    on a machine where no student has compiled yet."""
+    if config.compile is False:
         return None
+    if config.compile is None:
+        compiled_here = any((compile_cache_dir() / _MARKERS).glob('*'))
+        if config.total_frames < (COMPILE_PRELOADED_FROM_FRAMES if compiled_here else COMPILE_FROM_FRAMES):
+            return None
     if shutil.which(_cxx()) is None:
         return None
 
