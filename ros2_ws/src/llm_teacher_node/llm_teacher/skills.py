@@ -129,24 +129,22 @@ class SkillContext:
         (step_cost) closer to the goal poses of `steps` (planning.steps_to_goals, _explore_field);
         HERE when none does: it stands on the goal worth most."""
         x, y, h = self.pose
-        here = (x * self.passable.shape[1] + y) * 4
-        remaining = steps[here + h]
-        if remaining <= 0:
-            return None if remaining < 0 else HERE
-        if remaining < step_cost:
-            return HERE  # a frontier's own start: no move brings it closer
-        if steps[here + (h - 1) % 4] == remaining - step_cost:
-            return _LEFT
-        if steps[here + (h + 1) % 4] == remaining - step_cost:
-            return _RIGHT
-        if step_cost == 1:
-            return _FORWARD  # the one move left: some move brings it closer
-        dx, dy = HEADING_VECTORS[h]
         width, height = self.passable.shape
-        ahead = here + (dx * height + dy) * 4 + h
-        if 0 <= x + dx < width and 0 <= y + dy < height and steps[ahead] == remaining - step_cost:
+        here = (x * height + y) * 4
+        remaining = steps[here + h]
+        if remaining < 0:
+            return None
+        want = remaining - step_cost
+        if want < 0:
+            return HERE  # on the goal, or a frontier's own start: no move brings it closer
+        if steps[here + (h - 1) % 4] == want:
+            return _LEFT
+        if steps[here + (h + 1) % 4] == want:
+            return _RIGHT
+        dx, dy = HEADING_VECTORS[h]
+        if 0 <= x + dx < width and 0 <= y + dy < height and steps[here + (dx * height + dy) * 4 + h] == want:
             return _FORWARD
-        return HERE  # a frontier's own start: no move brings it closer
+        return HERE  # a frontier's own start, worth `remaining`: no move brings it closer
 
 
 def skill_action(option: Option, context: SkillContext, objects) -> int | None:
