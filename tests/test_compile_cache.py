@@ -35,6 +35,7 @@ def test_auto_compiles_long_budgets_and_shorter_ones_once_the_student_compiled_h
     assert 'loading the compiled student' in capsys.readouterr().err
     assert setup_compile(PPOConfig(total_frames=COMPILE_WARM_FROM_FRAMES), 'grid (7, 7, 3), 4 envs') is None
     assert setup_compile(PPOConfig(total_frames=COMPILE_WARM_FROM_FRAMES - 1), GRAPHS) is None
+    assert setup_compile(PPOConfig(total_frames=10**6), GRAPHS, frames_done=10**6 - COMPILE_WARM_FROM_FRAMES + 1) is None  # resumed near its end
     # A caller that loaded the compiler while it waited (student_node) compiles shorter budgets too.
     assert setup_compile(PPOConfig(total_frames=COMPILE_PRELOADED_FROM_FRAMES), GRAPHS, compiler_loaded=True) is not None
     assert setup_compile(PPOConfig(total_frames=COMPILE_PRELOADED_FROM_FRAMES - 1), GRAPHS, compiler_loaded=True) is None

@@ -124,7 +124,7 @@ def load_learner(path: str | Path, obs_shape=None, num_envs=None, num_actions=No
             raise CheckpointError(f'checkpoint {path} was trained with {key}={getattr(saved, key)!r}, but this run '
                                   f'has {key}={getattr(config, key)!r}: set {key} to match, or use another run directory')
     learner = PPOLearner(config or saved, tuple(state['obs_shape']), state['num_envs'], state['num_actions'],
-                         num_groups, state.get('mission_words', []), compiler_loaded)
+                         num_groups, state.get('mission_words', []), compiler_loaded, state['counters']['frames'])
     learner.policy.load_state_dict(state['model'])
     learner.optimizer.load_state_dict(state['optimizer'])
     for key, value in state['counters'].items():

@@ -227,7 +227,8 @@ class CompileCache:
         return False
 
 
-def setup_compile(config: PPOConfig, graphs: str, compiler_loaded: bool = False) -> CompileCache | None:
+def setup_compile(config: PPOConfig, graphs: str, compiler_loaded: bool = False,
+                  frames_done: int = 0) -> CompileCache | None:
     """Whether to torch.compile (see PPOConfig.compile) and, when so, where its compiled code is
     cached: the one place that decides both, for train() and student_node alike (through PPOLearner).
 
@@ -242,13 +243,14 @@ def setup_compile(config: PPOConfig, graphs: str, compiler_loaded: bool = False)
         auto compiles from COMPILE_WARM_FROM_FRAMES when a student with the same compiled before.
     :param compiler_loaded: warm_up_compile ran to its end; auto then compiles a warm student from
         COMPILE_PRELOADED_FROM_FRAMES.
+    :param frames_done: frames a resumed learner trained before: auto weighs the frames left.
     """
     cache = compile_cache_dir()
     key = hashlib.sha256(f'{torch.__version__}\n{graphs}\n'.encode() + _NETWORK_CODE.read_bytes()).hexdigest()[:24]
     marker = cache / _MARKERS / key
     if config.compile is None:
         warm_from = COMPILE_PRELOADED_FROM_FRAMES if compiler_loaded else COMPILE_WARM_FROM_FRAMES
-        wanted = config.total_frames >= (warm_from if marker.exists() else COMPILE_FROM_FRAMES)
+        wanted = config.total_frames - frames_done >= (warm_from if marker.exists() else COMPILE_FROM_FRAMES)
     else:
         wanted = config.compile
     if not wanted:
@@ -332,11 +334,12 @@ def compile_failures() -> int:
 class PPOLearner:
     """A student policy and its rollout: act on a batch, record what followed, update when full.
 
-    :param compiler_loaded: the caller ran warm_up_compile to its end (see setup_compile).
+    :param compiler_loaded, frames_done: what the caller knows of this run for setup_compile.
     """
 
     def __init__(self, config: PPOConfig, obs_shape: tuple[int, ...], num_envs: int, num_actions: int,
-                 num_groups: int = 1, mission_words: list[str] | tuple[str, ...] = (), compiler_loaded: bool = False):
+                 num_groups: int = 1, mission_words: list[str] | tuple[str, ...] = (), compiler_loaded: bool = False,
+                 frames_done: int = 0):
         self.config = config
         torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
@@ -346,7 +349,7 @@ class PPOLearner:
                                   mission=config.mission, mission_words=mission_words).to(self.device)
         graphs = (f'{config.encoder} {tuple(obs_shape)} recurrent {config.recurrent} mission {config.mission}, '
                   f'{num_envs} envs in {num_groups} groups, minibatch {config.minibatch_size}, {config.device}')
-        self.compile_cache = setup_compile(config, graphs, compiler_loaded)  # None: eager, or checked after the first update
+        self.compile_cache = setup_compile(config, graphs, compiler_loaded, frames_done)  # None: eager, or checked after the first update
         if self.compile_cache is not None:
             self.policy.encoder.compile()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
