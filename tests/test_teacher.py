@@ -330,7 +330,8 @@ def test_explore_weighs_frontiers_by_the_unknown_they_open_onto():
     assert x >= 8 and y <= 3  # its view reaches the unseen stretch along the top wall
 
 
-@pytest.mark.parametrize('task', ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-DoorKey-8x8-v0', 'MiniGrid-LavaDoorKey-v0'])
+@pytest.mark.parametrize('task', ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-DoorKey-8x8-v0', 'MiniGrid-LavaDoorKey-v0',
+                                  'MiniGrid-TwoDoor-v0'])
 def test_skills_step_as_breadth_first_search_would(task):
     """The skills' kept step counts give planning.plan's first action to (or facing) any cell, and
     explore's count is its best frontier's start plus 3 an action (searched forwards here), with
