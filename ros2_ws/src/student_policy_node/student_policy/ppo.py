@@ -227,6 +227,12 @@ class CompileCache:
         return False
 
 
+def _auto_compiles(frames: int, compiled_before: bool, compiler_loaded: bool) -> bool:
+    """compile: auto's rule (PPOConfig.compile) for a run of `frames` frames."""
+    warm_from = COMPILE_PRELOADED_FROM_FRAMES if compiler_loaded else COMPILE_WARM_FROM_FRAMES
+    return frames >= (warm_from if compiled_before else COMPILE_FROM_FRAMES)
+
+
 def setup_compile(config: PPOConfig, graphs: str, compiler_loaded: bool = False,
                   frames_done: int = 0) -> CompileCache | None:
     """Whether to torch.compile (see PPOConfig.compile) and, when so, where its compiled code is
@@ -249,8 +255,7 @@ def setup_compile(config: PPOConfig, graphs: str, compiler_loaded: bool = False,
     key = hashlib.sha256(f'{torch.__version__}\n{graphs}\n'.encode() + _NETWORK_CODE.read_bytes()).hexdigest()[:24]
     marker = cache / _MARKERS / key
     if config.compile is None:
-        warm_from = COMPILE_PRELOADED_FROM_FRAMES if compiler_loaded else COMPILE_WARM_FROM_FRAMES
-        wanted = config.total_frames - frames_done >= (warm_from if marker.exists() else COMPILE_FROM_FRAMES)
+        wanted = _auto_compiles(config.total_frames - frames_done, marker.exists(), compiler_loaded)
     else:
         wanted = config.compile
     if not wanted:
@@ -290,8 +295,8 @@ def warm_up_compile(config: PPOConfig) -> threading.Thread | None:
     if config.compile is False:
         return None
     if config.compile is None:
-        compiled_here = any((compile_cache_dir() / _MARKERS).glob('*'))
-        if config.total_frames < (COMPILE_PRELOADED_FROM_FRAMES if compiled_here else COMPILE_FROM_FRAMES):
+        some_compiled = any((compile_cache_dir() / _MARKERS).glob('*'))  # which student this one is, PPOLearner knows
+        if not _auto_compiles(config.total_frames, some_compiled, compiler_loaded=True):
             return None
     if shutil.which(_cxx()) is None:
         return None
