@@ -33,7 +33,6 @@ from habitat_bridge.embodied.types import CameraSpec, EmbodiedStep, Pose, vfov_d
 from habitat_bridge.embodied.mapping import OccupancyMapper
 from llm_teacher_common.commands import BACK, DROP, FORWARD, PICKUP, TURN_LEFT, TURN_RIGHT
 from llm_teacher_common.perception import PerceivedObject, Perception
-from llm_teacher_common.transform2d import Transform2D
 
 # Object kinds and the primitive template each is built from.
 KINDS = {'ball': 'icosphereSolid', 'box': 'cubeSolid', 'cylinder': 'cylinderSolid', 'cone': 'coneSolid'}
@@ -262,7 +261,7 @@ class HabitatSimBackend:
     def _carry(self) -> None:
         if self.carrying is not None:  # held 0.8 m ahead, at floor level
             pose = self.pose()
-            x, y = Transform2D(pose.x, pose.y, pose.yaw).to_parent(0.8, 0.0)
+            x, y = pose.on_map(0.8, 0.0)
             self.objects[self.carrying].translation = map_to_habitat(x, y, 0.25)
 
     def _success(self, action: int) -> bool:

@@ -111,7 +111,7 @@ class OccupancyMapper:
         """Occupied cells where an object was just picked up from were the object's (left occupied,
         they would stand in the robot's way, and look like something it bumped into)."""
         grid = self.grid
-        x, y = Transform2D(pose.x, pose.y, pose.yaw).to_parent(PICKED_UP[0], 0.0)
+        x, y = pose.on_map(PICKED_UP[0], 0.0)
         i, j = np.nonzero(grid.cells == OCCUPIED)
         cx, cy = grid.centre_of(i, j)
         near = np.hypot(cx - x, cy - y) < PICKED_UP[1]
@@ -121,7 +121,7 @@ class OccupancyMapper:
         return np.arctan(-(np.arange(width) - (width - 1) / 2) / self.camera.focal_length_px)
 
     def _mark(self, forward: np.ndarray, left: np.ndarray, pose: Pose, value: int) -> None:
-        x, y = Transform2D(pose.x, pose.y, pose.yaw).to_parent(forward, left)
+        x, y = pose.on_map(forward, left)
         grid = self.grid
         i = np.floor((x - grid.origin[0]) / grid.resolution).astype(int)
         j = np.floor((y - grid.origin[1]) / grid.resolution).astype(int)

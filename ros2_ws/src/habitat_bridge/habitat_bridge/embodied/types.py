@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from llm_teacher_common.perception import Perception
-from llm_teacher_common.transform2d import Transform2D
+from llm_teacher_common.transform2d import Coordinate, Transform2D
 
 
 @dataclass
@@ -26,6 +26,10 @@ class Pose:
     def relative(self, x: float, y: float) -> tuple[float, float]:
         """(forward, left) in base_link of the map point (x, y)."""
         return Transform2D(self.x, self.y, self.yaw).from_parent(x, y)
+
+    def on_map(self, forward: Coordinate, left: Coordinate) -> tuple[Coordinate, Coordinate]:
+        """The map (x, y) of the point (forward, left) in base_link: relative undone."""
+        return Transform2D(self.x, self.y, self.yaw).to_parent(forward, left)
 
 
 @dataclass
