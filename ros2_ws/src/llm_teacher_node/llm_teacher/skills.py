@@ -203,37 +203,55 @@ def frontiers(passable: bytes, shape: tuple[int, int], unseen: bytes, hiding: by
     how much less they are worth (the module docstring: unseen cells around the cell it faces; with
     `walls`, those in view, more for one next to a wall)."""
     unseen = np.frombuffer(unseen, bool).reshape(shape)
-    hiding = np.frombuffer(hiding, bool).reshape(shape)
-    in_view = _in_view(unseen, hiding)
+    views = _views(shape)
+    # Only poses on passable cells can be frontiers: counting for those alone is ~20% cheaper.
+    poses = np.flatnonzero(np.repeat(np.frombuffer(passable, bool), 4))
+    hiding = _padded(np.frombuffer(hiding, bool).reshape(shape), 2).ravel()
+    in_view = _in_view(_padded(unseen, 2).ravel(), hiding, views, poses)
+    frontier = in_view > 0
+    poses = poses[frontier]
     if walls is not None:
         around = _padded(np.frombuffer(walls, bool).reshape(shape), 1)
         by_a_wall = unseen & (around[2:, 1:-1] | around[:-2, 1:-1] | around[1:-1, 2:] | around[1:-1, :-2])
-        value = _STEP_COST * (in_view + (_WALL_WEIGHT - 1) * _in_view(by_a_wall, hiding))
-    else:
-        value = _around_ahead(unseen)
-    frontier = (in_view > 0) & np.frombuffer(passable, bool).reshape(shape)[..., None]
-    worth = value[frontier]
-    return list(zip((worth.max(initial=0) - worth).tolist(), np.flatnonzero(frontier).tolist()))
+        worth = _STEP_COST * (in_view[frontier] + (_WALL_WEIGHT - 1) * _in_view(_padded(by_a_wall, 2).ravel(), hiding,
+                                                                                 views, poses))
+    else:  # the unseen cells within _REACH (a square) of the cell each frontier faces
+        worth = _square_sums(unseen, _REACH).ravel()[views[3][poses]]  # views[3]: the cell faced
+    return list(zip((worth.max(initial=0) - worth).tolist(), poses.tolist()))
 
 
-def _around_ahead(unseen: np.ndarray) -> np.ndarray:
-    """(width, height, 4): the unseen cells within _REACH (a square) of the cell each pose faces."""
-    return _facing(_square_sums(unseen, _REACH))
+def _in_view(cells: np.ndarray, hiding: np.ndarray, views: tuple, poses: np.ndarray) -> np.ndarray:
+    """How many of `cells` each of `poses` has in its 3x3 view (the square around the cell it faces);
+    a far cell only if the cell before it does not hide it (a wall, a shut door). `cells` and
+    `hiding` are grids padded by 2, flat; `views` are _views' of their shape."""
+    square, middle, far, _ = views
+    return cells[square[poses]].sum(1) - (hiding[middle[poses]] & cells[far[poses]]).sum(1)
 
 
-def _in_view(cells: np.ndarray, hiding: np.ndarray) -> np.ndarray:
-    """(width, height, 4): how many of `cells` each pose's 3x3 view holds (the 3x3 square around
-    the cell it faces); a far cell only if the cell before it does not hide it (a wall, a shut door)."""
-    width, height = cells.shape
-    behind = _padded(cells, 1)
-    counts = _facing(_square_sums(cells, 1))
-    for h, (dx, dy) in enumerate(HEADING_VECTORS):  # less the far cells hidden
-        hidden = _padded(hiding & behind[1 + dx:1 + dx + width, 1 + dy:1 + dy + height], 2, np.int32)
-        sx, sy = abs(dy), abs(dx)  # across the view
-        across = (hidden[1 - sx:3 - sx + width, 1 - sy:3 - sy + height] + hidden[1:3 + width, 1:3 + height]
-                  + hidden[1 + sx:3 + sx + width, 1 + sy:3 + sy + height])  # as _square_sums: a border of one
-        counts[..., h] -= across[1 + dx:1 + dx + width, 1 + dy:1 + dy + height]
-    return counts
+@functools.cache
+def _views(shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """What each pose (x * height + y) * 4 + heading sees, as flat indices into the grid padded by
+    2 (_padded): its 3x3 view, the square around the cell it faces (P, 9); the middle row of that
+    view (P, 3), whose walls and shut doors hide the far row behind them (P, 3, in the same order);
+    and the cell it faces as an index into _square_sums' grid, which has a border of one (P,).
+    Gathering these costs a few numpy calls a map where shifting whole grids per heading cost ~40."""
+    width, height = shape
+    x, y, h = (a.ravel() for a in np.meshgrid(np.arange(width), np.arange(height), np.arange(4), indexing='ij'))
+    forward = np.array(HEADING_VECTORS)[h]
+    across = np.abs(forward[:, ::-1])
+    fx, fy = x + forward[:, 0], y + forward[:, 1]  # the cell faced
+    k = np.arange(-1, 2)
+
+    def padded(cx, cy):
+        return (cx + 2) * (height + 4) + cy + 2
+
+    square = padded(fx[:, None, None] + k[:, None], fy[:, None, None] + k).reshape(-1, 9)
+    middle = padded(fx[:, None] + k * across[:, :1], fy[:, None] + k * across[:, 1:])
+    far = padded(fx[:, None] + forward[:, :1] + k * across[:, :1], fy[:, None] + forward[:, 1:] + k * across[:, 1:])
+    views = (square, middle, far, (fx + 1) * (height + 2) + fy + 1)
+    for view in views:
+        view.flags.writeable = False  # shared by every call on this shape
+    return views
 
 
 def _square_sums(cells: np.ndarray, reach: int) -> np.ndarray:
@@ -252,41 +270,36 @@ def _padded(cells: np.ndarray, border: int, dtype=bool) -> np.ndarray:
     return out
 
 
-def _facing(sums: np.ndarray) -> np.ndarray:
-    """(width, height, 4): _square_sums' count around the cell each pose faces."""
-    width, height = sums.shape[0] - 2, sums.shape[1] - 2
-    counts = np.empty((width, height, 4), np.int32)
-    for h, (dx, dy) in enumerate(HEADING_VECTORS):
-        counts[..., h] = sums[1 + dx:1 + dx + width, 1 + dy:1 + dy + height]
-    return counts
-
-
 @functools.lru_cache(maxsize=FIELD_CACHE_SIZE)
 def _explore_field(passable: bytes, shape: tuple[int, int], unseen: bytes, hiding: bytes,
                    walls: bytes | None) -> array:
     """steps_to_goals with an action counting _STEP_COST, to the frontiers (start count, pose) of
     frontiers(passable, shape, unseen, hiding, walls): at each pose the least of a frontier's start
     plus the count of the actions to it; -1 where none is reached. Breadth-first still, over counts
-    (Dial's buckets): a frontier joins when the search reaches its start count."""
+    (Dial's buckets): a frontier joins when the search reaches its start count. Each pose is queued
+    once, when first reached (its least count but for a frontier's own start): queuing it from each
+    of its neighbours, and adding buckets frontier by frontier, cost a third more. With frontiers'
+    gathers a new map costs 82 us instead of 132 on SimpleDoorKey, 273 instead of 375 on TwoDoor."""
     before_of = poses_before(shape)
-    steps = [-1] * len(before_of)
-    buckets: list[list[int]] = []
-    for start, pose in frontiers(passable, shape, unseen, hiding, walls):
-        buckets += [[] for _ in range(start + 1 - len(buckets))]
+    goals = frontiers(passable, shape, unseen, hiding, walls)
+    # The least count found so far; a last entry, 0, is what before_of's -1 (off the grid) reads.
+    steps = [-1] * len(before_of) + [0]
+    buckets = [[] for _ in range(max(goals, default=(-1,))[0] + 1)]  # to the largest start
+    for start, pose in goals:
         buckets[start].append(pose)
-    count = 0
-    while count < len(buckets):
+        steps[pose] = start
+    for count, poses in enumerate(buckets):  # grows as it goes
         later = count + _STEP_COST
-        for pose in buckets[count]:
-            if steps[pose] >= 0:
-                continue
-            steps[pose] = count
-            if later >= len(buckets):
-                buckets += [[] for _ in range(later + 1 - len(buckets))]
+        if poses and later >= len(buckets):
+            buckets += [[] for _ in range(later + 1 - len(buckets))]
+        for pose in poses:
+            if steps[pose] != count:
+                continue  # a frontier reached for less from another
             for before in before_of[pose]:
-                if before >= 0 and steps[before] < 0 and passable[before >> 2]:
+                if not 0 <= steps[before] <= later and passable[before >> 2]:
+                    steps[before] = later
                     buckets[later].append(before)
-        count += 1
+    steps.pop()
     return array('h', steps)
 
 
