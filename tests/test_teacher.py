@@ -551,6 +551,26 @@ def test_embedded_model_scores_a_valid_deterministic_distribution(embedded):
     assert first == again
 
 
+def test_the_embedded_model_loads_only_when_an_answer_is_not_cached(tmp_path):
+    """A second run answers from its cache: loading torch, transformers and the weights (~3.6 CPU
+    s) would be all its LLM cost. A model directory that does not load is an LLMError, said once."""
+    from llm_teacher.backends import LLMError, TransformersBackend
+    backend = TransformersBackend('embedded')
+    options = feasible_options(Perception('open the locked door', objects=[KEY]))
+    prompt = Mediator.from_file().prompt(Perception('open the locked door', objects=[KEY]), options)
+    cache = AnswerCache(tmp_path / 'answers.sqlite')
+    cache.put(backend.name, 'score', prompt, {o.text: 1 / len(options) for o in options})
+    teacher = Teacher(Planner(backend, 'score'), cache, Mediator.from_file())
+    assert teacher.option_distribution(Perception('open the locked door', objects=[KEY]), options)
+    assert backend._loaded is None and teacher.counters.llm_calls == 0
+    teacher.close()
+    (tmp_path / 'empty').mkdir()
+    empty = TransformersBackend(str(tmp_path / 'empty'))
+    for _ in range(2):
+        with pytest.raises(LLMError, match='could not load the model in .*empty onto cpu'):
+            empty.score(prompt, ['explore'])
+
+
 def test_embedded_model_sampling_is_parsed_or_rejected(embedded):
     options = feasible_options(Perception('open the locked door', objects=[KEY]))
     prompt = Mediator.from_file().prompt(Perception('open the locked door', objects=[KEY]), options)

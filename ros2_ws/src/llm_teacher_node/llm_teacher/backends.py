@@ -162,18 +162,49 @@ def model_dir(model: str, cache_dir: Path | None = None) -> Path:
 
 
 class TransformersBackend:
-    """A local causal LM through transformers; `model` is a directory, 'embedded' or 'embedded-gemma'."""
+    """A local causal LM through transformers; `model` is a directory, 'embedded' or 'embedded-gemma'.
+
+    The weights load on first use, not here: with every answer cached (a second run), a teacher
+    never needs them, and loading torch, transformers and the embedded model costs ~3.6 CPU s and
+    ~1 GB (~90 us a frame of a 40k-frame run). The first answer's latency includes the load.
+    """
 
     def __init__(self, model: str = 'embedded', device: str = 'cpu', seed: int = 0, cache_dir: Path | None = None):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        path = model_dir(model, cache_dir)
-        self.name = f'transformers:{EMBEDDED_MODELS[model].name if model in EMBEDDED_MODELS else path.name}'
-        self.torch, self.device = torch, device
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.seed = seed
+        self.path = model_dir(model, cache_dir)  # a model that is not there is an error now, at start-up
+        self.name = f'transformers:{EMBEDDED_MODELS[model].name if model in EMBEDDED_MODELS else self.path.name}'
+        self.device, self.seed = device, seed
+        self._loaded: tuple | LLMError | None = None  # (tokenizer, model), or why they did not load
+        self._load_lock = threading.Lock()
+        if device != 'cpu':
+            self._load()  # a device this machine lacks is an error now too
+
+    def _load(self) -> tuple:
+        """(tokenizer, model), loaded by the first caller.
+
+        :raises LLMError: the model does not load (onto the device): every later call raises it
+            again rather than loading once more.
+        """
+        with self._load_lock:
+            if self._loaded is None:
+                import torch
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+                try:
+                    self._loaded = (AutoTokenizer.from_pretrained(self.path),
+                                    AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+                                    .to(self.device).eval())
+                except Exception as err:  # noqa: BLE001 (a bad directory or device): said once, to every caller
+                    self._loaded = LLMError(f'could not load the model in {self.path} onto {self.device}: {type(err).__name__}: {err}')
+        if isinstance(self._loaded, LLMError):
+            raise self._loaded
+        return self._loaded
+
+    @property
+    def tokenizer(self):
+        return self._load()[0]
+
+    @property
+    def model(self):
+        return self._load()[1]
 
     def _prompt_ids(self, prompt: str):
         # A chat template writes its special tokens itself; a base model's tokenizer adds its own (BOS).
@@ -182,7 +213,7 @@ class TransformersBackend:
                               return_tensors='pt')['input_ids'].to(self.device)
 
     def generate(self, prompt: str, n: int, temperature: float, max_tokens: int) -> list[str]:
-        torch = self.torch
+        import torch
         ids = self._prompt_ids(prompt)
         torch.manual_seed(self.seed)  # same prompt, same samples: deterministic distributions
         with torch.no_grad():
@@ -194,7 +225,7 @@ class TransformersBackend:
 
     def score(self, prompt: str, continuations: list[str]) -> list[float]:
         """One forward pass over the prompt, then all continuations in one batch on its KV cache."""
-        torch = self.torch
+        import torch
         ids = self._prompt_ids(prompt)
         conts = [self.tokenizer(c, add_special_tokens=False)['input_ids'] for c in continuations]
         n, longest = len(conts), max(len(c) for c in conts)
@@ -416,7 +447,8 @@ def make_backend(backend: str = 'transformers', model: str = 'embedded', device:
     `tokenizer` is the openai backend's, for scoring (see OpenAIBackend).
 
     :raises ValueError: an unknown backend or a malformed parameter.
-    :raises LLMError: the model cannot be loaded.
+    :raises LLMError: the model directory does not exist (the transformers backend loads the model
+        itself on first use, and raises LLMError there if it cannot).
     """
     if backend == 'transformers':
         return TransformersBackend(model, device=device)
