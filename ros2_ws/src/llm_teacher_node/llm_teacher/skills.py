@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 from array import array
+from typing import NamedTuple
 
 import numpy as np
 from minigrid.core.actions import Actions
@@ -50,6 +51,7 @@ HERE = -1  # SkillContext.first_action_to*: the robot is where the path would ta
 # Step counts kept by each of the two kinds (frontier, target): 16 envs use ~4 at a time (explore and a
 # target or two each); each takes 2 bytes a pose (~800 B on a 10x10 grid).
 FIELD_CACHE_SIZE = 2048
+POLICY_CACHE_SIZE = 4096  # states (map, options, objects) whose pi_T is kept: ~1 kB each on a 10x10 grid
 # Explore (measured on TwoDoor, docs/results/teacher-prompt.md): a frontier is worth the unseen cells
 # within _REACH of the cell it faces, less _STEP_COST for each action to it; seeking a door, the
 # unseen cells in its view, _WALL_WEIGHT for one next to a known wall, less 1 for each action.
@@ -318,17 +320,39 @@ def _steps_to_target(passable: bytes, shape: tuple[int, int], target: tuple[int,
 
 def teacher_policy(option_probs: dict[Option, float], memory_map: np.ndarray, objects,
                    avoid_lava: bool = True) -> np.ndarray:
-    """pi_T(a|s): the option distribution pushed through the skills, as (NUM_ACTIONS,) float32.
+    """pi_T(a|s): the option distribution pushed through the skills, as (NUM_ACTIONS,) float32
+    (read-only: the same array answers every state alike).
 
     Options with nothing left to do here give their probability to the others (renormalised);
     if none can act, the robot turns left to look around.
     """
-    context = SkillContext(memory_map, avoid_lava)
+    # Kept by all the skills read: a student that turns back and forth or acts in vain (a random
+    # one, early in training) is in a state it was in a few steps before in ~3 steps of 4.
+    return _policy(tuple(option_probs.items()), memory_map.tobytes(), memory_map.shape, memory_map.dtype.str,
+                   tuple(_Target(o.type, o.color, o.state, o.grid_x, o.grid_y) for o in objects), avoid_lava)
+
+
+class _Target(NamedTuple):
+    """What the skills read of a perceived object (skill_action)."""
+
+    type: str
+    color: str
+    state: str
+    grid_x: int
+    grid_y: int
+
+
+@functools.lru_cache(maxsize=POLICY_CACHE_SIZE)
+def _policy(option_probs: tuple, memory_map: bytes, shape: tuple, dtype: str, objects: tuple,
+            avoid_lava: bool) -> np.ndarray:
+    context = SkillContext(np.frombuffer(memory_map, dtype).reshape(shape), avoid_lava)
     probs = np.zeros(NUM_ACTIONS, np.float32)
-    for option, p in option_probs.items():
+    for option, p in option_probs:
         action = skill_action(option, context, objects) if p > 0 else None
         if action is not None:
             probs[action] += p
     if probs.sum() == 0:
         probs[Actions.left] = 1.0
-    return probs / probs.sum()
+    probs = probs / probs.sum()
+    probs.flags.writeable = False
+    return probs
