@@ -119,7 +119,7 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
         return True
     config = PPOConfig(total_frames=frames, seed=seed, teacher=schedule, device=job.get('device', 'cpu'),
                        recurrent=job.get('recurrent', 0), mission=job.get('mission', False),
-                       teacher_replay=job.get('teacher_replay', 0), greedy_envs=job.get('greedy_envs', 0),
+                       teacher_replay=job.get('teacher_replay', 0),
                        **(dict(EMBODIED_CONFIG, encoder=encoder_for(envs.observation)) if embodied else {}))
     learner = train(config, envs, teacher=suggest, callbacks=[record])
     envs.close()
@@ -286,9 +286,6 @@ def main():
     parser.add_argument('--teacher-replay', type=int, default=0,
                         help="frames of teacher-labelled sequences the students' teacher term revisits "
                              "(PPOConfig.teacher_replay); 0: off")
-    parser.add_argument('--greedy-envs', type=int, default=0,
-                        help='environments per job that act greedily in training, labelled by the teacher and '
-                             'left out of PPO (PPOConfig.greedy_envs); 0: off')
     parser.add_argument('--device', default='cpu', help="the students' torch device (cuda: on a GPU machine)")
     parser.add_argument('--envs', type=int, help='environments (robots) per job (default: 16 MiniGrid, 8 embodied)')
     parser.add_argument('--summarise', action='store_true',
@@ -314,7 +311,7 @@ def main():
     # studies run before an option existed resume.
     optional = {'device': (args.device, 'cpu'), 'envs': (args.envs, None), 'recurrent': (args.recurrent, 0),
                 'mission': (args.mission, False), 'observation': (args.observation, ''),
-                'teacher_replay': (args.teacher_replay, 0), 'greedy_envs': (args.greedy_envs, 0)}
+                'teacher_replay': (args.teacher_replay, 0)}
     settings = {key: value for key, (value, default) in optional.items() if value != default}
     jobs = [{**job, **settings} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings

@@ -169,50 +169,6 @@ def test_the_teacher_replay_keeps_teaching_what_the_rollouts_no_longer_show():
     assert kept > 0.9 > forgotten + 0.3
 
 
-def _probe_rollout(learner, obs, reward_of_probe: float, teacher_probs=None, probe_suggested: bool = False):
-    """A rollout on fixed observations where only the last env (the greedy probe) is rewarded, and
-    (probe_suggested) only it carries a suggestion."""
-    n = learner.num_envs
-    for t in range(learner.config.num_steps):
-        learner.act(obs)
-        if probe_suggested:
-            learner.attach_teacher(t, teacher_probs, (np.arange(n) == n - 1).astype(np.float32))
-        rewards = np.zeros(n, np.float32)
-        rewards[-1] = reward_of_probe
-        learner.record(rewards, np.zeros(n), np.zeros(n))
-
-
-def test_greedy_probes_act_by_argmax_and_teach_only_through_the_teacher_term():
-    """greedy_envs: the last envs act greedily; PPO's losses ignore their steps (a reward seen only
-    by a probe leaves the update unchanged), the teacher term does not (a suggestion seen only by a
-    probe moves the student towards it)."""
-    config = PPOConfig(num_steps=8, minibatch_size=16, greedy_envs=1, teacher=TeacherSchedule(1.0, 1.0))
-    obs = np.random.default_rng(0).integers(0, 10, (3, 7, 7, 3)).astype(np.uint8)
-    weights = []
-    for reward in (0.0, 5.0):
-        learner = PPOLearner(config, (7, 7, 3), num_envs=3, num_actions=7)
-        _probe_rollout(learner, obs, reward)
-        with torch.no_grad():
-            greedy_action = learner.policy.step(torch.from_numpy(obs[-1:]), learner.policy.initial_state(1))[0].argmax()
-        assert (learner.storage.actions[:, -1] == greedy_action.item()).all()
-        assert learner.storage.on_policy[:, :2].all() and not learner.storage.on_policy[:, -1].any()
-        learner.update(obs)
-        weights.append(torch.cat([w.flatten() for w in learner.policy.parameters()]))
-    assert torch.equal(weights[0], weights[1])
-
-    learner = PPOLearner(config, (7, 7, 3), num_envs=3, num_actions=7)
-    teacher_probs = np.zeros((3, 7), np.float32)
-    teacher_probs[:, 4] = 1.0
-    probe = torch.from_numpy(obs[-1:])
-    before = torch.softmax(learner.policy.step(probe, learner.policy.initial_state(1))[0], -1)[0, 4].item()
-    _probe_rollout(learner, obs, 0.0, teacher_probs, probe_suggested=True)
-    learner.update(obs)
-    after = torch.softmax(learner.policy.step(probe, learner.policy.initial_state(1))[0], -1)[0, 4].item()
-    assert after > before + 0.05
-    with pytest.raises(ValueError, match='greedy_envs'):
-        PPOLearner(PPOConfig(greedy_envs=3), (7, 7, 3), num_envs=3, num_actions=7)
-
-
 def test_env_groups_fill_their_own_columns_at_their_own_pace():
     """Double-buffered sampling: group 1 runs a step ahead of group 0; each writes only its columns,
     and the rollout is full (and updates) only once both groups have all their steps."""

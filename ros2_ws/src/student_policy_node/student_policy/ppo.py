@@ -128,12 +128,6 @@ class PPOConfig:
     it). A recurrent policy replays each sequence from the state it acted from then (R2D2's stored
     state, without burn-in). 0: off. Camera + map student on GoToRedBall: 0.02 -> 0.48 sampled
     (docs/results.md, "The teacher's labels replayed")."""
-    greedy_envs: int = 0
-    """environments (the last ones of the batch) that act greedily (argmax) in training: probes of
-    where the deployed, greedy policy goes. Their steps carry only the teacher term (not PPO's: their
-    actions were not sampled), so the teacher labels the states the greedy policy reaches and sampled
-    training rarely does, as offline DAgger's greedy student does. Their success is
-    charts/greedy_success_rate."""
     seed: int = 0
     """seeds torch, numpy and the environments."""
     torch_threads: int = 1
@@ -368,10 +362,6 @@ class PPOLearner:
                                       MISSION_LENGTH if config.mission else 0)
         self.replay = TeacherReplay(config.teacher_replay, config.sequence_length) if config.teacher_replay else None
         self.num_envs, self.num_actions = num_envs, num_actions
-        if not 0 <= config.greedy_envs < num_envs:
-            raise ValueError(f'greedy_envs ({config.greedy_envs}) must be >= 0 and leave some of the {num_envs} '
-                             'environments sampling actions for PPO')
-        self.greedy = np.arange(num_envs) >= num_envs - config.greedy_envs
         # The policy's state per env, and whether its next observation starts an episode (the state
         # is zeroed then). A resumed learner starts from zero states: its envs' episodes go on from
         # where the simulator is, which the checkpoint does not know.
@@ -381,7 +371,6 @@ class PPOLearner:
         self.skipped_steps = 0  # gradient steps skipped for a non-finite loss or gradient
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.recent_success: deque[float] = deque(maxlen=100)
-        self.recent_greedy_success: deque[float] = deque(maxlen=100)
         self._episode_return = np.zeros(num_envs, np.float32)
 
     @property
@@ -410,10 +399,6 @@ class PPOLearner:
         tokens = self.missions(missions)
         dist, values, self.state[envs] = self.policy.distribution(torch.from_numpy(obs).to(self.device), state, tokens)
         actions = dist.sample()
-        greedy = self.greedy[envs]
-        if greedy.any():
-            actions = torch.where(torch.from_numpy(greedy).to(self.device), dist.probs.argmax(-1), actions)
-        s.on_policy[t, envs] = ~greedy
         s.starts[t, envs] = self.starts[envs]
         s.obs[t, envs] = obs
         if tokens is not None:
@@ -444,13 +429,7 @@ class PPOLearner:
         self.frames += len(rewards)
         returns = self._episode_return[envs]  # a view: updated in place
         returns += rewards
-        greedy = self.greedy[envs]
         for i in np.flatnonzero(dones):
-            if greedy[i]:
-                self.recent_greedy_success.append(float(success[i]))
-                returns[i] = 0.0
-                self.episodes += 1
-                continue
             self.recent_returns.append(float(returns[i]))
             self.recent_success.append(float(success[i]))
             returns[i] = 0.0
@@ -494,23 +473,15 @@ class PPOLearner:
             dist = Categorical(logits=logits)
             logratio = dist.log_prob(mb.actions) - mb.logprobs
             ratio = logratio.exp()
-            # PPO's terms average over the steps whose action was sampled (greedy probes' were not)
-            sampled = mb.on_policy
-            count = sampled.sum().clamp(min=1.0)
-
-            def mean(x: torch.Tensor) -> torch.Tensor:
-                return (x * sampled).sum() / count
-
             with torch.no_grad():
-                approx_kl = mean((ratio - 1) - logratio)  # http://joschu.net/blog/kl-approx.html
-                clipfrac = mean(((ratio - 1.0).abs() > cfg.clip_coef).float())
+                approx_kl = ((ratio - 1) - logratio).mean()  # http://joschu.net/blog/kl-approx.html
+                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
             adv = mb.advantages
             if cfg.norm_adv:
-                centred = adv - mean(adv)
-                adv = centred / (((centred ** 2 * sampled).sum() / (count - 1).clamp(min=1.0)).sqrt() + 1e-8)
-            policy_loss = mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)))
-            value_loss = 0.5 * mean((new_values - mb.returns) ** 2)
-            entropy = mean(dist.entropy())
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            value_loss = 0.5 * ((new_values - mb.returns) ** 2).mean()
+            entropy = dist.entropy().mean()
             distill_loss = cross_entropy(logits, mb.teacher_probs, mb.teacher_mask)
             loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss + weight * distill_loss
             if replaying:
@@ -548,8 +519,6 @@ class PPOLearner:
             'losses/explained_variance': float(explained),
             'charts/episodic_return': float(np.mean(self.recent_returns)) if self.recent_returns else 0.0,
             'charts/success_rate': float(np.mean(self.recent_success)) if self.recent_success else 0.0,
-            **({'charts/greedy_success_rate': float(np.mean(self.recent_greedy_success))
-                if self.recent_greedy_success else 0.0} if self.greedy.any() else {}),
             'charts/learning_rate': lr,
             'teacher/weight': weight,
             'teacher/coverage': coverage,
