@@ -326,8 +326,9 @@ def teacher_policy(option_probs: dict[Option, float], memory_map: np.ndarray, ob
     Options with nothing left to do here give their probability to the others (renormalised);
     if none can act, the robot turns left to look around.
     """
-    # Kept by all the skills read: a student that turns back and forth or acts in vain (a random
-    # one, early in training) is in a state it was in a few steps before in ~3 steps of 4.
+    # Kept by all the skills read: a student that turns back and forth or acts in vain is often in a
+    # state it was in shortly before (SimpleDoorKey: a random one 3 steps in 4, the student of a
+    # 40k-frame run 1 in 2), and suggest then costs 36 us an env-step instead of 46.
     return _policy(tuple(option_probs.items()), memory_map.tobytes(), memory_map.shape, memory_map.dtype.str,
                    tuple(_Target(o.type, o.color, o.state, o.grid_x, o.grid_y) for o in objects), avoid_lava)
 
