@@ -231,25 +231,19 @@ def batches(data_arrays, sequences: list[list[int]], batch: int, rng, shuffle=Tr
                torch.from_numpy(starts), index)
 
 
-def train(student: Student, arrays, train_episodes, epochs: int, lr: float, chunk: int, rng, anneal: bool) -> float:
-    """Cross-entropy to the teacher's distribution, minibatches of ~256 steps; with `anneal` the
-    learning rate falls to 0 along a cosine over the call's updates."""
+def train(student: Student, arrays, train_episodes, epochs: int, lr: float, chunk: int, rng) -> float:
+    """Cross-entropy to the teacher's distribution, minibatches of ~256 steps."""
     sequences = chunks(train_episodes, chunk)
-    batch = max(256 // chunk, 1)
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
-    updates = epochs * math.ceil(len(sequences) / batch)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, updates) if anneal else None
     for _ in range(epochs):
         losses = []
-        for obs, crops, missions, probs, mask, starts, _ in batches(arrays, sequences, batch, rng):
+        for obs, crops, missions, probs, mask, starts, _ in batches(arrays, sequences, max(256 // chunk, 1), rng):
             logits = student.unroll(obs, crops, missions, starts)
             loss = -(probs * torch.log_softmax(logits, -1)).sum(-1)[mask].mean()
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(student.parameters(), 0.5)
             optimizer.step()
-            if schedule is not None:
-                schedule.step()
             losses.append(loss.item())
     return float(np.mean(losses))
 
@@ -333,9 +327,6 @@ def main():
     parser.add_argument('--dagger-frames', type=int, default=20_000, help='student-driven frames per round')
     parser.add_argument('--dagger-epochs', type=int, default=0, help='epochs over all the data per DAgger round '
                         '(default: --epochs; the student goes on from the last round)')
-    parser.add_argument('--fresh', action='store_true', help="DAgger's own form: a new student each round, "
-                        'trained on everything gathered (default: the student goes on from the last round)')
-    parser.add_argument('--anneal', action='store_true', help='cosine learning-rate decay to 0 in each round')
     parser.add_argument('--eval-episodes', type=int, default=50)
     parser.add_argument('--envs', type=int, default=8)
     parser.add_argument('--hybrid', action='store_true',
@@ -354,12 +345,8 @@ def main():
               'seconds': round(time.perf_counter() - start)}
     print(json.dumps(report), flush=True)
     held_out = [e for k, e in enumerate(data.episodes) if k % 10 == 0]
-
-    def new_student():
-        return Student(envs.observation_space.shape, envs.num_actions, args.encoder, args.map, args.recurrent,
-                       args.mission)
-
-    student = new_student()
+    student = Student(envs.observation_space.shape, envs.num_actions, args.encoder, args.map, args.recurrent,
+                      args.mission)
     results = []
     for round_ in range(args.dagger + 1):
         if round_:
@@ -369,15 +356,12 @@ def main():
             print(json.dumps({'stage': f'dagger {round_}', 'frames': len(data), 'student_driven_success':
                               rate_text(run['successes'], run['episodes_ended']),
                               'seconds': round(time.perf_counter() - start)}), flush=True)
-            if args.fresh:
-                student = new_student()
         held = {id(e) for e in held_out}
         train_episodes = [e for e in data.episodes if id(e) not in held]
         start = time.perf_counter()
         epochs = args.dagger_epochs if round_ and args.dagger_epochs else args.epochs
         arrays = data.arrays()  # ~1 GB at 100k frames: stacked once a round
-        loss = train(student, arrays, train_episodes, epochs, args.lr, args.chunk or (64 if args.recurrent else 1), rng,
-                     args.anneal)
+        loss = train(student, arrays, train_episodes, epochs, args.lr, args.chunk or (64 if args.recurrent else 1), rng)
         seconds = round(time.perf_counter() - start)
         result = {'stage': f'round {round_}', 'frames': len(data), 'loss': round(loss, 3), 'train_seconds': seconds,
                   **agreement(student, arrays, held_out, rng)}
