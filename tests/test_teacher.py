@@ -399,6 +399,30 @@ def test_options_with_nothing_left_to_do_give_way_to_the_others():
     assert probs[skill_action(door, SkillContext(obs), perception.objects)] == pytest.approx(1.0)
 
 
+def test_teacher_policy_is_kept_by_all_the_skills_read(monkeypatch):
+    """pi_T is cached (skills._policy): a state that differs from a cached one in one input gets
+    what a fresh computation gives, not the cached answer."""
+    from llm_teacher import skills
+    grid = np.zeros((7, 5, 4), np.uint8)  # a 3x3 room seen, lava across it, a locked door in its left wall,
+    grid[:4, :, 0] = OBJECT_TO_IDX['wall']  # the cells to its right unseen
+    grid[1:4, 1:4, 0] = OBJECT_TO_IDX['empty']
+    grid[2, 1:4, 0] = OBJECT_TO_IDX['lava']
+    grid[0, 2, :3] = OBJECT_TO_IDX['door'], COLOR_TO_IDX['yellow'], STATE_TO_IDX['locked']
+    grid[1, 2, 3] = 1 + 2  # the robot, facing -x: the door
+    options = {Option('open', 'door', 'yellow'): 0.5, EXPLORE: 0.5}
+    locked = PerceivedObject('door', 'yellow', 'locked', grid_x=0, grid_y=2)
+    opened = PerceivedObject('door', 'yellow', 'open', grid_x=0, grid_y=2)
+    transposed = np.frombuffer(grid.tobytes(), np.uint8).reshape(5, 7, 4)
+    states = {'cached': (options, grid, [locked], True), 'door open': (options, grid, [opened], True),
+              'lava-blind': (options, grid, [locked], False), 'transposed': (options, transposed, [locked], True)}
+    kept = {name: teacher_policy(*state) for name, state in states.items()}  # 'cached' first
+    assert not kept['cached'].flags.writeable  # the same array answers the state each time
+    monkeypatch.setattr(skills, '_policy', skills._policy.__wrapped__)
+    for name, state in states.items():
+        np.testing.assert_array_equal(kept[name], teacher_policy(*state), err_msg=name)
+        assert name == 'cached' or not np.array_equal(kept[name], kept['cached']), name  # the change matters
+
+
 def test_cache_persists_and_survives_concurrent_writers(tmp_path):
     path = tmp_path / 'answers.sqlite'
     caches = [AnswerCache(path) for _ in range(4)]
@@ -551,24 +575,64 @@ def test_embedded_model_scores_a_valid_deterministic_distribution(embedded):
     assert first == again
 
 
-def test_the_embedded_model_loads_only_when_an_answer_is_not_cached(tmp_path):
+def test_the_embedded_model_loads_once_and_only_when_an_answer_is_not_cached(tmp_path, monkeypatch):
     """A second run answers from its cache: loading torch, transformers and the weights (~3.6 CPU
-    s) would be all its LLM cost. A model directory that does not load is an LLMError, said once."""
-    from llm_teacher.backends import LLMError, TransformersBackend
+    s) would be all its LLM cost. The first prompt not cached loads them, for all the others."""
+    from llm_teacher.backends import TransformersBackend
+    load, loads = TransformersBackend._load, []
+    monkeypatch.setattr(TransformersBackend, '_load', lambda self: loads.append(self) or load(self))
     backend = TransformersBackend('embedded')
-    options = feasible_options(Perception('open the locked door', objects=[KEY]))
-    prompt = Mediator.from_file().prompt(Perception('open the locked door', objects=[KEY]), options)
+    perceptions = [Perception('open the locked door', objects=objects) for objects in ([KEY], [KEY, DOOR], [DOOR])]
+    prompts = [(Mediator.from_file().prompt(p, feasible_options(p)), feasible_options(p)) for p in perceptions]
     cache = AnswerCache(tmp_path / 'answers.sqlite')
-    cache.put(backend.name, 'score', prompt, {o.text: 1 / len(options) for o in options})
+    cache.put(backend.name, 'score', prompts[0][0], {o.text: 1 / len(prompts[0][1]) for o in prompts[0][1]})
     teacher = Teacher(Planner(backend, 'score'), cache, Mediator.from_file())
-    assert teacher.option_distribution(Perception('open the locked door', objects=[KEY]), options)
-    assert backend._loaded is None and teacher.counters.llm_calls == 0
+    assert teacher.option_distribution(perceptions[0], prompts[0][1])
+    assert loads == [] and teacher.counters.llm_calls == 0
     teacher.close()
-    (tmp_path / 'empty').mkdir()
-    empty = TransformersBackend(str(tmp_path / 'empty'))
-    for _ in range(2):
-        with pytest.raises(LLMError, match='could not load the model in .*empty onto cpu'):
-            empty.score(prompt, ['explore'])
+    for prompt, options in prompts[1:] * 2:
+        assert len(backend.score(prompt, texts(options))) == len(options)
+    assert loads == [backend]
+
+
+def test_the_transformers_backend_checks_at_start_what_its_load_needs(tmp_path, monkeypatch):
+    from llm_teacher import backends
+    with pytest.raises(backends.LLMError) as raised:
+        backends.TransformersBackend(str(tmp_path))
+    assert f'{tmp_path} holds no config.json' in str(raised.value)
+    find_spec = backends.importlib.util.find_spec
+    monkeypatch.setattr(backends.importlib.util, 'find_spec', lambda name: None if name == 'transformers'
+                        else find_spec(name))
+    with pytest.raises(backends.LLMError, match='transformers is not installed.*make setup'):
+        backends.TransformersBackend('embedded')
+
+
+@pytest.mark.parametrize('error, tried_again', [(MemoryError('short'), True),
+                                                 (ValueError('Unrecognized model'), False)])
+def test_a_load_that_fails_is_tried_again_only_where_it_may_work(error, tried_again, monkeypatch):
+    """A model that cannot load fails each call at once; a load that ran short of memory is tried
+    again LOAD_RETRY_S later. Each caller gets an LLMError of its own."""
+    from llm_teacher import backends
+    outcomes = [error, 'loaded']
+
+    def load():
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+    once = backends._LoadOnce(load, 'it')
+    caught = []
+    for _ in range(2):  # the second within LOAD_RETRY_S
+        with pytest.raises(backends.LLMError, match=f'could not load it: {type(error).__name__}') as raised:
+            once.get()
+        caught.append(raised.value)
+    assert caught[0].__cause__ is error and caught[1] is not caught[0] and outcomes == ['loaded']
+    monkeypatch.setattr(backends, 'LOAD_RETRY_S', 0.0)
+    if tried_again:
+        assert once.get() == once.get() == 'loaded' and outcomes == []
+    else:
+        pytest.raises(backends.LLMError, once.get)
+        assert outcomes == ['loaded']
 
 
 def test_embedded_model_sampling_is_parsed_or_rejected(embedded):

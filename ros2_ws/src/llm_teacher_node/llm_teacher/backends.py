@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 
 class EmbeddedModel(NamedTuple):
@@ -50,7 +50,8 @@ class LLMError(RuntimeError):
 
 
 class _Final(LLMError):
-    """An error that asking again will not mend (a redirect, a refused request, shutting down)."""
+    """An error that asking again will not mend (a redirect, a refused request, shutting down, a
+    model that cannot load)."""
 
 
 class LLMBackend(Protocol):
@@ -158,7 +159,50 @@ def model_dir(model: str, cache_dir: Path | None = None) -> Path:
     if not path.is_dir():
         raise LLMError(f'model directory {path} does not exist (give a transformers model directory, '
                        f'or one of {", ".join(EMBEDDED_MODELS)})')
+    if not (path / 'config.json').is_file():
+        raise LLMError(f'{path} holds no config.json, so it is not a transformers model directory (give one '
+                       f'that save_pretrained wrote, or one of {", ".join(EMBEDDED_MODELS)})')
     return path
+
+
+# A load that failed for want of memory or file handles may work later; not tried again sooner,
+# since each try can cost a whole load (~3.6 CPU s for the embedded model) on the prompt that asks.
+LOAD_RETRY_S = 60.0
+
+
+class _LoadOnce:
+    """What `load()` returns, loaded by the first caller that needs it, under a lock, and kept.
+
+    A failed load is an LLMError to each caller. It is for good (_Final) where trying again cannot
+    mend it: a package missing, a directory that holds no model (ImportError, ValueError, an
+    LLMError, or transformers' OSError without an errno); any other (MemoryError, too many open
+    files) is tried again by the first call LOAD_RETRY_S after it."""
+
+    def __init__(self, load: Callable[[], Any], what: str):
+        self._load, self._what = load, what
+        self._lock = threading.Lock()
+        self._value = None
+        self._failed: tuple[type[LLMError], str, float] | None = None  # (kind, message, time.monotonic())
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._value is not None:
+                return self._value
+            if self._failed is not None:
+                kind, message, at = self._failed
+                if kind is _Final or time.monotonic() < at + LOAD_RETRY_S:
+                    raise kind(message)  # a new one each time: one raised again keeps every caller's frames
+            try:
+                self._value = self._load()
+            except Exception as err:  # noqa: BLE001 (whatever the load raised, callers get an LLMError)
+                final = (isinstance(err, (ImportError, ValueError, LLMError))
+                         or isinstance(err, OSError) and err.errno is None)
+                kind = _Final if final else LLMError
+                again = '' if final else f' (tried again in {LOAD_RETRY_S:.0f} s)'
+                self._failed = (kind, f'could not load {self._what}: {type(err).__name__}: {err}{again}',
+                                time.monotonic())
+                raise kind(self._failed[1]) from err
+            return self._value
 
 
 class TransformersBackend:
@@ -166,45 +210,37 @@ class TransformersBackend:
 
     The weights load on first use, not here: with every answer cached (a second run), a teacher
     never needs them, and loading torch, transformers and the embedded model costs ~3.6 CPU s and
-    ~1 GB (~90 us a frame of a 40k-frame run). The first answer's latency includes the load.
+    ~1 GB (~90 us a frame of a 40k-frame run). The first answer's latency includes the load. What
+    can be checked cheaply is checked here (torch and transformers installed, a config.json in the
+    model directory), and a device but cpu is loaded onto here: a bad set-up stops the node at start.
     """
 
     def __init__(self, model: str = 'embedded', device: str = 'cpu', seed: int = 0, cache_dir: Path | None = None):
-        self.path = model_dir(model, cache_dir)  # a model that is not there is an error now, at start-up
+        for package in ('torch', 'transformers'):
+            if importlib.util.find_spec(package) is None:
+                raise LLMError(f'{package} is not installed, and the transformers backend needs it: make setup '
+                               f'(pip install -r requirements.txt)')
+        self.path = model_dir(model, cache_dir)
         self.name = f'transformers:{EMBEDDED_MODELS[model].name if model in EMBEDDED_MODELS else self.path.name}'
         self.device, self.seed = device, seed
-        self._loaded: tuple | LLMError | None = None  # (tokenizer, model), or why they did not load
-        self._load_lock = threading.Lock()
+        self._loaded = _LoadOnce(self._load, f'the model in {self.path} onto {device}')
         if device != 'cpu':
-            self._load()  # a device this machine lacks is an error now too
+            self._loaded.get()  # a device this machine lacks is an error now too
 
     def _load(self) -> tuple:
-        """(tokenizer, model), loaded by the first caller.
-
-        :raises LLMError: the model does not load (onto the device): every later call raises it
-            again rather than loading once more.
-        """
-        with self._load_lock:
-            if self._loaded is None:
-                import torch
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-                try:
-                    self._loaded = (AutoTokenizer.from_pretrained(self.path),
-                                    AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
-                                    .to(self.device).eval())
-                except Exception as err:  # noqa: BLE001 (a bad directory or device): said once, to every caller
-                    self._loaded = LLMError(f'could not load the model in {self.path} onto {self.device}: {type(err).__name__}: {err}')
-        if isinstance(self._loaded, LLMError):
-            raise self._loaded
-        return self._loaded
+        """(tokenizer, model)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        return (AutoTokenizer.from_pretrained(self.path),
+                AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32).to(self.device).eval())
 
     @property
     def tokenizer(self):
-        return self._load()[0]
+        return self._loaded.get()[0]
 
     @property
     def model(self):
-        return self._load()[1]
+        return self._loaded.get()[1]
 
     def _prompt_ids(self, prompt: str):
         # A chat template writes its special tokens itself; a base model's tokenizer adds its own (BOS).
@@ -274,7 +310,7 @@ class OpenAIBackend:
         self.model, self.api_key, self.timeout_s, self.retries = model, api_key, timeout_s, retries
         self.name = f'openai:{model}'
         self.tokenizer_source = tokenizer or (model if model in EMBEDDED_MODELS or Path(model).is_dir() else '')
-        self._tokenizer = None  # loaded by the first score()
+        self._tokenizer = _LoadOnce(self._load_tokenizer, f'the tokenizer of {self.tokenizer_source}')
         self._closed = threading.Event()  # set by close(): a node shutting down
         self._lock = threading.Lock()
         self._in_flight: set[http.client.HTTPConnection] = set()  # for close() to abort
@@ -373,11 +409,12 @@ class OpenAIBackend:
             raise LLMError(f"{self.name} cannot score: writing the prompt as the model's chat template does needs "
                            f"its tokenizer, and model {self.model!r} names no model directory here (give the "
                            f"backend a tokenizer: a model directory or 'embedded'); or use planner_mode sample")
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-            self._tokenizer = AutoTokenizer.from_pretrained(model_dir(self.tokenizer_source))
-        text = model_prompt(self._tokenizer, prompt)
+        text = model_prompt(self._tokenizer.get(), prompt)
         return [self._score_one(text, continuation) for continuation in continuations]
+
+    def _load_tokenizer(self):
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(model_dir(self.tokenizer_source))
 
     def _score_one(self, text: str, continuation: str) -> float:
         # max_tokens 1, not 0: some servers (llama-cpp-python) read 0 as "no limit".
@@ -447,8 +484,9 @@ def make_backend(backend: str = 'transformers', model: str = 'embedded', device:
     `tokenizer` is the openai backend's, for scoring (see OpenAIBackend).
 
     :raises ValueError: an unknown backend or a malformed parameter.
-    :raises LLMError: the model directory does not exist (the transformers backend loads the model
-        itself on first use, and raises LLMError there if it cannot).
+    :raises LLMError: the transformers backend's model directory is not one, or torch or
+        transformers is not installed (it loads the model on first use, and raises LLMError there
+        if it cannot).
     """
     if backend == 'transformers':
         return TransformersBackend(model, device=device)

@@ -49,9 +49,12 @@ _WALL, _KEY = OBJECT_TO_IDX['wall'], OBJECT_TO_IDX['key']
 _LEFT, _RIGHT, _FORWARD = int(Actions.left), int(Actions.right), int(Actions.forward)
 HERE = -1  # SkillContext.first_action_to*: the robot is where the path would take it
 # Step counts kept by each of the two kinds (frontier, target): 16 envs use ~4 at a time (explore and a
-# target or two each); each takes 2 bytes a pose (~800 B on a 10x10 grid).
+# target or two each); each takes 2 bytes a pose (~800 B on a 10x10 grid). At MAX_GRID_SIDE (64,
+# teacher.py) a field and its key take ~48 kB (explore) or ~36 kB (a target): ~170 MB with both full.
 FIELD_CACHE_SIZE = 2048
-POLICY_CACHE_SIZE = 4096  # states (map, options, objects) whose pi_T is kept: ~1 kB each on a 10x10 grid
+# States (map, options, objects) whose pi_T is kept: ~0.8 kB each on a 10x10 grid, most of it the
+# map's bytes in the key; at MAX_GRID_SIDE ~17 kB, ~70 MB with the cache full.
+POLICY_CACHE_SIZE = 4096
 # Explore (measured on TwoDoor, docs/results/teacher-prompt.md): a frontier is worth the unseen cells
 # within _REACH of the cell it faces, less _STEP_COST for each action to it; seeking a door, the
 # unseen cells in its view, _WALL_WEIGHT for one next to a known wall, less 1 for each action.
@@ -298,6 +301,8 @@ def _explore_field(passable: bytes, shape: tuple[int, int], unseen: bytes, hidin
             if steps[pose] != count:
                 continue  # a frontier reached for less from another
             for before in before_of[pose]:
+                # Not reached yet (-1), or only as a frontier whose own start is more than this way
+                # to it; off the grid (-1) reads steps' last entry, 0, and is passed over.
                 if not 0 <= steps[before] <= later and passable[before >> 2]:
                     steps[before] = later
                     buckets[later].append(before)
