@@ -20,7 +20,7 @@ from llm_teacher.mediator import Mediator, describe, situation
 from llm_teacher.options import EXPLORE, Option, feasible_options, parse_option
 from llm_teacher.planner import Planner
 from llm_teacher.skills import HERE, SkillContext, _explore_field, explore, frontiers, skill_action, teacher_policy
-from llm_teacher.teacher import Teacher
+from llm_teacher.teacher import MAX_GRID_SIDE, Teacher, check_input
 
 KEY = PerceivedObject('key', 'yellow', grid_x=2, grid_y=2)
 DOOR = PerceivedObject('door', 'yellow', 'locked', grid_x=5, grid_y=0)
@@ -746,3 +746,11 @@ def test_a_prompt_with_only_unparseable_answers_is_not_asked_again(tmp_path):
     assert GibberishBackend.calls == 1 and teacher.counters.parse_failures == 3
     assert 'unparseable' in logged[0] and 'Possible actions' in logged[0]
     teacher.close()
+
+
+@pytest.mark.parametrize('shape', [(5, 5, 3), (5, 5, 5), (5, 5), (MAX_GRID_SIDE + 1, 5, 4)])
+def test_a_memory_map_of_another_shape_is_refused_with_the_shape_expected(shape):
+    """Exactly 4 channels: more would only grow the keys of the skills' caches (a malformed batch)."""
+    with pytest.raises(ValueError, match=r'\(width, height, 4\)'):
+        check_input(Perception('get the key'), np.zeros(shape, np.uint8))
+    check_input(Perception('get the key'), np.zeros((5, 5, 4), np.uint8))

@@ -92,7 +92,7 @@ def check_input(perception: Perception, memory_map: np.ndarray) -> None:
         raise ValueError(f'{len(perception.objects)} objects and a mission of {len(perception.mission)} characters: '
                          f'at most {MAX_OBJECTS} and {MAX_MISSION_CHARS}')
     if perception.task_family == 'gridworld':
-        if memory_map.ndim != 3 or memory_map.shape[2] < 4 or max(memory_map.shape[:2]) > MAX_GRID_SIDE:
+        if memory_map.ndim != 3 or memory_map.shape[2] != 4 or max(memory_map.shape[:2]) > MAX_GRID_SIDE:
             raise ValueError(f'memory map of shape {memory_map.shape}: (width, height, 4) with sides up to '
                              f'{MAX_GRID_SIDE} expected')
     grid = perception.occupancy
