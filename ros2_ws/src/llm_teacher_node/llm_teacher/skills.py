@@ -247,13 +247,13 @@ def _views(shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
     fx, fy = x + forward[:, 0], y + forward[:, 1]  # the cell faced
     k = np.arange(-1, 2)
 
-    def padded(cx, cy):
-        return (cx + 2) * (height + 4) + cy + 2
+    def flat(cx, cy, border=2):  # the index of cell (cx, cy) in the grid padded by `border`, flat
+        return (cx + border) * (height + 2 * border) + cy + border
 
-    square = padded(fx[:, None, None] + k[:, None], fy[:, None, None] + k).reshape(-1, 9)
-    middle = padded(fx[:, None] + k * across[:, :1], fy[:, None] + k * across[:, 1:])
-    far = padded(fx[:, None] + forward[:, :1] + k * across[:, :1], fy[:, None] + forward[:, 1:] + k * across[:, 1:])
-    views = (square, middle, far, (fx + 1) * (height + 2) + fy + 1)
+    square = flat(fx[:, None, None] + k[:, None], fy[:, None, None] + k).reshape(-1, 9)
+    middle = flat(fx[:, None] + k * across[:, :1], fy[:, None] + k * across[:, 1:])
+    far = flat(fx[:, None] + forward[:, :1] + k * across[:, :1], fy[:, None] + forward[:, 1:] + k * across[:, 1:])
+    views = (square, middle, far, flat(fx, fy, border=1))
     for view in views:
         view.flags.writeable = False  # shared by every call on this shape
     return views
