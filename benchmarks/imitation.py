@@ -27,6 +27,7 @@ from torch import nn
 
 from habitat_bridge.embodied.vector import EmbodiedVecEnv
 from llm_teacher.embodied_skills import EmbodiedSkills
+from llm_teacher.option_level import OptionLevelEnv, over_options
 from llm_teacher.scripted_options import scripted_option
 from llm_teacher_common.map_crop import CROP_RESOLUTIONS, map_crop
 from llm_teacher_common.perception import Perception
@@ -50,14 +51,23 @@ def target_in_view(perception: Perception, option) -> bool:
 
 
 class Teacher:
-    """The scripted-option teacher through the embodied skills: pi_T(a|s) and what it was doing."""
+    """The scripted-option teacher through the embodied skills: pi_T(a|s) and what it was doing.
+    options: its distribution over the mission's options instead (an option-level student's labels)."""
 
-    def __init__(self, turn_angle: float):
-        self.skills = EmbodiedSkills(turn_angle)
+    def __init__(self, turn_angle: float, options: bool = False):
+        self.skills, self.options = EmbodiedSkills(turn_angle), options
 
     def __call__(self, perception: Perception) -> tuple[np.ndarray, str, bool]:
         option = scripted_option(perception)
-        return self.skills.policy({option: 1.0}, perception), option.verb, target_in_view(perception, option)
+        probs = (over_options({option.text: 1.0}, perception.mission) if self.options
+                 else self.skills.policy({option: 1.0}, perception))
+        return probs, option.verb, target_in_view(perception, option)
+
+
+def make_envs(task: str, num_envs: int, size: int, perceive: bool, options: bool):
+    """The robots, whose actions are motions, or options (llm_teacher.option_level) for an option-level student."""
+    envs = EmbodiedVecEnv(task, num_envs, width=size, height=size, perceive=perceive)
+    return OptionLevelEnv(envs) if options else envs
 
 
 # -- students ------------------------------------------------------------------------------------
@@ -271,12 +281,13 @@ def agreement(student: Student, arrays, episodes, rng) -> dict:
 
 
 def closed_loop(student: Student, task: str, size: int, episodes: int, use_map: str, vocabulary: MissionVocabulary,
-                teacher: Teacher | None = None, student_does: str = 'all', num_envs: int = 10) -> dict:
+                teacher: Teacher | None = None, student_does: str = 'all', num_envs: int = 10,
+                options: bool = False) -> dict:
     """Greedy success over seeds EVAL_SEED.. (never seen in training). student_does 'explore' or
     'go to': the student acts only while the teacher does that, the teacher in the other steps
     (which part of the task the student fails)."""
     perceive = use_map or student_does != 'all'
-    envs = EmbodiedVecEnv(task, num_envs, width=size, height=size, perceive=perceive)
+    envs = make_envs(task, num_envs, size, perceive, options)
     n = num_envs
     step = envs.reset(seed=EVAL_SEED)
     played = np.zeros(n, int)
@@ -327,6 +338,8 @@ def main():
     parser.add_argument('--dagger-frames', type=int, default=20_000, help='student-driven frames per round')
     parser.add_argument('--dagger-epochs', type=int, default=0, help='epochs over all the data per DAgger round '
                         '(default: --epochs; the student goes on from the last round)')
+    parser.add_argument('--options', action='store_true',
+                        help='an option-level student: it learns the teacher\'s option, the skills act (llm_teacher.option_level)')
     parser.add_argument('--eval-episodes', type=int, default=50)
     parser.add_argument('--envs', type=int, default=8)
     parser.add_argument('--hybrid', action='store_true',
@@ -335,8 +348,8 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    envs = EmbodiedVecEnv(args.task, args.envs, width=args.size, height=args.size)
-    teacher = Teacher(envs.envs[0].turn_angle)
+    envs = make_envs(args.task, args.envs, args.size, True, args.options)
+    teacher = Teacher(envs.envs[0].turn_angle, args.options)
     data = Dataset()
     start = time.perf_counter()
     teacher_run = collect(envs, teacher, data, args.frames, seed=0, use_map=args.map)
@@ -366,11 +379,12 @@ def main():
         result = {'stage': f'round {round_}', 'frames': len(data), 'loss': round(loss, 3), 'train_seconds': seconds,
                   **agreement(student, arrays, held_out, rng)}
         start = time.perf_counter()
-        result.update(closed_loop(student, args.task, args.size, args.eval_episodes, args.map, data.vocabulary))
+        result.update(closed_loop(student, args.task, args.size, args.eval_episodes, args.map, data.vocabulary,
+                                  options=args.options))
         if args.hybrid:
             for part in ('explore', 'go to'):
                 result.update(closed_loop(student, args.task, args.size, args.eval_episodes, args.map, data.vocabulary,
-                                          teacher, part))
+                                          teacher, part, options=args.options))
         result['eval_seconds'] = round(time.perf_counter() - start)
         results.append(result)
         print(json.dumps(result), flush=True)

@@ -104,10 +104,17 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
     perceive = kind == 'llm' or embodied and kind == 'expert'
     envs = make_vec_env(task, job.get('envs', EMBODIED_ENVS if embodied else 16), perceive=perceive, **env_options)
     teacher = embedded_teacher(avoid_lava=avoid_lava, prompt=job.get('prompt')) if kind == 'llm' else None
-    suggest = (expert_teacher(envs) if arm == 'expert' and not embodied
-               else scripted_option_teacher() if arm == 'expert'
-               else functools.partial(teacher.suggest_batch, num_actions=envs.num_actions) if teacher is not None
-               else None)
+    option_level = job.get('option_level', False)
+    if option_level:  # the student chooses options, the skills act (llm_teacher.option_level)
+        from llm_teacher import option_level as options
+        envs = options.OptionLevelEnv(envs)
+        suggest = (options.scripted_option_teacher() if arm == 'expert'
+                   else options.llm_option_teacher(teacher) if teacher is not None else None)
+    else:
+        suggest = (expert_teacher(envs) if arm == 'expert' and not embodied
+                   else scripted_option_teacher() if arm == 'expert'
+                   else functools.partial(teacher.suggest_batch, num_actions=envs.num_actions) if teacher is not None
+                   else None)
     schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(decay_frames=job['decay_frames'])
     curve = []
 
@@ -119,16 +126,17 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
         return True
     config = PPOConfig(total_frames=frames, seed=seed, teacher=schedule, device=job.get('device', 'cpu'),
                        recurrent=job.get('recurrent', 0), mission=job.get('mission', False),
-                       teacher_replay=job.get('teacher_replay', 0),
+                       teacher_replay=job.get('teacher_replay', 0), teacher_balance=job.get('teacher_balance', False),
                        **(dict(EMBODIED_CONFIG, encoder=encoder_for(envs.observation)) if embodied else {}))
     learner = train(config, envs, teacher=suggest, callbacks=[record])
     envs.close()
     if policy_path is not None:
         from student_policy.checkpoints import export_policy
-        export_policy(policy_path, learner.policy, task)
+        export_policy(policy_path, learner.policy, task, chooses_options=option_level)
     student = eager_copy(learner.policy)  # on the CPU, where evaluate() feeds observations, whatever the training device
-    greedy = evaluate(student, task, episodes, seed=EVAL_SEED, env_options=env_options)
-    sampled = evaluate(student, task, episodes, seed=EVAL_SEED, greedy=False, env_options=env_options)
+    greedy = evaluate(student, task, episodes, seed=EVAL_SEED, env_options=env_options, chooses_options=option_level)
+    sampled = evaluate(student, task, episodes, seed=EVAL_SEED, greedy=False, env_options=env_options,
+                       chooses_options=option_level)
     return {**job, 'curve': curve, 'final_success_greedy': greedy['success_rate'],
             'final_success_sampled': sampled['success_rate'], 'final_return': sampled['mean_return'],
             'llm_calls': teacher.counters.llm_calls if teacher else 0, 'seconds': time.perf_counter() - start}
@@ -286,6 +294,11 @@ def main():
     parser.add_argument('--teacher-replay', type=int, default=0,
                         help="frames of teacher-labelled sequences the students' teacher term revisits "
                              "(PPOConfig.teacher_replay); 0: off")
+    parser.add_argument('--teacher-balance', action='store_true',
+                        help="the teacher term weighs each of the teacher's choices alike (PPOConfig.teacher_balance)")
+    parser.add_argument('--option-level', action='store_true',
+                        help='embodied tasks: the students choose among the options and the skills act below them '
+                             '(llm_teacher.option_level); the teacher term is over options')
     parser.add_argument('--device', default='cpu', help="the students' torch device (cuda: on a GPU machine)")
     parser.add_argument('--envs', type=int, help='environments (robots) per job (default: 16 MiniGrid, 8 embodied)')
     parser.add_argument('--summarise', action='store_true',
@@ -311,7 +324,8 @@ def main():
     # studies run before an option existed resume.
     optional = {'device': (args.device, 'cpu'), 'envs': (args.envs, None), 'recurrent': (args.recurrent, 0),
                 'mission': (args.mission, False), 'observation': (args.observation, ''),
-                'teacher_replay': (args.teacher_replay, 0)}
+                'teacher_replay': (args.teacher_replay, 0), 'option_level': (args.option_level, False),
+                'teacher_balance': (args.teacher_balance, False)}
     settings = {key: value for key, (value, default) in optional.items() if value != default}
     jobs = [{**job, **settings} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings

@@ -11,10 +11,11 @@ SCRIPT = Path(__file__).resolve().parent.parent / 'benchmarks' / 'imitation.py'
 
 
 @pytest.mark.slow
-def test_cloning_and_dagger_run_end_to_end(tmp_path):
+@pytest.mark.parametrize('student', [[], ['--options']], ids=['motions', 'options'])
+def test_cloning_and_dagger_run_end_to_end(tmp_path, student):
     out = subprocess.run([sys.executable, str(SCRIPT), '--frames', '400', '--epochs', '1', '--eval-episodes', '2',
                           '--envs', '4', '--map', '--recurrent', '16', '--dagger', '1', '--dagger-frames', '200',
-                          '--out', str(tmp_path)], capture_output=True, text=True, timeout=600)
+                          '--out', str(tmp_path), *student], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [line['stage'] for line in lines] == ['collect', 'round 0', 'dagger 1', 'round 1']

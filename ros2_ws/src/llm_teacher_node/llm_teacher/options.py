@@ -136,9 +136,13 @@ def mission_roles(mission: str) -> tuple[tuple[str, str] | None, tuple[str, str]
     verb = next((i for i, word in enumerate(words) if word in MOVING_VERBS), None)
     if verb is None:
         return None, None
-    named = [(m.group(2), m.group(1)) for m in _NAMED.finditer(' '.join(words[verb + 1:]))]
-    others = [o for o in named[1:] if o != named[0]]
-    return (named[0] if named else None), (others[0] if others else None)
+    named = named_objects(' '.join(words[verb + 1:]))
+    return (named[0] if named else None), (named[1] if len(named) > 1 else None)
+
+
+def named_objects(mission: str) -> list[tuple[str, str]]:
+    """(type, colour) of each object a mission names, in its order, once each."""
+    return list(dict.fromkeys((m.group(2), m.group(1)) for m in _NAMED.finditer(mission.lower())))
 
 
 def named_in_mission(obj: PerceivedObject, mission: str) -> bool:

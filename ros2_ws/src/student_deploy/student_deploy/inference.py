@@ -40,6 +40,9 @@ class PolicyInfo:
     """the words of the missions it learnt from, in token id order (student_deploy.missions)."""
     mission_length: int = 0
     """tokens L of its mission input; 0: a policy that reads no mission."""
+    chooses_options: bool = False
+    """its actions are the teacher's options (llm_teacher.option_level), which the embodied skills
+    turn into motions on the robot's map: not a motion policy, so the deploy nodes refuse it."""
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), 'obs_shape': list(self.obs_shape), 'mission_words': list(self.mission_words)})
@@ -49,7 +52,7 @@ class PolicyInfo:
         data = json.loads(text)
         return cls(tuple(data['obs_shape']), int(data['num_actions']), data['encoder'], data.get('task', ''),
                    int(data.get('recurrent', 0)), tuple(data.get('mission_words', ())),
-                   int(data.get('mission_length', 0)))
+                   int(data.get('mission_length', 0)), bool(data.get('chooses_options', False)))
 
 
 def torch_device(name: str) -> torch.device:

@@ -483,6 +483,10 @@ class CameraPolicy:
         if info is None:
             raise ValueError(f'{policy.path} carries no description of its inputs (exported before policy.json '
                              f'existed): export it again with student_policy.checkpoints.export_policy')
+        if info.chooses_options:
+            raise ValueError(f'{policy.path} chooses among the teacher\'s options (explore, go to ...), which the '
+                             f'teacher\'s skills turn into motions on a map: this node runs motion policies only. '
+                             f'Deploy a student trained without --option-level')
         self.reads_map = observation in FAMILIES['embodied'].map_observations  # the map crop beside the camera
         encoder = FAMILIES['embodied'].encoder_of(observation)
         if info.encoder != encoder or len(info.obs_shape) != 3 or info.obs_shape[2] != channels:

@@ -151,12 +151,13 @@ def saved_config(path: str | Path, saved: dict) -> PPOConfig:
                               f'resume it with the version that wrote it, or start afresh') from err
 
 
-def export_policy(path: str | Path, policy: ActorCritic, task: str = '') -> Path:
+def export_policy(path: str | Path, policy: ActorCritic, task: str = '', chooses_options: bool = False) -> Path:
     """The actor for the deploy nodes: obs (B, *obs_shape) uint8 -> action logits (B, A); a recurrent
     policy also takes its state (B, H) and returns the next one, and one that reads the mission takes
     its token ids (B, L) last: (obs[, state][, mission]) -> logits or (logits, next state).
     TorchScript at `path` and ONNX (opset ONNX_OPSET, dynamic batch) beside it as <name>.onnx with
     <name>.json, each carrying PolicyInfo (what the policy expects, its mission words included).
+    chooses_options: its actions are options, not motions (PolicyInfo.chooses_options).
     Each file is written atomically."""
     actor = _Actor(eager_copy(policy)).eval()  # a compiled policy cannot be traced
     example, names = (torch.zeros((1,) + policy.obs_shape, dtype=torch.uint8),), ['obs']
@@ -167,7 +168,7 @@ def export_policy(path: str | Path, policy: ActorCritic, task: str = '') -> Path
     outputs = ['logits', 'next_state'] if policy.recurrent else ['logits']
     info = PolicyInfo(policy.obs_shape, policy.num_actions, policy.encoder_name, task, policy.recurrent,
                       tuple(policy.vocabulary.words) if policy.reads_mission else (),
-                      MISSION_LENGTH if policy.reads_mission else 0)
+                      MISSION_LENGTH if policy.reads_mission else 0, chooses_options)
     with torch.no_grad(), warnings.catch_warnings():
         # nn.GRU's input checks (the mission encoder) read shapes as Python values while tracing
         # (here and in the ONNX export): they hold at any batch size (tested), so the graphs are right.

@@ -1,0 +1,118 @@
+"""An option-level student: it chooses among the teacher's options and the embodied skills act
+below it, as a robot's navigation stack would act on a planner's goal.
+
+Why it exists: a camera student cannot copy the skills' actions, which are the first moves of
+shortest paths on the robot's map (docs/results.md, "Can a camera student imitate its teacher?":
+0.56 closed-loop at best, from 100k labels). Choosing the option is what the LLM teaches; the
+student learns that choice, with PPO and the teacher term over options instead of motions.
+
+The options a student chooses among are fixed by its mission's roles (mission_options): explore;
+go to each object the mission names; and, where it moves one, pick that one up and drop it. Each
+is what llm_teacher.options offers the LLM, by the same text, so the teacher's distribution over
+options maps onto them one to one.
+
+On a robot such a policy needs the map, a detector and these skills on board, not only a
+camera: the robot nodes deploy motion policies only, and refuse one that chooses options.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from llm_teacher.embodied_skills import EmbodiedSkills
+from llm_teacher.options import EXPLORE, Option, mission_roles, named_objects
+from llm_teacher.scripted_options import scripted_option
+from llm_teacher_common.steps import VecStep
+
+
+@functools.lru_cache(maxsize=256)
+def mission_options(mission: str) -> tuple[Option, ...]:
+    """The options of an option-level student told `mission`, in a stable order."""
+    options = [EXPLORE] + [Option('go to', kind, color) for kind, color in named_objects(mission)]
+    moved = mission_roles(mission)[0]
+    if moved is not None:
+        options += [Option('pick up', *moved), Option('drop', *moved)]
+    return tuple(options)
+
+
+class OptionLevelEnv:
+    """An embodied vector env whose actions are options: each step, env i runs the skill of option
+    actions[i] of its mission (mission_options) for one motion. Steps, observations and
+    perceptions are the wrapped env's (it perceives: the skills need the map)."""
+
+    def __init__(self, envs, skills: EmbodiedSkills | None = None):
+        self.robots, self.skills = envs, skills or EmbodiedSkills()
+        envs.perceive = True
+        missions = envs.reset(seed=0).missions
+        counts = {len(mission_options(m)) for m in missions}
+        if len(counts) != 1:
+            raise ValueError(f'the missions of {envs.task} have different numbers of options ({missions}): an '
+                             'option-level student needs one count for all its episodes')
+        self.num_actions = counts.pop()
+        self._perceptions = []
+
+    def __getattr__(self, name):  # num_envs, observation, observation_space, task, close, ...: the wrapped env's
+        return getattr(self.robots, name)
+
+    def reset(self, seed: int | None = None) -> VecStep:
+        return self._keep(self.robots.reset(seed))
+
+    def step(self, actions: np.ndarray, reset_seeds: np.ndarray | None = None) -> VecStep:
+        motions = np.array([self.motion(p, int(a)) for p, a in zip(self._perceptions, actions)])
+        return self._keep(self.robots.step(motions, reset_seeds))
+
+    def motion(self, perception, index: int) -> int:
+        """The motion option `index` of the perception's mission takes now (the skill's fallback,
+        turn left, where the option has nothing to do)."""
+        option = mission_options(perception.mission)[index]
+        return int(np.argmax(self.skills.policy({option: 1.0}, perception)))
+
+    def _keep(self, step: VecStep) -> VecStep:
+        counts = {len(mission_options(p.mission)) for p in step.perceptions}
+        if counts != {self.num_actions}:
+            raise ValueError(f'a mission of {self.robots.task} has {counts - {self.num_actions}} options, its '
+                             f'first ones {self.num_actions}: an option-level student needs one count')
+        self._perceptions = step.perceptions
+        return step
+
+
+def over_options(option_probs: dict[str, float], mission: str) -> np.ndarray | None:
+    """A teacher's distribution over options (by their text) as one over the mission's options
+    (mission_options); None when it gives none of them weight."""
+    index = {option.text: i for i, option in enumerate(mission_options(mission))}
+    probs = np.zeros(len(index), np.float32)
+    for text, p in option_probs.items():
+        if text in index:
+            probs[index[text]] += p
+    return probs / probs.sum() if probs.sum() > 0 else None
+
+
+def option_teacher(choose):
+    """In-process training's teacher (student_policy.lockstep.train) over options, from
+    `choose(perception, observation) -> {option text: p}, or None` (None: no suggestion yet)."""
+    def suggest(step: VecStep) -> tuple[np.ndarray, np.ndarray]:
+        n = len(step.perceptions)
+        probs = np.zeros((n, len(mission_options(step.perceptions[0].mission))), np.float32)
+        mask = np.zeros(n, bool)
+        for i, (perception, obs) in enumerate(zip(step.perceptions, step.observations)):
+            chosen = choose(perception, obs)
+            over = over_options(chosen, perception.mission) if chosen else None
+            if over is not None:
+                probs[i], mask[i] = over, True
+        return probs, mask
+    return suggest
+
+
+def scripted_option_teacher():
+    """The scripted-option teacher over options: the option llm_teacher.scripted_options chooses."""
+    return option_teacher(lambda perception, _: {scripted_option(perception).text: 1.0})
+
+
+def llm_option_teacher(teacher):
+    """An llm_teacher.teacher.Teacher's option distribution (its answer for the perceived state;
+    none while the LLM has not answered)."""
+    def choose(perception, obs):
+        suggestion = teacher.suggest(perception, obs)
+        return dict(zip(suggestion.options, suggestion.option_probs)) if suggestion.valid else None
+    return option_teacher(choose)

@@ -1,0 +1,75 @@
+"""The option-level student (llm_teacher.option_level): it chooses among the mission's options and the
+embodied skills act below it; trained with the teacher term over options; never deployed as motions."""
+import numpy as np
+import pytest
+
+from habitat_bridge.embodied.vector import EmbodiedVecEnv
+from llm_teacher.embodied_skills import EmbodiedSkills
+from llm_teacher.option_level import OptionLevelEnv, mission_options, over_options, scripted_option_teacher
+from llm_teacher.scripted_options import scripted_option
+from student_deploy.inference import load_policy
+from student_deploy.robot_control import CameraPolicy
+from student_policy.checkpoints import export_policy
+from student_policy.evaluate import evaluate
+from student_policy.lockstep import train
+from student_policy.networks import ActorCritic
+from student_policy.ppo import PPOConfig, TeacherSchedule
+
+
+def test_a_missions_options_are_its_roles():
+    assert [o.text for o in mission_options('go to the red ball')] == ['explore', 'go to the red ball']
+    assert [o.text for o in mission_options('put the red box next to the yellow box')] == [
+        'explore', 'go to the red box', 'go to the yellow box', 'pick up the red box', 'drop the red box']
+    # A teacher's options outside the mission's are not the student's: their weight is dropped.
+    probs = over_options({'go to the red ball': 0.6, 'go to the blue key': 0.4}, 'go to the red ball')
+    assert probs.tolist() == [0.0, 1.0]
+    assert over_options({'go to the blue key': 1.0}, 'go to the red ball') is None
+
+
+def test_each_option_moves_the_robot_as_its_skill_does():
+    """Options through the wrapper and the skill's motions stepped on a plain env of the same seed
+    give the same frames; driven by the scripted teacher's options, the robot reaches the ball."""
+    size = dict(width=48, height=48, observation='rgbd_map')
+    envs = OptionLevelEnv(EmbodiedVecEnv('MiniWorld-GoToRedBall-v0', 1, **size))
+    plain = EmbodiedVecEnv('MiniWorld-GoToRedBall-v0', 1, **size)
+    skills, teacher = EmbodiedSkills(), scripted_option_teacher()
+    assert envs.num_actions == 2 and envs.observation_space.shape == (48, 48, 8)
+    step, alone = envs.reset(seed=100), plain.reset(seed=100)
+    for _ in range(400):
+        probs, mask = teacher(step)
+        option = scripted_option(alone.perceptions[0])
+        assert mask.all() and probs[0].tolist() == over_options({option.text: 1.0}, alone.perceptions[0].mission).tolist()
+        step = envs.step(probs.argmax(axis=1))
+        alone = plain.step(np.array([np.argmax(skills.policy({option: 1.0}, alone.perceptions[0]))]))
+        assert step.observations.tobytes() == alone.observations.tobytes()
+        if step.terminated[0] or step.truncated[0]:
+            break
+    envs.close()
+    plain.close()
+    assert step.success[0], 'the scripted options through the skills did not reach the red ball on seed 100'
+
+
+@pytest.mark.slow
+def test_an_option_level_student_trains_on_its_teachers_options_and_is_no_robots_motion_policy(tmp_path):
+    """The training loop runs on options, every state labelled by the option teacher; how well such a
+    student learns is measured by benchmarks/reproduce.py --option-level (docs/results.md)."""
+    task = 'MiniWorld-GoToRedBall-v0'
+    envs = OptionLevelEnv(EmbodiedVecEnv(task, 4, width=48, height=48, observation='rgbd_map'))
+    config = PPOConfig(encoder='image_map', total_frames=4 * 32 * 4, num_steps=32, minibatch_size=64,
+                       teacher_balance=True)
+    metrics = []
+    learner = train(config, envs, teacher=scripted_option_teacher(), callbacks=[lambda _, m: metrics.append(m) or True])
+    envs.close()
+    assert learner.policy.num_actions == 2 and len(metrics) == 4
+    assert all(m['teacher/coverage'] == 1.0 and np.isfinite(m['losses/distill_loss']) for m in metrics)
+
+    path = export_policy(tmp_path / 'policy.pt', learner.policy, task, chooses_options=True)
+    policy = load_policy(path)
+    assert policy.info.chooses_options and load_policy(path.with_suffix('.onnx')).info.chooses_options
+    result = evaluate(policy, task, 2, seed=20_000, num_envs=2,
+                      env_options={'width': 48, 'height': 48, 'observation': 'rgbd_map'}, chooses_options=True)
+    assert result['episodes'] == 2 and 0 <= result['success_rate'] <= 1
+    with pytest.raises(ValueError, match="chooses among the teacher's options .* motion policies only"):
+        CameraPolicy(policy, observation='rgbd_map')
+    motion = export_policy(tmp_path / 'motion.pt', ActorCritic((48, 48, 8), 8, encoder='image_map'))
+    assert not load_policy(motion).info.chooses_options
