@@ -24,6 +24,9 @@ def test_a_missions_options_are_its_roles():
     probs = over_options({'go to the red ball': 0.6, 'go to the blue key': 0.4}, 'go to the red ball')
     assert probs.tolist() == [0.0, 1.0]
     assert over_options({'go to the blue key': 1.0}, 'go to the red ball') is None
+    # Holding the wrong box, the teacher drops it: the student's drop (its skill drops what is held).
+    put = 'put the red box next to the yellow box'
+    assert over_options({'drop the yellow box': 1.0}, put).tolist() == [0, 0, 0, 0, 1]
 
 
 def test_each_option_moves_the_robot_as_its_skill_does():

@@ -79,12 +79,16 @@ class OptionLevelEnv:
 
 def over_options(option_probs: dict[str, float], mission: str) -> np.ndarray | None:
     """A teacher's distribution over options (by their text) as one over the mission's options
-    (mission_options); None when it gives none of them weight."""
-    index = {option.text: i for i, option in enumerate(mission_options(mission))}
+    (mission_options); None when it gives none of them weight. Any drop is the student's drop:
+    its skill drops what the robot holds (a wrong object, picked up in passing, anywhere)."""
+    options = mission_options(mission)
+    index = {option.text: i for i, option in enumerate(options)}
+    drop = next((i for i, option in enumerate(options) if option.verb == 'drop'), None)
     probs = np.zeros(len(index), np.float32)
     for text, p in option_probs.items():
-        if text in index:
-            probs[index[text]] += p
+        i = index.get(text, drop if text.startswith('drop ') else None)
+        if i is not None:
+            probs[i] += p
     return probs / probs.sum() if probs.sum() > 0 else None
 
 
