@@ -147,12 +147,16 @@ def test_mapper_marks_what_stops_the_robot_and_the_skills_back_off_or_steer_roun
 def test_the_object_the_mission_moves_is_dropped_only_next_to_its_target():
     """A sampled teacher dropped the box on the way (PutNext sampled 0.38): the drop skill puts
     down the mission's object only where it is pushed against the one to put it next to; any
-    other object wherever the robot stands."""
+    other object wherever the robot stands. Going there with it, the go-to ends in that drop."""
     skills = EmbodiedSkills()
     put = 'put the red box next to the yellow box'
     held, drop = PerceivedObject('box', 'red'), Option('drop', 'box', 'red')
     near, far = PerceivedObject('box', 'yellow', forward=2.2), PerceivedObject('box', 'yellow', forward=5.0)
     assert skills.action(drop, open_floor(put, [near], held, bumped=True)) == DROP
+    # Going to the yellow box with the red one, arrived: the go-to ends in the drop (not another box).
+    assert skills.action(Option('go to', 'box', 'yellow'), open_floor(put, [near], held, bumped=True)) == DROP
+    other_held = PerceivedObject('box', 'blue')
+    assert skills.action(Option('go to', 'box', 'yellow'), open_floor(put, [near], other_held, bumped=True)) is None
     assert skills.action(drop, open_floor(put, [far], held)) is None
     assert skills.action(drop, open_floor(put, [], held)) is None
     probs = skills.policy({drop: 0.5, Option('go to', 'box', 'yellow'): 0.5}, open_floor(put, [far], held))

@@ -147,7 +147,10 @@ class EmbodiedSkills:
             return DROP
         carrying = perception.carrying is not None
         if option.verb == 'go to' and carrying and delivered(perception, option.type, option.color):
-            return None
+            # Arrived with the object the mission moves at the one to put it by: the go-to ends in its drop.
+            moved, next_to = mission_roles(perception.mission)
+            held = (perception.carrying.type, perception.carrying.color)
+            return DROP if (held, (option.type, option.color)) == (moved, next_to) else None
         if carrying and blocked_ahead(perception) and not blocked_ahead(perception, -BUMP_AHEAD):
             return BACK  # what it holds ran into something: room to turn comes from backing off
         targets = [o for o in perception.objects if o.type == option.type and o.color == option.color]
