@@ -126,7 +126,7 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
         return True
     config = PPOConfig(total_frames=frames, seed=seed, teacher=schedule, device=job.get('device', 'cpu'),
                        recurrent=job.get('recurrent', 0), mission=job.get('mission', False),
-                       teacher_replay=job.get('teacher_replay', 0), teacher_balance=job.get('teacher_balance', False),
+                       teacher_replay=job.get('teacher_replay', 0),
                        **(dict(EMBODIED_CONFIG, encoder=encoder_for(envs.observation)) if embodied else {}))
     learner = train(config, envs, teacher=suggest, callbacks=[record])
     envs.close()
@@ -294,8 +294,6 @@ def main():
     parser.add_argument('--teacher-replay', type=int, default=0,
                         help="frames of teacher-labelled sequences the students' teacher term revisits "
                              "(PPOConfig.teacher_replay); 0: off")
-    parser.add_argument('--teacher-balance', action='store_true',
-                        help="the teacher term weighs each of the teacher's choices alike (PPOConfig.teacher_balance)")
     parser.add_argument('--option-level', action='store_true',
                         help='embodied tasks: the students choose among the options and the skills act below them '
                              '(llm_teacher.option_level); the teacher term is over options')
@@ -324,8 +322,7 @@ def main():
     # studies run before an option existed resume.
     optional = {'device': (args.device, 'cpu'), 'envs': (args.envs, None), 'recurrent': (args.recurrent, 0),
                 'mission': (args.mission, False), 'observation': (args.observation, ''),
-                'teacher_replay': (args.teacher_replay, 0), 'option_level': (args.option_level, False),
-                'teacher_balance': (args.teacher_balance, False)}
+                'teacher_replay': (args.teacher_replay, 0), 'option_level': (args.option_level, False)}
     settings = {key: value for key, (value, default) in optional.items() if value != default}
     jobs = [{**job, **settings} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings

@@ -58,8 +58,7 @@ def test_an_option_level_student_trains_on_its_teachers_options_and_is_no_robots
     student learns is measured by benchmarks/reproduce.py --option-level (docs/results.md)."""
     task = 'MiniWorld-GoToRedBall-v0'
     envs = OptionLevelEnv(EmbodiedVecEnv(task, 4, width=48, height=48, observation='rgbd_map'))
-    config = PPOConfig(encoder='image_map', total_frames=4 * 32 * 4, num_steps=32, minibatch_size=64,
-                       teacher_balance=True)
+    config = PPOConfig(encoder='image_map', total_frames=4 * 32 * 4, num_steps=32, minibatch_size=64)
     metrics = []
     learner = train(config, envs, teacher=scripted_option_teacher(), callbacks=[lambda _, m: metrics.append(m) or True])
     envs.close()

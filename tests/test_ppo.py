@@ -11,7 +11,7 @@ from student_policy.checkpoints import CheckpointError, load_learner, save_check
 from student_policy.evaluate import LOOP_WINDOW, ends_in_loop, evaluate
 from student_policy.networks import ActorCritic
 from student_policy.lockstep import train
-from student_policy.ppo import PAPER_SCHEDULE, PPOConfig, PPOLearner, TeacherSchedule, balanced_mask
+from student_policy.ppo import PAPER_SCHEDULE, PPOConfig, PPOLearner, TeacherSchedule
 from student_policy.storage import RolloutStorage, TeacherReplay, compute_gae
 
 PLAIN = TeacherSchedule(initial=0.0, final=0.0)
@@ -119,17 +119,6 @@ def test_the_distillation_loss_is_the_cross_entropy_averaged_over_suggested_samp
     metrics = learner.update(obs)
     assert metrics['losses/distill_loss'] == pytest.approx(-log_probs[2].item(), rel=1e-5)
     assert metrics['teacher/coverage'] == 0.5
-
-
-def test_a_balanced_teacher_term_weighs_each_teacher_choice_alike():
-    probs = np.zeros((4, 2, 3), np.float32)
-    probs[..., 0] = 1.0
-    probs[3, 1] = [0.2, 0.0, 0.8]  # one state where the teacher chooses action 2
-    mask = np.ones((4, 2), np.float32)
-    mask[0, 0] = 0.0  # no suggestion there
-    weights = balanced_mask(probs, mask)
-    assert weights[0, 0] == 0.0 and weights[3, 1] == pytest.approx(7 / 2)  # 7 labelled states, 2 choices
-    assert weights[mask > 0].sum() == pytest.approx(7) and np.allclose(weights[:3, 1], 7 / 12)
 
 
 def test_the_teacher_replay_keeps_the_labelled_sequences_of_past_rollouts_and_drops_the_oldest():

@@ -128,10 +128,6 @@ class PPOConfig:
     it). A recurrent policy replays each sequence from the state it acted from then (R2D2's stored
     state, without burn-in). 0: off. Camera + map student on GoToRedBall: 0.02 -> 0.48 sampled
     (docs/results.md, "The teacher's labels replayed")."""
-    teacher_balance: bool = False
-    """weigh the teacher term so that each action the teacher chooses (its argmax) counts alike over a
-    rollout (balanced_mask): a rare choice that decides success (PutNext's drop, 0.4% of the
-    teacher's states) is otherwise outweighed by the common ones."""
     seed: int = 0
     """seeds torch, numpy and the environments."""
     torch_threads: int = 1
@@ -463,8 +459,7 @@ class PPOLearner:
         lr = cfg.learning_rate * (1.0 - self.frames / cfg.total_frames if cfg.anneal_lr else 1.0)
         self.optimizer.param_groups[0]['lr'] = max(lr, 0.0)
         weight = self.teacher_weight
-        balanced = {'teacher_mask': balanced_mask(s.teacher_probs, s.teacher_mask)} if cfg.teacher_balance else {}
-        sequences = s.sequences(cfg.sequence_length, advantages=advantages, returns=returns, **balanced)
+        sequences = s.sequences(cfg.sequence_length, advantages=advantages, returns=returns)
         replaying = self.replay is not None and weight > 0
         if replaying:
             self.replay.add(*sequences)
@@ -529,15 +524,6 @@ class PPOLearner:
             'teacher/coverage': coverage,
             **({'teacher/replay_frames': self.replay.frames} if self.replay is not None else {}),
         }
-
-
-def balanced_mask(teacher_probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """`mask` (T, N) scaled so that the states of each teacher choice (argmax of teacher_probs) weigh
-    the same in all, and all together as many as the labelled states (sklearn's "balanced")."""
-    labels, labelled = teacher_probs.argmax(-1), mask > 0
-    counts = np.bincount(labels[labelled], minlength=teacher_probs.shape[-1])
-    weights = labelled.sum() / (np.count_nonzero(counts) * np.maximum(counts, 1))
-    return (mask * weights[labels]).astype(mask.dtype)
 
 
 def cross_entropy(logits: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
