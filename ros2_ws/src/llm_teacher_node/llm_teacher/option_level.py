@@ -44,13 +44,9 @@ class OptionLevelEnv:
     def __init__(self, envs, skills: EmbodiedSkills | None = None):
         self.robots, self.skills = envs, skills or EmbodiedSkills()
         envs.perceive = True
-        missions = envs.reset(seed=0).missions
-        counts = {len(mission_options(m)) for m in missions}
-        if len(counts) != 1:
-            raise ValueError(f'the missions of {envs.task} have different numbers of options ({missions}): an '
-                             'option-level student needs one count for all its episodes')
-        self.num_actions = counts.pop()
-        self._perceptions = []
+        step = envs.reset(seed=0)  # the task's missions say how many options (training resets it again)
+        self.num_actions = len(mission_options(step.missions[0]))
+        self._keep(step)
 
     def __getattr__(self, name):  # num_envs, observation, observation_space, task, close, ...: the wrapped env's
         return getattr(self.robots, name)
@@ -69,10 +65,10 @@ class OptionLevelEnv:
         return int(np.argmax(self.skills.policy({option: 1.0}, perception)))
 
     def _keep(self, step: VecStep) -> VecStep:
-        counts = {len(mission_options(p.mission)) for p in step.perceptions}
-        if counts != {self.num_actions}:
-            raise ValueError(f'a mission of {self.robots.task} has {counts - {self.num_actions}} options, its '
-                             f'first ones {self.num_actions}: an option-level student needs one count')
+        other = [p.mission for p in step.perceptions if len(mission_options(p.mission)) != self.num_actions]
+        if other:
+            raise ValueError(f'{self.robots.task}: the mission {other[0]!r} has another number of options than '
+                             f'{self.num_actions}: an option-level student needs the same options in every episode')
         self._perceptions = step.perceptions
         return step
 
