@@ -134,9 +134,9 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
         from student_policy.checkpoints import export_policy
         export_policy(policy_path, learner.policy, task, chooses_options=option_level)
     student = eager_copy(learner.policy)  # on the CPU, where evaluate() feeds observations, whatever the training device
-    greedy = evaluate(student, task, episodes, seed=EVAL_SEED, env_options=env_options, chooses_options=option_level)
-    sampled = evaluate(student, task, episodes, seed=EVAL_SEED, greedy=False, env_options=env_options,
-                       chooses_options=option_level)
+    wrap = options.OptionLevelEnv if option_level else None
+    greedy = evaluate(student, task, episodes, seed=EVAL_SEED, env_options=env_options, wrap_envs=wrap)
+    sampled = evaluate(student, task, episodes, seed=EVAL_SEED, greedy=False, env_options=env_options, wrap_envs=wrap)
     return {**job, 'curve': curve, 'final_success_greedy': greedy['success_rate'],
             'final_success_sampled': sampled['success_rate'], 'final_return': sampled['mean_return'],
             'llm_calls': teacher.counters.llm_calls if teacher else 0, 'seconds': time.perf_counter() - start}

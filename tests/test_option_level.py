@@ -69,7 +69,7 @@ def test_an_option_level_student_trains_on_its_teachers_options_and_is_no_robots
     policy = load_policy(path)
     assert policy.info.chooses_options and load_policy(path.with_suffix('.onnx')).info.chooses_options
     result = evaluate(policy, task, 2, seed=20_000, num_envs=2,
-                      env_options={'width': 48, 'height': 48, 'observation': 'rgbd_map'}, chooses_options=True)
+                      env_options={'width': 48, 'height': 48, 'observation': 'rgbd_map'}, wrap_envs=OptionLevelEnv)
     assert result['episodes'] == 2 and 0 <= result['success_rate'] <= 1
     with pytest.raises(ValueError, match="chooses among the teacher's options .* motion policies only"):
         CameraPolicy(policy, observation='rgbd_map')

@@ -20,11 +20,11 @@ from student_deploy.inference import choose_actions, load_policy
 
 
 def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int = 16, greedy: bool = True,
-             env_options: dict | None = None, chooses_options: bool = False) -> dict:
+             env_options: dict | None = None, wrap_envs=None) -> dict:
     """One episode on each seed seed .. seed + episodes - 1 (env i plays seeds i, i + n, ...);
     greedy or sampled. env_options go to the vector env (e.g. an embodied camera's width and height).
-    chooses_options: the policy chooses options, which the teacher's skills turn into motions
-    (llm_teacher.option_level, imported only then: a motion policy needs no teacher package).
+    wrap_envs: a callable that wraps the vector env, e.g. llm_teacher.option_level.OptionLevelEnv
+    for a policy that chooses options (the teacher's package depends on this one, not back).
 
     `policy` acts as an exported one does (inference.Policy, or networks.ActorCritic):
     step(obs, state, mission tokens) -> (logits, state), its state zeroed at each episode's start.
@@ -34,9 +34,8 @@ def evaluate(policy, task: str, episodes: int, seed: int = 10_000, num_envs: int
     failed episodes that ended in a loop (see ends_in_loop): how a greedy policy without memory fails."""
     n = min(num_envs, episodes)
     envs = make_vec_env(task, n, perceive=False, **(env_options or {}))
-    if chooses_options:
-        from llm_teacher.option_level import OptionLevelEnv
-        envs = OptionLevelEnv(envs)
+    if wrap_envs is not None:
+        envs = wrap_envs(envs)
     step = envs.reset(seed=seed)
     played = np.zeros(n, int)  # episodes env i has finished; it plays seed + i + n * played[i] now
     returns, successes = np.zeros(episodes), np.zeros(episodes, bool)
@@ -101,8 +100,10 @@ def main(argv=None) -> int:
     try:
         policy = load_policy(args.policy)
         options = env_options_for(policy.info.obs_shape, policy.info.encoder) if policy.info else {}
-        result = evaluate(policy, args.task, args.episodes, args.seed, greedy=not args.sample, env_options=options,
-                          chooses_options=bool(policy.info and policy.info.chooses_options))
+        if policy.info is not None and policy.info.chooses_options:
+            raise ValueError(f'{args.policy} chooses options, which the teacher\'s skills turn into motions: evaluate '
+                             'it with evaluate(..., wrap_envs=llm_teacher.option_level.OptionLevelEnv)')
+        result = evaluate(policy, args.task, args.episodes, args.seed, greedy=not args.sample, env_options=options)
     except ValueError as err:
         print(f'evaluate: {err}', file=sys.stderr)
         return 2
