@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from habitat_bridge.embodied.vector import EmbodiedVecEnv
-from llm_teacher.embodied_skills import EmbodiedSkills
+from llm_teacher_common.embodied_skills import EmbodiedSkills
 from llm_teacher_common.commands import FORWARD
 from llm_teacher.scripted_options import scripted_option
 from llm_teacher_common.stats import rate_text

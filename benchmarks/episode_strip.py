@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from habitat_bridge.vector import make_vec_env
-from llm_teacher.options import EXPLORE, feasible_options
+from llm_teacher_common.options import EXPLORE
+from llm_teacher.options import feasible_options
 from llm_teacher.scripted_options import scripted_option
 from llm_teacher.teacher import embedded_teacher
 from llm_teacher_common.families import family_of_task

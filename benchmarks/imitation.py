@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from habitat_bridge.embodied.vector import EmbodiedVecEnv
-from llm_teacher.embodied_skills import EmbodiedSkills
+from llm_teacher_common.embodied_skills import EmbodiedSkills
 from llm_teacher.option_level import OptionLevelEnv, over_options
 from llm_teacher.scripted_options import scripted_option
 from llm_teacher_common.map_crop import CROP_RESOLUTIONS, map_crop

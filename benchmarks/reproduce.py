@@ -68,7 +68,7 @@ def expert_teacher(envs):
 def scripted_option_teacher():
     """Embodied tasks' expert: the option a script chooses from the robot's perception
     (llm_teacher.scripted_options), through the same skills as the LLM's options (no LLM loaded)."""
-    from llm_teacher.embodied_skills import EmbodiedSkills
+    from llm_teacher_common.embodied_skills import EmbodiedSkills
     from llm_teacher.scripted_options import scripted_option
     skills = EmbodiedSkills()
 

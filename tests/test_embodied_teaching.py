@@ -13,8 +13,9 @@ from habitat_bridge.embodied.vector import EmbodiedVecEnv
 from llm_teacher_common.camera import DEPTH_STEP_M, decode_depth
 from llm_teacher_common.commands import BACK, DROP, FORWARD
 from llm_teacher_common.perception import FREE, OCCUPIED, OccupancyGrid, PerceivedObject, Perception
-from llm_teacher.embodied_skills import EmbodiedSkills
-from llm_teacher.options import EXPLORE, Option, feasible_options
+from llm_teacher_common.embodied_skills import EmbodiedSkills
+from llm_teacher_common.options import EXPLORE, Option
+from llm_teacher.options import feasible_options
 from llm_teacher.scripted_options import scripted_option
 from llm_teacher.teacher import embedded_teacher
 from student_policy.checkpoints import export_policy

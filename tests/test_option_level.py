@@ -1,14 +1,23 @@
 """The option-level student (llm_teacher.option_level): it chooses among the mission's options and the
-embodied skills act below it; trained with the teacher term over options; never deployed as motions."""
+embodied skills act below it; trained with the teacher term over options; on a robot, the skills run
+on its map (robot_policy_node)."""
+import re
+
 import numpy as np
 import pytest
+import torch
+from llm_teacher_msgs.msg import ActionBatch
+from ros_helpers import robot_node, spin_until
 
 from habitat_bridge.embodied.vector import EmbodiedVecEnv
-from llm_teacher.embodied_skills import EmbodiedSkills
-from llm_teacher.option_level import OptionLevelEnv, mission_options, over_options, scripted_option_teacher
+from llm_teacher_common.embodied_skills import EmbodiedSkills
+from llm_teacher.option_level import OptionLevelEnv, over_options, scripted_option_teacher
+from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec
+from llm_teacher_common.map_crop import named_positions
+from llm_teacher_common.options import mission_options
 from llm_teacher.scripted_options import scripted_option
 from student_deploy.inference import load_policy
-from student_deploy.robot_control import CameraPolicy
+from student_deploy.robot_control import CameraPolicy, robot_perception
 from student_policy.checkpoints import export_policy
 from student_policy.evaluate import evaluate
 from student_policy.lockstep import train
@@ -71,7 +80,70 @@ def test_an_option_level_student_trains_on_its_teachers_options_and_is_no_robots
     result = evaluate(policy, task, 2, seed=20_000, num_envs=2,
                       env_options={'width': 48, 'height': 48, 'observation': 'rgbd_map'}, wrap_envs=OptionLevelEnv)
     assert result['episodes'] == 2 and 0 <= result['success_rate'] <= 1
-    with pytest.raises(ValueError, match="chooses among the teacher's options .* motion policies only"):
-        CameraPolicy(policy, observation='rgbd_map')
+    with pytest.raises(ValueError, match="chooses among the teacher's options .* set observation to rgbd_map"):
+        CameraPolicy(policy, observation='rgbd')
     motion = export_policy(tmp_path / 'motion.pt', ActorCritic((48, 48, 8), 8, encoder='image_map'))
     assert not load_policy(motion).info.chooses_options
+
+
+TASK = 'MiniWorld-GoToRedBall-v0'
+
+
+def going_to_the_target(tmp_path):
+    """An option-level policy whose answer is 'go to <the object the mission names>' whatever it
+    sees: the robot's motions are then exactly the skill's."""
+    net = ActorCritic((48, 48, 8), 2, encoder='image_map')
+    with torch.no_grad():
+        net.actor.weight.zero_()
+        net.actor.bias.copy_(torch.tensor([0.0, 10.0]))
+    return export_policy(tmp_path / 'options.pt', net, TASK, chooses_options=True)
+
+
+def test_on_a_robot_the_skills_run_on_its_map_pose_and_targets(tmp_path):
+    """From what a robot's topics give (map, pose, the detector's points: those taken as the object
+    the mission names and the others) the chosen option moves the robot as from the simulator's
+    whole perception, to the ball; a mission a base cannot carry out is refused, naming why."""
+    controller = CameraPolicy(load_policy(going_to_the_target(tmp_path)), observation='rgbd_map')
+    assert controller.waiting_for_mission
+    with pytest.raises(ValueError, match='moves an object: a base driven by cmd_vel cannot pick it up'):
+        controller.set_mission('put the red box next to the yellow box')
+    with pytest.raises(ValueError, match='names 2 objects'):
+        controller.set_mission('go to the red ball or the blue key')
+    assert controller.waiting_for_mission
+    envs = EmbodiedVecEnv(TASK, 1, width=48, height=48, observation='rgbd_map', perceive=True)
+    skills = EmbodiedSkills()
+    step = envs.reset(seed=100)
+    controller.set_mission(step.perceptions[0].mission)
+    for _ in range(400):
+        p = step.perceptions[0]
+        seen = robot_perception(p.mission, p.occupancy, (p.x, p.y, p.heading), named_positions(p),
+                                named_positions(p, named=False))
+        action, probs = controller.act(step.observations[0], seen)
+        assert probs.argmax() == 1 and action == skills.motion(mission_options(p.mission)[1], p)
+        step = envs.step(np.array([action]))
+        if step.terminated[0] or step.truncated[0]:
+            break
+    envs.close()
+    assert step.success[0], 'the go-to skill on the robot\'s perception did not reach the red ball on seed 100'
+
+
+@pytest.mark.slow
+def test_an_option_level_policy_drives_the_robot_to_the_ball_through_its_topics(tmp_path, ros_node):
+    """robot_sim_node is the robot (driven by cmd_vel only; map, odometry, /tf, targets and the
+    mission come from it): robot_policy_node chooses the option, runs its skill and reaches the ball."""
+    actions, logs = [], []
+    ros_node.create_subscription(ActionBatch, 'policy_action', actions.append, 1000)
+    sim = NodeSpec('habitat_bridge', 'robot_sim_node', 'robot_sim_node',
+                   parameters=[{'env': TASK, 'rate_hz': 20.0, 'seed': 100, 'width': 48, 'height': 48}])
+    with open(tmp_path / 'robot.log', 'w') as log, LaunchRunner([sim], log=logs.append):
+        process = robot_node(going_to_the_target(tmp_path), 'observation:=rgbd_map', 'max_linear:=10.0',
+                             'max_angular:=10.0', log=log)
+        try:
+            spin_until(ros_node, lambda: any('episode 1 ended' in line for line in logs), 180,
+                       'end of the first episode')
+        finally:
+            process.send_signal(2)
+            process.wait(timeout=30)
+    ended = next(line for line in logs if 'episode 1 ended' in line)
+    assert float(re.search(r'reward (-?[\d.]+)', ended).group(1)) > 0, (tmp_path / 'robot.log').read_text()[-2000:]
+    assert actions and all(len(a.action_probs) == 2 and a.action_probs[1] > 0.99 for a in actions)

@@ -17,7 +17,8 @@ from llm_teacher_common.perception import PerceivedObject, Perception
 from habitat_bridge.minigrid.vector import make_env
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator, describe, situation
-from llm_teacher.options import EXPLORE, Option, feasible_options, parse_option
+from llm_teacher_common.options import EXPLORE, Option
+from llm_teacher.options import feasible_options, parse_option
 from llm_teacher.planner import Planner
 from llm_teacher.skills import HERE, SkillContext, _explore_field, explore, frontiers, skill_action, teacher_policy
 from llm_teacher.teacher import MAX_GRID_SIDE, Teacher, check_input

@@ -16,6 +16,8 @@ stamp:
     mission                                    std_msgs/String: what the episode asks for ("go to the red ball")
     targets                                    geometry_msgs/PoseArray: where the objects the mission names
                                                were last seen (map frame; what a detector gives a robot)
+    obstacles                                  geometry_msgs/PoseArray: where the other objects were
+                                               last seen (map frame; the skills keep off them)
     reset                                      std_msgs/Empty, when a new episode starts (the robot is
                                                carried elsewhere)
 
@@ -75,6 +77,7 @@ class RobotSimNode(Node):
             TFMessage(transforms=sensors.static_transforms(self.sim.camera, self.get_clock().now().to_msg())))
         self.mission_pub = self.create_publisher(String, 'mission', 10)
         self.targets_pub = self.create_publisher(PoseArray, 'targets', 10)
+        self.obstacles_pub = self.create_publisher(PoseArray, 'obstacles', 10)
         self.reset_pub = self.create_publisher(Empty, 'reset', 10)
         self.create_subscription(Int32, 'action', self.on_action, 10)
         self.create_subscription(Twist, 'cmd_vel', self.on_cmd_vel, 10)
@@ -127,8 +130,9 @@ class RobotSimNode(Node):
             grid = occupancy_grid_msg(step.perception.occupancy)
             grid.header.stamp = stamp
             self.map_pub.publish(grid)
-        self.targets_pub.publish(PoseArray(header=Header(stamp=stamp, frame_id=sensors.MAP), poses=[
-            Pose(position=Point(x=x, y=y)) for x, y in named_positions(step.perception)]))
+        for publisher, named in ((self.targets_pub, True), (self.obstacles_pub, False)):
+            publisher.publish(PoseArray(header=Header(stamp=stamp, frame_id=sensors.MAP), poses=[
+                Pose(position=Point(x=x, y=y)) for x, y in named_positions(step.perception, named)]))
         self.rgb_pub.publish(rgb_image_msg(step.rgb, stamp, sensors.OPTICAL))
         self.depth_pub.publish(sensors.depth_image_msg(step.depth, stamp))
         self.info_pub.publish(sensors.camera_info_msg(self.sim.camera, stamp))

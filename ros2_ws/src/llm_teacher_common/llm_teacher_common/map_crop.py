@@ -28,11 +28,11 @@ def map_crop(perception: Perception, cells: int, mark_target: bool = False) -> n
                            named_positions(perception) if mark_target else None)
 
 
-def named_positions(perception: Perception) -> list[tuple[float, float]]:
-    """Map-frame (x, y) of the perceived objects the mission names."""
+def named_positions(perception: Perception, named: bool = True) -> list[tuple[float, float]]:
+    """Map-frame (x, y) of the perceived objects the mission names (named=False: of the others)."""
     robot = Transform2D(perception.x, perception.y, perception.heading)
     return [robot.to_parent(o.forward, o.left)
-            for o in perception.objects if f'{o.color} {o.type}' in perception.mission]
+            for o in perception.objects if (f'{o.color} {o.type}' in perception.mission) == named]
 
 
 def egocentric_crop(grid: OccupancyGrid, pose: tuple[float, float, float], cells: int,

@@ -32,7 +32,8 @@ from habitat_bridge.vector import is_embodied, make_vec_env
 from llm_teacher.backends import BACKENDS, LLMError, default_cache_dir, make_backend
 from llm_teacher.cache import AnswerCache
 from llm_teacher.mediator import Mediator, describe
-from llm_teacher.options import EXPLORE, Option, feasible_options
+from llm_teacher_common.options import EXPLORE, Option
+from llm_teacher.options import feasible_options
 from llm_teacher.planner import PLANNER_MODES, Planner
 from llm_teacher.teacher import Teacher
 

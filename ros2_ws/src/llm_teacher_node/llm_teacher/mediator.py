@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llm_teacher_common.perception import Perception
-from llm_teacher.options import Option, named_in_mission
+from llm_teacher_common.options import Option, named_in_mission
 
 PROMPTS = Path(__file__).resolve().parent / 'prompts'
 DESCRIBED_TYPES = ('key', 'door', 'ball', 'box', 'goal', 'cylinder', 'cone')

@@ -12,28 +12,17 @@ is what llm_teacher.options offers the LLM, by the same text, so the teacher's d
 options maps onto them one to one.
 
 On a robot such a policy needs the map, a detector and these skills on board, not only a
-camera: the robot nodes deploy motion policies only, and refuse one that chooses options.
+camera: robot_policy_node runs them (student_deploy.robot_control.CameraPolicy), for missions that
+name one object to go to.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-from llm_teacher.embodied_skills import EmbodiedSkills
-from llm_teacher.options import EXPLORE, Option, mission_roles, named_objects
+from llm_teacher_common.embodied_skills import EmbodiedSkills
+from llm_teacher_common.options import mission_options
 from llm_teacher.scripted_options import scripted_option
 from llm_teacher_common.steps import VecStep
-
-
-@functools.lru_cache(maxsize=256)
-def mission_options(mission: str) -> tuple[Option, ...]:
-    """The options of an option-level student told `mission`, in a stable order."""
-    options = [EXPLORE] + [Option('go to', kind, color) for kind, color in named_objects(mission)]
-    moved = mission_roles(mission)[0]
-    if moved is not None:
-        options += [Option('pick up', *moved), Option('drop', *moved)]
-    return tuple(options)
 
 
 class OptionLevelEnv:
@@ -61,8 +50,7 @@ class OptionLevelEnv:
     def motion(self, perception, index: int) -> int:
         """The motion option `index` of the perception's mission takes now (the skill's fallback,
         turn left, where the option has nothing to do)."""
-        option = mission_options(perception.mission)[index]
-        return int(np.argmax(self.skills.policy({option: 1.0}, perception)))
+        return self.skills.motion(mission_options(perception.mission)[index], perception)
 
     def _keep(self, step: VecStep) -> VecStep:
         other = [p.mission for p in step.perceptions if len(mission_options(p.mission)) != self.num_actions]

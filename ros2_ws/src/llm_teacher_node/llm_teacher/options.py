@@ -1,8 +1,6 @@
-"""The teacher's high-level options and affordance grounding.
+"""The teacher's affordance grounding of its options (llm_teacher_common.options: an option is a
+verb and, except for explore, an object the robot has perceived).
 
-An option is a verb and, except for explore, an object the robot has perceived:
-  explore | go to the <colour> <type> | pick up the <colour> <type> | drop the <colour> <type>
-  | open the <colour> door
 Grounding keeps only the options that are possible in the perceived state, so that even a weak
 LLM chooses among sensible ones: no object that was not seen, no pick-up while carrying,
 no drop with empty hands, no opening a locked door without its key; and of those, none that
@@ -18,34 +16,11 @@ yellow box, the model ranks picking up either box alike (0.48 / 0.46).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from llm_teacher_common.options import EXPLORE, GO_TO_TARGETS, MOVING_VERBS, Option, mission_roles, named_in_mission
 from llm_teacher_common.perception import PerceivedObject, Perception
 
 PICKABLE = ('key', 'ball', 'box', 'cylinder', 'cone')
-GO_TO_TARGETS = ('key', 'ball', 'box', 'door', 'goal', 'cylinder', 'cone')
-MOVING_VERBS = ('put', 'bring', 'carry', 'move', 'place', 'pick')
-_NAMED = re.compile(rf'\b(?!the\b|a\b|an\b)([a-z]+) ({"|".join(GO_TO_TARGETS)})\b')
-
-
-@dataclass(frozen=True)
-class Option:
-    verb: str  # 'explore', 'go to', 'pick up', 'drop', 'open'
-    type: str = ''
-    color: str = ''
-
-    @property
-    def text(self) -> str:
-        if self.verb == 'explore':
-            return 'explore'
-        noun = f'{self.color} {self.type}' if self.color and self.type != 'goal' else self.type
-        return f'{self.verb} the {noun}'
-
-    def __str__(self) -> str:
-        return self.text
-
-
-EXPLORE = Option('explore')
 
 
 def feasible_options(perception: Perception) -> list[Option]:
@@ -126,27 +101,6 @@ def opens_a_seen_door(obj: PerceivedObject, perception: Perception) -> bool:
     """Whether `obj` is the key of a locked door the robot has seen."""
     return obj.type == 'key' and any(o.type == 'door' and o.state == 'locked' and o.color == obj.color
                                      for o in perception.objects)
-
-
-def mission_roles(mission: str) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
-    """(type, colour) of the object a mission says to move and of the one to put it next to, from
-    the objects it names after its moving verb ('put the red box next to the yellow box': the red
-    box, the yellow box); None for a role the mission does not name."""
-    words = mission.lower().split()
-    verb = next((i for i, word in enumerate(words) if word in MOVING_VERBS), None)
-    if verb is None:
-        return None, None
-    named = named_objects(' '.join(words[verb + 1:]))
-    return (named[0] if named else None), (named[1] if len(named) > 1 else None)
-
-
-def named_objects(mission: str) -> list[tuple[str, str]]:
-    """(type, colour) of each object a mission names, in its order, once each."""
-    return list(dict.fromkeys((m.group(2), m.group(1)) for m in _NAMED.finditer(mission.lower())))
-
-
-def named_in_mission(obj: PerceivedObject, mission: str) -> bool:
-    return f'{obj.color} {obj.type}' in mission.lower()
 
 
 def _unique(objects) -> list[PerceivedObject]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from llm_teacher.backends import LLMBackend
-from llm_teacher.options import Option, parse_option
+from llm_teacher_common.options import Option
+from llm_teacher.options import parse_option
 
 PLANNER_MODES = ('score', 'sample')
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 
 from llm_teacher_common.perception import Perception
-from llm_teacher.embodied_skills import delivered
-from llm_teacher.options import EXPLORE, Option
+from llm_teacher_common.embodied_skills import delivered
+from llm_teacher_common.options import EXPLORE, Option
 
 _OBJECT = r'the (\w+) (\w+)'
 _GO_TO = re.compile(rf'go to {_OBJECT}')

@@ -36,7 +36,7 @@ from minigrid.core.constants import OBJECT_TO_IDX, STATE_TO_IDX
 
 from habitat_bridge.minigrid.observation import UNSEEN
 from habitat_bridge.minigrid.planning import HEADING_VECTORS, poses_before, steps_to_goals
-from llm_teacher.options import Option
+from llm_teacher_common.options import Option
 
 NUM_ACTIONS = len(Actions)
 _WALKABLE = np.zeros(256, bool)  # object index -> walkable? (lookups: np.isin is slow on small grids)

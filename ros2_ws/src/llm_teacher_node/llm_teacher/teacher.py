@@ -23,9 +23,10 @@ import numpy as np
 from llm_teacher_common.perception import Perception
 from llm_teacher.backends import LLMError, default_cache_dir, make_backend
 from llm_teacher.cache import AnswerCache, CacheError
-from llm_teacher.embodied_skills import EmbodiedSkills
+from llm_teacher_common.embodied_skills import EmbodiedSkills
 from llm_teacher.mediator import Mediator, situation
-from llm_teacher.options import Option, feasible_options
+from llm_teacher_common.options import Option
+from llm_teacher.options import feasible_options
 from llm_teacher.planner import Planner
 from llm_teacher.skills import NUM_ACTIONS, teacher_policy
 

@@ -14,9 +14,11 @@ import torch
 
 from llm_teacher_common.camera import camera_observation, invalid_depth_fraction, observation_channels
 from llm_teacher_common.commands import MOTIONS, velocity_for_action
+from llm_teacher_common.embodied_skills import EmbodiedSkills
 from llm_teacher_common.families import FAMILIES
 from llm_teacher_common.map_crop import CROP_RESOLUTIONS, egocentric_crop
-from llm_teacher_common.perception import FREE, OCCUPIED, UNKNOWN, OccupancyGrid
+from llm_teacher_common.options import mission_options, mission_roles, named_objects
+from llm_teacher_common.perception import FREE, OCCUPIED, UNKNOWN, OccupancyGrid, PerceivedObject, Perception
 from llm_teacher_common.transform2d import Transform2D
 from student_deploy.inference import Policy, choose_actions
 
@@ -198,6 +200,36 @@ def yaw_of(z: float, w: float, x: float = 0.0, y: float = 0.0) -> float:
     return math.atan2(2.0 * (w * z + x * y), w * w + x * x - y * y - z * z)
 
 
+def named_target(mission: str) -> tuple[str, str]:
+    """(type, colour) of the one object `mission` names.
+
+    :raises ValueError: a mission that names none or several.
+    """
+    named = named_objects(mission)
+    if len(named) != 1:
+        raise ValueError(f'the mission {mission[:200]!r} names {len(named)} objects: the skills on a robot read '
+                         f'unlabelled target points, so they run missions that name one ("go to the red ball")')
+    return named[0]
+
+
+def robot_perception(mission: str, grid: OccupancyGrid, pose: tuple[float, float, float],
+                     targets: list[tuple[float, float]], obstacles: list[tuple[float, float]] = ()) -> Perception:
+    """What the skills (llm_teacher_common.embodied_skills) read, from what a robot's own topics
+    give: its map, its pose (x, y, yaw) on it, the points where its detector last saw the object
+    the mission names, each taken as that object (a PoseArray carries no labels: so an option-level
+    robot runs missions that name one object), and those of the other objects, which the skills
+    only keep off. It carries nothing: no gripper here.
+
+    :raises ValueError: a mission that does not name exactly one object (named_target).
+    """
+    (kind, color), robot = named_target(mission), Transform2D(*pose)
+    objects = [PerceivedObject(kind, color, forward=forward, left=left)
+               for forward, left in (robot.from_parent(x, y) for x, y in targets)]
+    objects += [PerceivedObject('', forward=forward, left=left)
+                for forward, left in (robot.from_parent(x, y) for x, y in obstacles)]
+    return Perception(mission, objects, None, *pose, task_family='embodied', occupancy=grid)
+
+
 class MapInput:
     """The map crop a map policy reads beside the camera (observation rgbd_map,
     llm_teacher_common.map_crop), built from a robot's own topics: the mapper's occupancy grid, the
@@ -234,8 +266,9 @@ class MapInput:
         self.poses: deque[tuple[int, float, float, float]] = deque(maxlen=queue_size)  # base in odom
         self.transforms: dict[tuple[str, str], tuple[int | None, float, float, float]] = {}  # stamp (None: static), x, y, yaw
         self.targets_frame, self.targets = '', []
+        self.obstacles_frame, self.obstacles = '', []
         self.map_yaw = 0.0  # of the map's origin: its cells' axes in the map frame
-        self.refused: dict[str, str] = {}  # 'map' or 'targets': why the last one was refused
+        self.refused: dict[str, str] = {}  # 'map', 'targets' or 'obstacles': why the last one was refused
 
     def add_map(self, stamp: int, frame: str, grid: OccupancyGrid,
                 origin_rotation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)) -> None:
@@ -293,14 +326,17 @@ class MapInput:
 
         :raises ValueError: more than MAX_TARGETS points, or points that are not finite.
         """
-        if len(points) > self.MAX_TARGETS:
-            raise ValueError(f'{len(points)} target points, more than {self.MAX_TARGETS}: each costs the node time '
-                             f'on every frame; publish only where the objects the mission names were last seen')
-        bad = [point for point in points if not all(math.isfinite(v) for v in point)]
-        if bad:
-            raise ValueError(f'target points {bad[:4]} are not finite')
-        self.targets_frame, self.targets = frame, list(points)
+        self.targets_frame, self.targets = frame, _checked_points('target', points, self.MAX_TARGETS)
         self.refused.pop('targets', None)
+
+    def set_obstacles(self, frame: str, points: list[tuple[float, float]]) -> None:
+        """Where the other objects were last seen, in the map's frame: the skills of an option-level
+        policy keep off them (a low object the mapper misses, such as a key).
+
+        :raises ValueError: more than MAX_TARGETS points, or points that are not finite.
+        """
+        self.obstacles_frame, self.obstacles = frame, _checked_points('obstacle', points, self.MAX_TARGETS)
+        self.refused.pop('obstacles', None)
 
     def refuse(self, what: str, reason: str) -> None:
         """A `what` ('map' or 'targets') message was refused for `reason`: no crop until a valid
@@ -310,7 +346,9 @@ class MapInput:
     def forget(self) -> None:
         """A new episode (mission, the robot carried elsewhere): the targets seen no longer hold."""
         self.targets_frame, self.targets = '', []
+        self.obstacles_frame, self.obstacles = '', []
         self.refused.pop('targets', None)
+        self.refused.pop('obstacles', None)
 
     def pose_at(self, stamp: int) -> tuple[float, float, float] | None:
         """The base's map-frame pose (x, y, yaw) at `stamp`: the odometry nearest in stamp (within
@@ -349,10 +387,29 @@ class MapInput:
     def crop(self, stamp: int) -> np.ndarray:
         """(cells, cells, MAP_CHANNELS) uint8 crop for a frame stamped `stamp`.
 
-        :raises ValueError: the last map or targets were refused, something is missing
-            (waiting_for), the map is older than max_map_age, the targets are in another frame than
-            the map, the pose is not finite or so far off the map that no crop cell is on it, or a
-            target is too far from the robot to place.
+        :raises ValueError: as `placed`.
+        """
+        pose, targets, _ = self.placed(stamp)
+        return egocentric_crop(self.grid, pose, self.cells, targets)
+
+    def perception(self, stamp: int, mission: str) -> Perception:
+        """What the skills read at a frame stamped `stamp` (an option-level policy's robot): the
+        map, the pose on it, the targets as the one object `mission` names and the obstacles
+        (robot_perception).
+
+        :raises ValueError: as `placed`.
+        """
+        return robot_perception(mission, self.grid, *self.placed(stamp))
+
+    def placed(self, stamp: int) -> tuple[tuple[float, float, float], list[tuple[float, float]],
+                                          list[tuple[float, float]]]:
+        """The robot's pose (x, y, yaw), the targets and the obstacles (x, y) at a frame stamped
+        `stamp`, along the map's own axes (those of self.grid's cells).
+
+        :raises ValueError: the last map, targets or obstacles were refused, something is missing
+            (waiting_for), the map is older than max_map_age, the targets or obstacles are in another
+            frame than the map, the pose is not finite or so far off the map that no crop cell is on
+            it, or a point is too far from the robot to place.
         """
         if self.refused:
             refused = '; '.join(f'the last {what} message was refused ({why})' for what, why in self.refused.items())
@@ -363,9 +420,11 @@ class MapInput:
         if stamp - self.map_stamp_ns > self.max_map_age_ns:
             raise ValueError(f'the map is {(stamp - self.map_stamp_ns) / NS:.2f} s older than the frames '
                              f'(max_map_age {self.max_map_age_ns / NS:g} s): is the mapper running?')
-        if self.targets and self.targets_frame != self.map_frame:
-            raise ValueError(f'target points are in frame {self.targets_frame!r}, the map in {self.map_frame!r}: '
-                             f'publish them in the map frame')
+        for what, points, frame in (('target', self.targets, self.targets_frame),
+                                    ('obstacle', self.obstacles, self.obstacles_frame)):
+            if points and frame != self.map_frame:
+                raise ValueError(f'{what} points are in frame {frame!r}, the map in {self.map_frame!r}: '
+                                 f'publish them in the map frame')
         odometry, correction = parts
         pose = Transform2D(*correction).compose(odometry)
         if not all(math.isfinite(v) for v in pose):
@@ -374,7 +433,7 @@ class MapInput:
                              f'finite: is the odometry or the localiser publishing nonsense?')
         # The crop reads cells along the map's own axes: a turned origin turns the robot and the
         # targets about it the other way instead, which leaves what the robot sees as it was.
-        on_grid, targets = pose, self.targets
+        on_grid, targets, obstacles = pose, self.targets, self.obstacles
         if self.map_yaw:
             ox, oy = self.grid.origin
             origin = Transform2D(ox, oy, self.map_yaw)
@@ -385,12 +444,13 @@ class MapInput:
 
             on_grid = (*unturned(pose[0], pose[1]), pose[2] - self.map_yaw)
             targets = [unturned(x, y) for x, y in self.targets]
+            obstacles = [unturned(x, y) for x, y in self.obstacles]
         self._check_on_map(pose, on_grid)
-        for (x, y), (gx, gy) in zip(self.targets, targets):
+        for (x, y), (gx, gy) in zip(self.targets + self.obstacles, targets + obstacles):
             if not (math.isfinite(gx - on_grid[0]) and math.isfinite(gy - on_grid[1])):
                 raise ValueError(f'target point ({x:g}, {y:g}) is too far from the robot {_pose_text(pose)} in '
                                  f'{self.map_frame!r} to place on the crop: is the detector publishing nonsense?')
-        return egocentric_crop(self.grid, on_grid, self.cells, targets)
+        return on_grid, targets, obstacles
 
     def _check_on_map(self, pose: tuple[float, float, float], on_grid: tuple[float, float, float]) -> None:
         """:raises ValueError: the robot (`on_grid`: its pose along the map's axes) is so far off the
@@ -404,6 +464,17 @@ class MapInput:
         if not off <= reach:
             raise ValueError(f'the robot {_pose_text(pose)} in {self.map_frame!r} is {off:.3g} m off the map, '
                              f'farther than the crop reaches ({reach:g} m): is map -> odom (or the odometry) right?')
+
+
+def _checked_points(what: str, points: list[tuple[float, float]], most: int) -> list[tuple[float, float]]:
+    """:raises ValueError: more than `most` points, or points that are not finite (`what` names them)."""
+    if len(points) > most:
+        raise ValueError(f'{len(points)} {what} points, more than {most}: each costs the node time on every '
+                         f'frame; publish only the objects last seen near the robot')
+    bad = [point for point in points if not all(math.isfinite(v) for v in point)]
+    if bad:
+        raise ValueError(f'{what} points {bad[:4]} are not finite')
+    return list(points)
 
 
 def _pose_text(pose: tuple[float, float, float]) -> str:
@@ -461,7 +532,11 @@ def motion_mask(action_set: str, num_actions: int) -> np.ndarray:
 class CameraPolicy:
     """An exported camera policy driving a base: frames in, (action, probabilities, Twist) out.
 
-    :param observation: the encoding the policy was trained on ('rgbd' or 'rgb').
+    A policy that chooses among its mission's options (an option-level student) needs the robot's
+    map input (observation rgbd_map) and a mission that names one object to go to: the option it
+    chooses becomes a motion through the skills on the robot's map (MapInput.perception).
+
+    :param observation: the encoding the policy was trained on ('rgbd', 'rgb' or 'rgbd_map').
     :param action_set: what the action indices mean (llm_teacher_common.commands.MOTIONS).
     :param motion_only: give the actions that do not move the base (pick up, drop, toggle, done)
         no probability; a base cannot carry them out, and a stopped robot sees the same frame again.
@@ -483,24 +558,28 @@ class CameraPolicy:
         if info is None:
             raise ValueError(f'{policy.path} carries no description of its inputs (exported before policy.json '
                              f'existed): export it again with student_policy.checkpoints.export_policy')
-        if info.chooses_options:
-            raise ValueError(f'{policy.path} chooses among the teacher\'s options (explore, go to ...), which the '
-                             f'teacher\'s skills turn into motions on a map: this node runs motion policies only. '
-                             f'Deploy a student trained without --option-level')
         self.reads_map = observation in FAMILIES['embodied'].map_observations  # the map crop beside the camera
+        self.chooses_options = info.chooses_options  # among its mission's options; the skills then act
+        if self.chooses_options and not (self.reads_map and action_set == 'miniworld'):
+            raise ValueError(f'{policy.path} chooses among the teacher\'s options (explore, go to ...), which the '
+                             f'skills carry out on the robot\'s map with the embodied actions: set observation to '
+                             f'rgbd_map (it reads map, odom, /tf and targets) and action_set to miniworld')
         encoder = FAMILIES['embodied'].encoder_of(observation)
         if info.encoder != encoder or len(info.obs_shape) != 3 or info.obs_shape[2] != channels:
             raise ValueError(f'{policy.path} takes observations of shape {tuple(info.obs_shape)} ({info.encoder} '
                              f'encoder, task {info.task or "unknown"}), but this node gives {observation!r} camera '
                              f'images with {channels} channels: set observation to what the policy was trained on')
-        if info.num_actions != len(MOTIONS[action_set]):
+        if not self.chooses_options and info.num_actions != len(MOTIONS[action_set]):
             raise ValueError(f'{policy.path} chooses among {info.num_actions} actions, but action set '
                              f'{action_set!r} has {len(MOTIONS[action_set])}: set action_set to the one it was '
                              f'trained with ({", ".join(f"{k}: {len(v)}" for k, v in MOTIONS.items())})')
         self.max_invalid_depth = checked_number('max_invalid_depth', max_invalid_depth, 0.0, 1.0, low_inclusive=True)
         self.policy, self.observation, self.action_set, self.greedy = policy, observation, action_set, greedy
         self.size = tuple(info.obs_shape[:2])
-        self.mask = motion_mask(action_set, info.num_actions) if motion_only else np.ones(info.num_actions, bool)
+        self.moves_base = motion_mask(action_set, len(MOTIONS[action_set]))
+        self.mask = (self.moves_base if motion_only and not self.chooses_options
+                     else np.ones(info.num_actions, bool))
+        self.skills = EmbodiedSkills(self.commands.motion['turn_angle'])
         self.generator = torch.Generator().manual_seed(seed)
         self.memory = BatchStates(policy)  # a recurrent policy's memory of this episode
         self.mission: str | None = None  # what the robot is asked to do (a policy that reads it)
@@ -516,16 +595,31 @@ class CameraPolicy:
         if text == self.mission:
             return False
         self.clear_mission()
+        if self.chooses_options:
+            self._check_options(text)
         if self.policy.reads_mission:
             self._mission_tokens = self.policy.encode_missions([text])
         self.mission = text
         self.reset()
         return True
 
+    def _check_options(self, mission: str) -> None:
+        """:raises ValueError: a mission the skills cannot carry out on a base, or whose options are
+        not as many as the policy chooses among."""
+        if mission_roles(mission)[0] is not None:
+            raise ValueError(f'the mission {mission[:200]!r} moves an object: a base driven by cmd_vel cannot pick '
+                             f'it up; an option-level robot runs missions to go to one object')
+        named_target(mission)
+        if len(mission_options(mission)) != self.policy.info.num_actions:
+            raise ValueError(f'the mission {mission[:200]!r} has {len(mission_options(mission))} options, but '
+                             f'{self.policy.path} chooses among {self.policy.info.num_actions}')
+
     @property
     def waiting_for_mission(self) -> bool:
-        """The policy reads the mission and has none it can read: the robot must not move."""
-        return self.policy.reads_mission and self._mission_tokens is None
+        """The robot must not move: the policy reads the mission, or chooses among its options, and
+        has none it can use."""
+        return (self.policy.reads_mission and self._mission_tokens is None
+                or self.chooses_options and self.mission is None)
 
     def clear_mission(self) -> None:
         self.mission, self._mission_tokens = None, None
@@ -556,12 +650,15 @@ class CameraPolicy:
                                  f'max_invalid_depth {self.max_invalid_depth:g}): is the depth camera blinded?')
         return camera_observation(pair.rgb, pair.depth, self.observation, self.size)
 
-    def act(self, obs: np.ndarray) -> tuple[int, np.ndarray]:
-        """(action, probabilities over all actions) for one observation; the state moves on.
+    def act(self, obs: np.ndarray, perception: Perception | None = None) -> tuple[int, np.ndarray]:
+        """(action, probabilities over all actions) for one observation; the state moves on. A
+        policy that chooses options: (the motion the chosen option's skill takes in `perception`,
+        probabilities over the mission's options).
 
         :raises FloatingPointError: the policy gave non-finite logits or state (the caller stops the
             robot; the state is kept as it was).
-        :raises ValueError: the policy reads the mission and none (or none it could read) came.
+        :raises ValueError: the policy reads the mission and none (or none it could read) came; an
+            option's skill asks for what a base cannot do (the state is kept as it was).
         """
         if self.waiting_for_mission:
             raise ValueError('no mission yet: this policy needs one (std_msgs/String on the mission topic, '
@@ -569,8 +666,14 @@ class CameraPolicy:
         logits, state = self.policy.step(obs[None], self.memory.before(0, 0, None, np.zeros(1, bool)),
                                          self._mission_tokens)
         actions, probs = checked_actions(logits, self.mask, self.greedy, self.generator)
+        action = int(actions[0])
+        if self.chooses_options:
+            option = mission_options(self.mission)[action]
+            action = self.skills.motion(option, perception)
+            if not self.moves_base[action]:
+                raise ValueError(f'the skill of {option.text!r} asks for action {action}, which does not move a base')
         self.memory.after(0, state)
-        return int(actions[0]), probs[0]
+        return action, probs[0]
 
     def velocity(self, action: int) -> tuple[float, float]:
         """(linear.x, angular.z) that carry out `action` in one control period, within the limits."""

@@ -24,6 +24,15 @@ max_map_age stops the robot. The map's origin may be turned about z (Nav2's map_
 [x, y, yaw]); one that rolls or pitches the map is refused. A refused map or targets message
 stops the robot until a valid one comes, as does a pose that is not finite or off the map.
 
+A policy that chooses among its mission's options (policy.json "chooses_options": an option-level
+student, trained with benchmarks/reproduce.py --option-level) reads what a map policy reads, and the
+embodied skills (llm_teacher_common.embodied_skills) turn the option it chooses into the motion:
+on the map, from the pose on it, to the targets, keeping off the geometry_msgs/PoseArray on
+`obstacles` (where the other objects were last seen, map frame; optional: without it the skills
+keep off what the map holds). It runs missions that name one object to go to
+("go to the red ball": targets carry no labels, and a base cannot pick up); it waits for a mission,
+and refuses others, naming why. Its policy_action holds that motion and the options' probabilities.
+
 A policy that reads the mission (policy.json "mission_length" > 0) takes it as std_msgs/String on
 `mission` (volatile, so `ros2 topic pub` reaches it; a publisher repeats it, as robot_sim_node
 does with every frame, or publishes it after this node started). Until a mission
@@ -124,7 +133,9 @@ class RobotPolicyNode(Node):
             self.create_subscription(TFMessage, '/tf', functools.partial(self.on_tf, static=False), 20)
             self.create_subscription(TFMessage, '/tf_static', functools.partial(self.on_tf, static=True),
                                      QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-            self.create_subscription(PoseArray, 'targets', self.on_targets, 10)
+            self.create_subscription(PoseArray, 'targets', functools.partial(self.on_points, 'targets'), 10)
+            if self.controller.chooses_options:
+                self.create_subscription(PoseArray, 'obstacles', functools.partial(self.on_points, 'obstacles'), 10)
         self.create_timer(1.0 / rate, self.watchdog)
         self.last_action_ns = -self.min_period_ns
         self.seq = 0
@@ -211,13 +222,15 @@ class RobotPolicyNode(Node):
             self.map_input.add_transform(t.header.frame_id, t.child_frame_id, t.transform.translation.x,
                                          t.transform.translation.y, yaw, stamp)
 
-    def on_targets(self, msg: PoseArray) -> None:
+    def on_points(self, what: str, msg: PoseArray) -> None:
+        """Targets or obstacles: where the detector last saw the objects the mission names, or the others."""
         try:
-            self.map_input.set_targets(msg.header.frame_id, [(p.position.x, p.position.y) for p in msg.poses])
+            add = self.map_input.set_targets if what == 'targets' else self.map_input.set_obstacles
+            add(msg.header.frame_id, [(p.position.x, p.position.y) for p in msg.poses])
         except ValueError as err:
-            self.get_logger().error(f'targets refused, stopping the robot until valid ones come: {err}',
+            self.get_logger().error(f'{what} refused, stopping the robot until valid ones come: {err}',
                                     throttle_duration_sec=5.0)
-            self.refuse('targets', str(err))
+            self.refuse(what, str(err))
 
     def refuse(self, what: str, reason: str) -> None:
         """The mapper or detector publishes nonsense: what it sent before is not trusted either."""
@@ -234,7 +247,9 @@ class RobotPolicyNode(Node):
             return
         self.last_action_ns = pair.stamp_ns
         try:
-            action, probs = self.controller.act(self.controller.observe(pair, self.map_input))
+            perception = (self.map_input.perception(pair.stamp_ns, self.controller.mission)
+                          if self.controller.chooses_options else None)
+            action, probs = self.controller.act(self.controller.observe(pair, self.map_input), perception)
             twist = Twist()
             twist.linear.x, twist.angular.z = self.controller.velocity(action)
         except Exception as err:  # noqa: BLE001 - whatever went wrong, a robot in doubt stands still

@@ -28,7 +28,7 @@ import numpy as np
 from llm_teacher_common.commands import BACK, DROP, FORWARD, NUM_EMBODIED_ACTIONS, PICKUP, TURN_LEFT, TURN_RIGHT
 from llm_teacher_common.perception import BUMP_AHEAD, FREE, OCCUPIED, UNKNOWN, OccupancyGrid, Perception
 from llm_teacher_common.transform2d import Transform2D
-from llm_teacher.options import Option, mission_roles
+from llm_teacher_common.options import Option, mission_roles
 
 ROBOT_RADIUS = 0.45  # m kept between the robot's centre and mapped obstacles
 # MiniWorld: the robot's radius is 0.4 m, objects' 0.42-0.6 m; a held one hangs 1.05 * (0.57 m +
@@ -332,3 +332,8 @@ class EmbodiedSkills:
         if probs.sum() == 0:
             probs[TURN_LEFT] = 1.0
         return probs / probs.sum()
+
+    def motion(self, option: Option, perception: Perception) -> int:
+        """The one action `option` takes now (turn left, the policy's fallback, where it has nothing
+        left to do): what an option-level student's choice becomes, in training and on a robot."""
+        return int(np.argmax(self.policy({option: 1.0}, perception)))
