@@ -6,9 +6,11 @@ the same seeds, and the latency from a sensor stamp to the velocity command.
 robot_sim_node (the policy's task; MiniWorld-GoToObject-v0 for one trained here) is the robot: it
 is driven only through cmd_vel, and episode k starts from seed SEED + k. robot_policy_node drives
 it from camera/image_raw and camera/depth/image_raw (and, for a policy trained on rgbd_map, from
-map, odom, /tf and targets). In-process, the same exported policy acts on the same seeds with the
-same rules (student_deploy.robot_control.CameraPolicy: motion actions only; greedy, or --sample
-from the node's seeded generator; memory reset at each episode, as the sim's `reset` does). A --policy that does not exist is trained first (PPO
+map, odom, /tf and targets; an option-level policy also from obstacles, its skills on the robot's
+map). In-process, the same exported policy acts on the same seeds with the same rules
+(student_deploy.robot_control.CameraPolicy: motion actions only, or the skills of the options from
+what the robot's topics carry; greedy, or --sample from the node's seeded generator; memory reset
+at each episode, as the sim's `reset` does). A --policy that does not exist is trained first (PPO
 distilling the privileged scripted expert, --train-frames frames) and exported there.
 Success is measured at --rate-hz (fast, so 50 episodes fit in minutes); latency at 10 Hz.
 """
@@ -35,10 +37,11 @@ from rclpy.time import Time  # noqa: E402
 
 from habitat_bridge.embodied.vector import EmbodiedVecEnv  # noqa: E402
 from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec, executable_path  # noqa: E402
+from llm_teacher_common.map_crop import named_positions  # noqa: E402
 from llm_teacher_common.node import make_executor  # noqa: E402
 from llm_teacher_common.stats import wilson_interval  # noqa: E402
 from student_deploy.inference import load_policy  # noqa: E402
-from student_deploy.robot_control import CameraPolicy  # noqa: E402
+from student_deploy.robot_control import CameraPolicy, robot_perception  # noqa: E402
 
 TASK = 'MiniWorld-GoToObject-v0'
 SEED = 30_000  # not a training or evaluation seed of any run
@@ -83,7 +86,9 @@ def deployed_as(info) -> tuple[str, str, int]:
 
 def in_process(path: Path, episodes: int, greedy: bool) -> list[bool]:
     """Success of each seeded episode, acting as the robot node does (CameraPolicy: motion actions
-    only; sampled actions come from one generator of the node's seed, episode after episode)."""
+    only, or an option's skill on what robot_sim_node publishes of the perception: map, pose,
+    targets, obstacles; sampled actions come from one generator of the node's seed, episode after
+    episode)."""
     policy = load_policy(path)
     task, observation, size = deployed_as(policy.info)
     controller = CameraPolicy(policy, observation=observation, greedy=greedy)
@@ -95,7 +100,10 @@ def in_process(path: Path, episodes: int, greedy: bool) -> list[bool]:
         controller.reset()  # robot_sim_node's `reset` at each new episode
         controller.set_mission(step.missions[0])  # as robot_sim_node's mission topic tells the node
         while True:
-            action, _ = controller.act(step.observations[0])
+            p = step.perceptions[0] if controller.chooses_options else None
+            seen = p and robot_perception(p.mission, p.occupancy, (p.x, p.y, p.heading), named_positions(p),
+                                          named_positions(p, named=False))
+            action, _ = controller.act(step.observations[0], seen)
             step = envs.step(np.array([action]))
             if step.terminated[0] or step.truncated[0]:
                 results.append(bool(step.success[0]))
@@ -160,7 +168,8 @@ def main() -> None:
     agree = sum(a == b for a, b in zip(local, closed))
     task, observation, _ = deployed_as(load_policy(args.policy).info)
     result = {
-        'task': task, 'observation': observation, 'policy': str(args.policy), 'actions': 'greedy' if greedy else 'sampled', 'episodes': len(closed), 'seeds': [SEED, SEED + args.episodes - 1],
+        'task': task, 'observation': observation, 'policy': str(args.policy),
+        'chooses_options': load_policy(args.policy).info.chooses_options, 'actions': 'greedy' if greedy else 'sampled', 'episodes': len(closed), 'seeds': [SEED, SEED + args.episodes - 1],
         'in_process': {'success_rate': float(np.mean(local)), 'interval95': wilson_interval(sum(local), len(local))},
         'through_topics': {'success_rate': float(np.mean(closed)), 'interval95': wilson_interval(sum(closed), len(closed)),
                            'rate_hz': args.rate_hz},
