@@ -24,6 +24,8 @@ ARGUMENTS = {
     'odom': ('odom', 'observation rgbd_map: the robot\'s nav_msgs/Odometry'),
     'targets': ('targets', 'observation rgbd_map: where the objects the mission names were last seen '
                            '(geometry_msgs/PoseArray in the map frame, from a detector)'),
+    'obstacles': ('obstacles', 'a policy that chooses options: where the other objects were last seen '
+                               '(geometry_msgs/PoseArray in the map frame; the skills keep off them)'),
     'control_rate_hz': ('10.0', 'Actions per second; one action is carried out in 1 / rate s'),
     'device': ('cpu', 'cpu or cuda'),
     'observations': ('step_batch', 'robot:=false: topic of the observation batches (llm_teacher_msgs/StepBatch)'),
@@ -40,7 +42,8 @@ def nodes(args: dict) -> list:
                                       **({'observation': args['observation']} if args['observation'] else {})}],
                          remappings=[('camera/image_raw', args['rgb']), ('camera/depth/image_raw', args['depth']),
                                      ('cmd_vel', args['cmd_vel']), ('mission', args['mission']), ('map', args['map']),
-                                     ('odom', args['odom']), ('targets', args['targets'])])]
+                                     ('odom', args['odom']), ('targets', args['targets']),
+                                     ('obstacles', args['obstacles'])])]
     return [NodeSpec('student_deploy', 'policy_node', 'policy_node',
                      parameters=[CONFIG / 'policy_node.yaml', {'policy_path': args['policy_path']}],
                      remappings=[('step_batch', args['observations']), ('action_batch', args['actions'])])]
