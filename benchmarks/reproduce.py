@@ -65,7 +65,7 @@ def expert_teacher(envs):
     return suggest
 
 
-def scripted_option_teacher():
+def scripted_motion_teacher():
     """Embodied tasks' expert: the option a script chooses from the robot's perception
     (llm_teacher.scripted_options), through the same skills as the LLM's options (no LLM loaded)."""
     from llm_teacher_common.embodied_skills import EmbodiedSkills
@@ -112,7 +112,7 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
                    else options.llm_option_teacher(teacher) if teacher is not None else None)
     else:
         suggest = (expert_teacher(envs) if arm == 'expert' and not embodied
-                   else scripted_option_teacher() if arm == 'expert'
+                   else scripted_motion_teacher() if arm == 'expert'
                    else functools.partial(teacher.suggest_batch, num_actions=envs.num_actions) if teacher is not None
                    else None)
     schedule = TeacherSchedule(0.0, 0.0) if arm == 'ppo' else TeacherSchedule(decay_frames=job['decay_frames'])

@@ -17,6 +17,8 @@ name one object to go to.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from llm_teacher_common.embodied_skills import EmbodiedSkills
@@ -65,15 +67,21 @@ def over_options(option_probs: dict[str, float], mission: str) -> np.ndarray | N
     """A teacher's distribution over options (by their text) as one over the mission's options
     (mission_options); None when it gives none of them weight. Any drop is the student's drop:
     its skill drops what the robot holds (a wrong object, picked up in passing, anywhere)."""
-    options = mission_options(mission)
-    index = {option.text: i for i, option in enumerate(options)}
-    drop = next((i for i, option in enumerate(options) if option.verb == 'drop'), None)
+    index, drop = _option_index(mission)
     probs = np.zeros(len(index), np.float32)
     for text, p in option_probs.items():
         i = index.get(text, drop if text.startswith('drop ') else None)
         if i is not None:
             probs[i] += p
     return probs / probs.sum() if probs.sum() > 0 else None
+
+
+@functools.lru_cache(maxsize=256)
+def _option_index(mission: str) -> tuple[dict[str, int], int | None]:
+    """({option text: its index among the mission's options}, the index of its drop or None)."""
+    options = mission_options(mission)
+    return ({option.text: i for i, option in enumerate(options)},
+            next((i for i, option in enumerate(options) if option.verb == 'drop'), None))
 
 
 def option_teacher(choose):
