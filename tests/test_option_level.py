@@ -147,3 +147,47 @@ def test_an_option_level_policy_drives_the_robot_to_the_ball_through_its_topics(
     ended = next(line for line in logs if 'episode 1 ended' in line)
     assert float(re.search(r'reward (-?[\d.]+)', ended).group(1)) > 0, (tmp_path / 'robot.log').read_text()[-2000:]
     assert actions and all(len(a.action_probs) == 2 and a.action_probs[1] > 0.99 for a in actions)
+
+
+def test_a_chosen_option_is_held_for_option_hold_frames(tmp_path):
+    """In evaluation (OptionLevelEnv(hold=k)) and on a robot (CameraPolicy option_hold=k) an option
+    is chosen every k-th frame of an episode and its skill runs in between, whatever the policy says."""
+    size = dict(width=48, height=48, observation='rgbd_map')
+    held = OptionLevelEnv(EmbodiedVecEnv(TASK, 1, **size), hold=3)
+    every = OptionLevelEnv(EmbodiedVecEnv(TASK, 1, **size))
+    step, alone = held.reset(seed=100), every.reset(seed=100)
+    said = [1, 0, 0, 0, 1, 1, 1, 0, 1, 0, 0, 1]
+    taken = [said[t - t % 3] for t in range(len(said))]  # what frames 0, 3, 6, 9 chose
+    for a, b in zip(said, taken):
+        step, alone = held.step(np.array([a])), every.step(np.array([b]))
+        assert step.observations.tobytes() == alone.observations.tobytes()
+    held.close()
+    every.close()
+
+    net = ActorCritic((48, 48, 8), 2, encoder='image_map')
+    with torch.no_grad():  # even odds: sampled, the policy says another option now and then
+        net.actor.weight.zero_()
+        net.actor.bias.zero_()
+    policy = load_policy(export_policy(tmp_path / 'even.pt', net, TASK, chooses_options=True))
+    with pytest.raises(ValueError, match='option_hold must be a whole number of frames >= 1'):
+        CameraPolicy(policy, observation='rgbd_map', option_hold=0)
+    envs = EmbodiedVecEnv(TASK, 1, perceive=True, **size)
+    skills = EmbodiedSkills()
+    for hold in (1, 4):
+        controller = CameraPolicy(policy, observation='rgbd_map', greedy=False, option_hold=hold)
+        step = envs.reset(seed=100)
+        controller.set_mission(step.perceptions[0].mission)
+        options = []
+        for _ in range(16):
+            p = step.perceptions[0]
+            seen = robot_perception(p.mission, p.occupancy, (p.x, p.y, p.heading), named_positions(p),
+                                    named_positions(p, named=False))
+            action, _ = controller.act(step.observations[0], seen)
+            options.append(controller.held_option)
+            assert action == skills.motion(mission_options(p.mission)[controller.held_option], p)
+            step = envs.step(np.array([action]))
+        if hold == 1:
+            assert len(set(options)) == 2  # (this seed's samples: both options)
+        else:
+            assert all(len(set(options[i:i + hold])) == 1 for i in range(0, 16, hold))
+    envs.close()

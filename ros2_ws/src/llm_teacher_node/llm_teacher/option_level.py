@@ -30,10 +30,19 @@ from llm_teacher_common.steps import VecStep
 class OptionLevelEnv:
     """An embodied vector env whose actions are options: each step, env i runs the skill of option
     actions[i] of its mission (mission_options) for one motion. Steps, observations and
-    perceptions are the wrapped env's (it perceives: the skills need the map)."""
+    perceptions are the wrapped env's (it perceives: the skills need the map).
 
-    def __init__(self, envs, skills: EmbodiedSkills | None = None):
-        self.robots, self.skills = envs, skills or EmbodiedSkills()
+    hold: an env takes a new option only every `hold` steps of an episode (from its first), and
+    runs the one it holds in between, whatever the action says (training decides every step; a
+    policy acts with llm_teacher_common.options.OPTION_HOLD, as on a robot).
+    """
+
+    def __init__(self, envs, skills: EmbodiedSkills | None = None, hold: int = 1):
+        if hold < 1:
+            raise ValueError(f'hold must be >= 1 steps, got {hold}')
+        self.robots, self.skills, self.hold = envs, skills or EmbodiedSkills(), hold
+        self._held = np.zeros(envs.num_envs, int)  # each env's option, and the steps it has held it
+        self._age = np.zeros(envs.num_envs, int)
         envs.perceive = True
         step = envs.reset(seed=0)  # the task's missions say how many options (training resets it again)
         self.num_actions = len(mission_options(step.missions[0]))
@@ -43,11 +52,16 @@ class OptionLevelEnv:
         return getattr(self.robots, name)
 
     def reset(self, seed: int | None = None) -> VecStep:
+        self._age[:] = 0
         return self._keep(self.robots.reset(seed))
 
     def step(self, actions: np.ndarray, reset_seeds: np.ndarray | None = None) -> VecStep:
-        motions = np.array([self.motion(p, int(a)) for p, a in zip(self._perceptions, actions)])
-        return self._keep(self.robots.step(motions, reset_seeds))
+        choose = self._age % self.hold == 0
+        self._held[choose] = np.asarray(actions)[choose]
+        motions = np.array([self.motion(p, int(a)) for p, a in zip(self._perceptions, self._held)])
+        step = self.robots.step(motions, reset_seeds)
+        self._age = np.where(step.terminated | step.truncated, 0, self._age + 1)  # a new episode chooses at once
+        return self._keep(step)
 
     def motion(self, perception, index: int) -> int:
         """The motion option `index` of the perception's mission takes now (the skill's fallback,

@@ -17,7 +17,7 @@ from llm_teacher_common.commands import MOTIONS, velocity_for_action
 from llm_teacher_common.embodied_skills import EmbodiedSkills
 from llm_teacher_common.families import FAMILIES
 from llm_teacher_common.map_crop import CROP_RESOLUTIONS, egocentric_crop
-from llm_teacher_common.options import mission_options, mission_roles, named_objects
+from llm_teacher_common.options import OPTION_HOLD, mission_options, mission_roles, named_objects
 from llm_teacher_common.perception import FREE, OCCUPIED, UNKNOWN, OccupancyGrid, PerceivedObject, Perception
 from llm_teacher_common.transform2d import Transform2D
 from student_deploy.inference import Policy, choose_actions
@@ -545,13 +545,16 @@ class CameraPolicy:
     :param max_linear, max_angular: limits (m/s, rad/s) the velocity command is clipped to.
     :param max_invalid_depth: largest fraction of invalid depth pixels (NaN, inf, <= 0) a frame
         may have to be acted on (observation 'rgbd'): a blinded depth camera stops the robot.
+    :param option_hold: a policy that chooses options takes a new one every this many frames of an
+        episode (from its first) and runs the one it holds in between.
     :raises ValueError: the policy does not fit these settings (both sides named), or a bad value.
     """
 
     def __init__(self, policy: Policy, observation: str = 'rgbd', action_set: str = 'miniworld',
                  greedy: bool = True, motion_only: bool = True, step_length: float = 0.15,
                  turn_angle: float = 0.2617994, step_duration: float = 0.1, max_linear: float = 0.5,
-                 max_angular: float = 1.5, max_invalid_depth: float = 0.5, seed: int = 0):
+                 max_angular: float = 1.5, max_invalid_depth: float = 0.5, seed: int = 0,
+                 option_hold: int = OPTION_HOLD):
         self.commands = VelocityCommands(action_set, step_length, turn_angle, step_duration, max_linear, max_angular)
         channels = observation_channels(observation)
         info = policy.info
@@ -580,6 +583,9 @@ class CameraPolicy:
         self.mask = (self.moves_base if motion_only and not self.chooses_options
                      else np.ones(info.num_actions, bool))
         self.skills = EmbodiedSkills(self.commands.motion['turn_angle'])
+        if int(option_hold) != option_hold or option_hold < 1:
+            raise ValueError(f'option_hold must be a whole number of frames >= 1, got {option_hold!r}')
+        self.option_hold, self.frames_acted, self.held_option = int(option_hold), 0, 0
         self.generator = torch.Generator().manual_seed(seed)
         self.memory = BatchStates(policy)  # a recurrent policy's memory of this episode
         self.mission: str | None = None  # what the robot is asked to do (a policy that reads it)
@@ -628,6 +634,7 @@ class CameraPolicy:
         """Forget what this episode saw (a recurrent policy): a new mission, the robot was moved,
         or the sensors went stale, so what it remembers no longer holds."""
         self.memory.reset()
+        self.frames_acted = 0  # (an option-level policy chooses afresh)
 
     def observe(self, pair: FramePair, map_input: MapInput | None = None) -> np.ndarray:
         """The (H, W, C) uint8 observation of a frame pair, resized to the policy's input (with the
@@ -668,11 +675,14 @@ class CameraPolicy:
         actions, probs = checked_actions(logits, self.mask, self.greedy, self.generator)
         action = int(actions[0])
         if self.chooses_options:
-            option = mission_options(self.mission)[action]
-            action = self.skills.motion(option, perception)
-            if not self.moves_base[action]:
-                raise ValueError(f'the skill of {option.text!r} asks for action {action}, which does not move a base')
+            option = mission_options(self.mission)[action if self.frames_acted % self.option_hold == 0
+                                                   else self.held_option]
+            motion = self.skills.motion(option, perception)
+            if not self.moves_base[motion]:
+                raise ValueError(f'the skill of {option.text!r} asks for action {motion}, which does not move a base')
+            self.held_option, action = mission_options(self.mission).index(option), motion
         self.memory.after(0, state)
+        self.frames_acted += 1
         return action, probs[0]
 
     def velocity(self, action: int) -> tuple[float, float]:

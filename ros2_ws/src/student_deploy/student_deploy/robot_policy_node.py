@@ -31,7 +31,9 @@ on the map, from the pose on it, to the targets, keeping off the geometry_msgs/P
 `obstacles` (where the other objects were last seen, map frame; optional: without it the skills
 keep off what the map holds). It runs missions that name one object to go to
 ("go to the red ball": targets carry no labels, and a base cannot pick up); it waits for a mission,
-and refuses others, naming why. Its policy_action holds that motion and the options' probabilities.
+and refuses others, naming why. It chooses an option every option_hold frames and runs the skill
+of the one it holds in between (greedy, choosing every frame it can flip between two options whose
+skills undo each other's turns). Its policy_action holds that motion and the options' probabilities.
 
 A policy that reads the mission (policy.json "mission_length" > 0) takes it as std_msgs/String on
 `mission` (volatile, so `ros2 topic pub` reaches it; a publisher repeats it, as robot_sim_node
@@ -69,6 +71,7 @@ from tf2_msgs.msg import TFMessage
 from llm_teacher_common.commands import MOTIONS
 from llm_teacher_common.messages import depth_from_image, occupancy_grid_from_msg, rgb_from_image
 from llm_teacher_common.node import parameter, spin
+from llm_teacher_common.options import OPTION_HOLD
 from student_deploy.inference import load_policy
 from student_deploy.robot_control import (CameraPolicy, FramePair, MapInput, SensorWatchdog, StampPairer,
                                           checked_number, stamp_ns, yaw_of)
@@ -111,7 +114,9 @@ class RobotPolicyNode(Node):
                 max_angular=p('max_angular', 1.5, 'Largest |angular.z| sent (rad/s, > 0)'),
                 max_invalid_depth=p('max_invalid_depth', 0.5, 'Stop the robot when more than this fraction (0..1) '
                                                                'of a depth image is NaN, inf or <= 0'),
-                seed=p('seed', 0, 'Seed of sampled actions (greedy: false)'))
+                seed=p('seed', 0, 'Seed of sampled actions (greedy: false)'),
+                option_hold=p('option_hold', OPTION_HOLD, 'A policy that chooses options: frames each chosen option '
+                                                          'is held (its skill runs) before the next choice (>= 1)'))
             max_map_age = p('max_map_age', 15.0, "observation rgbd_map: stop the robot when the newest map (or map -> "
                                                  "odom) is this much older than the frames (s, > 0)")
             info = self.controller.policy.info
