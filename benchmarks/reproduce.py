@@ -37,6 +37,7 @@ import numpy as np
 
 from habitat_bridge.vector import is_embodied
 from llm_teacher.mediator import Mediator
+from llm_teacher_common.options import OPTION_HOLD
 from llm_teacher_common.stats import wilson_interval
 
 TASKS = ['MiniGrid-SimpleDoorKey-v0', 'MiniGrid-DoorKey-8x8-v0', 'MiniGrid-LavaDoorKey-v0',
@@ -134,7 +135,8 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
         from student_policy.checkpoints import export_policy
         export_policy(policy_path, learner.policy, task, chooses_options=option_level)
     student = eager_copy(learner.policy)  # on the CPU, where evaluate() feeds observations, whatever the training device
-    wrap = options.OptionLevelEnv if option_level else None
+    # Evaluated as it acts on a robot: each chosen option held job['option_hold'] frames (training chose every frame).
+    wrap = functools.partial(options.OptionLevelEnv, hold=job.get('option_hold', 1)) if option_level else None
     greedy = evaluate(student, task, episodes, seed=EVAL_SEED, env_options=env_options, wrap_envs=wrap)
     sampled = evaluate(student, task, episodes, seed=EVAL_SEED, greedy=False, env_options=env_options, wrap_envs=wrap)
     return {**job, 'curve': curve, 'final_success_greedy': greedy['success_rate'],
@@ -297,6 +299,9 @@ def main():
     parser.add_argument('--option-level', action='store_true',
                         help='embodied tasks: the students choose among the options and the skills act below them '
                              '(llm_teacher.option_level); the teacher term is over options')
+    parser.add_argument('--option-hold', type=int, default=OPTION_HOLD,
+                        help="--option-level: frames each option the student chooses is held in the final "
+                             "evaluation, as robot_policy_node's option_hold (1: a choice every frame)")
     parser.add_argument('--device', default='cpu', help="the students' torch device (cuda: on a GPU machine)")
     parser.add_argument('--envs', type=int, help='environments (robots) per job (default: 16 MiniGrid, 8 embodied)')
     parser.add_argument('--summarise', action='store_true',
@@ -322,7 +327,8 @@ def main():
     # studies run before an option existed resume.
     optional = {'device': (args.device, 'cpu'), 'envs': (args.envs, None), 'recurrent': (args.recurrent, 0),
                 'mission': (args.mission, False), 'observation': (args.observation, ''),
-                'teacher_replay': (args.teacher_replay, 0), 'option_level': (args.option_level, False)}
+                'teacher_replay': (args.teacher_replay, 0), 'option_level': (args.option_level, False),
+                'option_hold': (args.option_hold if args.option_level else 1, 1)}
     settings = {key: value for key, (value, default) in optional.items() if value != default}
     jobs = [{**job, **settings} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings
