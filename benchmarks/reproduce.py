@@ -309,6 +309,8 @@ def main():
     parser.add_argument('--quick', action='store_true',
                         help='smoke check: seed 0, 16k frames, 10 episodes, out runs/reproduce-quick')
     args = parser.parse_args()
+    if args.option_hold < 1:
+        parser.error(f'--option-hold must be >= 1 frames, got {args.option_hold}')
     if args.quick:
         args.seeds, args.frames, args.episodes, args.decay_frames = [0], 16_384, 10, 12_288
         args.out = args.out if args.out != 'runs/reproduce' else 'runs/reproduce-quick'

@@ -38,6 +38,7 @@ from rclpy.time import Time  # noqa: E402
 from habitat_bridge.embodied.vector import EmbodiedVecEnv  # noqa: E402
 from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec, executable_path  # noqa: E402
 from llm_teacher_common.map_crop import named_positions  # noqa: E402
+from llm_teacher_common.options import OPTION_HOLD  # noqa: E402
 from llm_teacher_common.node import make_executor  # noqa: E402
 from llm_teacher_common.stats import wilson_interval  # noqa: E402
 from student_deploy.inference import load_policy  # noqa: E402
@@ -169,7 +170,7 @@ def main() -> None:
     task, observation, _ = deployed_as(load_policy(args.policy).info)
     result = {
         'task': task, 'observation': observation, 'policy': str(args.policy),
-        'chooses_options': load_policy(args.policy).info.chooses_options, 'actions': 'greedy' if greedy else 'sampled', 'episodes': len(closed), 'seeds': [SEED, SEED + args.episodes - 1],
+        'chooses_options': load_policy(args.policy).info.chooses_options, 'option_hold': OPTION_HOLD, 'actions': 'greedy' if greedy else 'sampled', 'episodes': len(closed), 'seeds': [SEED, SEED + args.episodes - 1],
         'in_process': {'success_rate': float(np.mean(local)), 'interval95': wilson_interval(sum(local), len(local))},
         'through_topics': {'success_rate': float(np.mean(closed)), 'interval95': wilson_interval(sum(closed), len(closed)),
                            'rate_hz': args.rate_hz},

@@ -191,3 +191,21 @@ def test_a_chosen_option_is_held_for_option_hold_frames(tmp_path):
         else:
             assert all(len(set(options[i:i + hold])) == 1 for i in range(0, 16, hold))
     envs.close()
+
+
+def test_the_skills_on_a_robot_refuse_maps_they_cannot_plan_on():
+    """A map at another resolution than the skills' cells is refused; a robot off the map's known
+    part (a depth camera never sees the floor under it) plans on the whole map; one off the map, refused."""
+    from llm_teacher_common.perception import FREE, UNKNOWN, OccupancyGrid
+    cells = np.full((40, 40), UNKNOWN, np.int8)
+    cells[20:30, 20:30] = FREE
+    fine = OccupancyGrid(cells, (0.0, 0.0), 0.05)
+    with pytest.raises(ValueError, match='map resolution 0.05 m: the skills plan on 0.25 m cells'):
+        robot_perception('go to the red ball', fine, (6.0, 6.0, 0.0), [(8.0, 6.0)])
+    grid = OccupancyGrid(cells, (0.0, 0.0), 0.25)
+    skills, option = EmbodiedSkills(), mission_options('go to the red ball')[1]
+    beside = robot_perception('go to the red ball', grid, (4.0, 6.0, 0.0), [(7.0, 6.0)])  # cell 16: 2 off the known part's margin
+    assert skills.motion(option, beside) in range(8)
+    off = robot_perception('go to the red ball', grid, (-3.0, 6.0, 0.0), [(7.0, 6.0)])
+    with pytest.raises(ValueError, match=r'the robot at \(-3, 6\) is off its map'):
+        skills.motion(option, off)

@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / 'benchmarks'))  # reproduce.py's teacher
 import torch
 torch.set_num_threads(1)
-from reproduce import scripted_option_teacher
+from reproduce import scripted_motion_teacher
 from habitat_bridge.vector import make_vec_env
 from student_policy.evaluate import evaluate, env_options_for
 from student_policy.lockstep import train
@@ -30,7 +30,7 @@ start = time.time()
 config = PPOConfig(encoder='image_map', recurrent=128, total_frames=frames, num_steps=64, minibatch_size=128,
                    learning_rate=5e-4, update_epochs=epochs, seed=0,
                    teacher=TeacherSchedule(initial=10.0, final=10.0, decay_frames=1, off_frames=10**9))
-learner = train(config, envs, teacher=scripted_option_teacher(), callbacks=[record])
+learner = train(config, envs, teacher=scripted_motion_teacher(), callbacks=[record])
 envs.close()
 student = eager_copy(learner.policy)
 opts = env_options_for(student.obs_shape, 'image_map')

@@ -51,6 +51,9 @@ TARGET_FOOTPRINT = 0.8  # m round a target within which its own mapped cells do 
 LOOKAHEAD = 3  # cells down the path the robot steers towards
 FRONTIER_MIN = 6  # cells: nearer frontiers are the blind ring round the robot, which turning reveals
 TURN_COST = 1.0  # cells of path a 45-degree turn is worth, when choosing the first move
+# m per map cell the skills were tuned on (habitat_bridge.embodied.mapping's): their counts of cells
+# (LOOKAHEAD, FRONTIER_MIN, TURN_COST, the clearances' rounding) mean other distances on another map.
+CELL = 0.25
 FACING = math.radians(10)  # bearing error under which the robot moves on rather than turns
 NEIGHBOURS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if di or dj]
 
@@ -320,10 +323,23 @@ class EmbodiedSkills:
         return levels
 
     def policy(self, option_probs: dict[Option, float], perception: Perception) -> np.ndarray:
-        """pi_T(a|s) over the embodied actions from the option distribution."""
-        if not isinstance(perception.occupancy, OccupancyGrid):
+        """pi_T(a|s) over the embodied actions from the option distribution.
+
+        :raises ValueError: no occupancy map, or the robot off it (a robot's map may not hold the
+            floor under it: planning on the map's known part would read cells from its far side).
+        """
+        grid = perception.occupancy
+        if not isinstance(grid, OccupancyGrid):
             raise ValueError('the embodied teacher needs the robot\'s occupancy map in its perception')
-        perception = dataclasses.replace(perception, occupancy=perception.occupancy.cropped_to_known())
+        known = grid.cropped_to_known()
+        for grid in (known, grid):  # the known part, unless the robot stands off it
+            i, j = grid.cell_of(perception.x, perception.y)
+            if 0 <= i < grid.cells.shape[0] and 0 <= j < grid.cells.shape[1]:
+                break
+        else:
+            raise ValueError(f'the robot at ({perception.x:g}, {perception.y:g}) is off its map (origin '
+                             f'{grid.origin}, {grid.cells.shape} cells of {grid.resolution:g} m): the skills cannot plan')
+        perception = dataclasses.replace(perception, occupancy=grid)
         probs = np.zeros(NUM_EMBODIED_ACTIONS, np.float32)
         for option, p in option_probs.items():
             action = self.action(option, perception) if p > 0 else None

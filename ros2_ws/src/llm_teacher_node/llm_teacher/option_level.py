@@ -38,8 +38,8 @@ class OptionLevelEnv:
     """
 
     def __init__(self, envs, skills: EmbodiedSkills | None = None, hold: int = 1):
-        if hold < 1:
-            raise ValueError(f'hold must be >= 1 steps, got {hold}')
+        if int(hold) != hold or hold < 1:
+            raise ValueError(f'hold must be a whole number of steps >= 1, got {hold!r}')
         self.robots, self.skills, self.hold = envs, skills or EmbodiedSkills(), hold
         self._held = np.zeros(envs.num_envs, int)  # each env's option, and the steps it has held it
         self._age = np.zeros(envs.num_envs, int)

@@ -14,7 +14,7 @@ import torch
 
 from llm_teacher_common.camera import camera_observation, invalid_depth_fraction, observation_channels
 from llm_teacher_common.commands import MOTIONS, velocity_for_action
-from llm_teacher_common.embodied_skills import EmbodiedSkills
+from llm_teacher_common.embodied_skills import CELL, EmbodiedSkills
 from llm_teacher_common.families import FAMILIES
 from llm_teacher_common.map_crop import CROP_RESOLUTIONS, egocentric_crop
 from llm_teacher_common.options import OPTION_HOLD, mission_options, mission_roles, named_objects
@@ -220,8 +220,12 @@ def robot_perception(mission: str, grid: OccupancyGrid, pose: tuple[float, float
     robot runs missions that name one object), and those of the other objects, which the skills
     only keep off. It carries nothing: no gripper here.
 
-    :raises ValueError: a mission that does not name exactly one object (named_target).
+    :raises ValueError: a mission that does not name exactly one object (named_target), or a map
+        whose cells are not the skills' (embodied_skills.CELL).
     """
+    if abs(grid.resolution - CELL) > 1e-6:
+        raise ValueError(f'map resolution {grid.resolution:g} m: the skills plan on {CELL:g} m cells, as in training '
+                         f'(their distances are counted in cells); publish the map at {CELL:g} m')
     (kind, color), robot = named_target(mission), Transform2D(*pose)
     objects = [PerceivedObject(kind, color, forward=forward, left=left)
                for forward, left in (robot.from_parent(x, y) for x, y in targets)]
@@ -241,8 +245,8 @@ class MapInput:
     that keeps publishing (slam_toolbox, a costmap), not a map server's finished map, which is both
     unlike training and never fresh.
 
-    A map or targets message the node refused (`refuse`) ends the crop until a valid one comes: the
-    one held before came from the source now publishing nonsense, so acting on it is not safe.
+    A map, targets or obstacles message the node refused (`refuse`) ends the crop until a valid one
+    comes: the one held before came from the source now publishing nonsense, so acting on it is not safe.
 
     :param cells: cells across the crop (the camera's pixels across: the policy's input).
     :param max_map_age_s: the map, and a localiser's map -> odom, may be this much older than a frame.
@@ -339,8 +343,8 @@ class MapInput:
         self.refused.pop('obstacles', None)
 
     def refuse(self, what: str, reason: str) -> None:
-        """A `what` ('map' or 'targets') message was refused for `reason`: no crop until a valid
-        one comes."""
+        """A `what` ('map', 'targets' or 'obstacles') message was refused for `reason`: no crop until
+        a valid one comes."""
         self.refused[what] = reason
 
     def forget(self) -> None:
@@ -446,10 +450,12 @@ class MapInput:
             targets = [unturned(x, y) for x, y in self.targets]
             obstacles = [unturned(x, y) for x, y in self.obstacles]
         self._check_on_map(pose, on_grid)
-        for (x, y), (gx, gy) in zip(self.targets + self.obstacles, targets + obstacles):
-            if not (math.isfinite(gx - on_grid[0]) and math.isfinite(gy - on_grid[1])):
-                raise ValueError(f'target point ({x:g}, {y:g}) is too far from the robot {_pose_text(pose)} in '
-                                 f'{self.map_frame!r} to place on the crop: is the detector publishing nonsense?')
+        for what, points, placed in (('target', self.targets, targets), ('obstacle', self.obstacles, obstacles)):
+            for (x, y), (gx, gy) in zip(points, placed):
+                if not (math.isfinite(gx - on_grid[0]) and math.isfinite(gy - on_grid[1])):
+                    raise ValueError(f'{what} point ({x:g}, {y:g}) is too far from the robot {_pose_text(pose)} in '
+                                     f'{self.map_frame!r} to place on the crop: is the detector publishing '
+                                     f'nonsense?')
         return on_grid, targets, obstacles
 
     def _check_on_map(self, pose: tuple[float, float, float], on_grid: tuple[float, float, float]) -> None:
@@ -675,6 +681,9 @@ class CameraPolicy:
         actions, probs = checked_actions(logits, self.mask, self.greedy, self.generator)
         action = int(actions[0])
         if self.chooses_options:
+            if perception is None:
+                raise ValueError('a policy that chooses options needs the robot\'s perception for its skills '
+                                 '(MapInput.perception)')
             option = mission_options(self.mission)[action if self.frames_acted % self.option_hold == 0
                                                    else self.held_option]
             motion = self.skills.motion(option, perception)

@@ -147,7 +147,8 @@ class RobotPolicyNode(Node):
         self.stopped = True
         self.get_logger().info(f'serving {path} ({info.task or "task unknown"}, input {tuple(info.obs_shape)}) '
                                f'at up to {rate:g} Hz on {device}' +
-                               (': waiting for a mission on the mission topic' if info.mission_length else ''))
+                               (': waiting for a mission on the mission topic'
+                                if info.mission_length or info.chooses_options else ''))
 
     def on_rgb(self, msg: Image) -> None:
         self.take(msg, rgb_from_image, self.pairer.add_rgb)
