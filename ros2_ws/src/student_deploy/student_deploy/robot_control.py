@@ -684,12 +684,12 @@ class CameraPolicy:
             if perception is None:
                 raise ValueError('a policy that chooses options needs the robot\'s perception for its skills '
                                  '(MapInput.perception)')
-            option = mission_options(self.mission)[action if self.frames_acted % self.option_hold == 0
-                                                   else self.held_option]
+            held = action if self.frames_acted % self.option_hold == 0 else self.held_option
+            option = mission_options(self.mission)[held]
             motion = self.skills.motion(option, perception)
             if not self.moves_base[motion]:
                 raise ValueError(f'the skill of {option.text!r} asks for action {motion}, which does not move a base')
-            self.held_option, action = mission_options(self.mission).index(option), motion
+            self.held_option, action = held, motion
         self.memory.after(0, state)
         self.frames_acted += 1
         return action, probs[0]
