@@ -37,12 +37,11 @@ from rclpy.time import Time  # noqa: E402
 
 from habitat_bridge.embodied.vector import EmbodiedVecEnv  # noqa: E402
 from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec, executable_path  # noqa: E402
-from llm_teacher_common.map_crop import named_positions  # noqa: E402
 from llm_teacher_common.options import OPTION_HOLD  # noqa: E402
 from llm_teacher_common.node import make_executor  # noqa: E402
 from llm_teacher_common.stats import wilson_interval  # noqa: E402
 from student_deploy.inference import load_policy  # noqa: E402
-from student_deploy.robot_control import CameraPolicy, robot_perception  # noqa: E402
+from student_deploy.robot_control import CameraPolicy, seen_through_topics  # noqa: E402
 
 TASK = 'MiniWorld-GoToObject-v0'
 SEED = 30_000  # not a training or evaluation seed of any run
@@ -101,9 +100,7 @@ def in_process(path: Path, episodes: int, greedy: bool) -> list[bool]:
         controller.reset()  # robot_sim_node's `reset` at each new episode
         controller.set_mission(step.missions[0])  # as robot_sim_node's mission topic tells the node
         while True:
-            p = step.perceptions[0] if controller.chooses_options else None
-            seen = p and robot_perception(p.mission, p.occupancy, (p.x, p.y, p.heading), named_positions(p),
-                                          named_positions(p, named=False))
+            seen = seen_through_topics(step.perceptions[0]) if controller.chooses_options else None
             action, _ = controller.act(step.observations[0], seen)
             step = envs.step(np.array([action]))
             if step.terminated[0] or step.truncated[0]:

@@ -13,11 +13,10 @@ from habitat_bridge.embodied.vector import EmbodiedVecEnv
 from llm_teacher_common.embodied_skills import EmbodiedSkills
 from llm_teacher.option_level import OptionLevelEnv, over_options, scripted_option_teacher
 from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec
-from llm_teacher_common.map_crop import named_positions
 from llm_teacher_common.options import mission_options
 from llm_teacher.scripted_options import scripted_option
 from student_deploy.inference import load_policy
-from student_deploy.robot_control import CameraPolicy, robot_perception
+from student_deploy.robot_control import CameraPolicy, robot_perception, seen_through_topics
 from student_policy.checkpoints import export_policy
 from student_policy.evaluate import evaluate
 from student_policy.lockstep import train
@@ -116,8 +115,7 @@ def test_on_a_robot_the_skills_run_on_its_map_pose_and_targets(tmp_path):
     controller.set_mission(step.perceptions[0].mission)
     for _ in range(400):
         p = step.perceptions[0]
-        seen = robot_perception(p.mission, p.occupancy, (p.x, p.y, p.heading), named_positions(p),
-                                named_positions(p, named=False))
+        seen = seen_through_topics(p)
         action, probs = controller.act(step.observations[0], seen)
         assert probs.argmax() == 1 and action == skills.motion(mission_options(p.mission)[1], p)
         step = envs.step(np.array([action]))
@@ -146,23 +144,27 @@ def test_an_option_level_policy_drives_the_robot_to_the_ball_through_its_topics(
             process.wait(timeout=30)
     ended = next(line for line in logs if 'episode 1 ended' in line)
     assert float(re.search(r'reward (-?[\d.]+)', ended).group(1)) > 0, (tmp_path / 'robot.log').read_text()[-2000:]
-    assert actions and all(len(a.action_probs) == 2 and a.action_probs[1] > 0.99 for a in actions)
+    assert actions and all(len(a.action_probs) == 2 and a.action_probs[1] > 0.99 and list(a.options) == [1]
+                           for a in actions)
 
 
 def test_a_chosen_option_is_held_for_option_hold_frames(tmp_path):
     """In evaluation (OptionLevelEnv(hold=k)) and on a robot (CameraPolicy option_hold=k) an option
     is chosen every k-th frame of an episode and its skill runs in between, whatever the policy says."""
     size = dict(width=48, height=48, observation='rgbd_map')
-    held = OptionLevelEnv(EmbodiedVecEnv(TASK, 1, **size), hold=3)
-    every = OptionLevelEnv(EmbodiedVecEnv(TASK, 1, **size))
-    step, alone = held.reset(seed=100), every.reset(seed=100)
-    said = [1, 0, 0, 0, 1, 1, 1, 0, 1, 0, 0, 1]
-    taken = [said[t - t % 3] for t in range(len(said))]  # what frames 0, 3, 6, 9 chose
+    held, every, unheld = (OptionLevelEnv(EmbodiedVecEnv(TASK, 1, **size), hold=hold) for hold in (3, 1, 1))
+    step, alone, raw = held.reset(seed=102), every.reset(seed=102), unheld.reset(seed=102)
+    # Until the ball is in view (frame 27 of seed 102) explore and go to move alike.
+    said = [1] * 27 + [1, 0, 0, 0, 1, 1, 1, 0, 1, 0, 0, 1]
+    taken = [said[t - t % 3] for t in range(len(said))]  # what frames 0, 3, 6, ... chose
+    differ = 0
     for a, b in zip(said, taken):
-        step, alone = held.step(np.array([a])), every.step(np.array([b]))
+        step, alone, raw = held.step(np.array([a])), every.step(np.array([b])), unheld.step(np.array([a]))
         assert step.observations.tobytes() == alone.observations.tobytes()
-    held.close()
-    every.close()
+        differ += step.observations.tobytes() != raw.observations.tobytes()
+    assert differ, 'the control: choosing every frame what the policy says goes elsewhere in these frames'
+    for envs in (held, every, unheld):
+        envs.close()
 
     net = ActorCritic((48, 48, 8), 2, encoder='image_map')
     with torch.no_grad():  # even odds: sampled, the policy says another option now and then
@@ -180,8 +182,7 @@ def test_a_chosen_option_is_held_for_option_hold_frames(tmp_path):
         options = []
         for _ in range(16):
             p = step.perceptions[0]
-            seen = robot_perception(p.mission, p.occupancy, (p.x, p.y, p.heading), named_positions(p),
-                                    named_positions(p, named=False))
+            seen = seen_through_topics(p)
             action, _ = controller.act(step.observations[0], seen)
             options.append(controller.held_option)
             assert action == skills.motion(mission_options(p.mission)[controller.held_option], p)

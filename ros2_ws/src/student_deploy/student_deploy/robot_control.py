@@ -16,7 +16,7 @@ from llm_teacher_common.camera import camera_observation, invalid_depth_fraction
 from llm_teacher_common.commands import MOTIONS, velocity_for_action
 from llm_teacher_common.embodied_skills import CELL, EmbodiedSkills
 from llm_teacher_common.families import FAMILIES
-from llm_teacher_common.map_crop import CROP_RESOLUTIONS, egocentric_crop
+from llm_teacher_common.map_crop import CROP_RESOLUTIONS, egocentric_crop, named_positions
 from llm_teacher_common.options import OPTION_HOLD, mission_options, mission_roles, named_objects
 from llm_teacher_common.perception import FREE, OCCUPIED, UNKNOWN, OccupancyGrid, PerceivedObject, Perception
 from llm_teacher_common.transform2d import Transform2D
@@ -234,6 +234,16 @@ def robot_perception(mission: str, grid: OccupancyGrid, pose: tuple[float, float
     return Perception(mission, objects, None, *pose, task_family='embodied', occupancy=grid)
 
 
+
+def seen_through_topics(perception: Perception) -> Perception:
+    """The perception robot_policy_node rebuilds (robot_perception) from what robot_sim_node publishes
+    of a simulator's `perception`: its map, pose, targets (the objects the mission names) and
+    obstacles (the others); what an option-level policy's skills read on the simulated robot."""
+    p = perception
+    return robot_perception(p.mission, p.occupancy, (p.x, p.y, p.heading), named_positions(p),
+                            named_positions(p, named=False))
+
+
 class MapInput:
     """The map crop a map policy reads beside the camera (observation rgbd_map,
     llm_teacher_common.map_crop), built from a robot's own topics: the mapper's occupancy grid, the
@@ -393,17 +403,18 @@ class MapInput:
 
         :raises ValueError: as `placed`.
         """
-        pose, targets, _ = self.placed(stamp)
-        return egocentric_crop(self.grid, pose, self.cells, targets)
+        return self.view(stamp)[0]
 
-    def perception(self, stamp: int, mission: str) -> Perception:
-        """What the skills read at a frame stamped `stamp` (an option-level policy's robot): the
-        map, the pose on it, the targets as the one object `mission` names and the obstacles
-        (robot_perception).
+    def view(self, stamp: int, mission: str | None = None) -> tuple[np.ndarray, Perception | None]:
+        """The crop for a frame stamped `stamp` and, given the `mission` of an option-level policy,
+        what its skills read from the same placement: the map, the pose on it, the targets as the
+        one object `mission` names and the obstacles (robot_perception); None without one.
 
-        :raises ValueError: as `placed`.
+        :raises ValueError: as `placed`, and as robot_perception.
         """
-        return robot_perception(mission, self.grid, *self.placed(stamp))
+        pose, targets, obstacles = self.placed(stamp)
+        crop = egocentric_crop(self.grid, pose, self.cells, targets)
+        return crop, None if mission is None else robot_perception(mission, self.grid, pose, targets, obstacles)
 
     def placed(self, stamp: int) -> tuple[tuple[float, float, float], list[tuple[float, float]],
                                           list[tuple[float, float]]]:
@@ -540,7 +551,7 @@ class CameraPolicy:
 
     A policy that chooses among its mission's options (an option-level student) needs the robot's
     map input (observation rgbd_map) and a mission that names one object to go to: the option it
-    chooses becomes a motion through the skills on the robot's map (MapInput.perception).
+    chooses becomes a motion through the skills on the robot's map (MapInput.view).
 
     :param observation: the encoding the policy was trained on ('rgbd', 'rgb' or 'rgbd_map').
     :param action_set: what the action indices mean (llm_teacher_common.commands.MOTIONS).
@@ -642,17 +653,17 @@ class CameraPolicy:
         self.memory.reset()
         self.frames_acted = 0  # (an option-level policy chooses afresh)
 
-    def observe(self, pair: FramePair, map_input: MapInput | None = None) -> np.ndarray:
+    def observe(self, pair: FramePair, crop: np.ndarray | None = None) -> np.ndarray:
         """The (H, W, C) uint8 observation of a frame pair, resized to the policy's input (with the
-        map crop at the frames' stamp beside it, for a policy that reads the map).
+        map crop at the frames' stamp beside it, MapInput.view, for a policy that reads the map).
 
         :raises ValueError: unusable frames, (observation 'rgbd') more than max_invalid_depth of the
-            depth image invalid: too little is known of what is ahead to drive; no usable map input.
+            depth image invalid: too little is known of what is ahead to drive; no map crop.
         """
         if self.reads_map:
-            if map_input is None:
-                raise ValueError('this policy reads the map crop beside the camera: give its MapInput')
-            return np.concatenate([self._camera(pair), map_input.crop(pair.stamp_ns)], axis=-1)
+            if crop is None:
+                raise ValueError('this policy reads the map crop beside the camera: give MapInput.view\'s crop')
+            return np.concatenate([self._camera(pair), crop], axis=-1)
         return self._camera(pair)
 
     def _camera(self, pair: FramePair) -> np.ndarray:
@@ -683,7 +694,7 @@ class CameraPolicy:
         if self.chooses_options:
             if perception is None:
                 raise ValueError('a policy that chooses options needs the robot\'s perception for its skills '
-                                 '(MapInput.perception)')
+                                 '(MapInput.view)')
             held = action if self.frames_acted % self.option_hold == 0 else self.held_option
             option = mission_options(self.mission)[held]
             motion = self.skills.motion(option, perception)

@@ -33,7 +33,8 @@ keep off what the map holds). It runs missions that name one object to go to
 ("go to the red ball": targets carry no labels, and a base cannot pick up); it waits for a mission,
 and refuses others, naming why. It chooses an option every option_hold frames and runs the skill
 of the one it holds in between (greedy, choosing every frame it can flip between two options whose
-skills undo each other's turns). Its policy_action holds that motion and the options' probabilities.
+skills undo each other's turns). Its policy_action holds that motion, the options' probabilities
+and the option held.
 
 A policy that reads the mission (policy.json "mission_length" > 0) takes it as std_msgs/String on
 `mission` (volatile, so `ros2 topic pub` reaches it; a publisher repeats it, as robot_sim_node
@@ -253,9 +254,10 @@ class RobotPolicyNode(Node):
             return
         self.last_action_ns = pair.stamp_ns
         try:
-            perception = (self.map_input.perception(pair.stamp_ns, self.controller.mission)
-                          if self.controller.chooses_options else None)
-            action, probs = self.controller.act(self.controller.observe(pair, self.map_input), perception)
+            crop, perception = (self.map_input.view(pair.stamp_ns, self.controller.mission
+                                                    if self.controller.chooses_options else None)
+                                if self.map_input is not None else (None, None))
+            action, probs = self.controller.act(self.controller.observe(pair, crop), perception)
             twist = Twist()
             twist.linear.x, twist.angular.z = self.controller.velocity(action)
         except Exception as err:  # noqa: BLE001 - whatever went wrong, a robot in doubt stands still
@@ -266,7 +268,8 @@ class RobotPolicyNode(Node):
         self.cmd_pub.publish(twist)
         self.sensors.fed(pair.stamp_ns, now)
         self.stopped = False
-        out = ActionBatch(seq=self.seq, actions=[action], action_probs=probs.tolist())
+        out = ActionBatch(seq=self.seq, actions=[action], action_probs=probs.tolist(),
+                          options=[self.controller.held_option] if self.controller.chooses_options else [])
         out.header.stamp = Time(nanoseconds=pair.stamp_ns).to_msg()
         self.seq += 1
         self.action_pub.publish(out)
