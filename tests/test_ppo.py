@@ -121,6 +121,33 @@ def test_the_distillation_loss_is_the_cross_entropy_averaged_over_suggested_samp
     assert metrics['teacher/coverage'] == 0.5
 
 
+
+def test_the_update_learns_no_choice_where_the_env_ignored_the_action():
+    """An option-level env holding its option ignores the action (decides 0): what was sampled and
+    what the teacher said there change nothing in the update; at a sample that decided they do."""
+    import copy
+    config = PPOConfig(total_frames=1000, num_steps=4, minibatch_size=8, update_epochs=2, learning_rate=3e-3,
+                       teacher=TeacherSchedule(initial=1.0, final=1.0), compile=False)
+    learner = PPOLearner(config, (5, 5, 4), 2, 3)
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 255, (5, 2, 5, 5, 4), dtype=np.uint8)
+    for t in range(4):
+        learner.act(obs[t], decides=np.array([t % 2 == 0, True]))
+        learner.attach_teacher(t, np.full((2, 3), 1 / 3, np.float32), np.ones(2, np.float32))
+        learner.record(rng.normal(size=2).astype(np.float32), np.zeros(2, np.float32), np.zeros(2, bool))
+
+    def updated(*steps: int):  # env 0's samples at `steps` changed: another action, another teacher
+        other = copy.deepcopy(learner)
+        for t in steps:
+            other.storage.actions[t, 0] = (other.storage.actions[t, 0] + 1) % 3
+            other.storage.teacher_probs[t, 0] = [1.0, 0.0, 0.0]
+        other.update(obs[4])
+        return torch.cat([p.flatten() for p in other.policy.parameters()])
+
+    assert torch.equal(updated(), updated(1, 3))  # neither decided
+    assert not torch.equal(updated(), updated(2))  # the control: step 2 decided
+
+
 def test_the_teacher_replay_keeps_the_labelled_sequences_of_past_rollouts_and_drops_the_oldest():
     """Only sequences with a suggestion are kept, with the state stored at their first step, as
     (L, B, ...) batches; a full ring forgets its oldest sequence first."""

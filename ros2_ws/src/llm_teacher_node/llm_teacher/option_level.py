@@ -33,8 +33,9 @@ class OptionLevelEnv:
     perceptions are the wrapped env's (it perceives: the skills need the map).
 
     hold: an env takes a new option only every `hold` steps of an episode (from its first), and
-    runs the one it holds in between, whatever the action says (training decides every step; a
-    policy acts with llm_teacher_common.options.OPTION_HOLD, as on a robot).
+    runs the one it holds in between, whatever the action says (`choosing` says which envs take
+    theirs next step; student_policy.lockstep.train learns no choice where they do not). A policy
+    acts with llm_teacher_common.options.OPTION_HOLD, as on a robot.
     """
 
     def __init__(self, envs, skills: EmbodiedSkills | None = None, hold: int = 1):
@@ -55,8 +56,13 @@ class OptionLevelEnv:
         self._age[:] = 0
         return self._keep(self.robots.reset(seed))
 
+    @property
+    def choosing(self) -> np.ndarray:
+        """(num_envs,) bool: the envs that take a new option from the next step's actions."""
+        return self._age % self.hold == 0
+
     def step(self, actions: np.ndarray, reset_seeds: np.ndarray | None = None) -> VecStep:
-        choose = self._age % self.hold == 0
+        choose = self.choosing
         self._held[choose] = np.asarray(actions)[choose]
         motions = np.array([self.motion(p, int(a)) for p, a in zip(self._perceptions, self._held)])
         step = self.robots.step(motions, reset_seeds)

@@ -50,6 +50,9 @@ class StepIn:
     encoder: str = 'grid'
     missions: list[str] | None = None
     """what each env's episode asks for (read by a policy with PPOConfig.mission)."""
+    decides: np.ndarray | None = None
+    """(n,) bool: the envs that act on their next action (None: all; an option-level env holding its
+    option ignores it: llm_teacher.option_level.OptionLevelEnv.choosing)."""
 
 
 @dataclass
@@ -215,7 +218,7 @@ class LockstepLearner:
         group, learner = step.group, self.learner
         key = (step.epoch, step.seq)
         self.rollout.steps[key] = (learner.storage.steps[group], group)
-        actions = learner.act(step.observations, group=group, missions=step.missions)
+        actions = learner.act(step.observations, group=group, missions=step.missions, decides=step.decides)
         early = self.rollout.early.pop(key, None)
         if early is not None:
             learner.attach_teacher(learner.storage.steps[group], *early, group)
@@ -260,7 +263,8 @@ def train(config: PPOConfig, envs, teacher=None, callbacks=(), learner: PPOLearn
     step = envs.reset(seed=config.seed + (learner.updates if learner else 0) * envs.num_envs)
     for seq in itertools.count():
         answers = loop.on_step(StepIn(seq, step.observations, step.rewards, step.terminated, step.truncated,
-                                      step.success, envs.num_actions, encoder=config.encoder, missions=step.missions))
+                                      step.success, envs.num_actions, encoder=config.encoder, missions=step.missions,
+                                      decides=getattr(envs, 'choosing', None)))
         if not answers:
             if not loop.done:
                 raise RuntimeError(loop.counters.last_error)

@@ -387,10 +387,12 @@ class PPOLearner:
         return self.policy.encode_missions(texts, grow=True).to(self.device)
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray, group: int = 0, missions: list[str] | None = None) -> np.ndarray:
+    def act(self, obs: np.ndarray, group: int = 0, missions: list[str] | None = None,
+            decides: np.ndarray | None = None) -> np.ndarray:
         """Sample actions for a batch of observations (of env group `group`; with their missions, for
         a policy that reads them) and store the step (call record() next; a teacher's suggestion for
-        it comes through attach_teacher())."""
+        it comes through attach_teacher()). decides: which envs act on their action (None: all); an
+        option-level env holding its option ignores it, and the update learns no choice there."""
         s = self.storage
         t, envs = s.steps[group], s.columns(group)
         starts = torch.from_numpy(self.starts[envs]).to(self.device)
@@ -407,6 +409,7 @@ class PPOLearner:
         s.logprobs[t, envs] = dist.log_prob(actions).cpu().numpy()
         s.values[t, envs] = values.cpu().numpy()
         s.teacher_mask[t, envs] = 0.0
+        s.decides[t, envs] = 1.0 if decides is None else decides
         self.last_probs = dist.probs.cpu().numpy()  # for live views
         return s.actions[t, envs].copy()
 
@@ -473,16 +476,18 @@ class PPOLearner:
             dist = Categorical(logits=logits)
             logratio = dist.log_prob(mb.actions) - mb.logprobs
             ratio = logratio.exp()
+            chose = mb.decides  # the policy, entropy and teacher terms count only the samples whose action was acted on
             with torch.no_grad():
-                approx_kl = ((ratio - 1) - logratio).mean()  # http://joschu.net/blog/kl-approx.html
-                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+                approx_kl = masked_mean((ratio - 1) - logratio, chose)  # http://joschu.net/blog/kl-approx.html
+                clipfrac = masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).float(), chose)
             adv = mb.advantages
             if cfg.norm_adv:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            policy_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)),
+                                      chose)
             value_loss = 0.5 * ((new_values - mb.returns) ** 2).mean()
-            entropy = dist.entropy().mean()
-            distill_loss = cross_entropy(logits, mb.teacher_probs, mb.teacher_mask)
+            entropy = masked_mean(dist.entropy(), chose)
+            distill_loss = cross_entropy(logits, mb.teacher_probs, mb.teacher_mask * chose)
             loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss + weight * distill_loss
             if replaying:
                 labels = self.replay.sample(mb.state.shape[0], self.rng, self.device)
@@ -528,5 +533,9 @@ class PPOLearner:
 
 def cross_entropy(logits: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """CE(pi_T || pi_theta), averaged over the samples that carry a suggestion (mask 1)."""
-    per_sample = -(teacher_probs * torch.log_softmax(logits, -1)).sum(-1)
+    return masked_mean(-(teacher_probs * torch.log_softmax(logits, -1)).sum(-1), mask)
+
+
+def masked_mean(per_sample: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of `per_sample` over the samples of mask 1 (0 where there are none)."""
     return (per_sample * mask).sum() / mask.sum().clamp(min=1.0)

@@ -46,6 +46,7 @@ class Minibatch(NamedTuple):
     values: torch.Tensor
     teacher_probs: torch.Tensor
     teacher_mask: torch.Tensor
+    decides: torch.Tensor
 
 
 class RolloutStorage:
@@ -68,6 +69,8 @@ class RolloutStorage:
         self.dones = np.zeros(shape, np.float32)
         self.teacher_probs = np.zeros(shape + (num_actions,), np.float32)
         self.teacher_mask = np.zeros(shape, np.float32)
+        # 0 where the env ignored the action (an option-level env holding its option): no choice to learn from.
+        self.decides = np.ones(shape, np.float32)
         self.starts = np.zeros(shape, np.float32)
         self.states = np.zeros(shape + (state_size,), np.float32)  # what the policy acted from (zeros at a start)
         self.steps = [0] * num_groups  # per group, the next step to fill
@@ -96,7 +99,7 @@ class RolloutStorage:
 
         per_step = {'starts': self.starts, 'obs': self.obs, 'missions': self.missions, 'actions': self.actions,
                     'logprobs': self.logprobs, 'values': self.values, 'teacher_probs': self.teacher_probs,
-                    'teacher_mask': self.teacher_mask, **extra}
+                    'teacher_mask': self.teacher_mask, 'decides': self.decides, **extra}
         first_states = self.states[::sequence].reshape(chunks * self.num_envs, self.states.shape[-1])
         return first_states, {k: by_chunk(v) for k, v in per_step.items()}
 
