@@ -108,7 +108,7 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
     option_level = job.get('option_level', False)
     if option_level:  # the student chooses options, the skills act (llm_teacher.option_level)
         from llm_teacher import option_level as options
-        envs = options.OptionLevelEnv(envs, hold=job.get('train_hold', 1))
+        envs = options.OptionLevelEnv(envs, hold=job.get('option_hold', 1))
         suggest = (options.scripted_option_teacher() if arm == 'expert'
                    else options.llm_option_teacher(teacher) if teacher is not None else None)
     else:
@@ -135,7 +135,7 @@ def run_job(job: dict, policy_path: Path | None = None) -> dict:
         from student_policy.checkpoints import export_policy
         export_policy(policy_path, learner.policy, task, chooses_options=option_level)
     student = eager_copy(learner.policy)  # on the CPU, where evaluate() feeds observations, whatever the training device
-    # Evaluated as it acts on a robot: each chosen option held job['option_hold'] frames.
+    # Evaluated as it trained and as it acts on a robot: each chosen option held job['option_hold'] frames.
     wrap = functools.partial(options.OptionLevelEnv, hold=job.get('option_hold', 1)) if option_level else None
     greedy = evaluate(student, task, episodes, seed=EVAL_SEED, env_options=env_options, wrap_envs=wrap)
     sampled = evaluate(student, task, episodes, seed=EVAL_SEED, greedy=False, env_options=env_options, wrap_envs=wrap)
@@ -300,11 +300,10 @@ def main():
                         help='embodied tasks: the students choose among the options and the skills act below them '
                              '(llm_teacher.option_level); the teacher term is over options')
     parser.add_argument('--option-hold', type=int, default=OPTION_HOLD,
-                        help="--option-level: frames each option the student chooses is held in the final "
-                             "evaluation, as robot_policy_node's option_hold (1: a choice every frame)")
-    parser.add_argument('--train-hold', type=int, default=1,
-                        help='--option-level: frames each option the student chooses is held in training (the '
-                             'policy and teacher terms learn only from the frames where it chose); 1: every frame')
+                        help="--option-level: frames each option the student chooses is held, in training (the "
+                             "policy and teacher terms learn only from the frames where it chose) and in the final "
+                             "evaluation, as robot_policy_node's option_hold (1: a choice every frame; the studies "
+                             "before 2026-12-08 trained so, resume them with 1)")
     parser.add_argument('--device', default='cpu', help="the students' torch device (cuda: on a GPU machine)")
     parser.add_argument('--envs', type=int, help='environments (robots) per job (default: 16 MiniGrid, 8 embodied)')
     parser.add_argument('--summarise', action='store_true',
@@ -312,9 +311,8 @@ def main():
     parser.add_argument('--quick', action='store_true',
                         help='smoke check: seed 0, 16k frames, 10 episodes, out runs/reproduce-quick')
     args = parser.parse_args()
-    for flag, value in (('--option-hold', args.option_hold), ('--train-hold', args.train_hold)):
-        if value < 1:
-            parser.error(f'{flag} must be >= 1 frames, got {value}')
+    if args.option_hold < 1:
+        parser.error(f'--option-hold must be >= 1 frames, got {args.option_hold}')
     if args.quick:
         args.seeds, args.frames, args.episodes, args.decay_frames = [0], 16_384, 10, 12_288
         args.out = args.out if args.out != 'runs/reproduce' else 'runs/reproduce-quick'
@@ -334,8 +332,7 @@ def main():
     optional = {'device': (args.device, 'cpu'), 'envs': (args.envs, None), 'recurrent': (args.recurrent, 0),
                 'mission': (args.mission, False), 'observation': (args.observation, ''),
                 'teacher_replay': (args.teacher_replay, 0), 'option_level': (args.option_level, False),
-                'option_hold': (args.option_hold if args.option_level else 1, 1),
-                'train_hold': (args.train_hold if args.option_level else 1, 1)}
+                'option_hold': (args.option_hold if args.option_level else 1, 1)}
     settings = {key: value for key, (value, default) in optional.items() if value != default}
     jobs = [{**job, **settings} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings

@@ -13,7 +13,7 @@ from habitat_bridge.embodied.vector import EmbodiedVecEnv
 from llm_teacher_common.embodied_skills import EmbodiedSkills
 from llm_teacher.option_level import OptionLevelEnv, over_options, scripted_option_teacher
 from llm_teacher_common.launch_runner import LaunchRunner, NodeSpec
-from llm_teacher_common.options import mission_options
+from llm_teacher_common.options import OPTION_HOLD, mission_options
 from llm_teacher.scripted_options import scripted_option
 from student_deploy.inference import load_policy
 from student_deploy.robot_control import CameraPolicy, robot_perception, seen_through_topics
@@ -62,15 +62,18 @@ def test_each_option_moves_the_robot_as_its_skill_does():
 
 @pytest.mark.slow
 def test_an_option_level_student_trains_on_its_teachers_options_and_is_no_robots_motion_policy(tmp_path):
-    """The training loop runs on options, every state labelled by the option teacher; how well such a
-    student learns is measured by benchmarks/reproduce.py --option-level (docs/results.md)."""
+    """The training loop runs on options, each held OPTION_HOLD frames as reproduce.py trains them (the
+    update learns a choice only where one was made), every state labelled by the option teacher; how
+    well such a student learns is measured by benchmarks/reproduce.py --option-level (docs/results.md)."""
     task = 'MiniWorld-GoToRedBall-v0'
-    envs = OptionLevelEnv(EmbodiedVecEnv(task, 4, width=48, height=48, observation='rgbd_map'))
+    envs = OptionLevelEnv(EmbodiedVecEnv(task, 4, width=48, height=48, observation='rgbd_map'), hold=OPTION_HOLD)
     config = PPOConfig(encoder='image_map', total_frames=4 * 32 * 4, num_steps=32, minibatch_size=64)
     metrics = []
     learner = train(config, envs, teacher=scripted_option_teacher(), callbacks=[lambda _, m: metrics.append(m) or True])
     envs.close()
     assert learner.policy.num_actions == 2 and len(metrics) == 4
+    chose = learner.storage.decides  # the last rollout: every 8th frame of an episode, from its first
+    assert 1 / OPTION_HOLD <= chose.mean() < 2 / OPTION_HOLD and not (chose[1:] * chose[:-1]).any()
     assert all(m['teacher/coverage'] == 1.0 and np.isfinite(m['losses/distill_loss']) for m in metrics)
 
     path = export_policy(tmp_path / 'policy.pt', learner.policy, task, chooses_options=True)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from llm_teacher_common.perception import PerceivedObject
 
-# Frames an option-level policy's choice holds when it acts (evaluation, a robot): greedy, one that
-# chooses every frame can flip between two options whose skills undo each other's turns
-# (GoToObject: explore <-> go to; docs/results.md, "Options held").
+# Frames an option-level policy's choice holds, in training (reproduce.py) as when it acts (evaluation,
+# a robot): greedy, one that chooses every frame can flip between two options whose skills undo each
+# other's turns (GoToObject: explore <-> go to; docs/results.md, "Options held").
 OPTION_HOLD = 8
 GO_TO_TARGETS = ('key', 'ball', 'box', 'door', 'goal', 'cylinder', 'cone')
 MOVING_VERBS = ('put', 'bring', 'carry', 'move', 'place', 'pick')
