@@ -332,7 +332,9 @@ def main():
     optional = {'device': (args.device, 'cpu'), 'envs': (args.envs, None), 'recurrent': (args.recurrent, 0),
                 'mission': (args.mission, False), 'observation': (args.observation, ''),
                 'teacher_replay': (args.teacher_replay, 0), 'option_level': (args.option_level, False),
-                'option_hold': (args.option_hold if args.option_level else 1, 1)}
+                'option_hold': (args.option_hold if args.option_level else 1, 1),
+                # the hold in training: the runs before 2026-12-08 lack it (they trained choosing every frame)
+                'train_hold': (args.option_hold if args.option_level else 1, 1)}
     settings = {key: value for key, (value, default) in optional.items() if value != default}
     jobs = [{**job, **settings} for job in jobs]
     for job in jobs:  # resume: a finished job counts only if it was run with the same settings

@@ -122,12 +122,14 @@ def test_the_distillation_loss_is_the_cross_entropy_averaged_over_suggested_samp
 
 
 
-def test_the_update_learns_no_choice_where_the_env_ignored_the_action():
+@pytest.mark.parametrize('teacher_replay', [0, 64])
+def test_the_update_learns_no_choice_where_the_env_ignored_the_action(teacher_replay):
     """An option-level env holding its option ignores the action (decides 0): what was sampled and
-    what the teacher said there change nothing in the update; at a sample that decided they do."""
+    what the teacher said there change nothing in the update, nor in the teacher replay; at a
+    sample that decided they do."""
     import copy
     config = PPOConfig(total_frames=1000, num_steps=4, minibatch_size=8, update_epochs=2, learning_rate=3e-3,
-                       teacher=TeacherSchedule(initial=1.0, final=1.0), compile=False)
+                       teacher=TeacherSchedule(initial=1.0, final=1.0), compile=False, teacher_replay=teacher_replay)
     learner = PPOLearner(config, (5, 5, 4), 2, 3)
     rng = np.random.default_rng(0)
     obs = rng.integers(0, 255, (5, 2, 5, 5, 4), dtype=np.uint8)

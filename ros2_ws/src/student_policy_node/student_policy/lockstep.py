@@ -173,6 +173,8 @@ class LockstepLearner:
                            step.group, step.num_groups, step.rewards)
         if error is not None:
             return error
+        if step.decides is not None and len(step.decides) != len(step.rewards):
+            return f'{len(step.decides)} decision flags for {len(step.rewards)} envs'
         if self.reads_mission and len(step.missions or ()) != len(step.rewards):
             return (f'the policy reads the mission, but the batch carries {len(step.missions or ())} missions for '
                     f'{len(step.rewards)} envs: a simulator that does not send them (one from before missions '

@@ -510,7 +510,7 @@ class PPOLearner:
 
         variance = np.var(returns)
         explained = float('nan') if variance == 0 else 1 - np.var(returns - s.values) / variance
-        coverage = float(s.teacher_mask.mean())
+        coverage = float((s.teacher_mask * s.decides).sum() / max(s.decides.sum(), 1.0))  # of the choices made
         s.steps = [0] * len(s.steps)
         if self.compile_cache is not None:  # the first update has compiled all that training runs
             self.compile_cache.check()

@@ -148,7 +148,8 @@ class TeacherReplay:
 
     def add(self, first_states: np.ndarray, per_step: dict[str, np.ndarray]) -> None:
         """Keep the sequences of a full rollout (RolloutStorage.sequences, of `sequence` steps) that
-        carry at least one suggestion (the oldest go first when the ring is full)."""
+        carry at least one suggestion where the env chose (the oldest go first when the ring is full)."""
+        per_step = {**per_step, 'teacher_mask': per_step['teacher_mask'] * per_step['decides']}
         labelled = np.flatnonzero(per_step['teacher_mask'].any(axis=0))[-self.capacity:]
         if not len(labelled):
             return
