@@ -234,7 +234,6 @@ def robot_perception(mission: str, grid: OccupancyGrid, pose: tuple[float, float
     return Perception(mission, objects, None, *pose, task_family='embodied', occupancy=grid)
 
 
-
 def seen_through_topics(perception: Perception) -> Perception:
     """The perception robot_policy_node rebuilds (robot_perception) from what robot_sim_node publishes
     of a simulator's `perception`: its map, pose, targets (the objects the mission names) and
